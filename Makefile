@@ -1,0 +1,80 @@
+# luster - build, test and run.
+#   make deps    install the Debian packages the build and the specs need
+#   make         build/luster (warnings are errors)
+#   make test    deps + build + every spec
+#   make run     deps + build + run examples/counter on embedded storage
+#   make asan    AddressSanitizer + UBSan build in build-asan/, then the specs on it
+
+CC       ?= gcc
+PKGS     := lua5.4 libuv
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
+               -Iruntime $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I/usr/include/postgresql
+OPT      ?= -O2 -g
+LIBS     := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -llua5.4 -luv) -lhttp_parser -lpq -lcrypto -lm
+
+BUILD    ?= build
+SRC      := $(sort $(wildcard runtime/*.c runtime/*/*.c))
+CORE_SRC := $(sort $(wildcard runtime/core/*.c))
+LUA_SRC  := $(sort $(wildcard lua/luster/*.lua))
+OBJ      := $(patsubst %.c,$(BUILD)/obj/%.o,$(SRC)) $(BUILD)/obj/lua_embed.o
+
+DEBIAN_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libuv1-dev \
+               libpq-dev libhttp-parser-dev libssl-dev lua-busted lua-socket postgresql curl wrk
+
+BUSTED   := lua5.4 /usr/bin/busted
+
+.PHONY: all deps test run asan asan-test clean bench
+all: $(BUILD)/luster $(BUILD)/luster_core.so
+
+$(BUILD)/luster: $(OBJ)
+	$(CC) $(OPT) $(SANITIZE) -rdynamic -o $@ $(OBJ) $(LIBS)
+
+$(BUILD)/obj/%.o: %.c $(wildcard runtime/*/*.h runtime/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -c -o $@ $<
+
+# The lua/luster library is compiled into the binary, so a runner needs no
+# files besides its own script directory.
+$(BUILD)/gen/lua_embed.c: $(LUA_SRC) tools/embed.sh
+	@mkdir -p $(dir $@)
+	sh tools/embed.sh $(LUA_SRC) > $@
+
+$(BUILD)/obj/lua_embed.o: $(BUILD)/gen/lua_embed.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -c -o $@ $<
+
+# The pure C core as a Lua module, for the specs.
+$(BUILD)/luster_core.so: spec/support/luster_core.c $(CORE_SRC) $(wildcard runtime/core/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ spec/support/luster_core.c $(CORE_SRC)
+
+deps:
+	@missing=$$(for p in $(DEBIAN_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+test: deps
+	$(MAKE) all
+	LUSTER_BIN=$(abspath $(BUILD)/luster) $(BUSTED) $(BUSTED_ARGS) spec
+
+run: deps
+	$(MAKE) all
+	@echo
+	@echo "  luster is starting examples/counter on http://127.0.0.1:8080 (embedded storage)."
+	@echo "  In another terminal:"
+	@echo "    curl -X POST localhost:8080/entities/Counter/counter-123/Increment -d '{\"amount\":1}'"
+	@echo "    build/luster call Counter counter-123 Increment '{\"amount\":1}'"
+	@echo "    build/luster status"
+	@echo
+	$(BUILD)/luster run examples/counter --http 127.0.0.1:8080
+
+asan: deps
+	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  LUSTER_BIN=$(abspath build-asan/luster) LUSTER_ASAN=1 $(BUSTED) $(BUSTED_ARGS) spec
+
+clean:
+	rm -rf build build-asan

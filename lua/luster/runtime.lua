@@ -1,0 +1,217 @@
+-- luster.runtime: what the runner calls inside each script's Lua state:
+-- reading definitions, building ctx, activating instances, dispatching messages.
+local cjson = require "cjson"
+local schema = require "luster.schema"
+local luster = require "luster"
+local core = require "luster.core"
+
+local M = {}
+local validate, encode = schema.validate, schema.encode
+local decode, null = cjson.decode, cjson.null
+local fmt = string.format
+
+local function describe(v)
+  if type(v) == "table" then
+    local mt = getmetatable(v)
+    return mt and mt.__name or "a table"
+  end
+  return type(v) == "nil" and "nothing" or "a " .. type(v)
+end
+
+-- Checks what a script returned and lists its definitions.
+function M.definitions(result, file)
+  local list
+  if luster.is_definition(result) then
+    list = { result }
+  elseif type(result) == "table" and getmetatable(result) == nil and #result > 0 then
+    list = {}
+    for i, d in ipairs(result) do
+      if not luster.is_definition(d) then
+        if type(d) == "table" and getmetatable(d) and getmetatable(d).__name == "luster.entity" then
+          error(fmt("%s: item %d is entity %s without handlers: return %s:handlers(function(ctx) ... end)",
+            file, i, d.name, d.name), 0)
+        end
+        error(fmt("%s: item %d of the returned array is %s, not an entity, singleton or cron definition",
+          file, i, describe(d)), 0)
+      end
+      list[i] = d
+    end
+  elseif type(result) == "table" and getmetatable(result) and getmetatable(result).__name == "luster.entity" then
+    error(fmt("%s: returned entity %s without handlers: return %s:handlers(function(ctx) ... end)",
+      file, result.name, result.name), 0)
+  else
+    error(fmt("%s: must return an entity definition (Entity:handlers(...)), a luster.singleton, "
+      .. "a luster.cron, or an array of them; it returned %s", file, describe(result)), 0)
+  end
+  local seen = {}
+  for _, d in ipairs(list) do
+    if seen[d.name] then error(fmt("%s: defines '%s' twice", file, d.name), 0) end
+    seen[d.name] = true
+  end
+  return list
+end
+
+---------------------------------------------------------------------------
+-- ctx
+---------------------------------------------------------------------------
+local LEVELS = { "debug", "info", "warn", "error" }
+
+local function make_logger(ctx)
+  local prefix = ctx.id and fmt("[%s/%s] ", ctx.type, ctx.id) or fmt("[%s] ", ctx.type)
+  local logger = {}
+  local function emit(level, self_or_msg, ...)
+    local parts = { ... }
+    if self_or_msg ~= logger then table.insert(parts, 1, self_or_msg) end
+    for i = 1, #parts do parts[i] = tostring(parts[i]) end
+    core.log(level, prefix .. table.concat(parts, " "))
+  end
+  for _, level in ipairs(LEVELS) do
+    logger[level] = function(...) return emit(level, ...) end
+  end
+  return setmetatable(logger, { __call = function(_, ...) return emit("info", ...) end })
+end
+
+local ctx_methods = {}
+function ctx_methods.keep_alive(self, on)
+  if self.id == nil then error("keep_alive is for entity instances", 2) end
+  core.keep_alive(self.type, self.id, on ~= false)
+end
+
+local Ctx = { __name = "luster.ctx" }
+Ctx.__index = function(t, k)
+  if k == "runner" then return core.runner() end
+  if k == "log" then return make_logger(t) end
+  return ctx_methods[k]
+end
+
+function M.new_ctx(name, id, shard)
+  return setmetatable({ type = name, id = id, shard = shard }, Ctx)
+end
+
+---------------------------------------------------------------------------
+-- activation and dispatch
+---------------------------------------------------------------------------
+function M.activate(def, id, shard, snapshot_json)
+  local ctx = M.new_ctx(def.name, id, shard)
+  local snapshot
+  if snapshot_json then snapshot = decode(snapshot_json) end
+  local h = def.activate(ctx, snapshot)
+  if type(h) ~= "table" then
+    error(fmt("%s: activate must return a table of handlers, it returned %s", def.name, describe(h)), 0)
+  end
+  for _, r in ipairs(def.rpcs) do
+    if type(h[r.tag]) ~= "function" then
+      error(fmt("%s: activate returned no handler function for RPC '%s'", def.name, r.tag), 0)
+    end
+  end
+  return h, ctx
+end
+
+local function error_body(kind, path, message)
+  return encode(schema.any, { kind = kind, path = path ~= "" and path or nil, message = message })
+end
+
+local function decode_payload(rpc, payload)
+  local value
+  if payload ~= "" then
+    local ok, v = pcall(decode, payload)
+    if not ok then
+      return nil, error_body("schema", "", "invalid JSON: " .. tostring(v):gsub("^.-: ", ""))
+    end
+    if v ~= null then value = v end
+  end
+  local ok, err = validate(rpc.payload, value)
+  if not ok then return nil, error_body("schema", err.path, err.message) end
+  return value
+end
+
+local Req = { __name = "luster.request" }
+Req.__index = function(t, k)
+  if k == "headers" then
+    local raw = rawget(t, 1)
+    local h = raw and decode(raw) or {}
+    rawset(t, "headers", h)
+    return h
+  elseif k == "request_id" then
+    local id = tostring(rawget(t, 2))
+    rawset(t, "request_id", id)
+    return id
+  end
+end
+
+-- Runs one message: returns kind ("ok", "failure", "schema") and the JSON
+-- body; anything raised is a defect, reported by the runner.
+function M.handle(def, handlers, ctx, tag, payload, request_id, headers)
+  local rpc = def.by_tag[tag]
+  local value, bad = decode_payload(rpc, payload)
+  if bad then return "schema", bad end
+  local req = setmetatable({ tag = tag, payload = value, headers, request_id }, Req)
+  local result, failure = handlers[tag](req, ctx)
+  if result == nil and failure ~= nil then
+    if not rpc.error then
+      error(fmt("%s.%s returned a failure, but the RPC declares no error schema", def.name, tag), 0)
+    end
+    local ok, err = validate(rpc.error, failure)
+    if not ok then
+      error(fmt("%s.%s returned a failure that does not match its error schema: %s", def.name, tag, err.message), 0)
+    end
+    return "failure", encode(rpc.error, failure)
+  end
+  local ok, err = validate(rpc.success, result)
+  if not ok then
+    error(fmt("%s.%s returned a value that does not match its success schema: %s", def.name, tag, err.message), 0)
+  end
+  if result == nil then return "ok", "null" end
+  return "ok", encode(rpc.success, result)
+end
+
+-- For a persisted RPC, before the message is stored: validates the payload
+-- and computes its primary key and delivery time.
+function M.persist_info(def, tag, payload)
+  local rpc = def.by_tag[tag]
+  local value, bad = decode_payload(rpc, payload)
+  if bad then return "schema", bad end
+  local pk, at = false, false
+  if rpc.primary_key then
+    pk = rpc.primary_key(value)
+    if type(pk) == "number" then pk = tostring(pk) end
+    if type(pk) ~= "string" or pk == "" then
+      error(fmt("%s.%s: primary_key must return a non-empty string, got %s", def.name, tag, describe(pk)), 0)
+    end
+  end
+  if rpc.deliver_at then
+    local t = rpc.deliver_at(value)
+    if t ~= nil then
+      if type(t) ~= "number" or t ~= t then
+        error(fmt("%s.%s: deliver_at must return epoch milliseconds, got %s", def.name, tag, describe(t)), 0)
+      end
+      at = math.floor(t)
+    end
+  end
+  return "ok", pk, at
+end
+
+function M.snapshot(def, handlers)
+  local f = handlers.snapshot
+  if type(f) ~= "function" then return nil end
+  local s = f()
+  if s == nil then return nil end
+  return encode(schema.any, s)
+end
+
+function M.run_singleton(def, ctx)
+  return def.run(ctx)
+end
+
+function M.run_cron(def, ctx)
+  local cron = require "luster.cron"
+  while true do
+    local now = core.wall()
+    local at = cron.next(def.schedule, now)
+    core.sleep(math.max(0, at - core.wall()))
+    local ok, err = pcall(def.run, ctx, at)
+    if not ok then core.log("error", fmt("[%s] cron run for %d raised: %s", def.name, at, tostring(err))) end
+  end
+end
+
+return M

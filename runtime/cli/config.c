@@ -1,0 +1,147 @@
+/* config.c - flags, their LUSTER_* environment variables, and defaults, in
+ * one table so the help text, the parser and the docs cannot drift apart. */
+#include "cli/config.h"
+
+#include <ctype.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/parse.h"
+
+typedef enum { OPT_STR, OPT_DURATION, OPT_SIZE, OPT_UINT, OPT_FLAG } opt_kind_t;
+
+typedef struct opt_s {
+  const char *name; /* flag without the dashes; env is LUSTER_ + upper-cased, '-' -> '_' */
+  opt_kind_t kind;
+  size_t off;
+  const char *dflt;
+  const char *help;
+} opt_t;
+
+#define OFF(f) offsetof(config_t, f)
+static const opt_t config_opts[] = {
+    {"http", OPT_STR, OFF(http), "127.0.0.1:8080", "HTTP gateway address, or 'none'"},
+    {"listen", OPT_STR, OFF(listen), NULL, "runner-to-runner address (cluster mode)"},
+    {"advertise", OPT_STR, OFF(advertise), NULL, "address other runners use to reach this one"},
+    {"storage", OPT_STR, OFF(storage), "memory", "'memory' (embedded) or a postgres:// URL"},
+    {"shards", OPT_UINT, OFF(shards), "300", "number of shards (identical cluster-wide)"},
+    {"max-idle", OPT_DURATION, OFF(max_idle_ms), "60s", "passivate instances idle this long"},
+    {"memory-limit", OPT_SIZE, OFF(memory_limit), "256M", "memory cap of each script's Lua state"},
+    {"instruction-budget", OPT_UINT, OFF(instruction_budget), "100000000",
+     "Lua VM instructions a handler may run without waiting"},
+    {"call-timeout", OPT_DURATION, OFF(call_timeout_ms), "30s", "default deadline of a call"},
+    {"max-body", OPT_SIZE, OFF(max_body), "1M", "largest HTTP request body"},
+    {"retention", OPT_DURATION, OFF(retention_ms), "1h", "how long replies of persisted messages are kept"},
+    {"request-timeout", OPT_DURATION, OFF(request_timeout_ms), "10s", "time a client has to send one request"},
+    {"idle-timeout", OPT_DURATION, OFF(idle_timeout_ms), "60s", "idle keep-alive connections close after"},
+    {"shutdown-timeout", OPT_DURATION, OFF(shutdown_timeout_ms), "10s", "graceful shutdown waits at most"},
+    {"log-level", OPT_STR, OFF(log_level), "info", "debug, info, warn or error"},
+    {"url", OPT_STR, OFF(url), "http://127.0.0.1:8080", "runner to talk to (call, status)"},
+    {"no-reload", OPT_FLAG, OFF(no_reload), "0", "do not watch the script directory"},
+};
+#define NOPTS (sizeof config_opts / sizeof config_opts[0])
+
+void config_usage(FILE *out) {
+  fprintf(out,
+          "usage:\n"
+          "  luster run DIR [flags]                     run a runner over a directory of entity scripts\n"
+          "  luster check DIR                           load and validate every script\n"
+          "  luster call [--url URL] TYPE ID RPC [JSON]  one call through a runner's HTTP gateway\n"
+          "  luster status [--url URL]                  runners, shards and entities, as a table\n"
+          "\nflags (each also read from the environment variable shown):\n");
+  for (size_t i = 0; i < NOPTS; i++) {
+    char env[64] = "LUSTER_";
+    size_t n = strlen(env);
+    for (const char *p = config_opts[i].name; *p && n < sizeof env - 1; p++)
+      env[n++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+    env[n] = '\0';
+    fprintf(out, "  --%-20s %-28s %s%s%s%s\n", config_opts[i].name, env, config_opts[i].help,
+            config_opts[i].dflt && config_opts[i].kind != OPT_FLAG ? " (default " : "",
+            config_opts[i].dflt && config_opts[i].kind != OPT_FLAG ? config_opts[i].dflt : "",
+            config_opts[i].dflt && config_opts[i].kind != OPT_FLAG ? ")" : "");
+  }
+}
+
+static int config__set(config_t *cfg, const opt_t *o, const char *v, const char *source) {
+  char *base = (char *)cfg + o->off;
+  uint64_t n = 0;
+  int rc = 0;
+  switch (o->kind) {
+  case OPT_STR: *(const char **)base = v; return 0;
+  case OPT_FLAG:
+    if (!v || !*v || strcmp(v, "1") == 0 || strcmp(v, "true") == 0 || strcmp(v, "yes") == 0) n = 1;
+    else if (strcmp(v, "0") == 0 || strcmp(v, "false") == 0 || strcmp(v, "no") == 0) n = 0;
+    else rc = -1;
+    break;
+  case OPT_DURATION: rc = parse_duration_ms(v, &n); break;
+  case OPT_SIZE: rc = parse_size(v, &n); break;
+  case OPT_UINT: {
+    char *end;
+    n = strtoull(v, &end, 10);
+    rc = (*v == '\0' || *end != '\0' || *v == '-') ? -1 : 0;
+    break;
+  }
+  }
+  if (rc != 0) {
+    static const char *const what[] = {"a string", "a duration such as 250ms, 30s, 5m", "a size such as 64K, 256M",
+                                       "a whole number", "true or false"};
+    fprintf(stderr, "luster: %s: invalid value '%s' for %s; expected %s\n", source, v, o->name, what[o->kind]);
+    return -1;
+  }
+  *(uint64_t *)base = n;
+  return 0;
+}
+
+int config_parse(config_t *cfg, const char *cmd, int argc, char **argv) {
+  memset(cfg, 0, sizeof *cfg);
+  for (size_t i = 0; i < NOPTS; i++)
+    if (config_opts[i].dflt && config__set(cfg, &config_opts[i], config_opts[i].dflt, "default") != 0) return -1;
+  for (size_t i = 0; i < NOPTS; i++) {
+    char env[64] = "LUSTER_";
+    size_t n = strlen(env);
+    for (const char *p = config_opts[i].name; *p && n < sizeof env - 1; p++)
+      env[n++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+    env[n] = '\0';
+    const char *v = getenv(env);
+    if (v && config__set(cfg, &config_opts[i], v, env) != 0) return -1;
+  }
+  for (int i = 2; i < argc; i++) {
+    const char *a = argv[i];
+    if (strncmp(a, "--", 2) != 0 || strcmp(a, "--") == 0) {
+      if (strcmp(a, "--") == 0) {
+        for (i++; i < argc; i++) {
+          if (cfg->nargs >= 8) { fprintf(stderr, "luster %s: too many arguments\n", cmd); return -1; }
+          cfg->args[cfg->nargs++] = argv[i];
+        }
+        break;
+      }
+      if (cfg->nargs >= 8) { fprintf(stderr, "luster %s: too many arguments\n", cmd); return -1; }
+      cfg->args[cfg->nargs++] = a;
+      continue;
+    }
+    const char *name = a + 2;
+    const char *eq = strchr(name, '=');
+    size_t nl = eq ? (size_t)(eq - name) : strlen(name);
+    const opt_t *o = NULL;
+    for (size_t k = 0; k < NOPTS; k++)
+      if (strlen(config_opts[k].name) == nl && strncmp(config_opts[k].name, name, nl) == 0) o = &config_opts[k];
+    if (!o) {
+      fprintf(stderr, "luster %s: unknown flag '%s' (see 'luster help')\n", cmd, a);
+      return -1;
+    }
+    const char *v;
+    if (eq) v = eq + 1;
+    else if (o->kind == OPT_FLAG) v = "1";
+    else if (i + 1 < argc) v = argv[++i];
+    else {
+      fprintf(stderr, "luster %s: flag --%s needs a value\n", cmd, o->name);
+      return -1;
+    }
+    char src[80];
+    snprintf(src, sizeof src, "--%s", o->name);
+    if (config__set(cfg, o, v, src) != 0) return -1;
+  }
+  return 0;
+}

@@ -1,0 +1,36 @@
+/* config.h - every setting of a runner, from flags and LUSTER_* variables. */
+#ifndef LUSTER_CONFIG_H
+#define LUSTER_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct config_s {
+  const char *dir;
+  const char *http;       /* host:port, or "none" */
+  const char *listen;
+  const char *advertise;
+  const char *storage;    /* "memory" or postgres://... */
+  const char *url;        /* call / status: the runner's HTTP address */
+  const char *log_level;
+  uint64_t shards;
+  uint64_t max_idle_ms;
+  uint64_t memory_limit;
+  uint64_t instruction_budget;
+  uint64_t call_timeout_ms;
+  uint64_t max_body;
+  uint64_t retention_ms;
+  uint64_t request_timeout_ms;
+  uint64_t idle_timeout_ms;
+  uint64_t shutdown_timeout_ms;
+  uint64_t no_reload;
+  const char *args[8]; /* positional arguments */
+  int nargs;
+} config_t;
+
+/* Fills cfg from defaults, then the environment, then argv (from index 2,
+ * after the command). Returns 0, or -1 after printing what was wrong. */
+int config_parse(config_t *cfg, const char *cmd, int argc, char **argv);
+void config_usage(FILE *out);
+
+#endif

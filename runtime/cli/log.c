@@ -1,0 +1,46 @@
+/* log.c - timestamped, levelled lines on stderr. One write per line, so lines
+ * from a runner stay whole when several runners share a terminal. */
+#include "cli/log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static log_level_t log_level = LOG_INFO;
+static const char *const log_names[] = {"DEBUG", "INFO ", "WARN ", "ERROR"};
+
+void log_set_level(log_level_t lvl) { log_level = lvl; }
+
+int log_enabled(log_level_t lvl) { return lvl >= log_level; }
+
+int log_parse_level(const char *s, log_level_t *out) {
+  static const char *const names[] = {"debug", "info", "warn", "error"};
+  for (int i = 0; i < 4; i++)
+    if (strcasecmp(s, names[i]) == 0) { *out = (log_level_t)i; return 0; }
+  return -1;
+}
+
+void log_msg(log_level_t lvl, const char *fmt, ...) {
+  if (lvl < log_level) return;
+  char line[4096];
+  struct timeval tv;
+  struct tm tm;
+  gettimeofday(&tv, NULL);
+  gmtime_r(&tv.tv_sec, &tm);
+  int n = (int)strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
+  n += snprintf(line + n, sizeof line - (size_t)n, ".%03dZ %s ", (int)(tv.tv_usec / 1000), log_names[lvl]);
+  va_list ap;
+  va_start(ap, fmt);
+  int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+  va_end(ap);
+  if (m < 0) m = 0;
+  n += m;
+  if (n > (int)sizeof line - 2) n = (int)sizeof line - 2;
+  line[n++] = '\n';
+  ssize_t w = write(STDERR_FILENO, line, (size_t)n);
+  (void)w;
+}

@@ -1,0 +1,169 @@
+/* msg.c - messages, replies and calls. */
+#include "entity/msg.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/log.h"
+#include "core/buf.h"
+#include "storage/storage.h"
+
+static const char *const reply_names[REPLY__COUNT] = {
+    "ok", "failure", "defect", "schema", "not_found", "timeout", "unavailable", "mailbox_full", "accepted",
+};
+
+const char *reply_kind_name(reply_kind_t k) { return k < REPLY__COUNT ? reply_names[k] : "defect"; }
+
+int reply_kind_parse(const char *s, size_t n, reply_kind_t *out) {
+  for (int i = 0; i < REPLY__COUNT; i++)
+    if (strlen(reply_names[i]) == n && memcmp(reply_names[i], s, n) == 0) { *out = (reply_kind_t)i; return 0; }
+  return -1;
+}
+
+static void *xmalloc(size_t n) {
+  void *p = malloc(n);
+  if (!p) { log_error("out of memory (%zu bytes)", n); abort(); }
+  return p;
+}
+
+char *reply_error_body(reply_kind_t kind, const char *path, const char *msg, size_t *len) {
+  buf_t b;
+  buf_init(&b);
+  buf_adds(&b, "{\"kind\":\"");
+  buf_adds(&b, reply_kind_name(kind));
+  buf_adds(&b, "\",\"message\":");
+  buf_add_json_str(&b, msg, strlen(msg));
+  if (path) {
+    buf_adds(&b, ",\"path\":");
+    buf_add_json_str(&b, path, strlen(path));
+  }
+  buf_addc(&b, '}');
+  return buf_steal(&b, len);
+}
+
+static void call__timeout(timer_entry_t *t) {
+  call_t *c = (call_t *)((char *)t - offsetof(call_t, deadline));
+  call_fail(c, REPLY_TIMEOUT, "no reply within %llu ms", (unsigned long long)c->timeout_ms);
+}
+
+call_t *call_new(call_cb cb, void *ud, uint64_t timeout_ms) {
+  call_t *c = xmalloc(sizeof *c);
+  memset(c, 0, sizeof *c);
+  c->cb = cb;
+  c->ud = ud;
+  c->timeout_ms = timeout_ms;
+  timer_entry_init(&c->deadline, call__timeout);
+  if (timeout_ms) timer_add(&c->deadline, sched_now() + timeout_ms);
+  return c;
+}
+
+static void call__detach(call_t *c) {
+  if (c->unlink) c->unlink(c);
+  c->unlink = NULL;
+  c->holder = NULL;
+  timer_cancel(&c->deadline);
+}
+
+static void call__run(sched_item_t *it) {
+  call_t *c = (call_t *)it;
+  if (c->cb) c->cb(c, c->kind, c->body ? c->body : "", c->len);
+  free(c->body);
+  free(c);
+}
+
+void call_complete(call_t *c, reply_kind_t kind, const char *body, size_t len) {
+  if (c->done) return;
+  c->done = 1;
+  call__detach(c);
+  c->kind = kind;
+  c->body = xmalloc(len + 1);
+  memcpy(c->body, body, len);
+  c->body[len] = '\0';
+  c->len = len;
+  sched_push(&c->item, call__run);
+}
+
+void call_fail(call_t *c, reply_kind_t kind, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  size_t len;
+  char *body = reply_error_body(kind, NULL, msg, &len);
+  call_complete(c, kind, body, len);
+  free(body);
+}
+
+void call_cancel(call_t *c) {
+  c->cb = NULL;
+  if (c->done) return; /* queued: freed when the queue reaches it */
+  c->done = 1;
+  call__detach(c);
+  sched_push(&c->item, call__run);
+}
+
+static void msg__unlink_call(call_t *c) {
+  msg_t *m = c->holder;
+  if (m) m->call = NULL;
+}
+
+msg_t *msg_new(struct etype_s *type, int rpc, const char *id, size_t id_len, const char *payload,
+               size_t payload_len, const char *headers, size_t headers_len) {
+  size_t hl = headers ? headers_len + 1 : 0;
+  msg_t *m = xmalloc(sizeof *m + id_len + 1 + payload_len + 1 + hl);
+  memset(m, 0, sizeof *m);
+  m->type = type;
+  m->rpc = rpc;
+  m->id = m->data;
+  memcpy(m->id, id, id_len);
+  m->id[id_len] = '\0';
+  m->id_len = id_len;
+  m->payload = m->id + id_len + 1;
+  memcpy(m->payload, payload, payload_len);
+  m->payload[payload_len] = '\0';
+  m->payload_len = payload_len;
+  if (headers) {
+    m->headers = m->payload + payload_len + 1;
+    memcpy(m->headers, headers, headers_len);
+    m->headers[headers_len] = '\0';
+    m->headers_len = headers_len;
+  }
+  m->request_id = msg_next_request_id();
+  return m;
+}
+
+void msg_attach_call(msg_t *m, call_t *c) {
+  m->call = c;
+  c->holder = m;
+  c->unlink = msg__unlink_call;
+}
+
+int msg_abandoned(const msg_t *m) {
+  return !(m->flags & (MSG_DISCARD | MSG_PERSISTED)) && m->call == NULL;
+}
+
+void msg_finish(msg_t *m, reply_kind_t kind, const char *body, size_t len) {
+  if (m->stored) storage_reply(m->stored, kind, body, len);
+  if (m->call) call_complete(m->call, kind, body, len);
+  msg_free(m);
+}
+
+void msg_free(msg_t *m) {
+  if (m->call) {
+    m->call->unlink = NULL;
+    m->call->holder = NULL;
+    call_fail(m->call, REPLY_UNAVAILABLE, "the message was dropped before it ran");
+  }
+  free(m);
+}
+
+uint64_t msg_next_request_id(void) {
+  /* Unique within this process run: start from the wall clock in microseconds
+   * so ids do not repeat across restarts of one runner either. */
+  static uint64_t next;
+  if (!next) next = sched_wall_ms() * 1000u;
+  return ++next;
+}

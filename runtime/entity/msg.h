@@ -1,0 +1,105 @@
+/* msg.h - messages, replies and the calls that wait for them.
+ *
+ * A message carries (type, id, rpc) and the payload as JSON bytes; the C side
+ * never parses payloads. A call is the caller's side of a request: it holds
+ * the deadline and the callback, and is completed exactly once, always from
+ * the ready queue (never from inside the code that produced the reply). */
+#ifndef LUSTER_MSG_H
+#define LUSTER_MSG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "entity/sched.h"
+
+typedef enum {
+  REPLY_OK = 0,
+  REPLY_FAILURE,
+  REPLY_DEFECT,
+  REPLY_SCHEMA,
+  REPLY_NOT_FOUND,
+  REPLY_TIMEOUT,
+  REPLY_UNAVAILABLE,
+  REPLY_MAILBOX_FULL,
+  REPLY_ACCEPTED, /* stored or queued, reply not awaited (discard) */
+  REPLY__COUNT
+} reply_kind_t;
+
+const char *reply_kind_name(reply_kind_t k);
+int reply_kind_parse(const char *s, size_t n, reply_kind_t *out);
+
+typedef struct call_s call_t;
+typedef struct msg_s msg_t;
+struct etype_s;
+struct pmsg_s;
+
+/* Body: for OK and FAILURE the JSON value; for every other kind a JSON object
+ * {"kind": ..., "message": ..., ["path": ...]}. */
+typedef void (*call_cb)(call_t *c, reply_kind_t kind, const char *body, size_t len);
+
+struct call_s {
+  sched_item_t item;
+  timer_entry_t deadline;
+  call_cb cb;
+  void *ud;
+  /* Whoever currently holds this call (a message or a stored message's list
+   * of waiters) and how to let go of it. */
+  void (*unlink)(call_t *c);
+  void *holder;
+  call_t *wnext, *wprev;
+  uint64_t timeout_ms;
+  reply_kind_t kind;
+  char *body;
+  size_t len;
+  int done;
+};
+
+/* timeout_ms 0 = no deadline. */
+call_t *call_new(call_cb cb, void *ud, uint64_t timeout_ms);
+/* Records the reply (copying body) and queues the callback; later replies are
+ * ignored. The call is freed after its callback returns. */
+void call_complete(call_t *c, reply_kind_t kind, const char *body, size_t len);
+void call_fail(call_t *c, reply_kind_t kind, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* The caller is gone (connection closed): no callback, freed now or after the
+ * queued callback would have run. */
+void call_cancel(call_t *c);
+
+/* Builds the JSON error body {"kind":K,"message":M[,"path":P]} into a malloc'd
+ * string. */
+char *reply_error_body(reply_kind_t kind, const char *path, const char *msg, size_t *len);
+
+enum {
+  MSG_DISCARD = 1,   /* nobody awaits the reply */
+  MSG_PERSISTED = 2, /* reply goes to the stored message */
+};
+
+struct msg_s {
+  msg_t *next;
+  struct etype_s *type;
+  int rpc;
+  unsigned flags;
+  call_t *call;           /* the waiting caller, if still there */
+  struct pmsg_s *stored;  /* the stored record, for persisted messages */
+  uint64_t request_id;
+  uint64_t enqueued_at;
+  char *id;
+  size_t id_len;
+  char *payload;
+  size_t payload_len;
+  char *headers; /* JSON object, or NULL */
+  size_t headers_len;
+  char data[];
+};
+
+msg_t *msg_new(struct etype_s *type, int rpc, const char *id, size_t id_len, const char *payload,
+               size_t payload_len, const char *headers, size_t headers_len);
+void msg_attach_call(msg_t *m, call_t *c);
+/* Sends the reply to whoever waits and frees the message. */
+void msg_finish(msg_t *m, reply_kind_t kind, const char *body, size_t len);
+void msg_free(msg_t *m);
+/* True when a caller was waiting and has gone: the message need not run. */
+int msg_abandoned(const msg_t *m);
+
+uint64_t msg_next_request_id(void);
+
+#endif

@@ -1,0 +1,120 @@
+/* host.h - the Lua side of the runtime: one lua_State per script file, with
+ * a capped allocator and an instruction budget; definitions read from the
+ * scripts; handlers run as coroutines that yield on calls and sleeps. */
+#ifndef LUSTER_HOST_H
+#define LUSTER_HOST_H
+
+#include <lua.h>
+#include <stdint.h>
+
+#include "core/htab.h"
+#include "entity/msg.h"
+#include "entity/sched.h"
+
+typedef struct script_s script_t;
+typedef struct etype_s etype_t;
+typedef struct task_s task_t;
+struct inst_s;
+
+typedef struct rpc_def_s {
+  char *tag;
+  size_t tag_len;
+  int persisted;
+  int has_primary_key;
+  int has_deliver_at;
+} rpc_def_t;
+
+typedef enum { DEF_ENTITY, DEF_SINGLETON, DEF_CRON } def_kind_t;
+
+/* One entity type (or singleton / cron job) as defined by a script. */
+struct etype_s {
+  etype_t *next;  /* in the registry of live types */
+  etype_t *snext; /* in its script's list */
+  def_kind_t kind;
+  char *name;
+  size_t name_len;
+  script_t *script;
+  int def_ref; /* the definition table, in the script's registry */
+  rpc_def_t *rpcs;
+  int nrpcs;
+  char *cron_expr;
+  uint64_t max_idle_ms;
+  uint32_t concurrency;
+  uint32_t mailbox;
+  /* Entity manager state (see entity.c). */
+  htab_t instances;
+  size_t active;
+  struct inst_s *idle_head, *idle_tail;
+  timer_entry_t idle_timer;
+  uint64_t activations, passivations;
+  uint64_t outcomes[REPLY__COUNT];
+  task_t *runner_task; /* singleton / cron */
+};
+
+struct script_s {
+  script_t *next;
+  char *path;
+  char *file; /* name within the script directory, for messages */
+  lua_State *L;
+  size_t mem, mem_peak, mem_limit;
+  uint64_t budget;
+  uint64_t slice;     /* instructions in the current run */
+  task_t *current;    /* the task running now, NULL at load time */
+  int ref_handle, ref_activate, ref_new_ctx, ref_persist_info, ref_snapshot, ref_run_singleton, ref_run_cron;
+  char *error;        /* load error, for /cluster */
+  char version[17];   /* first 16 hex digits of the source's SHA-256 */
+  etype_t *types;     /* defined by this script */
+  int tasks;          /* tasks alive in this state */
+};
+
+typedef enum { TASK_ACTIVATE, TASK_HANDLE, TASK_SINGLETON, TASK_CRON } task_kind_t;
+
+struct task_s {
+  sched_item_t item;
+  timer_entry_t sleep;
+  script_t *script;
+  lua_State *co;
+  int co_ref;
+  task_kind_t kind;
+  struct inst_s *inst;
+  etype_t *type;
+  msg_t *msg;
+  call_t *call; /* outgoing call this task waits on */
+  int nargs;    /* values pushed on co for the next resume */
+  int cancelled;
+};
+
+typedef struct host_config_s {
+  const char *dir;
+  size_t memory_limit;
+  uint64_t instruction_budget;
+  uint64_t call_timeout_ms;
+  uint64_t max_idle_ms;
+  const char *runner_name; /* ctx.runner */
+  uint32_t shards;
+} host_config_t;
+
+/* Loads every top-level *.lua of cfg->dir. Returns the number of scripts that
+ * failed to load (each logged and kept in its script_t); <0 when the directory
+ * cannot be read. */
+int host_load_dir(const host_config_t *cfg);
+void host_shutdown(void);
+const host_config_t *host_config(void);
+script_t *host_scripts(void);
+etype_t *host_types(void);
+etype_t *host_find_type(const char *name, size_t len);
+int etype_find_rpc(const etype_t *t, const char *tag, size_t len);
+
+/* Entity work, called by the entity manager. */
+void host_activate(struct inst_s *inst, const char *snapshot, size_t snapshot_len);
+void host_handle(struct inst_s *inst, msg_t *msg);
+void host_release_instance(struct inst_s *inst);
+/* Runs a persisted RPC's payload check, primary key and deliver_at in the
+ * target script. Returns the reply kind: REPLY_OK with *pk (malloc'd or NULL)
+ * and *deliver_at (epoch ms, 0 = now), else an error kind with *err body. */
+reply_kind_t host_persist_info(etype_t *t, int rpc, const char *payload, size_t len, char **pk,
+                               uint64_t *deliver_at, char **err, size_t *err_len);
+/* Starts singletons and cron jobs. */
+void host_start_background(void);
+
+#endif

@@ -1,0 +1,241 @@
+/* main.c - the luster command: run, check, call, status. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "cli/client.h"
+#include "cli/config.h"
+#include "cli/log.h"
+#include "core/parse.h"
+#include "entity/entity.h"
+#include "entity/sched.h"
+#include "host/host.h"
+#include "net/gateway.h"
+#include "net/http.h"
+#include "storage/storage.h"
+
+static http_server_t *main_http;
+static uv_signal_t main_sigterm, main_sigint;
+static uv_timer_t main_stop_timer;
+static uint64_t main_stop_deadline;
+static int main_stopping;
+
+static void main__stop_check(uv_timer_t *t) {
+  size_t busy = 0;
+  for (etype_t *ty = host_types(); ty; ty = ty->next) {
+    size_t it;
+    for (htab_node_t *n = htab_first(&ty->instances, &it); n; n = htab_next(&ty->instances, n, &it)) {
+      inst_t *i = (inst_t *)n;
+      busy += i->running + i->mb_len;
+    }
+  }
+  if ((busy == 0 && http_stats()->connections_open == 0) || uv_now(t->loop) >= main_stop_deadline) {
+    if (busy) log_warn("shutdown: %zu messages still running or queued after the shutdown timeout", busy);
+    uv_stop(t->loop);
+  }
+}
+
+static void main__signal(uv_signal_t *s, int signum) {
+  if (main_stopping) {
+    log_warn("second %s: exiting now", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    exit(1);
+  }
+  main_stopping = 1;
+  const config_t *cfg = s->data;
+  log_info("%s: finishing in-flight messages (at most %llu ms), then exiting",
+           signum == SIGINT ? "SIGINT" : "SIGTERM", (unsigned long long)cfg->shutdown_timeout_ms);
+  if (main_http) http_server_stop(main_http);
+  main_stop_deadline = uv_now(s->loop) + cfg->shutdown_timeout_ms;
+  uv_timer_start(&main_stop_timer, main__stop_check, 0, 20);
+}
+
+static void main__close_walk(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static int main__host_config(const config_t *cfg, host_config_t *hc) {
+  memset(hc, 0, sizeof *hc);
+  hc->dir = cfg->dir;
+  hc->memory_limit = cfg->memory_limit;
+  hc->instruction_budget = cfg->instruction_budget;
+  hc->call_timeout_ms = cfg->call_timeout_ms;
+  hc->max_idle_ms = cfg->max_idle_ms;
+  hc->runner_name = cfg->advertise ? cfg->advertise : cfg->listen ? cfg->listen : "local";
+  hc->shards = (uint32_t)cfg->shards;
+  if (cfg->shards < 1 || cfg->shards > 1000000) {
+    fprintf(stderr, "luster: --shards must be between 1 and 1000000, got %llu\n", (unsigned long long)cfg->shards);
+    return -1;
+  }
+  if (cfg->memory_limit < (1u << 20)) {
+    fprintf(stderr, "luster: --memory-limit must be at least 1M\n");
+    return -1;
+  }
+  if (cfg->instruction_budget < 10000) {
+    fprintf(stderr, "luster: --instruction-budget must be at least 10000\n");
+    return -1;
+  }
+  return 0;
+}
+
+static int cmd_run(config_t *cfg) {
+  if (cfg->nargs != 1) {
+    fprintf(stderr, "luster run: expected one script directory, e.g. 'luster run examples/counter'\n");
+    return 2;
+  }
+  cfg->dir = cfg->args[0];
+  if (strcmp(cfg->storage, "memory") != 0) {
+    fprintf(stderr,
+            "luster run: --storage %s: this build runs on embedded storage only ('memory'); "
+            "PostgreSQL clusters are not available yet\n",
+            cfg->storage);
+    return 2;
+  }
+  if (cfg->listen) {
+    fprintf(stderr, "luster run: --listen is for cluster mode (runner-to-runner transport), which needs "
+                    "--storage postgres://... and is not available in this build yet\n");
+    return 2;
+  }
+  host_config_t hc;
+  if (main__host_config(cfg, &hc) != 0) return 2;
+  uv_loop_t *loop = uv_default_loop();
+  signal(SIGPIPE, SIG_IGN);
+  sched_init(loop);
+  em_init(hc.shards);
+  storage_init_memory(cfg->retention_ms);
+  int failed = host_load_dir(&hc);
+  if (failed < 0) {
+    fprintf(stderr, "luster run: cannot read script directory '%s': %s\n", cfg->dir, strerror(-failed));
+    return 1;
+  }
+  int ntypes = 0;
+  for (etype_t *t = host_types(); t; t = t->next) ntypes++;
+  if (!host_scripts()) log_warn("no *.lua scripts in %s: nothing to serve yet", cfg->dir);
+
+  char bound[128] = "none";
+  if (strcmp(cfg->http, "none") != 0) {
+    char host[256];
+    int port;
+    if (parse_hostport(cfg->http, host, sizeof host, &port) != 0) {
+      fprintf(stderr, "luster run: --http '%s' is not HOST:PORT (or 'none')\n", cfg->http);
+      return 2;
+    }
+    http_limits_t lim = {
+        .max_body = cfg->max_body,
+        .max_url = 8192,
+        .max_header_bytes = 16384,
+        .max_headers = 100,
+        .request_timeout_ms = cfg->request_timeout_ms,
+        .idle_timeout_ms = cfg->idle_timeout_ms,
+        .max_pipelined = 128,
+        .max_connections = 10000,
+    };
+    int rc = http_server_start(&main_http, loop, host, port, &lim, gateway_on_request, bound, sizeof bound);
+    if (rc != 0) {
+      fprintf(stderr, "luster run: cannot listen for HTTP on %s: %s\n", cfg->http, uv_strerror(rc));
+      return 1;
+    }
+  }
+  gateway_info_t gi = {
+      .runner = hc.runner_name,
+      .http_addr = bound,
+      .storage = cfg->storage,
+      .dir = cfg->dir,
+      .shards = hc.shards,
+      .started_ms = sched_wall_ms(),
+      .call_timeout_ms = cfg->call_timeout_ms,
+  };
+  gateway_init(&gi);
+  host_start_background();
+
+  uv_signal_init(loop, &main_sigterm);
+  uv_signal_init(loop, &main_sigint);
+  main_sigterm.data = main_sigint.data = cfg;
+  uv_signal_start(&main_sigterm, main__signal, SIGTERM);
+  uv_signal_start(&main_sigint, main__signal, SIGINT);
+  uv_timer_init(loop, &main_stop_timer);
+  uv_unref((uv_handle_t *)&main_sigterm);
+  uv_unref((uv_handle_t *)&main_sigint);
+
+  log_info("luster runner serving %d definition%s from %s (%d script%s failed to load); http %s", ntypes,
+           ntypes == 1 ? "" : "s", cfg->dir, failed, failed == 1 ? "" : "s", bound);
+  if (strcmp(bound, "none") != 0) log_info("http gateway listening on http://%s", bound);
+
+  uv_run(loop, UV_RUN_DEFAULT);
+
+  em_stop_all();
+  sched_drain();
+  if (main_http) http_server_free(main_http);
+  storage_close();
+  host_shutdown();
+  sched_close();
+  uv_walk(loop, main__close_walk, NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+  uv_loop_close(loop);
+  log_info("stopped");
+  return 0;
+}
+
+static int cmd_check(config_t *cfg) {
+  if (cfg->nargs != 1) {
+    fprintf(stderr, "luster check: expected one script directory\n");
+    return 2;
+  }
+  cfg->dir = cfg->args[0];
+  host_config_t hc;
+  if (main__host_config(cfg, &hc) != 0) return 2;
+  log_set_level(LOG_WARN);
+  sched_init(uv_default_loop());
+  em_init(hc.shards);
+  int failed = host_load_dir(&hc);
+  if (failed < 0) {
+    fprintf(stderr, "luster check: cannot read script directory '%s': %s\n", cfg->dir, strerror(-failed));
+    return 1;
+  }
+  int n = 0;
+  for (script_t *s = host_scripts(); s; s = s->next) {
+    n++;
+    if (s->error) {
+      printf("FAIL %s\n     %s\n", s->file, s->error);
+      continue;
+    }
+    printf("ok   %s", s->file);
+    const char *sep = "  (";
+    for (etype_t *t = s->types; t; t = t->snext) {
+      printf("%s%s %s", sep, t->kind == DEF_ENTITY ? "entity" : t->kind == DEF_SINGLETON ? "singleton" : "cron",
+             t->name);
+      sep = ", ";
+    }
+    printf("%s\n", s->types ? ")" : "");
+  }
+  printf("%d script%s, %d failed\n", n, n == 1 ? "" : "s", failed);
+  host_shutdown();
+  sched_close();
+  uv_run(uv_default_loop(), UV_RUN_DEFAULT);
+  return failed ? 1 : (n == 0 ? 1 : 0);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    config_usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const char *cmd = argv[1];
+  config_t cfg;
+  if (config_parse(&cfg, cmd, argc, argv) != 0) return 2;
+  log_level_t lvl;
+  if (log_parse_level(cfg.log_level, &lvl) != 0) {
+    fprintf(stderr, "luster: --log-level must be debug, info, warn or error, got '%s'\n", cfg.log_level);
+    return 2;
+  }
+  log_set_level(lvl);
+  if (strcmp(cmd, "run") == 0) return cmd_run(&cfg);
+  if (strcmp(cmd, "check") == 0) return cmd_check(&cfg);
+  if (strcmp(cmd, "call") == 0) return client_call(&cfg);
+  if (strcmp(cmd, "status") == 0) return client_status(&cfg);
+  fprintf(stderr, "luster: unknown command '%s'\n", cmd);
+  config_usage(stderr);
+  return 2;
+}

@@ -1,0 +1,278 @@
+/* gateway.c - maps HTTP requests to entity calls and replies to status codes:
+ * 200 value, 422 declared failure, 400 schema, 404 unknown, 500 defect,
+ * 503 unavailable or mailbox full (with Retry-After), 504 timeout,
+ * 202 accepted (?discard=1). */
+#include "net/gateway.h"
+
+#include <errno.h>
+#include <http_parser.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/log.h"
+#include "cluster/router.h"
+#include "core/url.h"
+#include "entity/entity.h"
+#include "host/host.h"
+#include "storage/storage.h"
+
+static gateway_info_t gw;
+
+void gateway_init(const gateway_info_t *info) { gw = *info; }
+
+static void gw__json(http_req_t *r, int status, const char *extra, const char *body, size_t len) {
+  http_respond(r, status, "application/json", extra, body, len);
+}
+
+static void gw__error(http_req_t *r, int status, const char *kind, const char *path, const char *msg) {
+  buf_t b;
+  buf_init(&b);
+  buf_adds(&b, "{\"error\":{\"kind\":\"");
+  buf_adds(&b, kind);
+  buf_adds(&b, "\",\"message\":");
+  buf_add_json_str(&b, msg, strlen(msg));
+  if (path) {
+    buf_adds(&b, ",\"path\":");
+    buf_add_json_str(&b, path, strlen(path));
+  }
+  buf_adds(&b, "}}");
+  gw__json(r, status, status == 405 ? "Allow: POST\r\n" : NULL, b.data, b.len);
+  buf_free(&b);
+}
+
+static int gw__status(reply_kind_t k) {
+  switch (k) {
+  case REPLY_OK: return 200;
+  case REPLY_ACCEPTED: return 202;
+  case REPLY_FAILURE: return 422;
+  case REPLY_SCHEMA: return 400;
+  case REPLY_NOT_FOUND: return 404;
+  case REPLY_TIMEOUT: return 504;
+  case REPLY_UNAVAILABLE:
+  case REPLY_MAILBOX_FULL: return 503;
+  default: return 500;
+  }
+}
+
+static void gw__reply(call_t *c, reply_kind_t kind, const char *body, size_t len) {
+  http_req_t *r = c->ud;
+  int status = gw__status(kind);
+  buf_t b;
+  buf_init(&b);
+  buf_reserve(&b, len + 16);
+  switch (kind) {
+  case REPLY_OK: buf_adds(&b, "{\"value\":"); buf_add(&b, body, len); buf_addc(&b, '}'); break;
+  case REPLY_FAILURE: buf_adds(&b, "{\"failure\":"); buf_add(&b, body, len); buf_addc(&b, '}'); break;
+  case REPLY_ACCEPTED: buf_adds(&b, "{\"accepted\":true}"); break;
+  default: buf_adds(&b, "{\"error\":"); buf_add(&b, body, len); buf_addc(&b, '}'); break;
+  }
+  gw__json(r, status, status == 503 ? "Retry-After: 1\r\n" : NULL, b.data, b.len);
+  buf_free(&b);
+}
+
+static void gw__abort(http_req_t *r) {
+  call_t *c = r->ud;
+  if (c) call_cancel(c);
+  r->ud = NULL;
+}
+
+static int gw__flag(const slice_t *q, const char *key) {
+  char v[16];
+  int n = url_query_get(q->ptr, q->len, key, v, sizeof v);
+  if (n < 0) return 0;
+  return n == 0 || strcmp(v, "1") == 0 || strcmp(v, "true") == 0;
+}
+
+static void gw__entity(http_req_t *r, const slice_t *seg, const slice_t *query) {
+  const slice_t *type = &seg[1], *id = &seg[2], *rpc = &seg[3];
+  if (r->method != HTTP_POST) {
+    gw__error(r, 405, "not_found", NULL, "entity calls use POST");
+    return;
+  }
+  uint64_t timeout = gw.call_timeout_ms;
+  char tv[32];
+  if (url_query_get(query->ptr, query->len, "timeout", tv, sizeof tv) >= 0) {
+    char *end;
+    unsigned long long ms = strtoull(tv, &end, 10);
+    if (*tv == '\0' || *end != '\0' || ms == 0) {
+      gw__error(r, 400, "schema", "timeout", "timeout must be a positive number of milliseconds");
+      return;
+    }
+    timeout = ms;
+  }
+  unsigned flags = gw__flag(query, "discard") ? MSG_DISCARD : 0;
+  call_t *c = call_new(gw__reply, r, timeout);
+  r->ud = c;
+  r->on_abort = gw__abort;
+  router_send(type->ptr, type->len, id->ptr, id->len, rpc->ptr, rpc->len, r->body.data, r->body.len,
+              r->headers.data, r->headers.len, flags, c);
+}
+
+void gateway_on_request(http_req_t *r) {
+  slice_t path, query;
+  url_split(r->url.data, r->url.len, &path, &query);
+  char store[8192 + 16];
+  slice_t seg[8];
+  int n = url_segments(path.ptr, path.len, store, sizeof store, seg, 8);
+  if (n < 0) {
+    gw__error(r, 400, "schema", NULL, "malformed request path (bad percent-encoding, NUL byte, or too many segments)");
+    return;
+  }
+#define SEG_IS(i, s) (seg[i].len == sizeof(s) - 1 && memcmp(seg[i].ptr, s, sizeof(s) - 1) == 0)
+  if (n == 4 && SEG_IS(0, "entities")) {
+    gw__entity(r, seg, &query);
+    return;
+  }
+  if (n == 1 && SEG_IS(0, "health")) {
+    static const char ok[] = "{\"status\":\"serving\"}";
+    gw__json(r, 200, NULL, ok, sizeof ok - 1);
+    return;
+  }
+  if (n == 1 && (SEG_IS(0, "cluster") || SEG_IS(0, "metrics"))) {
+    if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
+      static const char msg[] = "{\"error\":{\"kind\":\"not_found\",\"message\":\"use GET\"}}";
+      http_respond(r, 405, "application/json", "Allow: GET\r\n", msg, sizeof msg - 1);
+      return;
+    }
+    buf_t b;
+    buf_init(&b);
+    if (SEG_IS(0, "cluster")) {
+      gateway_cluster_json(&b);
+      gw__json(r, 200, NULL, b.data, b.len);
+    } else {
+      gateway_metrics(&b);
+      http_respond(r, 200, "text/plain; version=0.0.4", NULL, b.data, b.len);
+    }
+    buf_free(&b);
+    return;
+  }
+  if (n >= 1 && SEG_IS(0, "entities")) {
+    gw__error(r, 404, "not_found", NULL, "entity calls are POST /entities/{type}/{id}/{rpc}");
+    return;
+  }
+  gw__error(r, 404, "not_found", NULL, "no such route; try POST /entities/{type}/{id}/{rpc}, GET /cluster, "
+                                       "GET /metrics or GET /health");
+#undef SEG_IS
+}
+
+static const char *gw__kind_name(def_kind_t k) {
+  return k == DEF_SINGLETON ? "singleton" : k == DEF_CRON ? "cron" : "entity";
+}
+
+void gateway_cluster_json(buf_t *b) {
+  buf_adds(b, "{\"runner\":{\"address\":");
+  buf_add_json_str(b, gw.runner, strlen(gw.runner));
+  buf_adds(b, ",\"http\":");
+  buf_add_json_str(b, gw.http_addr, strlen(gw.http_addr));
+  buf_adds(b, ",\"storage\":");
+  buf_add_json_str(b, gw.storage, strlen(gw.storage));
+  buf_adds(b, ",\"scripts\":");
+  buf_add_json_str(b, gw.dir, strlen(gw.dir));
+  buf_printf(b, ",\"started_at\":%llu,\"healthy\":true,\"active\":%zu}", (unsigned long long)gw.started_ms,
+             em_active_total());
+  buf_adds(b, ",\"runners\":[{\"address\":");
+  buf_add_json_str(b, gw.runner, strlen(gw.runner));
+  buf_printf(b, ",\"healthy\":true,\"shards\":%u,\"active\":%zu}]", gw.shards, em_active_total());
+  buf_printf(b, ",\"shards\":{\"count\":%u,\"owners\":[{\"runner\":", gw.shards);
+  buf_add_json_str(b, gw.runner, strlen(gw.runner));
+  buf_printf(b, ",\"ranges\":[[1,%u]]}]}", gw.shards);
+  buf_adds(b, ",\"types\":[");
+  int first = 1;
+  for (etype_t *t = host_types(); t; t = t->next) {
+    if (!first) buf_addc(b, ',');
+    first = 0;
+    buf_adds(b, "{\"name\":");
+    buf_add_json_str(b, t->name, t->name_len);
+    buf_printf(b, ",\"kind\":\"%s\",\"file\":", gw__kind_name(t->kind));
+    buf_add_json_str(b, t->script->file, strlen(t->script->file));
+    buf_printf(b, ",\"version\":\"%s\",\"active\":%zu,\"activations\":%llu,\"passivations\":%llu", t->script->version,
+               t->active, (unsigned long long)t->activations, (unsigned long long)t->passivations);
+    if (t->kind == DEF_ENTITY) {
+      buf_printf(b, ",\"max_idle_ms\":%llu,\"concurrency\":%u,\"mailbox\":%u,\"rpcs\":[",
+                 (unsigned long long)t->max_idle_ms, t->concurrency, t->mailbox);
+      for (int i = 0; i < t->nrpcs; i++) {
+        if (i) buf_addc(b, ',');
+        buf_adds(b, "{\"tag\":");
+        buf_add_json_str(b, t->rpcs[i].tag, t->rpcs[i].tag_len);
+        buf_printf(b, ",\"persisted\":%s}", t->rpcs[i].persisted ? "true" : "false");
+      }
+      buf_addc(b, ']');
+    } else if (t->cron_expr) {
+      buf_adds(b, ",\"schedule\":");
+      buf_add_json_str(b, t->cron_expr, strlen(t->cron_expr));
+    }
+    buf_addc(b, '}');
+  }
+  buf_adds(b, "],\"scripts_loaded\":[");
+  first = 1;
+  for (script_t *s = host_scripts(); s; s = s->next) {
+    if (!first) buf_addc(b, ',');
+    first = 0;
+    buf_adds(b, "{\"file\":");
+    buf_add_json_str(b, s->file, strlen(s->file));
+    buf_printf(b, ",\"version\":\"%s\",\"ok\":%s,\"memory_bytes\":%zu", s->version, s->error ? "false" : "true",
+               s->mem);
+    if (s->error) {
+      buf_adds(b, ",\"error\":");
+      buf_add_json_str(b, s->error, strlen(s->error));
+    }
+    buf_addc(b, '}');
+  }
+  buf_adds(b, "],\"errors\":[");
+  first = 1;
+  for (script_t *s = host_scripts(); s; s = s->next) {
+    if (!s->error) continue;
+    if (!first) buf_addc(b, ',');
+    first = 0;
+    buf_adds(b, "{\"file\":");
+    buf_add_json_str(b, s->file, strlen(s->file));
+    buf_adds(b, ",\"message\":");
+    buf_add_json_str(b, s->error, strlen(s->error));
+    buf_addc(b, '}');
+  }
+  buf_adds(b, "]}");
+}
+
+static void gw__metric_head(buf_t *b, const char *name, const char *type, const char *help) {
+  buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+void gateway_metrics(buf_t *b) {
+  gw__metric_head(b, "luster_active_instances", "gauge", "Active entity instances on this runner, per type.");
+  for (etype_t *t = host_types(); t; t = t->next)
+    if (t->kind == DEF_ENTITY) buf_printf(b, "luster_active_instances{type=\"%s\"} %zu\n", t->name, t->active);
+  gw__metric_head(b, "luster_activations_total", "counter", "Instances activated, per type.");
+  for (etype_t *t = host_types(); t; t = t->next)
+    if (t->kind == DEF_ENTITY)
+      buf_printf(b, "luster_activations_total{type=\"%s\"} %llu\n", t->name, (unsigned long long)t->activations);
+  gw__metric_head(b, "luster_passivations_total", "counter", "Instances passivated after max_idle, per type.");
+  for (etype_t *t = host_types(); t; t = t->next)
+    if (t->kind == DEF_ENTITY)
+      buf_printf(b, "luster_passivations_total{type=\"%s\"} %llu\n", t->name, (unsigned long long)t->passivations);
+  gw__metric_head(b, "luster_messages_total", "counter", "Messages handled, per type and outcome.");
+  for (etype_t *t = host_types(); t; t = t->next)
+    for (int k = 0; k < REPLY__COUNT; k++)
+      if (t->outcomes[k])
+        buf_printf(b, "luster_messages_total{type=\"%s\",outcome=\"%s\"} %llu\n", t->name,
+                   reply_kind_name((reply_kind_t)k), (unsigned long long)t->outcomes[k]);
+  gw__metric_head(b, "luster_script_memory_bytes", "gauge", "Bytes held by each script's Lua state.");
+  for (script_t *s = host_scripts(); s; s = s->next)
+    if (!s->error) buf_printf(b, "luster_script_memory_bytes{file=\"%s\"} %zu\n", s->file, s->mem);
+  gw__metric_head(b, "luster_script_errors", "gauge", "Scripts that failed to load and are not serving.");
+  int errors = 0;
+  for (script_t *s = host_scripts(); s; s = s->next) errors += s->error != NULL;
+  buf_printf(b, "luster_script_errors %d\n", errors);
+  gw__metric_head(b, "luster_persisted_messages", "gauge", "Persisted messages and replies held by storage.");
+  buf_printf(b, "luster_persisted_messages %zu\n", storage_count());
+  const http_stats_t *hs = http_stats();
+  gw__metric_head(b, "luster_http_requests_total", "counter", "HTTP requests parsed.");
+  buf_printf(b, "luster_http_requests_total %llu\n", (unsigned long long)hs->requests_total);
+  gw__metric_head(b, "luster_http_responses_total", "counter", "HTTP responses, per status class.");
+  for (int i = 1; i < 6; i++)
+    buf_printf(b, "luster_http_responses_total{class=\"%dxx\"} %llu\n", i, (unsigned long long)hs->by_status[i]);
+  gw__metric_head(b, "luster_http_rejected_total", "counter",
+                  "HTTP requests refused before routing (malformed, too large, too slow).");
+  buf_printf(b, "luster_http_rejected_total %llu\n", (unsigned long long)hs->rejected_total);
+  gw__metric_head(b, "luster_http_connections", "gauge", "Open HTTP connections.");
+  buf_printf(b, "luster_http_connections %llu\n", (unsigned long long)hs->connections_open);
+}

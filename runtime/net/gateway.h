@@ -1,0 +1,24 @@
+/* gateway.h - the HTTP routes of a runner: entities, /cluster, /metrics,
+ * /health. */
+#ifndef LUSTER_GATEWAY_H
+#define LUSTER_GATEWAY_H
+
+#include "core/buf.h"
+#include "net/http.h"
+
+typedef struct gateway_info_s {
+  const char *runner;    /* ctx.runner */
+  const char *http_addr; /* as bound */
+  const char *storage;
+  const char *dir;
+  uint32_t shards;
+  uint64_t started_ms;
+  uint64_t call_timeout_ms;
+} gateway_info_t;
+
+void gateway_init(const gateway_info_t *info);
+void gateway_on_request(http_req_t *req);
+void gateway_cluster_json(buf_t *b);
+void gateway_metrics(buf_t *b);
+
+#endif

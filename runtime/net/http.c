@@ -1,0 +1,527 @@
+/* http.c - HTTP/1.1 server.
+ *
+ * Requests on one connection are queued in arrival order and answered in
+ * that order, however their replies arrive (pipelining). Reading pauses when
+ * too many requests are in flight or too much output is unsent, so neither a
+ * fast sender nor a slow reader can make the runner buffer without bound.
+ * One timer per connection covers both slow requests (slowloris) and idle
+ * keep-alive connections. */
+#include "net/http.h"
+
+#include <http_parser.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/log.h"
+
+struct http_server_s {
+  uv_tcp_t tcp;
+  uv_loop_t *loop;
+  http_limits_t lim;
+  http_request_cb on_request;
+  http_conn_t *conns;
+  int nconns;
+  int stopping;
+};
+
+struct http_conn_s {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  http_parser parser;
+  http_server_t *srv;
+  http_conn_t *prev, *next;
+  http_req_t *head, *tail; /* in arrival order */
+  http_req_t *cur;         /* being parsed */
+  int inflight;
+  int closing;
+  int handles;
+  int reading;
+  int reject_status;
+  const char *reject_msg;
+};
+
+#define HTTP_WRITE_MAX_BUFS 32
+#define HTTP_MAX_UNSENT (1u << 20)
+
+typedef struct http_write_s {
+  uv_write_t w;
+  int n;
+  char *bufs[HTTP_WRITE_MAX_BUFS];
+} http_write_t;
+
+static http_stats_t http_st;
+static http_parser_settings http_settings;
+static char http_readbuf[65536];
+
+const http_stats_t *http_stats(void) { return &http_st; }
+
+const char *http_method_name(int method) { return http_method_str((enum http_method)method); }
+
+static const char *http__reason(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 200: return "OK";
+  case 202: return "Accepted";
+  case 400: return "Bad Request";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 413: return "Payload Too Large";
+  case 414: return "URI Too Long";
+  case 422: return "Unprocessable Entity";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  default: return "Status";
+  }
+}
+
+static void http__conn_close(http_conn_t *c);
+static void http__read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b);
+static void http__alloc_cb(uv_handle_t *h, size_t sz, uv_buf_t *b);
+
+static void http__req_free(http_req_t *r) {
+  buf_free(&r->url);
+  buf_free(&r->body);
+  buf_free(&r->headers);
+  buf_free(&r->hname);
+  buf_free(&r->resp);
+  free(r);
+}
+
+static void http__timeout_cb(uv_timer_t *t) {
+  http_conn_t *c = t->data;
+  if (c->cur) log_debug("http: closing a connection whose request did not complete in time");
+  http__conn_close(c);
+}
+
+/* The timer watches whichever wait is the client's: a request being received,
+ * or an idle keep-alive connection. Requests waiting on entities are bounded
+ * by their call deadlines instead. */
+static void http__timer_update(http_conn_t *c) {
+  if (c->closing) return;
+  if (c->cur) uv_timer_start(&c->timer, http__timeout_cb, c->srv->lim.request_timeout_ms, 0);
+  else if (!c->head) uv_timer_start(&c->timer, http__timeout_cb, c->srv->lim.idle_timeout_ms, 0);
+  else uv_timer_stop(&c->timer);
+}
+
+static void http__reading(http_conn_t *c) {
+  if (c->closing) return;
+  size_t unsent = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+  int want = c->inflight < c->srv->lim.max_pipelined && unsent < HTTP_MAX_UNSENT;
+  if (want && !c->reading) {
+    uv_read_start((uv_stream_t *)&c->tcp, http__alloc_cb, http__read_cb);
+    c->reading = 1;
+  } else if (!want && c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
+}
+
+static void http__write_cb(uv_write_t *w, int status) {
+  http_write_t *hw = (http_write_t *)w;
+  http_conn_t *c = w->data;
+  for (int i = 0; i < hw->n; i++) free(hw->bufs[i]);
+  free(hw);
+  if (status < 0 || c->closing) return;
+  http__reading(c);
+}
+
+static void http__shutdown_cb(uv_shutdown_t *sr, int status) {
+  http_conn_t *c = sr->data;
+  free(sr);
+  http__conn_close(c);
+}
+
+/* Writes every answered request at the head of the queue, in order. */
+static void http__flush(http_conn_t *c) {
+  if (c->closing) return;
+  int close_after = 0;
+  while (c->head && c->head->answered && !close_after) {
+    http_write_t *hw = malloc(sizeof *hw);
+    uv_buf_t bufs[HTTP_WRITE_MAX_BUFS];
+    hw->n = 0;
+    while (c->head && c->head->answered && hw->n < HTTP_WRITE_MAX_BUFS) {
+      http_req_t *r = c->head;
+      size_t len;
+      char *p = buf_steal(&r->resp, &len);
+      hw->bufs[hw->n] = p;
+      bufs[hw->n] = uv_buf_init(p, (unsigned)len);
+      hw->n++;
+      c->head = r->next;
+      if (!c->head) c->tail = NULL;
+      if (r->complete) c->inflight--;
+      close_after = r->close_after;
+      if (c->cur == r) c->cur = NULL;
+      http__req_free(r);
+      if (close_after) break;
+    }
+    hw->w.data = c;
+    if (uv_write(&hw->w, (uv_stream_t *)&c->tcp, bufs, (unsigned)hw->n, http__write_cb) != 0) {
+      for (int i = 0; i < hw->n; i++) free(hw->bufs[i]);
+      free(hw);
+      http__conn_close(c);
+      return;
+    }
+  }
+  if (close_after) {
+    /* Answered, then done with this client: drop what it pipelined after. */
+    while (c->head) {
+      http_req_t *r = c->head;
+      c->head = r->next;
+      if (r->on_abort && !r->answered) r->on_abort(r);
+      r->conn = NULL;
+      if (c->cur == r) c->cur = NULL;
+      http__req_free(r);
+    }
+    c->tail = NULL;
+    c->closing = 1; /* stop reading and answering; close once written */
+    if (c->reading) { uv_read_stop((uv_stream_t *)&c->tcp); c->reading = 0; }
+    uv_timer_stop(&c->timer);
+    uv_shutdown_t *sr = malloc(sizeof *sr);
+    sr->data = c;
+    if (uv_shutdown(sr, (uv_stream_t *)&c->tcp, http__shutdown_cb) != 0) {
+      free(sr);
+      c->closing = 0;
+      http__conn_close(c);
+    }
+    return;
+  }
+  http__reading(c);
+  http__timer_update(c);
+}
+
+void http_respond(http_req_t *r, int status, const char *content_type, const char *extra, const char *body,
+                  size_t len) {
+  if (r->answered) return;
+  r->answered = 1;
+  r->on_abort = NULL;
+  http_st.by_status[status / 100 < 6 ? status / 100 : 5]++;
+  http_conn_t *c = r->conn;
+  if (!c) { /* its connection is gone; the request was only kept for this */
+    http__req_free(r);
+    return;
+  }
+  if (!r->keep_alive || c->srv->stopping) r->close_after = 1;
+  buf_reserve(&r->resp, len + 160);
+  buf_printf(&r->resp, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n", status,
+             http__reason(status), content_type ? content_type : "application/json", len,
+             r->close_after ? "Connection: close\r\n" : "", extra ? extra : "");
+  buf_add(&r->resp, body, len);
+  if (c->head == r || (c->head && c->head->answered)) http__flush(c);
+}
+
+static void http__reject(http_conn_t *c, int status, const char *msg) {
+  http_req_t *r = c->cur;
+  if (!r) {
+    r = calloc(1, sizeof *r);
+    r->conn = c;
+    if (c->tail) c->tail->next = r; else c->head = r;
+    c->tail = r;
+    c->cur = r;
+  }
+  c->cur = NULL;
+  r->keep_alive = 0;
+  http_st.rejected_total++;
+  buf_t b;
+  buf_init(&b);
+  buf_adds(&b, "{\"error\":{\"kind\":\"");
+  buf_adds(&b, status == 413 ? "too_large" : status == 408 ? "timeout" : "bad_request");
+  buf_adds(&b, "\",\"message\":");
+  buf_add_json_str(&b, msg, strlen(msg));
+  buf_adds(&b, "}}");
+  http_respond(r, status, NULL, NULL, b.data, b.len);
+  buf_free(&b);
+}
+
+/* --- parser callbacks --------------------------------------------------- */
+
+static int http__on_begin(http_parser *p) {
+  http_conn_t *c = p->data;
+  http_req_t *r = calloc(1, sizeof *r);
+  if (!r) return -1;
+  r->conn = c;
+  buf_addc(&r->headers, '{');
+  if (c->tail) c->tail->next = r; else c->head = r;
+  c->tail = r;
+  c->cur = r;
+  http__timer_update(c);
+  return 0;
+}
+
+static int http__on_url(http_parser *p, const char *at, size_t len) {
+  http_conn_t *c = p->data;
+  if (c->cur->url.len + len > c->srv->lim.max_url) {
+    c->reject_status = 414;
+    c->reject_msg = "request URL too long";
+    return -1;
+  }
+  buf_add(&c->cur->url, at, len);
+  return 0;
+}
+
+static void http__header_done(http_req_t *r, const char *value, size_t vlen) {
+  if (r->nheaders > 0) buf_addc(&r->headers, ',');
+  buf_add_json_str(&r->headers, r->hname.data ? r->hname.data : "", r->hname.len);
+  buf_addc(&r->headers, ':');
+  buf_add_json_str(&r->headers, value, vlen);
+  r->nheaders++;
+}
+
+/* Header values arrive in pieces; the value is collected after the JSON
+ * name, and the pair is closed when the next name or the end arrives. */
+static int http__header_bytes(http_conn_t *c, size_t len) {
+  http_req_t *r = c->cur;
+  r->header_bytes += len;
+  if (r->header_bytes > c->srv->lim.max_header_bytes || r->nheaders >= c->srv->lim.max_headers) {
+    c->reject_status = 431;
+    c->reject_msg = "request headers too large";
+    return -1;
+  }
+  return 0;
+}
+
+static buf_t http_hvalue;
+
+static void http__finish_header(http_req_t *r) {
+  if (r->hstate == 2) {
+    if (r->hname.len == 6 && memcmp(r->hname.data, "expect", 6) == 0 && http_hvalue.len == 12 &&
+        strncasecmp(http_hvalue.data, "100-continue", 12) == 0)
+      r->expect_continue = 1;
+    http__header_done(r, http_hvalue.data ? http_hvalue.data : "", http_hvalue.len);
+    buf_reset(&http_hvalue);
+    buf_reset(&r->hname);
+  }
+  r->hstate = 0;
+}
+
+static int http__on_hfield(http_parser *p, const char *at, size_t len) {
+  http_conn_t *c = p->data;
+  http_req_t *r = c->cur;
+  if (http__header_bytes(c, len)) return -1;
+  if (r->hstate == 2) http__finish_header(r);
+  r->hstate = 1;
+  for (size_t i = 0; i < len; i++) {
+    char ch = at[i];
+    buf_addc(&r->hname, (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch);
+  }
+  return 0;
+}
+
+static int http__on_hvalue(http_parser *p, const char *at, size_t len) {
+  http_conn_t *c = p->data;
+  http_req_t *r = c->cur;
+  if (http__header_bytes(c, len)) return -1;
+  if (r->hstate != 2) buf_reset(&http_hvalue);
+  r->hstate = 2;
+  buf_add(&http_hvalue, at, len);
+  return 0;
+}
+
+static int http__on_headers_complete(http_parser *p) {
+  http_conn_t *c = p->data;
+  http_req_t *r = c->cur;
+  http__finish_header(r);
+  buf_addc(&r->headers, '}');
+  if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->lim.max_body) {
+    c->reject_status = 413;
+    c->reject_msg = "request body too large";
+    return -1;
+  }
+  if (r->expect_continue) {
+    static char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    uv_buf_t b = uv_buf_init(cont, sizeof cont - 1);
+    uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+  }
+  return 0;
+}
+
+static int http__on_body(http_parser *p, const char *at, size_t len) {
+  http_conn_t *c = p->data;
+  http_req_t *r = c->cur;
+  if (r->body.len + len > c->srv->lim.max_body) {
+    c->reject_status = 413;
+    c->reject_msg = "request body too large";
+    return -1;
+  }
+  buf_add(&r->body, at, len);
+  return 0;
+}
+
+static int http__on_complete(http_parser *p) {
+  http_conn_t *c = p->data;
+  http_req_t *r = c->cur;
+  c->cur = NULL;
+  r->complete = 1;
+  r->method = p->method;
+  r->keep_alive = http_should_keep_alive(p);
+  if (!r->url.data) buf_adds(&r->url, "/");
+  if (!r->body.data) buf_reserve(&r->body, 0);
+  c->inflight++;
+  http_st.requests_total++;
+  http__timer_update(c);
+  c->srv->on_request(r);
+  return 0;
+}
+
+/* --- connections -------------------------------------------------------- */
+
+static void http__alloc_cb(uv_handle_t *h, size_t sz, uv_buf_t *b) {
+  (void)h;
+  (void)sz;
+  *b = uv_buf_init(http_readbuf, sizeof http_readbuf);
+}
+
+static void http__read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  http_conn_t *c = s->data;
+  if (n < 0) {
+    http__conn_close(c); /* EOF or error: answers to this client are moot */
+    return;
+  }
+  if (n == 0 || c->closing) return;
+  size_t done = http_parser_execute(&c->parser, &http_settings, b->base, (size_t)n);
+  if (c->closing) return;
+  if (c->parser.http_errno != HPE_OK || done != (size_t)n) {
+    if (c->reject_status) {
+      http__reject(c, c->reject_status, c->reject_msg);
+    } else {
+      char msg[256];
+      snprintf(msg, sizeof msg, "malformed HTTP request: %s",
+               http_errno_description((enum http_errno)c->parser.http_errno));
+      http__reject(c, 400, msg);
+    }
+    return;
+  }
+  http__reading(c);
+}
+
+static void http__close_cb(uv_handle_t *h) {
+  http_conn_t *c = h->data;
+  if (--c->handles == 0) free(c);
+}
+
+static void http__conn_close(http_conn_t *c) {
+  if (c->handles == 0) return;
+  if (uv_is_closing((uv_handle_t *)&c->tcp)) return;
+  c->closing = 1;
+  while (c->head) {
+    http_req_t *r = c->head;
+    c->head = r->next;
+    r->conn = NULL;
+    r->next = NULL;
+    if (r->complete && !r->answered && r->on_abort) {
+      /* The gateway learns the client left; it frees the request by
+       * answering it or in on_abort. */
+      http_abort_cb cb = r->on_abort;
+      r->on_abort = NULL;
+      cb(r);
+      http__req_free(r);
+    } else if (r->complete && !r->answered) {
+      /* In the gateway's hands with no abort hook: freed when answered. */
+    } else {
+      http__req_free(r);
+    }
+  }
+  c->tail = NULL;
+  c->cur = NULL;
+  http_server_t *s = c->srv;
+  if (c->prev) c->prev->next = c->next; else s->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  s->nconns--;
+  http_st.connections_open--;
+  uv_close((uv_handle_t *)&c->timer, http__close_cb);
+  uv_close((uv_handle_t *)&c->tcp, http__close_cb);
+}
+
+static void http__accept_cb(uv_stream_t *ls, int status) {
+  http_server_t *s = ls->data;
+  if (status < 0) return;
+  http_conn_t *c = calloc(1, sizeof *c);
+  if (!c) return;
+  uv_tcp_init(s->loop, &c->tcp);
+  if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0 || s->stopping || s->nconns >= s->lim.max_connections) {
+    c->handles = 1;
+    c->tcp.data = c;
+    uv_close((uv_handle_t *)&c->tcp, http__close_cb);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  uv_timer_init(s->loop, &c->timer);
+  c->handles = 2;
+  c->srv = s;
+  c->tcp.data = c;
+  c->timer.data = c;
+  http_parser_init(&c->parser, HTTP_REQUEST);
+  c->parser.data = c;
+  c->next = s->conns;
+  if (s->conns) s->conns->prev = c;
+  s->conns = c;
+  s->nconns++;
+  http_st.connections_total++;
+  http_st.connections_open++;
+  http__reading(c);
+  http__timer_update(c);
+}
+
+int http_server_start(http_server_t **out, uv_loop_t *loop, const char *host, int port, const http_limits_t *lim,
+                      http_request_cb on_request, char *bound, size_t boundcap) {
+  http_settings.on_message_begin = http__on_begin;
+  http_settings.on_url = http__on_url;
+  http_settings.on_header_field = http__on_hfield;
+  http_settings.on_header_value = http__on_hvalue;
+  http_settings.on_headers_complete = http__on_headers_complete;
+  http_settings.on_body = http__on_body;
+  http_settings.on_message_complete = http__on_complete;
+
+  struct sockaddr_storage ss;
+  int rc = strchr(host, ':') ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss)
+                             : uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
+  if (rc) return rc;
+  http_server_t *s = calloc(1, sizeof *s);
+  s->loop = loop;
+  s->lim = *lim;
+  s->on_request = on_request;
+  uv_tcp_init(loop, &s->tcp);
+  s->tcp.data = s;
+  if ((rc = uv_tcp_bind(&s->tcp, (struct sockaddr *)&ss, 0)) != 0 ||
+      (rc = uv_listen((uv_stream_t *)&s->tcp, 1024, http__accept_cb)) != 0) {
+    uv_close((uv_handle_t *)&s->tcp, (uv_close_cb)free);
+    return rc;
+  }
+  struct sockaddr_storage name;
+  int namelen = sizeof name;
+  uv_tcp_getsockname(&s->tcp, (struct sockaddr *)&name, &namelen);
+  char ip[64] = "?";
+  int bport = 0;
+  if (name.ss_family == AF_INET6) {
+    uv_ip6_name((struct sockaddr_in6 *)&name, ip, sizeof ip);
+    bport = ntohs(((struct sockaddr_in6 *)&name)->sin6_port);
+    snprintf(bound, boundcap, "[%s]:%d", ip, bport);
+  } else {
+    uv_ip4_name((struct sockaddr_in *)&name, ip, sizeof ip);
+    bport = ntohs(((struct sockaddr_in *)&name)->sin_port);
+    snprintf(bound, boundcap, "%s:%d", ip, bport);
+  }
+  *out = s;
+  return 0;
+}
+
+void http_server_stop(http_server_t *s) {
+  if (s->stopping) return;
+  s->stopping = 1;
+  uv_close((uv_handle_t *)&s->tcp, NULL);
+  /* Idle keep-alive connections close now; busy ones after their answers. */
+  http_conn_t *c = s->conns;
+  while (c) {
+    http_conn_t *next = c->next;
+    if (!c->head && !c->cur) http__conn_close(c);
+    c = next;
+  }
+}
+
+void http_server_free(http_server_t *s) {
+  while (s->conns) http__conn_close(s->conns);
+  free(s);
+}
