@@ -21,8 +21,6 @@ OBJ      := $(patsubst %.c,$(BUILD)/obj/%.o,$(SRC)) $(BUILD)/obj/lua_embed.o
 DEBIAN_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libuv1-dev \
                libpq-dev libhttp-parser-dev libssl-dev lua-busted lua-socket postgresql curl wrk
 
-BUSTED   := lua5.4 /usr/bin/busted
-
 .PHONY: all deps test run asan asan-test clean bench
 all: $(BUILD)/luster $(BUILD)/luster_core.so
 
@@ -31,7 +29,8 @@ $(BUILD)/luster: $(OBJ)
 
 $(BUILD)/obj/%.o: %.c $(wildcard runtime/*/*.h runtime/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -c -o $@ $<
+	@echo "  CC $<"
+	@$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -c -o $@ $<
 
 # The lua/luster library is compiled into the binary, so a runner needs no
 # files besides its own script directory.
@@ -58,7 +57,7 @@ deps:
 
 test: deps
 	$(MAKE) all
-	LUSTER_BIN=$(abspath $(BUILD)/luster) $(BUSTED) $(BUSTED_ARGS) spec
+	LUSTER_BIN=$(abspath $(BUILD)/luster) BUILD=$(BUILD) sh tools/run-specs.sh $(BUSTED_ARGS) spec
 
 run: deps
 	$(MAKE) all
@@ -74,7 +73,7 @@ run: deps
 asan: deps
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	  LUSTER_BIN=$(abspath build-asan/luster) LUSTER_ASAN=1 $(BUSTED) $(BUSTED_ARGS) spec
+	  LUSTER_BIN=$(abspath build-asan/luster) LUSTER_ASAN=1 BUILD=build-asan sh tools/run-specs.sh $(BUSTED_ARGS) spec
 
 clean:
 	rm -rf build build-asan

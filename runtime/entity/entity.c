@@ -115,12 +115,14 @@ static void em__pump(sched_item_t *it) {
     i->mb_head = m->next;
     if (!i->mb_head) i->mb_tail = NULL;
     i->mb_len--;
+    t->queued--;
     m->next = NULL;
     if (msg_abandoned(m)) { /* its caller timed out or left while it waited */
       msg_free(m);
       continue;
     }
     i->running++;
+    t->running++;
     em__idle_remove(i);
     host_handle(i, m); /* may finish at once and call em_handled */
   }
@@ -149,6 +151,7 @@ int em_deliver(msg_t *m) {
   if (i->mb_tail) i->mb_tail->next = m; else i->mb_head = m;
   i->mb_tail = m;
   i->mb_len++;
+  t->queued++;
   em__idle_remove(i);
   em__schedule(i);
   return 0;
@@ -166,6 +169,7 @@ void em_activated(inst_t *i, const char *error) {
     while (i->mb_head) {
       msg_t *m = i->mb_head;
       i->mb_head = m->next;
+      t->queued--;
       t->outcomes[REPLY_DEFECT]++;
       msg_finish(m, REPLY_DEFECT, body, len);
     }
@@ -182,6 +186,7 @@ void em_activated(inst_t *i, const char *error) {
 
 void em_handled(inst_t *i) {
   i->running--;
+  i->type->running--;
   if (i->mb_head) em__schedule(i);
   else if (i->running == 0) em__idle_add(i);
 }
@@ -205,6 +210,7 @@ void em_stop_all(void) {
       while (i->mb_head) {
         msg_t *m = i->mb_head;
         i->mb_head = m->next;
+        t->queued--;
         msg_free(m);
       }
       i->mb_tail = NULL;

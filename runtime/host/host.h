@@ -47,6 +47,7 @@ struct etype_s {
   struct inst_s *idle_head, *idle_tail;
   timer_entry_t idle_timer;
   uint64_t activations, passivations;
+  uint64_t running, queued; /* messages running now, and waiting in mailboxes */
   uint64_t outcomes[REPLY__COUNT];
   task_t *runner_task; /* singleton / cron */
 };

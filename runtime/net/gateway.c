@@ -249,6 +249,14 @@ void gateway_metrics(buf_t *b) {
   for (etype_t *t = host_types(); t; t = t->next)
     if (t->kind == DEF_ENTITY)
       buf_printf(b, "luster_passivations_total{type=\"%s\"} %llu\n", t->name, (unsigned long long)t->passivations);
+  gw__metric_head(b, "luster_running_messages", "gauge", "Messages being handled now, per type.");
+  for (etype_t *t = host_types(); t; t = t->next)
+    if (t->kind == DEF_ENTITY)
+      buf_printf(b, "luster_running_messages{type=\"%s\"} %llu\n", t->name, (unsigned long long)t->running);
+  gw__metric_head(b, "luster_queued_messages", "gauge", "Messages waiting in mailboxes, per type.");
+  for (etype_t *t = host_types(); t; t = t->next)
+    if (t->kind == DEF_ENTITY)
+      buf_printf(b, "luster_queued_messages{type=\"%s\"} %llu\n", t->name, (unsigned long long)t->queued);
   gw__metric_head(b, "luster_messages_total", "counter", "Messages handled, per type and outcome.");
   for (etype_t *t = host_types(); t; t = t->next)
     for (int k = 0; k < REPLY__COUNT; k++)

@@ -1,0 +1,218 @@
+-- spec/support/helpers.lua: start real luster runners on loopback, talk to
+-- them over HTTP and raw sockets, wait for conditions, stop what we started.
+local socket = require "socket"
+local cjson = require "cjson"
+
+local M = {}
+
+M.root = (function()
+  local p = io.popen("pwd")
+  local d = p:read("*l")
+  p:close()
+  return d
+end)()
+M.bin = os.getenv("LUSTER_BIN") or (M.root .. "/build/luster")
+-- Sanitizer builds run several times slower: deadlines scale with them.
+M.slow = os.getenv("LUSTER_ASAN") and 4 or 1
+
+local function sh_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+M.sh_quote = sh_quote
+
+function M.sleep(s) socket.sleep(s) end
+function M.now() return socket.gettime() end
+
+-- Polls fn until it returns a truthy value; fails the spec after `timeout`
+-- seconds naming `what`.
+function M.wait_for(what, timeout, fn, interval)
+  local deadline = socket.gettime() + timeout * M.slow
+  local last_err
+  while true do
+    local ok, v = pcall(fn)
+    if ok and v then return v end
+    if not ok then last_err = v end
+    if socket.gettime() > deadline then
+      error(string.format("timed out after %.1fs waiting for %s%s", timeout * M.slow, what,
+        last_err and (" (last error: " .. tostring(last_err) .. ")") or ""), 2)
+    end
+    socket.sleep(interval or 0.02)
+  end
+end
+
+function M.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+function M.write_file(path, content)
+  local f = assert(io.open(path, "wb"))
+  f:write(content)
+  f:close()
+end
+
+function M.tmpdir()
+  local p = io.popen("mktemp -d /tmp/luster-spec.XXXXXX")
+  local d = p:read("*l")
+  p:close()
+  return d
+end
+
+function M.rmdir(d)
+  if d and d:match("^/tmp/luster%-spec%.") then os.execute("rm -rf " .. sh_quote(d)) end
+end
+
+-- Makes a script directory from {["name.lua"] = source, ["lib/x.lua"] = ...}.
+function M.script_dir(files)
+  local d = M.tmpdir()
+  for name, src in pairs(files) do
+    local dir = (d .. "/" .. name):match("^(.*)/[^/]*$")
+    os.execute("mkdir -p " .. sh_quote(dir))
+    M.write_file(d .. "/" .. name, src)
+  end
+  return d
+end
+
+function M.alive(pid)
+  local stat = M.read_file("/proc/" .. pid .. "/stat")
+  if not stat then return false end
+  local state = stat:match("^%d+ %b() (%a)")
+  return state ~= nil and state ~= "Z" and state ~= "X"
+end
+
+local Runner = {}
+Runner.__index = Runner
+
+-- Starts `luster run dir` on a free loopback port; returns a runner once its
+-- gateway listens. opts.args: extra flags (string); opts.env: {NAME=value}.
+function M.start(dir, opts)
+  opts = opts or {}
+  local log = os.tmpname()
+  local env = {}
+  for k, v in pairs(opts.env or {}) do env[#env + 1] = k .. "=" .. sh_quote(v) end
+  local http = opts.http or "127.0.0.1:0"
+  local cmd = string.format("%s exec %s run %s --http %s %s >%s 2>&1 & echo $!",
+    table.concat(env, " "), sh_quote(M.bin), sh_quote(dir), http, opts.args or "", sh_quote(log))
+  local p = io.popen("sh -c " .. sh_quote(cmd))
+  local pid = tonumber(p:read("*l"))
+  p:close()
+  local r = setmetatable({ pid = pid, log = log, dir = dir }, Runner)
+  if opts.wait == false then return r end
+  local ok, err = pcall(M.wait_for, "the runner to listen (log: " .. log .. ")", 10, function()
+    if not M.alive(pid) then error("runner exited: " .. (M.read_file(log) or "")) end
+    local text = M.read_file(log) or ""
+    local port = text:match("http gateway listening on http://127%.0%.0%.1:(%d+)")
+    if port then r.port = tonumber(port) return true end
+  end)
+  if not ok then r:stop() error(err, 2) end
+  r.url = "http://127.0.0.1:" .. r.port
+  return r
+end
+
+function Runner:log_text() return M.read_file(self.log) or "" end
+
+-- Stops the runner (SIGTERM, then SIGKILL after `grace` seconds); returns
+-- true when it exited on SIGTERM.
+function Runner:stop(grace)
+  if not self.pid or not M.alive(self.pid) then return true end
+  os.execute("kill -TERM " .. self.pid .. " 2>/dev/null")
+  local deadline = socket.gettime() + (grace or 10) * M.slow
+  while M.alive(self.pid) and socket.gettime() < deadline do socket.sleep(0.02) end
+  if M.alive(self.pid) then
+    os.execute("kill -KILL " .. self.pid .. " 2>/dev/null")
+    while M.alive(self.pid) do socket.sleep(0.02) end
+    return false
+  end
+  return true
+end
+
+function Runner:kill(sig)
+  os.execute("kill -" .. (sig or "KILL") .. " " .. self.pid .. " 2>/dev/null")
+end
+
+function Runner:connect()
+  local c = assert(socket.tcp())
+  c:settimeout(10 * M.slow)
+  assert(c:connect("127.0.0.1", self.port))
+  return c
+end
+
+-- Reads one HTTP response from a socket: status, headers (lower-cased), body.
+function M.read_response(c)
+  local line, err = c:receive("*l")
+  if not line then return nil, err end
+  local status = tonumber(line:match("^HTTP/1%.%d (%d%d%d)"))
+  if not status then return nil, "not an HTTP status line: " .. line end
+  local headers = {}
+  while true do
+    local h = assert(c:receive("*l"))
+    if h == "" then break end
+    local k, v = h:match("^([^:]+):%s*(.*)$")
+    headers[k:lower()] = v
+  end
+  local len = tonumber(headers["content-length"] or "0")
+  local body = len > 0 and assert(c:receive(len)) or ""
+  return status, headers, body
+end
+
+-- One HTTP request on a fresh connection. Returns status, decoded JSON body
+-- (or raw text), headers, raw body.
+function Runner:request(method, path, body, headers)
+  local c = self:connect()
+  local lines = { string.format("%s %s HTTP/1.1", method, path), "Host: 127.0.0.1", "Connection: close" }
+  for k, v in pairs(headers or {}) do lines[#lines + 1] = k .. ": " .. v end
+  body = body or ""
+  lines[#lines + 1] = "Content-Length: " .. #body
+  assert(c:send(table.concat(lines, "\r\n") .. "\r\n\r\n" .. body))
+  local status, h, raw = M.read_response(c)
+  c:close()
+  if not status then error("no HTTP response: " .. tostring(h)) end
+  local ok, doc = pcall(cjson.decode, raw)
+  return status, ok and doc or raw, h, raw
+end
+
+-- POST /entities/type/id/rpc with a Lua payload (encoded) or a raw string.
+function Runner:call(type_name, id, rpc, payload, query)
+  local body = type(payload) == "string" and payload or cjson.encode(payload == nil and cjson.null or payload)
+  return self:request("POST", "/entities/" .. type_name .. "/" .. id .. "/" .. rpc .. (query or ""), body)
+end
+
+function Runner:cluster()
+  local status, doc = self:request("GET", "/cluster")
+  assert(status == 200, "GET /cluster answered " .. tostring(status))
+  return doc
+end
+
+function Runner:metrics()
+  local status, _, _, raw = self:request("GET", "/metrics")
+  assert(status == 200)
+  return raw
+end
+
+-- The value of one Prometheus sample, e.g. metric(r, 'luster_active_instances{type="Counter"}').
+function Runner:metric(sample)
+  local text = self:metrics()
+  for line in text:gmatch("[^\n]+") do
+    local name, value = line:match("^(%S+) (%S+)$")
+    if name == sample then return tonumber(value) end
+  end
+  return nil
+end
+
+-- Runs the CLI; returns exit code, stdout, stderr.
+function M.cli(args)
+  local out, err = os.tmpname(), os.tmpname()
+  local ok, how, code = os.execute(string.format("%s %s >%s 2>%s", sh_quote(M.bin), args, out, err))
+  local o, e = M.read_file(out), M.read_file(err)
+  os.remove(out)
+  os.remove(err)
+  if how == "signal" then code = 128 + code end
+  return code, o, e
+end
+
+M.counter_dir = M.root .. "/examples/counter"
+
+return M
