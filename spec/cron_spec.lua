@@ -17,7 +17,8 @@ local function next_of(expr, after_ms) return cron.next(cron.parse(expr), after_
 local function prev_of(expr, at_ms) return cron.prev(cron.parse(expr), at_ms) end
 
 local function parse_error(expr)
-  local ok, err = pcall(cron.parse, expr)
+  -- not a tail call, so the error's level 2 points at this line
+  local ok, err = pcall(function() local s = cron.parse(expr); return s end)
   assert.is_false(ok, "expected parse to fail for " .. tostring(expr))
   return err
 end
@@ -85,7 +86,7 @@ describe("luster.cron", function()
       assert.same({ 2, 12 }, cron.parse("0 0 1 feb,Dec *").month)
       assert.same({ 1, 2, 3, 4, 5 }, cron.parse("0 9 * * mon-FRI").weekday)
       assert.same({ 0, 6 }, cron.parse("0 9 * * Sat,sun").weekday)
-      assert.same({ 3, 5 }, cron.parse("0 9 * * WED/2").weekday)
+      assert.same({ 3, 5 }, cron.parse("0 9 * * WED/2").weekday)  -- to Saturday, not round to Sunday
       assert.same({ 6, 8, 10, 12 }, cron.parse("0 0 1 JUN/2 *").month)
     end)
 
@@ -94,12 +95,11 @@ describe("luster.cron", function()
       assert.same({ 0 }, cron.parse("0 0 * * 0").weekday)
       assert.same({ 0 }, cron.parse("0 0 * * 0,7").weekday)
       assert.same({ 0, 5, 6 }, cron.parse("0 0 * * 5-7").weekday)
-      assert.same({ 0, 6 }, cron.parse("0 0 * * 6/1").weekday)
+      assert.same({ 6 }, cron.parse("0 0 * * 6/1").weekday)
     end)
 
     it("treats ? like * in the day fields", function()
-      assert.same(cron.parse("0 0 * * 1"), (function()
-        local s = cron.parse("0 0 ? * 1"); return s end)())
+      assert.same(cron.parse("0 0 * * 1"), cron.parse("0 0 ? * 1"))
       assert.same(seq(0, 6), cron.parse("0 0 1 * ?").weekday)
       assert.same(seq(1, 31), cron.parse("0 0 ? * ?").day)
     end)
@@ -237,7 +237,7 @@ describe("luster.cron", function()
 
     it("gives text that parses back to the same schedule", function()
       for _, text in ipairs { "0 9 * jan-mar MON-FRI", "5/20 1-10/3 1,15,31 */2 SUN,wed",
-                              "*/7 */5 */3 */2 *", "10-20/5,1 0 29 2 *", "0 0 0 L? * * *" ~= nil and "7 0 0 1 1 *" } do
+                              "*/7 */5 */3 */2 *", "10-20/5,1 0 29 2 *", "7 0 0 1 1 *" } do
         local s = cron.parse(text)
         assert.same(s, cron.parse(cron.describe(s)), text)
       end
@@ -253,7 +253,7 @@ describe("luster.cron", function()
 
     it("is strictly after: an instant exactly on schedule gives the following one", function()
       assert.equals(1715396400000, next_of("0 3 * * *", 1715310000000))  -- 2024-05-10 03:00 -> 05-11 03:00
-      assert.equals(1715336160000, next_of("* * * * *", 1715336100000 + 0)) -- 10:15:00 -> 10:16:00
+      assert.equals(1715336160000, next_of("* * * * *", 1715336100000))   -- 10:15:00 -> 10:16:00
       assert.equals(1715336131000, next_of("* * * * * *", 1715336130000)) -- 10:15:30 -> 10:15:31
     end)
 
@@ -370,7 +370,7 @@ describe("luster.cron", function()
       assert.matches("^luster.cron: at_ms must be a finite number of epoch milliseconds, got inf", err)
       ok, err = pcall(cron.next, "0 3 * * *", 0)
       assert.equals("luster.cron: schedule must be a table from cron.parse, got string", err)
-      ok, err = pcall(function() return cron.describe(nil) end)
+      ok, err = pcall(function() local text = cron.describe(nil); return text end)
       assert.matches("cron_spec.lua:%d+: luster.cron: schedule must be a table from cron.parse, got nil", err)
     end)
   end)
@@ -505,8 +505,8 @@ describe("luster.cron", function()
         sum_prev = sum_prev + (t - cron.prev(s, t)) // 86400000
       end
       -- days until the next / since the last leap day, summed over ~191 years
-      assert.equals(SUM_NEXT, sum_next)
-      assert.equals(SUM_PREV, sum_prev)
+      assert.equals(7625595, sum_next)
+      assert.equals(7593225, sum_prev)
     end)
   end)
 end)

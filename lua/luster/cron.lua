@@ -44,7 +44,8 @@ local DAY_NAMES = { SUN = 0, MON = 1, TUE = 2, WED = 3, THU = 4, FRI = 5, SAT = 
 
 -- Field specs, in text order (the seconds field only in 6-field form).
 -- `hi` is the largest value the text may use; `star_hi` the largest one `*`
--- covers (day-of-week accepts 7 for Sunday, but `*` means 0-6).
+-- and `a/n` run to (day-of-week accepts 7 for Sunday, but `*` means 0-6 and
+-- "WED/2" is Wednesday, Friday: it does not wrap round to Sunday).
 local SECOND  = { key = "second",  name = "second",       lo = 0, hi = 59 }
 local MINUTE  = { key = "minute",  name = "minute",       lo = 0, hi = 59 }
 local HOUR    = { key = "hour",    name = "hour",         lo = 0, hi = 23 }
@@ -174,7 +175,7 @@ local function add_item(spec, field, item, set)
     end
   else
     lo = value_of(spec, field, base)
-    hi = step and spec.hi or lo
+    hi = step and (spec.star_hi or spec.hi) or lo
   end
   for v = lo, hi, step or 1 do
     set[spec.key == "weekday" and v % 7 or v] = true
