@@ -165,6 +165,11 @@ static int cmd_run(config_t *cfg) {
 
   uv_run(loop, UV_RUN_DEFAULT);
 
+  /* Mailboxes first (their callers learn the runner is leaving), then the
+   * running tasks, then whatever that queued, then the now idle instances. */
+  em_stop_all();
+  host_cancel_tasks();
+  sched_drain();
   em_stop_all();
   sched_drain();
   if (main_http) http_server_free(main_http);

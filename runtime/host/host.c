@@ -34,6 +34,7 @@ extern const struct {
 #define HOST_HOOK_EVERY 2000
 
 static host_config_t host_cfg;
+static task_t *host_tasks;
 static script_t *host_script_list;
 static etype_t *host_type_list;
 
@@ -103,6 +104,9 @@ static task_t *task_new(script_t *s, task_kind_t kind) {
   t->co_ref = luaL_ref(s->L, LUA_REGISTRYINDEX);
   timer_entry_init(&t->sleep, task__sleep_fire);
   s->tasks++;
+  t->tnext = host_tasks;
+  if (host_tasks) host_tasks->tprev = t;
+  host_tasks = t;
   return t;
 }
 
@@ -111,6 +115,8 @@ static void task_free(task_t *t) {
   if (t->call) { call_cancel(t->call); t->call = NULL; }
   luaL_unref(t->script->L, LUA_REGISTRYINDEX, t->co_ref);
   t->script->tasks--;
+  if (t->tprev) t->tprev->tnext = t->tnext; else host_tasks = t->tnext;
+  if (t->tnext) t->tnext->tprev = t->tprev;
   free(t);
 }
 
@@ -375,6 +381,7 @@ typedef struct restart_s {
 
 static void host__restart_fire(timer_entry_t *te) {
   restart_t *r = (restart_t *)te;
+  r->type->restart = NULL;
   host__start_runner_task(r->type);
   free(r);
 }
@@ -387,6 +394,7 @@ static void task__restart_background(task_t *t) {
   if (!r) return;
   timer_entry_init(&r->timer, host__restart_fire);
   r->type = ty;
+  ty->restart = r;
   timer_add(&r->timer, sched_now() + 1000);
 }
 
@@ -806,6 +814,40 @@ int host_load_dir(const host_config_t *cfg) {
   }
   free(names);
   return failed;
+}
+
+void host_cancel_tasks(void) {
+  while (host_tasks) {
+    task_t *t = host_tasks;
+    switch (t->kind) {
+    case TASK_HANDLE: {
+      inst_t *inst = t->inst;
+      size_t len;
+      char *body = reply_error_body(REPLY_UNAVAILABLE, NULL, "the runner is shutting down", &len);
+      msg_finish(t->msg, REPLY_UNAVAILABLE, body, len);
+      free(body);
+      task_free(t);
+      em_handled(inst);
+      break;
+    }
+    case TASK_ACTIVATE: {
+      inst_t *inst = t->inst;
+      task_free(t);
+      em_activated(inst, "the runner is shutting down");
+      break;
+    }
+    default:
+      t->type->runner_task = NULL;
+      task_free(t);
+    }
+  }
+  for (etype_t *ty = host_type_list; ty; ty = ty->next) {
+    if (ty->restart) {
+      timer_cancel(&ty->restart->timer);
+      free(ty->restart);
+      ty->restart = NULL;
+    }
+  }
 }
 
 void host_shutdown(void) {

@@ -50,6 +50,7 @@ struct etype_s {
   uint64_t running, queued; /* messages running now, and waiting in mailboxes */
   uint64_t outcomes[REPLY__COUNT];
   task_t *runner_task; /* singleton / cron */
+  struct restart_s *restart; /* pending restart of a singleton / cron job */
 };
 
 struct script_s {
@@ -72,6 +73,7 @@ typedef enum { TASK_ACTIVATE, TASK_HANDLE, TASK_SINGLETON, TASK_CRON } task_kind
 
 struct task_s {
   sched_item_t item;
+  task_t *tprev, *tnext; /* every live task, for shutdown */
   timer_entry_t sleep;
   script_t *script;
   lua_State *co;
@@ -99,6 +101,9 @@ typedef struct host_config_s {
  * failed to load (each logged and kept in its script_t); <0 when the directory
  * cannot be read. */
 int host_load_dir(const host_config_t *cfg);
+/* Ends every running task: messages get `unavailable`, instances are
+ * released. Used once, at shutdown, before host_shutdown. */
+void host_cancel_tasks(void);
 void host_shutdown(void);
 const host_config_t *host_config(void);
 script_t *host_scripts(void);

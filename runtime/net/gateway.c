@@ -18,6 +18,8 @@
 
 static gateway_info_t gw;
 
+#define GW_MAX_TIMEOUT_MS 86400000ull
+
 void gateway_init(const gateway_info_t *info) { gw = *info; }
 
 static void gw__json(http_req_t *r, int status, const char *extra, const char *body, size_t len) {
@@ -93,9 +95,16 @@ static void gw__entity(http_req_t *r, const slice_t *seg, const slice_t *query) 
   char tv[32];
   if (url_query_get(query->ptr, query->len, "timeout", tv, sizeof tv) >= 0) {
     char *end;
+    errno = 0;
     unsigned long long ms = strtoull(tv, &end, 10);
-    if (*tv == '\0' || *end != '\0' || ms == 0) {
+    if (*tv < '0' || *tv > '9' || *end != '\0' || ms == 0) {
       gw__error(r, 400, "schema", "timeout", "timeout must be a positive number of milliseconds");
+      return;
+    }
+    /* Deadlines are now + timeout on a 64-bit clock: a huge value would wrap
+     * around and expire at once. A day is longer than any sane call. */
+    if (errno == ERANGE || ms > GW_MAX_TIMEOUT_MS) {
+      gw__error(r, 400, "schema", "timeout", "timeout must be at most 86400000 milliseconds (one day)");
       return;
     }
     timeout = ms;
@@ -237,6 +246,16 @@ static void gw__metric_head(buf_t *b, const char *name, const char *type, const 
   buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A Prometheus label value: backslash, double quote and newline escaped, so
+ * an odd script file name cannot break the whole exposition. */
+static void gw__label(buf_t *b, const char *s) {
+  for (; *s; s++) {
+    if (*s == '\\' || *s == '"') { buf_addc(b, '\\'); buf_addc(b, *s); }
+    else if (*s == '\n') buf_adds(b, "\\n");
+    else buf_addc(b, *s);
+  }
+}
+
 void gateway_metrics(buf_t *b) {
   gw__metric_head(b, "luster_active_instances", "gauge", "Active entity instances on this runner, per type.");
   for (etype_t *t = host_types(); t; t = t->next)
@@ -265,7 +284,11 @@ void gateway_metrics(buf_t *b) {
                    reply_kind_name((reply_kind_t)k), (unsigned long long)t->outcomes[k]);
   gw__metric_head(b, "luster_script_memory_bytes", "gauge", "Bytes held by each script's Lua state.");
   for (script_t *s = host_scripts(); s; s = s->next)
-    if (!s->error) buf_printf(b, "luster_script_memory_bytes{file=\"%s\"} %zu\n", s->file, s->mem);
+    if (!s->error) {
+      buf_adds(b, "luster_script_memory_bytes{file=\"");
+      gw__label(b, s->file);
+      buf_printf(b, "\"} %zu\n", s->mem);
+    }
   gw__metric_head(b, "luster_script_errors", "gauge", "Scripts that failed to load and are not serving.");
   int errors = 0;
   for (script_t *s = host_scripts(); s; s = s->next) errors += s->error != NULL;

@@ -39,6 +39,8 @@ struct http_conn_s {
   int reading;
   int reject_status;
   const char *reject_msg;
+  int rejected;  /* answered an unparseable request: read no more */
+  buf_t hvalue;  /* the header value being received, which may span reads */
 };
 
 #define HTTP_WRITE_MAX_BUFS 32
@@ -108,7 +110,7 @@ static void http__timer_update(http_conn_t *c) {
 }
 
 static void http__reading(http_conn_t *c) {
-  if (c->closing) return;
+  if (c->closing || c->rejected) return;
   size_t unsent = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
   int want = c->inflight < c->srv->lim.max_pipelined && unsent < HTTP_MAX_UNSENT;
   if (want && !c->reading) {
@@ -205,11 +207,14 @@ void http_respond(http_req_t *r, int status, const char *content_type, const cha
     return;
   }
   if (!r->keep_alive || c->srv->stopping) r->close_after = 1;
-  buf_reserve(&r->resp, len + 160);
+  /* A response to HEAD has the headers of the GET response and no body: a
+   * body here would be read by the client as the start of the next response. */
+  int head = r->complete && r->method == HTTP_HEAD;
+  buf_reserve(&r->resp, (head ? 0 : len) + 160);
   buf_printf(&r->resp, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n", status,
              http__reason(status), content_type ? content_type : "application/json", len,
              r->close_after ? "Connection: close\r\n" : "", extra ? extra : "");
-  buf_add(&r->resp, body, len);
+  if (!head) buf_add(&r->resp, body, len);
   if (c->head == r || (c->head && c->head->answered)) http__flush(c);
 }
 
@@ -224,6 +229,14 @@ static void http__reject(http_conn_t *c, int status, const char *msg) {
   }
   c->cur = NULL;
   r->keep_alive = 0;
+  /* The parser is dead after an error: whatever else the client sends is
+   * not read (not even queued as more rejections) while earlier requests on
+   * the connection finish; the connection closes after this answer. */
+  c->rejected = 1;
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+  }
   http_st.rejected_total++;
   buf_t b;
   buf_init(&b);
@@ -283,15 +296,17 @@ static int http__header_bytes(http_conn_t *c, size_t len) {
   return 0;
 }
 
-static buf_t http_hvalue;
-
-static void http__finish_header(http_req_t *r) {
+/* The value being received lives on the connection, not in a buffer shared
+ * by all connections: a value that arrives in two reads must not take in
+ * bytes of another connection's headers parsed in between. */
+static void http__finish_header(http_conn_t *c, http_req_t *r) {
   if (r->hstate == 2) {
-    if (r->hname.len == 6 && memcmp(r->hname.data, "expect", 6) == 0 && http_hvalue.len == 12 &&
-        strncasecmp(http_hvalue.data, "100-continue", 12) == 0)
+    buf_t *v = &c->hvalue;
+    if (r->hname.len == 6 && memcmp(r->hname.data, "expect", 6) == 0 && v->len == 12 &&
+        strncasecmp(v->data, "100-continue", 12) == 0)
       r->expect_continue = 1;
-    http__header_done(r, http_hvalue.data ? http_hvalue.data : "", http_hvalue.len);
-    buf_reset(&http_hvalue);
+    http__header_done(r, v->data ? v->data : "", v->len);
+    buf_reset(v);
     buf_reset(&r->hname);
   }
   r->hstate = 0;
@@ -301,7 +316,7 @@ static int http__on_hfield(http_parser *p, const char *at, size_t len) {
   http_conn_t *c = p->data;
   http_req_t *r = c->cur;
   if (http__header_bytes(c, len)) return -1;
-  if (r->hstate == 2) http__finish_header(r);
+  if (r->hstate == 2) http__finish_header(c, r);
   r->hstate = 1;
   for (size_t i = 0; i < len; i++) {
     char ch = at[i];
@@ -314,16 +329,16 @@ static int http__on_hvalue(http_parser *p, const char *at, size_t len) {
   http_conn_t *c = p->data;
   http_req_t *r = c->cur;
   if (http__header_bytes(c, len)) return -1;
-  if (r->hstate != 2) buf_reset(&http_hvalue);
+  if (r->hstate != 2) buf_reset(&c->hvalue);
   r->hstate = 2;
-  buf_add(&http_hvalue, at, len);
+  buf_add(&c->hvalue, at, len);
   return 0;
 }
 
 static int http__on_headers_complete(http_parser *p) {
   http_conn_t *c = p->data;
   http_req_t *r = c->cur;
-  http__finish_header(r);
+  http__finish_header(c, r);
   buf_addc(&r->headers, '}');
   if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->lim.max_body) {
     c->reject_status = 413;
@@ -399,7 +414,10 @@ static void http__read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
 
 static void http__close_cb(uv_handle_t *h) {
   http_conn_t *c = h->data;
-  if (--c->handles == 0) free(c);
+  if (--c->handles == 0) {
+    buf_free(&c->hvalue);
+    free(c);
+  }
 }
 
 static void http__conn_close(http_conn_t *c) {

@@ -116,8 +116,21 @@ function Runner:log_text() return M.read_file(self.log) or "" end
 
 -- Stops the runner (SIGTERM, then SIGKILL after `grace` seconds); returns
 -- true when it exited on SIGTERM.
+-- Under the sanitizer build, a runner whose log shows a sanitizer report
+-- fails the spec that stopped it.
+function Runner:check_sanitizers()
+  if not os.getenv("LUSTER_ASAN") then return end
+  local text = self:log_text()
+  local report = text:match("(==%d+==ERROR: %a+Sanitizer.-)\n\n") or text:match("([^\n]*runtime error:[^\n]*)")
+    or text:match("(==%d+==ERROR: %a+Sanitizer[^\n]*)")
+  if report then error("sanitizer report in " .. self.log .. ":\n" .. report, 0) end
+end
+
 function Runner:stop(grace)
-  if not self.pid or not M.alive(self.pid) then return true end
+  if not self.pid or not M.alive(self.pid) then
+    self:check_sanitizers()
+    return true
+  end
   os.execute("kill -TERM " .. self.pid .. " 2>/dev/null")
   local deadline = socket.gettime() + (grace or 10) * M.slow
   while M.alive(self.pid) and socket.gettime() < deadline do socket.sleep(0.02) end
@@ -126,6 +139,8 @@ function Runner:stop(grace)
     while M.alive(self.pid) do socket.sleep(0.02) end
     return false
   end
+  -- LeakSanitizer reports after the last log line; give it the exit.
+  self:check_sanitizers()
   return true
 end
 
