@@ -12,6 +12,7 @@
 #include "entity/entity.h"
 #include "entity/sched.h"
 #include "host/host.h"
+#include "host/watch.h"
 #include "net/gateway.h"
 #include "net/http.h"
 #include "storage/storage.h"
@@ -47,6 +48,7 @@ static void main__signal(uv_signal_t *s, int signum) {
   log_info("%s: finishing in-flight messages (at most %llu ms), then exiting",
            signum == SIGINT ? "SIGINT" : "SIGTERM", (unsigned long long)cfg->shutdown_timeout_ms);
   if (main_http) http_server_stop(main_http);
+  watch_stop();
   main_stop_deadline = uv_now(s->loop) + cfg->shutdown_timeout_ms;
   uv_timer_start(&main_stop_timer, main__stop_check, 0, 20);
 }
@@ -146,9 +148,15 @@ static int cmd_run(config_t *cfg) {
       .shards = hc.shards,
       .started_ms = sched_wall_ms(),
       .call_timeout_ms = cfg->call_timeout_ms,
+      .admin = cfg->admin,
   };
+  if (strcmp(cfg->admin, "loopback") != 0 && strcmp(cfg->admin, "any") != 0 && strcmp(cfg->admin, "none") != 0) {
+    fprintf(stderr, "luster run: --admin must be loopback, any or none, got '%s'\n", cfg->admin);
+    return 2;
+  }
   gateway_init(&gi);
   host_start_background();
+  if (!cfg->no_reload) watch_start(loop);
 
   uv_signal_init(loop, &main_sigterm);
   uv_signal_init(loop, &main_sigint);
@@ -159,14 +167,16 @@ static int cmd_run(config_t *cfg) {
   uv_unref((uv_handle_t *)&main_sigterm);
   uv_unref((uv_handle_t *)&main_sigint);
 
-  log_info("luster runner serving %d definition%s from %s (%d script%s failed to load); http %s", ntypes,
-           ntypes == 1 ? "" : "s", cfg->dir, failed, failed == 1 ? "" : "s", bound);
+  log_info("luster runner serving %d definition%s from %s (%d script%s failed to load; %s); http %s", ntypes,
+           ntypes == 1 ? "" : "s", cfg->dir, failed, failed == 1 ? "" : "s",
+           cfg->no_reload ? "not watching for changes" : "reloading changed scripts", bound);
   if (strcmp(bound, "none") != 0) log_info("http gateway listening on http://%s", bound);
 
   uv_run(loop, UV_RUN_DEFAULT);
 
   /* Mailboxes first (their callers learn the runner is leaving), then the
    * running tasks, then whatever that queued, then the now idle instances. */
+  watch_stop();
   em_stop_all();
   host_cancel_tasks();
   sched_drain();

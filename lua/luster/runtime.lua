@@ -141,10 +141,18 @@ end
 
 -- Runs one message: returns kind ("ok", "failure", "schema") and the JSON
 -- body; anything raised is a defect, reported by the runner.
-function M.handle(def, handlers, ctx, tag, payload, request_id, headers)
+function M.handle(def, handlers, ctx, tag, payload, request_id, headers, persisted)
   local rpc = def.by_tag[tag]
   local value, bad = decode_payload(rpc, payload)
-  if bad then return "schema", bad end
+  if bad then
+    if persisted then
+      -- Stored under an earlier version of the script: retrying cannot help.
+      local err = decode(bad)
+      return "defect", error_body("defect", err.path or "",
+        fmt("the stored %s.%s message no longer matches its payload schema: %s", def.name, tag, err.message))
+    end
+    return "schema", bad
+  end
   local req = setmetatable({ tag = tag, payload = value, headers, request_id }, Req)
   local result, failure = handlers[tag](req, ctx)
   if result == nil and failure ~= nil then

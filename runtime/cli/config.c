@@ -39,6 +39,7 @@ static const opt_t config_opts[] = {
     {"shutdown-timeout", OPT_DURATION, OFF(shutdown_timeout_ms), "10s", "graceful shutdown waits at most"},
     {"log-level", OPT_STR, OFF(log_level), "info", "debug, info, warn or error"},
     {"url", OPT_STR, OFF(url), "http://127.0.0.1:8080", "runner to talk to (call, status)"},
+    {"admin", OPT_STR, OFF(admin), "loopback", "who may POST /admin/reload: loopback, any or none"},
     {"no-reload", OPT_FLAG, OFF(no_reload), "0", "do not watch the script directory"},
 };
 #define NOPTS (sizeof config_opts / sizeof config_opts[0])

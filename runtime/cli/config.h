@@ -13,6 +13,7 @@ typedef struct config_s {
   const char *storage;    /* "memory" or postgres://... */
   const char *url;        /* call / status: the runner's HTTP address */
   const char *log_level;
+  const char *admin;
   uint64_t shards;
   uint64_t max_idle_ms;
   uint64_t memory_limit;

@@ -31,7 +31,7 @@ static void router__deliver(msg_t *m, call_t *call) {
               m->type->name, (int)(m->id_len > 64 ? 64 : m->id_len), m->id, m->type->mailbox);
   else
     call_fail(c, REPLY_UNAVAILABLE, "cannot deliver to %s: out of memory", m->type->name);
-  free(m);
+  msg_free(m);
 }
 
 static void router__due(timer_entry_t *t) {
@@ -52,7 +52,7 @@ static void router__persist(sched_item_t *it) {
   if (k != REPLY_OK) {
     call_complete(call, k, err, err_len);
     free(err);
-    free(m);
+    msg_free(m);
     free(j);
     return;
   }
@@ -61,7 +61,7 @@ static void router__persist(sched_item_t *it) {
   free(pk);
   if (!rec) {
     call_fail(call, REPLY_UNAVAILABLE, "storage is out of memory");
-    free(m);
+    msg_free(m);
     free(j);
     return;
   }
@@ -69,7 +69,7 @@ static void router__persist(sched_item_t *it) {
   if (discard) call_complete(call, REPLY_ACCEPTED, "", 0);
   else storage_wait(rec, call);
   if (st != STORE_NEW) { /* a duplicate: the first message runs, once */
-    free(m);
+    msg_free(m);
     free(j);
     return;
   }

@@ -5,12 +5,20 @@
  * `concurrency` messages at once, in mailbox order. When it has nothing to
  * do it joins its type's idle list, oldest first; the type's idle timer
  * passivates instances from the head of that list once they have been idle
- * for max_idle, so passivation costs O(1) per instance and no scanning. */
+ * for max_idle, so passivation costs O(1) per instance and no scanning.
+ *
+ * When a script is reloaded, each instance of its old version is "retiring":
+ * its queued messages move, in order, to a successor on the new version, which
+ * waits (INST_WAITING) while the old instance finishes its running messages;
+ * then the old one's snapshot (if its handlers define one) activates the
+ * successor, and messages flow again. New messages go straight to the
+ * successor's mailbox, behind the moved ones. */
 #include "entity/entity.h"
 
 #include <errno.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,6 +47,8 @@ size_t em_active_total(void) {
   return n;
 }
 
+size_t em_instances(const etype_t *t) { return t->instances.count; }
+
 static void em__idle_remove(inst_t *i) {
   if (!i->idle) return;
   etype_t *t = i->type;
@@ -56,7 +66,7 @@ static void em__idle_arm(etype_t *t) {
 
 static void em__idle_add(inst_t *i) {
   etype_t *t = i->type;
-  if (i->idle || i->keep_alive) return;
+  if (i->idle || i->keep_alive || i->retiring || i->state != INST_READY) return;
   i->idle = 1;
   i->idle_since = sched_now();
   i->idle_prev = t->idle_tail;
@@ -72,7 +82,9 @@ static void em__destroy(inst_t *i) {
   htab_remove(&t->instances, &i->node);
   if (i->handlers_ref != LUA_NOREF || i->ctx_ref != LUA_NOREF) host_release_instance(i);
   if (i->state == INST_READY) t->active--;
+  free(i->snapshot);
   free(i);
+  host_type_released(t);
 }
 
 static void em__passivate(inst_t *i) {
@@ -98,15 +110,38 @@ static void em__pump(sched_item_t *it);
 
 static void em__schedule(inst_t *i) { sched_push(&i->ready, em__pump); }
 
+/* A retiring instance with nothing running hands over and goes. */
+static void em__retire(inst_t *i) {
+  if (i->ready.queued) return; /* its pump retires it */
+  inst_t *succ = i->successor;
+  size_t len = 0;
+  char *snap = (i->state == INST_READY && i->handlers_ref != LUA_NOREF) ? host_snapshot(i, &len) : NULL;
+  i->successor = NULL;
+  em__destroy(i);
+  if (!succ) { free(snap); return; }
+  succ->snapshot = snap;
+  succ->snapshot_len = len;
+  succ->state = INST_NEW;
+  em__schedule(succ);
+}
+
 /* Starts whatever the instance can start now. */
 static void em__pump(sched_item_t *it) {
   inst_t *i = (inst_t *)((char *)it - offsetof(inst_t, ready));
   etype_t *t = i->type;
+  if (i->retiring) {
+    if (i->running == 0 && i->state != INST_ACTIVATING) em__retire(i);
+    return;
+  }
   if (i->state == INST_NEW) {
-    if (!i->mb_head) { em__destroy(i); return; }
+    if (!i->mb_head && !i->snapshot) { em__destroy(i); return; }
     i->state = INST_ACTIVATING;
     t->activations++;
-    host_activate(i, NULL, 0);
+    char *snap = i->snapshot;
+    size_t snap_len = i->snapshot_len;
+    i->snapshot = NULL;
+    host_activate(i, snap, snap_len);
+    free(snap);
     return;
   }
   if (i->state != INST_READY) return;
@@ -125,33 +160,76 @@ static void em__pump(sched_item_t *it) {
     t->running++;
     em__idle_remove(i);
     host_handle(i, m); /* may finish at once and call em_handled */
+    if (i->retiring) return;
   }
   if (i->running == 0 && !i->mb_head) em__idle_add(i);
 }
 
-int em_deliver(msg_t *m) {
-  etype_t *t = m->type;
-  uint64_t h = hash_bytes(m->id, m->id_len);
-  inst_t *i = (inst_t *)htab_find(&t->instances, h, em__eq, m->id, m->id_len);
-  if (!i) {
-    i = calloc(1, sizeof *i + m->id_len + 1);
-    if (!i) return -ENOMEM;
-    memcpy(i->id, m->id, m->id_len);
-    i->id_len = m->id_len;
-    i->type = t;
-    i->node.hash = h;
-    i->handlers_ref = i->ctx_ref = LUA_NOREF;
-    i->shard = hash_shard(m->id, m->id_len, em_shards);
-    if (htab_insert(&t->instances, &i->node) != 0) { free(i); return -ENOMEM; }
-  } else if (i->mb_len >= t->mailbox && !(m->flags & MSG_PERSISTED)) {
-    return -EBUSY;
-  }
+static inst_t *em__find(etype_t *t, const char *id, size_t len, uint64_t h) {
+  return (inst_t *)htab_find(&t->instances, h, em__eq, id, len);
+}
+
+static inst_t *em__create(etype_t *t, const char *id, size_t len, uint64_t h) {
+  inst_t *i = calloc(1, sizeof *i + len + 1);
+  if (!i) return NULL;
+  memcpy(i->id, id, len);
+  i->id_len = len;
+  i->type = t;
+  i->node.hash = h;
+  i->handlers_ref = i->ctx_ref = LUA_NOREF;
+  i->shard = hash_shard(id, len, em_shards);
+  if (htab_insert(&t->instances, &i->node) != 0) { free(i); return NULL; }
+  return i;
+}
+
+static void em__enqueue(inst_t *i, msg_t *m) {
   m->next = NULL;
   m->enqueued_at = sched_now();
   if (i->mb_tail) i->mb_tail->next = m; else i->mb_head = m;
   i->mb_tail = m;
   i->mb_len++;
-  t->queued++;
+  i->type->queued++;
+}
+
+/* A message addressed to a type that a reload replaced goes to the type of
+ * that name now serving, with its RPC looked up again by tag. */
+static int em__retarget(msg_t *m) {
+  etype_t *old = m->type;
+  const rpc_def_t *r = &old->rpcs[m->rpc];
+  etype_t *t = host_find_type(old->name, old->name_len);
+  int rpc = t && t->kind == DEF_ENTITY ? etype_find_rpc(t, r->tag, r->tag_len) : -1;
+  if (rpc < 0) return -ENOENT;
+  msg_set_type(m, t);
+  m->rpc = rpc;
+  return 0;
+}
+
+static void em__not_found(msg_t *m) {
+  etype_t *old = m->type;
+  size_t len;
+  char text[512];
+  snprintf(text, sizeof text, "%s.%s is no longer defined (its script was changed)", old->name,
+           old->rpcs[m->rpc].tag);
+  char *body = reply_error_body(REPLY_NOT_FOUND, NULL, text, &len);
+  msg_finish(m, REPLY_NOT_FOUND, body, len);
+  free(body);
+}
+
+int em_deliver(msg_t *m) {
+  if (m->type->retired && em__retarget(m) != 0) {
+    em__not_found(m);
+    return 0;
+  }
+  etype_t *t = m->type;
+  uint64_t h = hash_bytes(m->id, m->id_len);
+  inst_t *i = em__find(t, m->id, m->id_len, h);
+  if (!i) {
+    i = em__create(t, m->id, m->id_len, h);
+    if (!i) return -ENOMEM;
+  } else if (i->mb_len >= t->mailbox && !(m->flags & MSG_PERSISTED)) {
+    return -EBUSY;
+  }
+  em__enqueue(i, m);
   em__idle_remove(i);
   em__schedule(i);
   return 0;
@@ -176,7 +254,9 @@ void em_activated(inst_t *i, const char *error) {
     free(body);
     i->mb_tail = NULL;
     i->mb_len = 0;
-    em__destroy(i);
+    i->state = INST_NEW;
+    if (i->retiring) em__retire(i);
+    else em__destroy(i);
     return;
   }
   i->state = INST_READY;
@@ -187,16 +267,55 @@ void em_activated(inst_t *i, const char *error) {
 void em_handled(inst_t *i) {
   i->running--;
   i->type->running--;
+  if (i->retiring) {
+    if (i->running == 0) em__retire(i);
+    return;
+  }
   if (i->mb_head) em__schedule(i);
   else if (i->running == 0) em__idle_add(i);
 }
 
 void em_keep_alive(etype_t *t, const char *id, size_t len, int on) {
-  inst_t *i = (inst_t *)htab_find(&t->instances, hash_bytes(id, len), em__eq, id, len);
+  inst_t *i = em__find(t, id, len, hash_bytes(id, len));
   if (!i) return;
   i->keep_alive = on ? 1 : 0;
   if (on) em__idle_remove(i);
-  else if (i->running == 0 && !i->mb_head && i->state == INST_READY) em__idle_add(i);
+  else if (i->running == 0 && !i->mb_head) em__idle_add(i);
+}
+
+void em_migrate(etype_t *old, etype_t *repl) {
+  timer_cancel(&old->idle_timer);
+  size_t it;
+  htab_node_t *n = htab_first(&old->instances, &it);
+  while (n) {
+    inst_t *i = (inst_t *)n;
+    n = htab_next(&old->instances, n, &it);
+    if (i->retiring) continue;
+    em__idle_remove(i);
+    i->retiring = 1;
+    inst_t *succ = NULL;
+    if (repl) {
+      succ = em__create(repl, i->id, i->id_len, i->node.hash);
+      if (succ) {
+        succ->state = INST_WAITING;
+        succ->keep_alive = i->keep_alive;
+      }
+    }
+    i->successor = succ;
+    /* The queue moves in order; messages for RPCs the new version dropped
+     * are answered not_found. */
+    msg_t *m = i->mb_head;
+    i->mb_head = i->mb_tail = NULL;
+    i->mb_len = 0;
+    while (m) {
+      msg_t *next = m->next;
+      old->queued--;
+      if (succ && em__retarget(m) == 0 && m->type == repl) em__enqueue(succ, m);
+      else em__not_found(m);
+      m = next;
+    }
+    if (i->running == 0 && i->state != INST_ACTIVATING) em__retire(i);
+  }
 }
 
 void em_stop_all(void) {
@@ -214,7 +333,26 @@ void em_stop_all(void) {
         msg_free(m);
       }
       i->mb_tail = NULL;
+      i->mb_len = 0;
       if (i->running == 0 && i->state != INST_ACTIVATING && !i->ready.queued) em__destroy(i);
     }
   }
+}
+
+void em_type_free(etype_t *t) {
+  timer_cancel(&t->idle_timer);
+  size_t it;
+  htab_node_t *n = htab_first(&t->instances, &it);
+  while (n) {
+    inst_t *i = (inst_t *)n;
+    n = htab_next(&t->instances, n, &it);
+    while (i->mb_head) {
+      msg_t *m = i->mb_head;
+      i->mb_head = m->next;
+      msg_free(m);
+    }
+    free(i->snapshot);
+    free(i);
+  }
+  htab_free(&t->instances);
 }

@@ -11,7 +11,12 @@
 #include "entity/sched.h"
 #include "host/host.h"
 
-typedef enum { INST_NEW = 0, INST_ACTIVATING, INST_READY } inst_state_t;
+typedef enum {
+  INST_NEW = 0,    /* created by a message; activates when the queue reaches it */
+  INST_ACTIVATING, /* activate runs */
+  INST_READY,      /* handling messages */
+  INST_WAITING,    /* successor of an instance on a reloaded script, waiting for its snapshot */
+} inst_state_t;
 
 typedef struct inst_s {
   htab_node_t node;
@@ -23,6 +28,10 @@ typedef struct inst_s {
   uint8_t state;
   uint8_t keep_alive;
   uint8_t idle; /* on its type's idle list */
+  uint8_t retiring; /* its script was replaced: finish in-flight work, then hand over */
+  struct inst_s *successor; /* the instance on the new version that waits for this one */
+  char *snapshot;   /* state handed over by the predecessor, for activate */
+  size_t snapshot_len;
   uint32_t shard;
   int handlers_ref, ctx_ref;
   struct inst_s *idle_prev, *idle_next;
@@ -41,6 +50,14 @@ void em_keep_alive(etype_t *t, const char *id, size_t len, int on);
 /* Called by the host when work ends. */
 void em_activated(inst_t *inst, const char *error);
 void em_handled(inst_t *inst);
+/* A script was replaced: every instance of `old` finishes what it runs, then
+ * hands its snapshot to an instance of `repl` (same name on the new version;
+ * NULL when the type is gone: queued messages get not_found). */
+void em_migrate(etype_t *old, etype_t *repl);
+/* Instances (any state) still on a type. */
+size_t em_instances(const etype_t *t);
+/* Frees every instance of a type whose script is being closed. */
+void em_type_free(etype_t *t);
 /* Stops every instance of every type (shutdown). */
 void em_stop_all(void);
 size_t em_active_total(void);

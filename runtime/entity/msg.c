@@ -8,6 +8,7 @@
 
 #include "cli/log.h"
 #include "core/buf.h"
+#include "host/host.h"
 #include "storage/storage.h"
 
 static const char *const reply_names[REPLY__COUNT] = {
@@ -132,6 +133,7 @@ msg_t *msg_new(struct etype_s *type, int rpc, const char *id, size_t id_len, con
     m->headers_len = headers_len;
   }
   m->request_id = msg_next_request_id();
+  type->refs++;
   return m;
 }
 
@@ -157,6 +159,7 @@ void msg_free(msg_t *m) {
     m->call->holder = NULL;
     call_fail(m->call, REPLY_UNAVAILABLE, "the message was dropped before it ran");
   }
+  msg_set_type(m, NULL);
   free(m);
 }
 
@@ -166,4 +169,14 @@ uint64_t msg_next_request_id(void) {
   static uint64_t next;
   if (!next) next = sched_wall_ms() * 1000u;
   return ++next;
+}
+
+void msg_set_type(msg_t *m, struct etype_s *t) {
+  etype_t *old = m->type;
+  m->type = t;
+  if (t) t->refs++;
+  if (old) {
+    old->refs--;
+    host_type_released(old);
+  }
 }

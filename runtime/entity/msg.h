@@ -97,6 +97,8 @@ void msg_attach_call(msg_t *m, call_t *c);
 /* Sends the reply to whoever waits and frees the message. */
 void msg_finish(msg_t *m, reply_kind_t kind, const char *body, size_t len);
 void msg_free(msg_t *m);
+/* Points m at another type (a reload replaced its own), moving its reference. */
+void msg_set_type(msg_t *m, struct etype_s *t);
 /* True when a caller was waiting and has gone: the message need not run. */
 int msg_abandoned(const msg_t *m);
 

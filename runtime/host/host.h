@@ -7,6 +7,7 @@
 #include <lua.h>
 #include <stdint.h>
 
+#include "core/buf.h"
 #include "core/htab.h"
 #include "entity/msg.h"
 #include "entity/sched.h"
@@ -49,6 +50,8 @@ struct etype_s {
   uint64_t activations, passivations;
   uint64_t running, queued; /* messages running now, and waiting in mailboxes */
   uint64_t outcomes[REPLY__COUNT];
+  int retired;         /* replaced by a reload; kept while instances, tasks or messages use it */
+  size_t refs;         /* messages that point at this type */
   task_t *runner_task; /* singleton / cron */
   struct restart_s *restart; /* pending restart of a singleton / cron job */
 };
@@ -63,7 +66,10 @@ struct script_s {
   uint64_t slice;     /* instructions in the current run */
   task_t *current;    /* the task running now, NULL at load time */
   int ref_handle, ref_activate, ref_new_ctx, ref_persist_info, ref_snapshot, ref_run_singleton, ref_run_cron;
-  char *error;        /* load error, for /cluster */
+  char *error;        /* load error: this script serves nothing */
+  char *reload_error; /* a newer version failed to load; this one keeps serving */
+  int retired;        /* replaced; closed once nothing runs in it */
+  sched_item_t close_item;
   char version[17];   /* first 16 hex digits of the source's SHA-256 */
   etype_t *types;     /* defined by this script */
   int tasks;          /* tasks alive in this state */
@@ -111,10 +117,29 @@ etype_t *host_types(void);
 etype_t *host_find_type(const char *name, size_t len);
 int etype_find_rpc(const etype_t *t, const char *tag, size_t len);
 
+/* What a rescan of the script directory did, as JSON for /admin/reload. */
+typedef struct host_reload_report_s {
+  int loaded, reloaded, removed, failed, unchanged;
+} host_reload_report_t;
+
+/* Rescans the directory: loads new and changed scripts (and those whose lib/
+ * modules changed) into fresh states and swaps them in when they load; a
+ * failing version leaves the old one serving. `json` (optional) receives
+ * {"loaded":[...],"reloaded":[...],"removed":[...],"failed":[{file,message}],
+ * "unchanged":N}. */
+void host_rescan(host_reload_report_t *rep, buf_t *json);
+/* The directories a watcher should watch (the script dir and lib/ below it). */
+int host_watch_dirs(char ***dirs);
+
 /* Entity work, called by the entity manager. */
 void host_activate(struct inst_s *inst, const char *snapshot, size_t snapshot_len);
 void host_handle(struct inst_s *inst, msg_t *msg);
 void host_release_instance(struct inst_s *inst);
+/* The instance's snapshot as JSON (malloc'd), or NULL when its handlers
+ * define none (or it failed: logged). */
+char *host_snapshot(struct inst_s *inst, size_t *len);
+/* A retired type lost an instance: its script may be closed. */
+void host_type_released(etype_t *t);
 /* Runs a persisted RPC's payload check, primary key and deliver_at in the
  * target script. Returns the reply kind: REPLY_OK with *pk (malloc'd or NULL)
  * and *deliver_at (epoch ms, 0 = now), else an error kind with *err body. */

@@ -117,6 +117,27 @@ static void gw__entity(http_req_t *r, const slice_t *seg, const slice_t *query) 
               r->headers.data, r->headers.len, flags, c);
 }
 
+/* POST /admin/reload: rescans the script directory now (also without
+ * watching, --no-reload) and answers what it did. */
+static void gw__admin_reload(http_req_t *r) {
+  if (strcmp(gw.admin, "none") == 0 || (strcmp(gw.admin, "any") != 0 && !http_req_from_loopback(r))) {
+    gw__error(r, 403, "forbidden", NULL,
+              strcmp(gw.admin, "none") == 0 ? "admin endpoints are turned off (--admin none)"
+                                            : "admin endpoints answer loopback clients only (--admin any to allow others)");
+    return;
+  }
+  if (r->method != HTTP_POST) {
+    gw__error(r, 405, "not_found", NULL, "use POST /admin/reload");
+    return;
+  }
+  host_reload_report_t rep;
+  buf_t b;
+  buf_init(&b);
+  host_rescan(&rep, &b);
+  gw__json(r, rep.failed ? 422 : 200, NULL, b.data, b.len);
+  buf_free(&b);
+}
+
 void gateway_on_request(http_req_t *r) {
   slice_t path, query;
   url_split(r->url.data, r->url.len, &path, &query);
@@ -130,6 +151,10 @@ void gateway_on_request(http_req_t *r) {
 #define SEG_IS(i, s) (seg[i].len == sizeof(s) - 1 && memcmp(seg[i].ptr, s, sizeof(s) - 1) == 0)
   if (n == 4 && SEG_IS(0, "entities")) {
     gw__entity(r, seg, &query);
+    return;
+  }
+  if (n == 2 && SEG_IS(0, "admin") && SEG_IS(1, "reload")) {
+    gw__admin_reload(r);
     return;
   }
   if (n == 1 && SEG_IS(0, "health")) {
@@ -225,18 +250,26 @@ void gateway_cluster_json(buf_t *b) {
       buf_adds(b, ",\"error\":");
       buf_add_json_str(b, s->error, strlen(s->error));
     }
+    if (s->reload_error) {
+      buf_adds(b, ",\"reload_error\":");
+      buf_add_json_str(b, s->reload_error, strlen(s->reload_error));
+    }
     buf_addc(b, '}');
   }
   buf_adds(b, "],\"errors\":[");
   first = 1;
   for (script_t *s = host_scripts(); s; s = s->next) {
-    if (!s->error) continue;
+    const char *err = s->error ? s->error : s->reload_error;
+    if (!err) continue;
     if (!first) buf_addc(b, ',');
     first = 0;
     buf_adds(b, "{\"file\":");
     buf_add_json_str(b, s->file, strlen(s->file));
     buf_adds(b, ",\"message\":");
-    buf_add_json_str(b, s->error, strlen(s->error));
+    buf_add_json_str(b, err, strlen(err));
+    /* serving: an older version of the file still serves its definitions */
+    buf_printf(b, ",\"serving\":%s", s->error ? "false" : "true");
+    if (!s->error) buf_printf(b, ",\"serving_version\":\"%s\"", s->version);
     buf_addc(b, '}');
   }
   buf_adds(b, "]}");

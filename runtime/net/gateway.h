@@ -14,6 +14,7 @@ typedef struct gateway_info_s {
   uint32_t shards;
   uint64_t started_ms;
   uint64_t call_timeout_ms;
+  const char *admin; /* who may use the admin routes: "loopback", "any" or "none" */
 } gateway_info_t;
 
 void gateway_init(const gateway_info_t *info);

@@ -66,6 +66,7 @@ static const char *http__reason(int status) {
   case 200: return "OK";
   case 202: return "Accepted";
   case 400: return "Bad Request";
+  case 403: return "Forbidden";
   case 404: return "Not Found";
   case 405: return "Method Not Allowed";
   case 408: return "Request Timeout";
@@ -137,6 +138,23 @@ static void http__shutdown_cb(uv_shutdown_t *sr, int status) {
   http__conn_close(c);
 }
 
+/* Sends "100 Continue" to the request at the head of the queue if it asked
+ * for one and is still waiting for its body. Only the head: an interim
+ * response sent while an earlier pipelined request is unanswered would be
+ * read by the client as belonging to that earlier request. */
+static void http__continue(http_conn_t *c) {
+  static char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+  http_req_t *r = c->head;
+  if (c->closing || !r || r != c->cur || r->expect_continue != 1) return;
+  r->expect_continue = 2; /* sent */
+  http_write_t *hw = malloc(sizeof *hw);
+  if (!hw) return; /* the client sends its body after its own wait anyway */
+  hw->n = 0;
+  hw->w.data = c;
+  uv_buf_t b = uv_buf_init(cont, sizeof cont - 1);
+  if (uv_write(&hw->w, (uv_stream_t *)&c->tcp, &b, 1, http__write_cb) != 0) free(hw);
+}
+
 /* Writes every answered request at the head of the queue, in order. */
 static void http__flush(http_conn_t *c) {
   if (c->closing) return;
@@ -191,6 +209,7 @@ static void http__flush(http_conn_t *c) {
     }
     return;
   }
+  http__continue(c);
   http__reading(c);
   http__timer_update(c);
 }
@@ -345,11 +364,8 @@ static int http__on_headers_complete(http_parser *p) {
     c->reject_msg = "request body too large";
     return -1;
   }
-  if (r->expect_continue) {
-    static char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-    uv_buf_t b = uv_buf_init(cont, sizeof cont - 1);
-    uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-  }
+  /* Behind unanswered requests, it goes out once they are (http__flush). */
+  if (r->expect_continue) http__continue(c);
   return 0;
 }
 
@@ -542,4 +558,22 @@ void http_server_stop(http_server_t *s) {
 void http_server_free(http_server_t *s) {
   while (s->conns) http__conn_close(s->conns);
   free(s);
+}
+
+int http_req_from_loopback(const http_req_t *r) {
+  if (!r->conn) return 0;
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  if (uv_tcp_getpeername(&r->conn->tcp, (struct sockaddr *)&ss, &len) != 0) return 0;
+  if (ss.ss_family == AF_INET) {
+    const unsigned char *a = (const unsigned char *)&((struct sockaddr_in *)&ss)->sin_addr;
+    return a[0] == 127;
+  }
+  if (ss.ss_family == AF_INET6) {
+    const struct in6_addr *a = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(a->s6_addr, mapped, 12) == 0) return a->s6_addr[12] == 127;
+    return IN6_IS_ADDR_LOOPBACK(a);
+  }
+  return 0;
 }

@@ -59,6 +59,8 @@ void http_server_free(http_server_t *s);
 void http_respond(http_req_t *req, int status, const char *content_type, const char *extra_headers, const char *body,
                   size_t len);
 const char *http_method_name(int method);
+/* True when the request's client connected from a loopback address. */
+int http_req_from_loopback(const http_req_t *r);
 
 typedef struct http_stats_s {
   uint64_t connections_total, connections_open, requests_total, rejected_total;
