@@ -38,6 +38,12 @@ describe("a runner given bad input", function()
       assert.are.equal(400, status)
       assert.are.equal("schema", doc.error.kind)
       assert.matches("^invalid JSON: ", doc.error.message)
+      for _, body in ipairs { '{"amount":1} trailing', "\255\254{", string.rep("[", 200000) } do
+        status, doc = r:call("Counter", "c", "Increment", body)
+        assert.are.equal(400, status)
+        assert.are.equal("schema", doc.error.kind)
+        assert.matches("^invalid JSON: ", doc.error.message)
+      end
       still_serves(r)
     end)
 
@@ -197,6 +203,15 @@ describe("a runner given bad input", function()
       assert.are.equal(500, status)
       assert.are.same({ error = { kind = "defect", message = "Misbehave.Lie returned a value that does not match "
         .. "its success schema: expected number, got string" } }, doc)
+      still_serves(r)
+    end)
+
+    it("answers a handler that yields with coroutine.yield with 500 defect and keeps its instance serving", function()
+      local status, doc = r:call("Misbehave", "yielder", "Yield", nil, "?timeout=1000")
+      assert.are.equal(500, status, "a bare yield left the call hanging: " .. cjson.encode(doc))
+      assert.are.equal("defect", doc.error.kind)
+      assert.matches("yield", doc.error.message, 1, true)
+      assert.are.same({ 200, { value = "pong" } }, answer(r:call("Misbehave", "yielder", "Ping", nil, "?timeout=1000")))
       still_serves(r)
     end)
   end)

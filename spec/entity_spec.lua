@@ -138,6 +138,11 @@ describe("the entity runtime", function()
     assert.are.equal("hello, alice", v.greeting) -- from DIR/lib/util.lua
   end)
 
+  it("hands handlers whole JSON numbers as Lua integers", function()
+    local _, doc = r:call("Introspect", "num", "Info", { n = 7 })
+    assert.are.equal("7", doc.value.n_text)
+  end)
+
   it("answers a declared failure with 422 and the failure value", function()
     local status, doc = r:call("Wallet", "w", "Withdraw", { amount = 4 })
     assert.are.equal(200, status)

@@ -84,6 +84,71 @@ describe("hot reload", function()
     end)
   end)
 
+  it("lets an in-flight message finish on the old version, then hands the instance over", function()
+    local slow = [[
+local luster = require "luster"
+local S = luster.schema
+local Work = luster.rpc("Work", { payload = { ms = S.integer }, success = S.string })
+return luster.entity("Slow", { Work }):handlers(function(ctx, snap)
+  local done = snap and snap.done or 0
+  return {
+    Work = function(req)
+      luster.sleep(req.payload.ms)
+      done = done + 1
+      return "%s:" .. done
+    end,
+    snapshot = function() return { done = done } end,
+  }
+end)]]
+    H.rmdir(dir)
+    dir = H.script_dir { ["slow.lua"] = string.format(slow, "v1") }
+    r = H.start(dir)
+    local c = r:connect()
+    local body = '{"ms":400}'
+    c:send("POST /entities/Slow/s/Work HTTP/1.1\r\nHost: x\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
+    H.wait_for("the slow message to run", 5, function()
+      return r:metric('luster_running_messages{type="Slow"}') == 1
+    end)
+    H.write_file(dir .. "/slow.lua", string.format(slow, "v2"))
+    H.wait_for("the reload", 5, function() return r:log_text():find("reloaded slow.lua", 1, true) end)
+    -- Queued behind the running one: it waits for the hand-over.
+    local status, doc = r:call("Slow", "s", "Work", { ms = 0 })
+    local status1, _, raw1 = H.read_response(c)
+    c:close()
+    assert.are.equal(200, status1)
+    assert.are.equal('{"value":"v1:1"}', raw1)
+    assert.are.equal(200, status)
+    assert.are.equal("v2:2", doc.value)
+  end)
+
+  it("restarts a singleton on its new version", function()
+    local job = [[
+local luster = require "luster"
+local S = luster.schema
+local Set = luster.rpc("Set", { payload = { v = S.string } })
+local Get = luster.rpc("Get", { success = S.any })
+return {
+  luster.entity("Box", { Set, Get }):handlers(function(ctx)
+    ctx:keep_alive(true)
+    local v
+    return { Set = function(req) v = req.payload.v end, Get = function() return v end }
+  end),
+  luster.singleton("Writer", function(ctx)
+    while true do luster.client("Box", "b"):Set { v = "%s" } luster.sleep(20) end
+  end),
+}]]
+    H.rmdir(dir)
+    dir = H.script_dir { ["job.lua"] = string.format(job, "one") }
+    r = H.start(dir)
+    H.wait_for("the first singleton to write", 5, function()
+      return select(2, r:call("Box", "b", "Get", {})).value == "one"
+    end)
+    H.write_file(dir .. "/job.lua", string.format(job, "two"))
+    H.wait_for("the new singleton to write", 5, function()
+      return select(2, r:call("Box", "b", "Get", {})).value == "two"
+    end)
+  end)
+
   it("keeps the old version serving while the file has a syntax error, and recovers when fixed", function()
     r = H.start(dir)
     assert.are.equal(1, select(2, r:call("Counter", "a", "Increment", { amount = 1 })).value)

@@ -1,5 +1,6 @@
 -- luster.errors: the error objects returned by entity calls (`nil, err`).
 local cjson = require "cjson"
+local json = require "luster.json"
 
 local M = {}
 
@@ -36,7 +37,7 @@ function M.is(x) return getmetatable(x) == Error end
 -- Builds the error object for a reply the runner delivered: `body` is the
 -- JSON value for a failure, or {"kind", "message", "path"} for the others.
 function M.from_reply(kind, body)
-  local ok, v = pcall(cjson.decode, body)
+  local ok, v = pcall(json.decode, body)
   if kind == "failure" then
     if not ok then v = body end
     if v == cjson.null then v = nil end

@@ -2,6 +2,7 @@
 local cjson = require "cjson"
 local schema = require "luster.schema"
 local errors = require "luster.errors"
+local json = require "luster.json"
 
 -- The runner preloads `luster.core` with its C functions; in plain Lua (specs
 -- of the library itself) definitions work and calls say they need a runner.
@@ -160,7 +161,7 @@ local Client = { __name = "luster.client" }
 local CLIENT_OPTIONS = { timeout = true, discard = true }
 
 local function decode_value(body)
-  local v = cjson.decode(body)
+  local v = json.decode(body)
   if v == cjson.null then return nil end
   return v
 end

@@ -1,13 +1,14 @@
 -- luster.runtime: what the runner calls inside each script's Lua state:
 -- reading definitions, building ctx, activating instances, dispatching messages.
 local cjson = require "cjson"
+local json = require "luster.json"
 local schema = require "luster.schema"
 local luster = require "luster"
 local core = require "luster.core"
 
 local M = {}
 local validate, encode = schema.validate, schema.encode
-local decode, null = cjson.decode, cjson.null
+local decode, null = json.decode, cjson.null
 local fmt = string.format
 
 local function describe(v)
