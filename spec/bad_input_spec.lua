@@ -28,7 +28,8 @@ end
 describe("a runner given bad input", function()
   local r
   lazy_setup(function()
-    r = H.start(HANDLERS, { args = "--request-timeout 500ms --instruction-budget 1000000 --memory-limit 32M" })
+    r = H.start(HANDLERS, { args = "--request-timeout 500ms --instruction-budget 1000000 --memory-limit 32M "
+      .. "--shutdown-timeout 1s" })
   end)
   lazy_teardown(function() if r then r:stop() end end)
 

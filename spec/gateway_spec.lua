@@ -10,7 +10,8 @@ local FIXTURES = H.root .. "/spec/fixtures/gateway"
 
 -- One POST request as bytes, for raw sockets.
 local function post(path, body, extra)
-  return ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%sContent-Length: %d\r\n\r\n%s"):format(path, extra or "", #body, body)
+  return ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%sContent-Length: %d\r\n\r\n%s")
+    :format(path, extra or "", #body, body)
 end
 
 local function decode(raw) return cjson.decode(raw) end
@@ -201,7 +202,8 @@ describe("the HTTP gateway", function()
     end)
 
     it("answers 414 for a URL over the limit", function()
-      local status, doc, headers = r:request("POST", "/entities/Counter/" .. string.rep("u", 9000) .. "/Increment", "{}")
+      local long = "/entities/Counter/" .. string.rep("u", 9000) .. "/Increment"
+      local status, doc, headers = r:request("POST", long, "{}")
       assert.are.equal(414, status)
       assert.are.equal("close", headers["connection"])
       assert.are.same({ error = { kind = "bad_request", message = "request URL too long" } }, doc)
@@ -394,8 +396,12 @@ describe("the HTTP gateway", function()
       assert.matches("^text/plain", headers["content-type"])
       assert.matches("# TYPE luster_active_instances gauge\n", text, 1, true)
       assert.matches("# TYPE luster_http_requests_total counter\n", text, 1, true)
+      -- Every sample line is `name{labels} value` or `name value`.
       for line in text:gmatch("[^\n]+") do
-        if line:sub(1, 1) ~= "#" then assert.matches("^[%w_]+[^ ]* %d+$", line) end
+        if line:sub(1, 1) ~= "#" then
+          local value = line:match('^[%a_:][%w_:]*%b{} (%S+)$') or line:match("^[%a_:][%w_:]* (%S+)$")
+          assert.is_number(tonumber(value), "not a sample line: " .. line)
+        end
       end
       local active = r:metric('luster_active_instances{type="Counter"}')
       local ok = r:metric('luster_messages_total{type="Counter",outcome="ok"}') or 0

@@ -21,8 +21,10 @@ local function fail(level, fmt, ...)
   error(string.format(fmt, ...), level + 1)
 end
 
+local NO_OPTIONS = setmetatable({}, { __newindex = function() error("options are read-only", 2) end })
+
 local function check_options(what, opts, allowed)
-  if opts == nil then return {} end
+  if opts == nil then return NO_OPTIONS end
   if type(opts) ~= "table" then fail(3, "%s: options must be a table, got %s", what, type(opts)) end
   for k in pairs(opts) do
     if not allowed[k] then
@@ -170,7 +172,7 @@ local function invoke(c, tag, payload, opts)
   if getmetatable(c) ~= Client then
     fail(3, "%s: call it with ':' (client:%s{...})", tag, tag)
   end
-  opts = check_options("client:" .. tag, opts, CLIENT_OPTIONS)
+  if opts ~= nil then opts = check_options("client:" .. tag, opts, CLIENT_OPTIONS) else opts = NO_OPTIONS end
   local ok, body = pcall(cjson.encode, payload == nil and cjson.null or payload)
   if not ok then fail(3, "client:%s: payload cannot be encoded as JSON: %s", tag, body) end
   local timeout = opts.timeout or c[3].timeout or 0

@@ -73,10 +73,20 @@ static void host__hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   script_t *s = host__script(L);
   s->slice += HOST_HOOK_EVERY;
-  if (s->slice > s->budget)
-    luaL_error(L, "instruction budget exceeded: ran %llu VM instructions without waiting (limit %llu, "
-                  "--instruction-budget)",
-               (unsigned long long)s->slice, (unsigned long long)s->budget);
+  if (s->slice > s->budget) {
+    /* From now on every instruction raises, so a handler that catches the
+     * error with pcall and carries on is stopped at its next instruction. */
+    lua_sethook(L, host__hook, LUA_MASKCOUNT, 1);
+    luaL_error(L, "instruction budget exceeded: the handler ran %I VM instructions without waiting "
+                  "(calls and sleeps wait); the limit is --instruction-budget %I",
+               (lua_Integer)s->budget, (lua_Integer)s->budget);
+  }
+}
+
+/* Every run starts with a fresh budget at the normal hook rate. */
+static void host__budget_reset(script_t *s, lua_State *th) {
+  s->slice = 0;
+  lua_sethook(th, host__hook, LUA_MASKCOUNT, HOST_HOOK_EVERY);
 }
 
 static int host__panic(lua_State *L) {
@@ -105,8 +115,14 @@ static task_t *task_new(script_t *s, task_kind_t kind) {
   if (!t) { log_error("out of memory creating a task"); abort(); }
   t->script = s;
   t->kind = kind;
-  t->co = lua_newthread(s->L);
-  t->co_ref = luaL_ref(s->L, LUA_REGISTRYINDEX);
+  if (s->pool_n > 0) {
+    s->pool_n--;
+    t->co = s->pool_co[s->pool_n];
+    t->co_ref = s->pool_ref[s->pool_n];
+  } else {
+    t->co = lua_newthread(s->L);
+    t->co_ref = luaL_ref(s->L, LUA_REGISTRYINDEX);
+  }
   timer_entry_init(&t->sleep, task__sleep_fire);
   s->tasks++;
   t->tnext = host_tasks;
@@ -118,8 +134,16 @@ static task_t *task_new(script_t *s, task_kind_t kind) {
 static void task_free(task_t *t) {
   timer_cancel(&t->sleep);
   if (t->call) { call_cancel(t->call); t->call = NULL; }
-  luaL_unref(t->script->L, LUA_REGISTRYINDEX, t->co_ref);
-  t->script->tasks--;
+  script_t *s = t->script;
+  if (t->reusable && s->pool_n < HOST_THREAD_POOL && !s->retired) {
+    lua_settop(t->co, 0);
+    s->pool_co[s->pool_n] = t->co;
+    s->pool_ref[s->pool_n] = t->co_ref;
+    s->pool_n++;
+  } else {
+    luaL_unref(s->L, LUA_REGISTRYINDEX, t->co_ref);
+  }
+  s->tasks--;
   if (t->tprev) t->tprev->tnext = t->tnext; else host_tasks = t->tnext;
   if (t->tnext) t->tnext->tprev = t->tprev;
   free(t);
@@ -129,17 +153,32 @@ static void task_resume(task_t *t, int nargs) {
   script_t *s = t->script;
   int nres = 0;
   s->current = t;
-  s->slice = 0;
+  host__budget_reset(s, t->co);
+  t->waiting = 0;
   host_enforce_depth++;
   int st = lua_resume(t->co, NULL, nargs, &nres);
   host_enforce_depth--;
   s->current = NULL;
-  if (st == LUA_YIELD) {
+  if (st == LUA_YIELD && t->waiting) {
     lua_pop(t->co, nres);
     return;
   }
-  if (st == LUA_OK) task__finish(t, nres);
-  else task__error(t, st);
+  if (st == LUA_YIELD) {
+    /* coroutine.yield() in the handler's own coroutine: nothing would ever
+     * resume it. */
+    lua_settop(t->co, 0);
+    lua_pushstring(t->co, "the handler called coroutine.yield() outside a coroutine of its own; nothing "
+                          "resumes it (use luster.sleep or an entity call to wait)");
+    t->reusable = 0;
+    task__error(t, LUA_ERRRUN);
+    return;
+  }
+  if (st == LUA_OK) {
+    t->reusable = 1;
+    task__finish(t, nres);
+  } else {
+    task__error(t, st);
+  }
 }
 
 static void task__resume_item(sched_item_t *it) {
@@ -314,7 +353,7 @@ char *host_snapshot(inst_t *inst, size_t *len) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_snapshot);
   lua_rawgeti(L, LUA_REGISTRYINDEX, ty->def_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, inst->handlers_ref);
-  s->slice = 0;
+  host__budget_reset(s, L);
   host_enforce_depth++;
   int st = lua_pcall(L, 2, 1, 0);
   host_enforce_depth--;
@@ -345,7 +384,7 @@ reply_kind_t host_persist_info(etype_t *ty, int rpc, const char *payload, size_t
   lua_rawgeti(L, LUA_REGISTRYINDEX, ty->def_ref);
   lua_pushlstring(L, ty->rpcs[rpc].tag, ty->rpcs[rpc].tag_len);
   lua_pushlstring(L, payload, len);
-  s->slice = 0;
+  host__budget_reset(s, L);
   host_enforce_depth++;
   int st = lua_pcall(L, 3, 3, 0);
   host_enforce_depth--;
@@ -474,6 +513,7 @@ static int core_call(lua_State *L) {
   call_t *c = call_new(task__call_cb, t, tmo);
   t->call = c;
   router_send(type, tl, id, il, tag, gl, payload, pl, NULL, 0, discard ? MSG_DISCARD : 0, c);
+  t->waiting = 1;
   return lua_yield(L, 0);
 }
 
@@ -481,6 +521,7 @@ static int core_sleep(lua_State *L) {
   lua_Integer ms = luaL_checkinteger(L, 1);
   task_t *t = core__task(L, "luster.sleep");
   timer_add(&t->sleep, sched_now() + (ms > 0 ? (uint64_t)ms : 0));
+  t->waiting = 1;
   return lua_yield(L, 0);
 }
 
@@ -712,7 +753,7 @@ static int script_load(script_t *s) {
     script_close(s);
     return -1;
   }
-  s->slice = 0;
+  host__budget_reset(s, L);
   host_enforce_depth++;
   rc = lua_pcall(L, 0, 1, msgh);
   host_enforce_depth--;
@@ -741,6 +782,7 @@ static int script_load(script_t *s) {
   lua_getfield(L, rt, "definitions");
   lua_pushvalue(L, rt - 1); /* the script's result */
   lua_pushstring(L, s->file);
+  host__budget_reset(s, L);
   host_enforce_depth++;
   rc = lua_pcall(L, 2, 1, 0);
   host_enforce_depth--;

@@ -12,6 +12,8 @@
 #include "entity/msg.h"
 #include "entity/sched.h"
 
+#define HOST_THREAD_POOL 64
+
 typedef struct script_s script_t;
 typedef struct etype_s etype_t;
 typedef struct task_s task_t;
@@ -73,6 +75,10 @@ struct script_s {
   char version[17];   /* first 16 hex digits of the source's SHA-256 */
   etype_t *types;     /* defined by this script */
   int tasks;          /* tasks alive in this state */
+  /* Finished coroutines kept for reuse: a message then costs no new thread. */
+  lua_State *pool_co[HOST_THREAD_POOL];
+  int pool_ref[HOST_THREAD_POOL];
+  int pool_n;
 };
 
 typedef enum { TASK_ACTIVATE, TASK_HANDLE, TASK_SINGLETON, TASK_CRON } task_kind_t;
@@ -91,6 +97,8 @@ struct task_s {
   call_t *call; /* outgoing call this task waits on */
   int nargs;    /* values pushed on co for the next resume */
   int cancelled;
+  int reusable; /* finished normally: its coroutine can run the next task */
+  int waiting;  /* yielded by luster (a call or a sleep), not by the script */
 };
 
 typedef struct host_config_s {
