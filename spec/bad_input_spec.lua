@@ -38,6 +38,7 @@ describe("a runner given bad input", function()
       local status, doc = r:call("Counter", "c", "Increment", '{"amount": 1,')
       assert.are.equal(400, status)
       assert.are.equal("schema", doc.error.kind)
+      assert.are.equal("", doc.error.path) -- the payload as a whole
       assert.matches("^invalid JSON: ", doc.error.message)
       for _, body in ipairs { '{"amount":1} trailing', "\255\254{", string.rep("[", 200000) } do
         status, doc = r:call("Counter", "c", "Increment", body)
@@ -144,17 +145,25 @@ describe("a runner given bad input", function()
       local t0 = H.now()
       assert(slow:send("POST /entities/Counter/slow/Increment HTTP/1.1\r\nHost: 127.0.0.1\r\n"))
       slow:settimeout(0.1)
-      local served, closed_after = 0, nil
+      local served, closed_after, answer_line = 0, nil, nil
       while H.now() - t0 < 5 * H.slow do
         -- One more header byte every ~100 ms: never a complete request.
         local ok = slow:send("X")
-        local _, err = slow:receive(1)
+        local line, err = slow:receive("*l")
+        if line then
+          answer_line = line
+          slow:settimeout(5)
+          while slow:receive("*l") do end -- the rest, until the runner closes
+          closed_after = H.now() - t0
+          break
+        end
         if not ok or err == "closed" then closed_after = H.now() - t0 break end
         still_serves(r)
         served = served + 1
       end
       slow:close()
       assert.is_not_nil(closed_after, "the slow connection was never closed")
+      assert.are.equal("HTTP/1.1 408 Request Timeout", answer_line)
       assert.is_true(closed_after >= 0.45, ("closed after %.2fs, before --request-timeout"):format(closed_after))
       assert.is_true(closed_after < 1.5 * H.slow, ("closed only after %.2fs"):format(closed_after))
       assert.is_true(served >= 3, "other clients were served " .. served .. " times meanwhile")

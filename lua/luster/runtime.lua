@@ -108,8 +108,9 @@ function M.activate(def, id, shard, snapshot_json)
   return h, ctx
 end
 
+-- Schema errors always carry a path ("" for the payload as a whole).
 local function error_body(kind, path, message)
-  return encode(schema.any, { kind = kind, path = path ~= "" and path or nil, message = message })
+  return encode(schema.any, { kind = kind, path = path or "", message = message })
 end
 
 local function decode_payload(rpc, payload)

@@ -36,9 +36,9 @@ char *reply_error_body(reply_kind_t kind, const char *path, const char *msg, siz
   buf_adds(&b, reply_kind_name(kind));
   buf_adds(&b, "\",\"message\":");
   buf_add_json_str(&b, msg, strlen(msg));
-  if (path) {
+  if (path || kind == REPLY_SCHEMA) {
     buf_adds(&b, ",\"path\":");
-    buf_add_json_str(&b, path, strlen(path));
+    buf_add_json_str(&b, path ? path : "", path ? strlen(path) : 0);
   }
   buf_addc(&b, '}');
   return buf_steal(&b, len);

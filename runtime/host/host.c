@@ -77,9 +77,9 @@ static void host__hook(lua_State *L, lua_Debug *ar) {
     /* From now on every instruction raises, so a handler that catches the
      * error with pcall and carries on is stopped at its next instruction. */
     lua_sethook(L, host__hook, LUA_MASKCOUNT, 1);
-    luaL_error(L, "instruction budget exceeded: the handler ran %I VM instructions without waiting "
-                  "(calls and sleeps wait); the limit is --instruction-budget %I",
-               (lua_Integer)s->budget, (lua_Integer)s->budget);
+    luaL_error(L, "instruction budget exceeded: %s ran more than %I Lua VM instructions without waiting "
+                  "(entity calls and luster.sleep wait); see --instruction-budget",
+               s->current ? "the handler" : "the script", (lua_Integer)s->budget);
   }
 }
 

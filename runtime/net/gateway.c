@@ -33,9 +33,9 @@ static void gw__error(http_req_t *r, int status, const char *kind, const char *p
   buf_adds(&b, kind);
   buf_adds(&b, "\",\"message\":");
   buf_add_json_str(&b, msg, strlen(msg));
-  if (path) {
+  if (path || strcmp(kind, "schema") == 0) {
     buf_adds(&b, ",\"path\":");
-    buf_add_json_str(&b, path, strlen(path));
+    buf_add_json_str(&b, path ? path : "", path ? strlen(path) : 0);
   }
   buf_adds(&b, "}}");
   gw__json(r, status, status == 405 ? "Allow: POST\r\n" : NULL, b.data, b.len);
@@ -88,7 +88,7 @@ static int gw__flag(const slice_t *q, const char *key) {
 static void gw__entity(http_req_t *r, const slice_t *seg, const slice_t *query) {
   const slice_t *type = &seg[1], *id = &seg[2], *rpc = &seg[3];
   if (r->method != HTTP_POST) {
-    gw__error(r, 405, "not_found", NULL, "entity calls use POST");
+    gw__error(r, 405, "method_not_allowed", NULL, "entity calls use POST");
     return;
   }
   uint64_t timeout = gw.call_timeout_ms;
@@ -127,7 +127,7 @@ static void gw__admin_reload(http_req_t *r) {
     return;
   }
   if (r->method != HTTP_POST) {
-    gw__error(r, 405, "not_found", NULL, "use POST /admin/reload");
+    gw__error(r, 405, "method_not_allowed", NULL, "use POST /admin/reload");
     return;
   }
   host_reload_report_t rep;
@@ -164,7 +164,7 @@ void gateway_on_request(http_req_t *r) {
   }
   if (n == 1 && (SEG_IS(0, "cluster") || SEG_IS(0, "metrics"))) {
     if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
-      static const char msg[] = "{\"error\":{\"kind\":\"not_found\",\"message\":\"use GET\"}}";
+      static const char msg[] = "{\"error\":{\"kind\":\"method_not_allowed\",\"message\":\"use GET\"}}";
       http_respond(r, 405, "application/json", "Allow: GET\r\n", msg, sizeof msg - 1);
       return;
     }

@@ -94,9 +94,16 @@ static void http__req_free(http_req_t *r) {
   free(r);
 }
 
+static void http__reject(http_conn_t *c, int status, const char *msg);
+
 static void http__timeout_cb(uv_timer_t *t) {
   http_conn_t *c = t->data;
-  if (c->cur) log_debug("http: closing a connection whose request did not complete in time");
+  if (c->cur && !c->rejected) {
+    /* A request started and did not finish in time (slowloris): say so,
+     * then close. An idle keep-alive connection just closes. */
+    http__reject(c, 408, "the request was not received completely within --request-timeout");
+    return;
+  }
   http__conn_close(c);
 }
 
