@@ -44,6 +44,13 @@ static const opt_t config_opts[] = {
 };
 #define NOPTS (sizeof config_opts / sizeof config_opts[0])
 
+/* --max-idle is read from LUSTER_MAX_IDLE. */
+static void config__env_name(const opt_t *o, char *env, size_t cap) {
+  size_t n = (size_t)snprintf(env, cap, "LUSTER_");
+  for (const char *p = o->name; *p && n < cap - 1; p++) env[n++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+  env[n] = '\0';
+}
+
 void config_usage(FILE *out) {
   fprintf(out,
           "usage:\n"
@@ -53,11 +60,8 @@ void config_usage(FILE *out) {
           "  luster status [--url URL]                  runners, shards and entities, as a table\n"
           "\nflags (each also read from the environment variable shown):\n");
   for (size_t i = 0; i < NOPTS; i++) {
-    char env[64] = "LUSTER_";
-    size_t n = strlen(env);
-    for (const char *p = config_opts[i].name; *p && n < sizeof env - 1; p++)
-      env[n++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
-    env[n] = '\0';
+    char env[64];
+    config__env_name(&config_opts[i], env, sizeof env);
     fprintf(out, "  --%-20s %-28s %s%s%s%s\n", config_opts[i].name, env, config_opts[i].help,
             config_opts[i].dflt && config_opts[i].kind != OPT_FLAG ? " (default " : "",
             config_opts[i].dflt && config_opts[i].kind != OPT_FLAG ? config_opts[i].dflt : "",
@@ -100,11 +104,8 @@ int config_parse(config_t *cfg, const char *cmd, int argc, char **argv) {
   for (size_t i = 0; i < NOPTS; i++)
     if (config_opts[i].dflt && config__set(cfg, &config_opts[i], config_opts[i].dflt, "default") != 0) return -1;
   for (size_t i = 0; i < NOPTS; i++) {
-    char env[64] = "LUSTER_";
-    size_t n = strlen(env);
-    for (const char *p = config_opts[i].name; *p && n < sizeof env - 1; p++)
-      env[n++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
-    env[n] = '\0';
+    char env[64];
+    config__env_name(&config_opts[i], env, sizeof env);
     const char *v = getenv(env);
     if (v && config__set(cfg, &config_opts[i], v, env) != 0) return -1;
   }

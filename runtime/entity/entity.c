@@ -41,8 +41,8 @@ void em_type_init(etype_t *t) {
   timer_entry_init(&t->idle_timer, em__idle_fire);
 }
 
-size_t em_active_total(void) {
-  size_t n = 0;
+uint64_t em_active_total(void) {
+  uint64_t n = 0;
   for (etype_t *t = host_types(); t; t = t->next) n += t->active;
   return n;
 }
@@ -107,6 +107,18 @@ static void em__idle_fire(timer_entry_t *te) {
 }
 
 static void em__pump(sched_item_t *it);
+
+/* Frees every queued message (their callers get `unavailable`). */
+static void em__drop_mailbox(inst_t *i) {
+  while (i->mb_head) {
+    msg_t *m = i->mb_head;
+    i->mb_head = m->next;
+    i->type->queued--;
+    msg_free(m);
+  }
+  i->mb_tail = NULL;
+  i->mb_len = 0;
+}
 
 static void em__schedule(inst_t *i) { sched_push(&i->ready, em__pump); }
 
@@ -326,14 +338,7 @@ void em_stop_all(void) {
     while (n) {
       inst_t *i = (inst_t *)n;
       n = htab_next(&t->instances, n, &it);
-      while (i->mb_head) {
-        msg_t *m = i->mb_head;
-        i->mb_head = m->next;
-        t->queued--;
-        msg_free(m);
-      }
-      i->mb_tail = NULL;
-      i->mb_len = 0;
+      em__drop_mailbox(i);
       if (i->running == 0 && i->state != INST_ACTIVATING && !i->ready.queued) em__destroy(i);
     }
   }
@@ -346,11 +351,7 @@ void em_type_free(etype_t *t) {
   while (n) {
     inst_t *i = (inst_t *)n;
     n = htab_next(&t->instances, n, &it);
-    while (i->mb_head) {
-      msg_t *m = i->mb_head;
-      i->mb_head = m->next;
-      msg_free(m);
-    }
+    em__drop_mailbox(i);
     free(i->snapshot);
     free(i);
   }

@@ -60,6 +60,6 @@ size_t em_instances(const etype_t *t);
 void em_type_free(etype_t *t);
 /* Stops every instance of every type (shutdown). */
 void em_stop_all(void);
-size_t em_active_total(void);
+uint64_t em_active_total(void);
 
 #endif

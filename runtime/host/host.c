@@ -220,6 +220,26 @@ static char *task__error_text(task_t *t, int status) {
 
 static void task__restart_background(task_t *t);
 
+/* Ends a handler task that did not return normally: its message is answered
+ * with `kind` and `text`, and the instance goes on with its next one. */
+static void task__end_handle(task_t *t, reply_kind_t kind, const char *text) {
+  msg_t *m = t->msg;
+  inst_t *inst = t->inst;
+  size_t len;
+  char *body = reply_error_body(kind, NULL, text, &len);
+  t->type->outcomes[kind]++;
+  msg_finish(m, kind, body, len);
+  free(body);
+  task_free(t);
+  em_handled(inst);
+}
+
+static void task__end_activate(task_t *t, const char *error) {
+  inst_t *inst = t->inst;
+  task_free(t);
+  em_activated(inst, error);
+}
+
 static void task__finish(task_t *t, int nres) {
   lua_State *co = t->co;
   switch (t->kind) {
@@ -252,8 +272,7 @@ static void task__finish(task_t *t, int nres) {
       task_free(t);
       em_activated(inst, NULL);
     } else {
-      task_free(t);
-      em_activated(inst, "activate returned no handlers");
+      task__end_activate(t, "activate returned no handlers");
     }
     return;
   }
@@ -269,24 +288,8 @@ static void task__finish(task_t *t, int nres) {
 static void task__error(task_t *t, int status) {
   char *text = task__error_text(t, status);
   switch (t->kind) {
-  case TASK_HANDLE: {
-    msg_t *m = t->msg;
-    inst_t *inst = t->inst;
-    size_t len;
-    char *body = reply_error_body(REPLY_DEFECT, NULL, text, &len);
-    t->type->outcomes[REPLY_DEFECT]++;
-    msg_finish(m, REPLY_DEFECT, body, len);
-    free(body);
-    task_free(t);
-    em_handled(inst);
-    break;
-  }
-  case TASK_ACTIVATE: {
-    inst_t *inst = t->inst;
-    task_free(t);
-    em_activated(inst, text);
-    break;
-  }
+  case TASK_HANDLE: task__end_handle(t, REPLY_DEFECT, text); break;
+  case TASK_ACTIVATE: task__end_activate(t, text); break;
   case TASK_SINGLETON:
   case TASK_CRON:
     log_error("%s '%s' raised: %s; restarting it in 1 s", t->kind == TASK_CRON ? "cron job" : "singleton",
@@ -1269,22 +1272,8 @@ void host_cancel_tasks(void) {
   while (host_tasks) {
     task_t *t = host_tasks;
     switch (t->kind) {
-    case TASK_HANDLE: {
-      inst_t *inst = t->inst;
-      size_t len;
-      char *body = reply_error_body(REPLY_UNAVAILABLE, NULL, "the runner is shutting down", &len);
-      msg_finish(t->msg, REPLY_UNAVAILABLE, body, len);
-      free(body);
-      task_free(t);
-      em_handled(inst);
-      break;
-    }
-    case TASK_ACTIVATE: {
-      inst_t *inst = t->inst;
-      task_free(t);
-      em_activated(inst, "the runner is shutting down");
-      break;
-    }
+    case TASK_HANDLE: task__end_handle(t, REPLY_UNAVAILABLE, "the runner is shutting down"); break;
+    case TASK_ACTIVATE: task__end_activate(t, "the runner is shutting down"); break;
     default:
       t->type->runner_task = NULL;
       task_free(t);

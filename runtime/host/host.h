@@ -46,7 +46,7 @@ struct etype_s {
   uint32_t mailbox;
   /* Entity manager state (see entity.c). */
   htab_t instances;
-  size_t active;
+  uint64_t active;
   struct inst_s *idle_head, *idle_tail;
   timer_entry_t idle_timer;
   uint64_t activations, passivations;

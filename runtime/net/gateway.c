@@ -5,6 +5,7 @@
 #include "net/gateway.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <http_parser.h>
 #include <stdlib.h>
 #include <string.h>
@@ -202,11 +203,12 @@ void gateway_cluster_json(buf_t *b) {
   buf_add_json_str(b, gw.storage, strlen(gw.storage));
   buf_adds(b, ",\"scripts\":");
   buf_add_json_str(b, gw.dir, strlen(gw.dir));
-  buf_printf(b, ",\"started_at\":%llu,\"healthy\":true,\"active\":%zu}", (unsigned long long)gw.started_ms,
-             em_active_total());
+  buf_printf(b, ",\"started_at\":%llu,\"healthy\":true,\"active\":%llu}", (unsigned long long)gw.started_ms,
+             (unsigned long long)em_active_total());
   buf_adds(b, ",\"runners\":[{\"address\":");
   buf_add_json_str(b, gw.runner, strlen(gw.runner));
-  buf_printf(b, ",\"healthy\":true,\"shards\":%u,\"active\":%zu}]", gw.shards, em_active_total());
+  buf_printf(b, ",\"healthy\":true,\"shards\":%u,\"active\":%llu}]", gw.shards,
+             (unsigned long long)em_active_total());
   buf_printf(b, ",\"shards\":{\"count\":%u,\"owners\":[{\"runner\":", gw.shards);
   buf_add_json_str(b, gw.runner, strlen(gw.runner));
   buf_printf(b, ",\"ranges\":[[1,%u]]}]}", gw.shards);
@@ -219,8 +221,9 @@ void gateway_cluster_json(buf_t *b) {
     buf_add_json_str(b, t->name, t->name_len);
     buf_printf(b, ",\"kind\":\"%s\",\"file\":", gw__kind_name(t->kind));
     buf_add_json_str(b, t->script->file, strlen(t->script->file));
-    buf_printf(b, ",\"version\":\"%s\",\"active\":%zu,\"activations\":%llu,\"passivations\":%llu", t->script->version,
-               t->active, (unsigned long long)t->activations, (unsigned long long)t->passivations);
+    buf_printf(b, ",\"version\":\"%s\",\"active\":%llu,\"activations\":%llu,\"passivations\":%llu",
+               t->script->version, (unsigned long long)t->active, (unsigned long long)t->activations,
+               (unsigned long long)t->passivations);
     if (t->kind == DEF_ENTITY) {
       buf_printf(b, ",\"max_idle_ms\":%llu,\"concurrency\":%u,\"mailbox\":%u,\"rpcs\":[",
                  (unsigned long long)t->max_idle_ms, t->concurrency, t->mailbox);
@@ -290,25 +293,25 @@ static void gw__label(buf_t *b, const char *s) {
 }
 
 void gateway_metrics(buf_t *b) {
-  gw__metric_head(b, "luster_active_instances", "gauge", "Active entity instances on this runner, per type.");
-  for (etype_t *t = host_types(); t; t = t->next)
-    if (t->kind == DEF_ENTITY) buf_printf(b, "luster_active_instances{type=\"%s\"} %zu\n", t->name, t->active);
-  gw__metric_head(b, "luster_activations_total", "counter", "Instances activated, per type.");
-  for (etype_t *t = host_types(); t; t = t->next)
-    if (t->kind == DEF_ENTITY)
-      buf_printf(b, "luster_activations_total{type=\"%s\"} %llu\n", t->name, (unsigned long long)t->activations);
-  gw__metric_head(b, "luster_passivations_total", "counter", "Instances passivated after max_idle, per type.");
-  for (etype_t *t = host_types(); t; t = t->next)
-    if (t->kind == DEF_ENTITY)
-      buf_printf(b, "luster_passivations_total{type=\"%s\"} %llu\n", t->name, (unsigned long long)t->passivations);
-  gw__metric_head(b, "luster_running_messages", "gauge", "Messages being handled now, per type.");
-  for (etype_t *t = host_types(); t; t = t->next)
-    if (t->kind == DEF_ENTITY)
-      buf_printf(b, "luster_running_messages{type=\"%s\"} %llu\n", t->name, (unsigned long long)t->running);
-  gw__metric_head(b, "luster_queued_messages", "gauge", "Messages waiting in mailboxes, per type.");
-  for (etype_t *t = host_types(); t; t = t->next)
-    if (t->kind == DEF_ENTITY)
-      buf_printf(b, "luster_queued_messages{type=\"%s\"} %llu\n", t->name, (unsigned long long)t->queued);
+  static const struct {
+    const char *name, *type, *help;
+    size_t off;
+  } per_type[] = {
+      {"luster_active_instances", "gauge", "Active entity instances on this runner, per type.",
+       offsetof(etype_t, active)},
+      {"luster_activations_total", "counter", "Instances activated, per type.", offsetof(etype_t, activations)},
+      {"luster_passivations_total", "counter", "Instances passivated after max_idle, per type.",
+       offsetof(etype_t, passivations)},
+      {"luster_running_messages", "gauge", "Messages being handled now, per type.", offsetof(etype_t, running)},
+      {"luster_queued_messages", "gauge", "Messages waiting in mailboxes, per type.", offsetof(etype_t, queued)},
+  };
+  for (size_t m = 0; m < sizeof per_type / sizeof per_type[0]; m++) {
+    gw__metric_head(b, per_type[m].name, per_type[m].type, per_type[m].help);
+    for (etype_t *t = host_types(); t; t = t->next)
+      if (t->kind == DEF_ENTITY)
+        buf_printf(b, "%s{type=\"%s\"} %llu\n", per_type[m].name, t->name,
+                   (unsigned long long)*(const uint64_t *)((const char *)t + per_type[m].off));
+  }
   gw__metric_head(b, "luster_messages_total", "counter", "Messages handled, per type and outcome.");
   for (etype_t *t = host_types(); t; t = t->next)
     for (int k = 0; k < REPLY__COUNT; k++)
