@@ -13,6 +13,7 @@ OPT      ?= -O2 -g
 LIBS     := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -llua5.4 -luv) -lhttp_parser -lpq -lcrypto -lm
 
 BUILD    ?= build
+SPECS    ?= spec
 SRC      := $(sort $(wildcard runtime/*.c runtime/*/*.c))
 CORE_SRC := $(sort $(wildcard runtime/core/*.c))
 LUA_SRC  := $(sort $(wildcard lua/luster/*.lua))
@@ -57,7 +58,7 @@ deps:
 
 test: deps
 	$(MAKE) all
-	LUSTER_BIN=$(abspath $(BUILD)/luster) BUILD=$(BUILD) sh tools/run-specs.sh $(BUSTED_ARGS) spec
+	LUSTER_BIN=$(abspath $(BUILD)/luster) BUILD=$(BUILD) sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)
 
 run: deps
 	$(MAKE) all
@@ -74,7 +75,7 @@ asan: deps
 	$(MAKE) build/luster_core.so
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	  LUSTER_BIN=$(abspath build-asan/luster) LUSTER_ASAN=1 BUILD=build-asan sh tools/run-specs.sh $(BUSTED_ARGS) spec
+	  LUSTER_BIN=$(abspath build-asan/luster) LUSTER_ASAN=1 BUILD=build-asan sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)
 
 clean:
 	rm -rf build build-asan

@@ -121,6 +121,47 @@ end)]]
     assert.are.equal("v2:2", doc.value)
   end)
 
+  it("hands an in-flight instance over to the newest version after two quick reloads", function()
+    local slow = [[
+local luster = require "luster"
+local S = luster.schema
+local Work = luster.rpc("Work", { payload = { ms = S.integer }, success = S.string })
+return luster.entity("Slow", { Work }):handlers(function(ctx, snap)
+  local done = snap and snap.done or 0
+  return {
+    Work = function(req)
+      luster.sleep(req.payload.ms)
+      done = done + 1
+      return "%s:" .. done
+    end,
+    snapshot = function() return { done = done } end,
+  }
+end)]]
+    H.rmdir(dir)
+    dir = H.script_dir { ["slow.lua"] = string.format(slow, "v1") }
+    r = H.start(dir)
+    local c = r:connect()
+    local body = '{"ms":600}'
+    c:send("POST /entities/Slow/s/Work HTTP/1.1\r\nHost: x\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
+    H.wait_for("the slow message to run", 5, function()
+      return r:metric('luster_running_messages{type="Slow"}') == 1
+    end)
+    for _, v in ipairs { "v2", "v3" } do
+      H.write_file(dir .. "/slow.lua", string.format(slow, v))
+      H.wait_for("the reload to " .. v, 5, function()
+        local _, n = r:log_text():gsub("reloaded slow%.lua", "")
+        return n == (v == "v2" and 1 or 2)
+      end)
+    end
+    local status, doc = r:call("Slow", "s", "Work", { ms = 0 })
+    local status1, _, raw1 = H.read_response(c)
+    c:close()
+    assert.are.equal(200, status1)
+    assert.are.equal('{"value":"v1:1"}', raw1)
+    assert.are.equal(200, status)
+    assert.are.equal("v3:2", doc.value)
+  end)
+
   it("restarts a singleton on its new version", function()
     local job = [[
 local luster = require "luster"

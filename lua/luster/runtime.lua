@@ -213,14 +213,30 @@ function M.run_singleton(def, ctx)
   return def.run(ctx)
 end
 
+-- Runs a cron job forever: each scheduled instant once, in order. The next
+-- instant is computed from the last one run (not from the clock), so a timer
+-- that fires a little early can neither skip nor repeat an instant; instants
+-- more than a second old when reached (a run that took longer than the
+-- period) are skipped rather than replayed in a burst.
 function M.run_cron(def, ctx)
   local cron = require "luster.cron"
+  local last = core.wall()
   while true do
-    local now = core.wall()
-    local at = cron.next(def.schedule, now)
-    core.sleep(math.max(0, at - core.wall()))
+    local at = cron.next(def.schedule, last)
+    if not at then
+      core.log("error", fmt("[%s] the schedule %q has no next instant; the job stops", def.name, def.expr))
+      return
+    end
+    local wait = at - core.wall()
+    while wait > 0 do
+      core.sleep(wait)
+      wait = at - core.wall()
+    end
+    last = at
     local ok, err = pcall(def.run, ctx, at)
     if not ok then core.log("error", fmt("[%s] cron run for %d raised: %s", def.name, at, tostring(err))) end
+    local now = core.wall()
+    if now - last > 1000 then last = now - 1000 end
   end
 end
 

@@ -131,6 +131,7 @@ static void em__retire(inst_t *i) {
   i->successor = NULL;
   em__destroy(i);
   if (!succ) { free(snap); return; }
+  succ->predecessor = NULL;
   succ->snapshot = snap;
   succ->snapshot_len = len;
   succ->state = INST_NEW;
@@ -314,6 +315,17 @@ void em_migrate(etype_t *old, etype_t *repl) {
       }
     }
     i->successor = succ;
+    if (i->state == INST_WAITING && i->predecessor) {
+      /* Reloaded again before the old instance finished: the oldest one
+       * (still running) hands over straight to the newest. */
+      inst_t *pred = i->predecessor;
+      pred->successor = succ;
+      if (succ) succ->predecessor = pred;
+      i->predecessor = NULL;
+      i->successor = NULL;
+    } else if (succ) {
+      succ->predecessor = i;
+    }
     /* The queue moves in order; messages for RPCs the new version dropped
      * are answered not_found. */
     msg_t *m = i->mb_head;
@@ -329,6 +341,7 @@ void em_migrate(etype_t *old, etype_t *repl) {
     if (i->running == 0 && i->state != INST_ACTIVATING) em__retire(i);
   }
 }
+
 
 void em_stop_all(void) {
   for (etype_t *t = host_types(); t; t = t->next) {

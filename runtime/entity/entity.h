@@ -29,7 +29,8 @@ typedef struct inst_s {
   uint8_t keep_alive;
   uint8_t idle; /* on its type's idle list */
   uint8_t retiring; /* its script was replaced: finish in-flight work, then hand over */
-  struct inst_s *successor; /* the instance on the new version that waits for this one */
+  struct inst_s *successor;   /* the instance on the new version that waits for this one */
+  struct inst_s *predecessor; /* while INST_WAITING: the old instance it waits for */
   char *snapshot;   /* state handed over by the predecessor, for activate */
   size_t snapshot_len;
   uint32_t shard;
