@@ -377,7 +377,7 @@ describe("the HTTP gateway", function()
       local names = {}
       for _, t in ipairs(before.types) do names[#names + 1] = t.name end
       table.sort(names)
-      assert.are.same({ "Account", "Counter", "Echo", "Narrow", "Sleeper" }, names)
+      assert.are.same({ "Account", "Big", "Counter", "Echo", "Narrow", "Sleeper" }, names)
       local c0 = counter(before)
       assert.are.equal("entity", c0.kind)
       assert.are.equal("counter.lua", c0.file)
@@ -477,6 +477,20 @@ describe("the HTTP gateway's connection timers", function()
     busy:close()
     assert.are.equal(200, status)
     assert.are.same({ value = "done" }, decode(raw))
+  end)
+
+  it("closes a connection whose client stops reading its answers, releasing them", function()
+    r = H.start(FIXTURES, { args = "--request-timeout 500ms" })
+    local baseline = r:metric("luster_http_connections")
+    local deaf = r:connect()
+    -- 40 MB of answers requested, none read: more than the socket buffers hold.
+    local req = post("/entities/Big/b/Blob", '{"kb":900}')
+    deaf:send(string.rep(req, 45))
+    H.wait_for("the runner to drop the deaf connection", 10, function()
+      return r:metric("luster_http_connections") == baseline
+    end)
+    deaf:close()
+    assert.are.equal(200, (r:call("Counter", "after-deaf", "Increment", { amount = 1 })))
   end)
 end)
 

@@ -112,7 +112,11 @@ static void http__timeout_cb(uv_timer_t *t) {
  * by their call deadlines instead. */
 static void http__timer_update(http_conn_t *c) {
   if (c->closing) return;
-  if (c->cur) uv_timer_start(&c->timer, http__timeout_cb, c->srv->lim.request_timeout_ms, 0);
+  if (c->cur || uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0)
+    /* Receiving a request, or answers the client has not read yet: either
+     * way the client must make progress within the request timeout, so one
+     * that stops reading cannot pin the unsent answers in memory. */
+    uv_timer_start(&c->timer, http__timeout_cb, c->srv->lim.request_timeout_ms, 0);
   else if (!c->head) uv_timer_start(&c->timer, http__timeout_cb, c->srv->lim.idle_timeout_ms, 0);
   else uv_timer_stop(&c->timer);
 }
@@ -137,6 +141,7 @@ static void http__write_cb(uv_write_t *w, int status) {
   free(hw);
   if (status < 0 || c->closing) return;
   http__reading(c);
+  http__timer_update(c); /* a completed write is progress */
 }
 
 static void http__shutdown_cb(uv_shutdown_t *sr, int status) {
