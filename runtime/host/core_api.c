@@ -1,0 +1,103 @@
+/* core_api.c - luster.core: the C functions scripts reach through the luster
+ * library (calls, sleeps, keep-alive, the clock, logging). Calls and sleeps
+ * yield the running task's coroutine; the ready queue resumes it. */
+#include "host/host_int.h"
+
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/log.h"
+#include "cluster/router.h"
+#include "entity/entity.h"
+
+
+static task_t *core__task(lua_State *L, const char *what) {
+  script_t *s = host__script(L);
+  task_t *t = s->current;
+  if (!t || t->co != L || !lua_isyieldable(L))
+    luaL_error(L, "%s can only be used while a handler, activate, singleton or cron job runs "
+                  "(not while the script loads, and not inside a coroutine of your own)", what);
+  return t;
+}
+
+static int core_call(lua_State *L) {
+  size_t tl, il, gl, pl;
+  const char *type = luaL_checklstring(L, 1, &tl);
+  const char *id = luaL_checklstring(L, 2, &il);
+  const char *tag = luaL_checklstring(L, 3, &gl);
+  const char *payload = luaL_checklstring(L, 4, &pl);
+  lua_Integer timeout = luaL_optinteger(L, 5, 0);
+  int discard = lua_toboolean(L, 6);
+  task_t *t = core__task(L, "calling an entity");
+  inst_t *self = t->inst;
+  if (!discard && self && self->type->concurrency == 1 && self->type->name_len == tl &&
+      memcmp(self->type->name, type, tl) == 0 && self->id_len == il && memcmp(self->id, id, il) == 0) {
+    char msg[512];
+    snprintf(msg, sizeof msg,
+             "%.*s/%.*s called itself (%.*s) while handling a message; with concurrency 1 that call could "
+             "never run. Call the logic as a local function, send it with { discard = true }, or raise the "
+             "entity's concurrency",
+             (int)tl, type, (int)(il > 64 ? 64 : il), id, (int)gl, tag);
+    size_t len;
+    char *body = reply_error_body(REPLY_DEFECT, NULL, msg, &len);
+    lua_pushstring(L, "defect");
+    lua_pushlstring(L, body, len);
+    free(body);
+    return 2;
+  }
+  uint64_t tmo = timeout > 0 ? (uint64_t)timeout : host__cfg.call_timeout_ms;
+  call_t *c = call_new(host__task_call_cb, t, tmo);
+  t->call = c;
+  router_send(type, tl, id, il, tag, gl, payload, pl, NULL, 0, discard ? MSG_DISCARD : 0, c);
+  t->waiting = 1;
+  return lua_yield(L, 0);
+}
+
+static int core_sleep(lua_State *L) {
+  lua_Integer ms = luaL_checkinteger(L, 1);
+  task_t *t = core__task(L, "luster.sleep");
+  timer_add(&t->sleep, sched_now() + (ms > 0 ? (uint64_t)ms : 0));
+  t->waiting = 1;
+  return lua_yield(L, 0);
+}
+
+static int core_keep_alive(lua_State *L) {
+  size_t tl, il;
+  const char *type = luaL_checklstring(L, 1, &tl);
+  const char *id = luaL_checklstring(L, 2, &il);
+  int on = lua_toboolean(L, 3);
+  etype_t *ty = host_find_type(type, tl);
+  if (ty) em_keep_alive(ty, id, il, on);
+  return 0;
+}
+
+static int core_runner(lua_State *L) {
+  lua_pushstring(L, host__cfg.runner_name ? host__cfg.runner_name : "local");
+  return 1;
+}
+
+static int core_wall(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)sched_wall_ms());
+  return 1;
+}
+
+static int core_log(lua_State *L) {
+  const char *level = luaL_checkstring(L, 1);
+  const char *msg = luaL_checkstring(L, 2);
+  log_level_t lvl = LOG_INFO;
+  log_parse_level(level, &lvl);
+  log_msg(lvl, "%s: %s", host__script(L)->file, msg);
+  return 0;
+}
+
+int host__open_core(lua_State *L) {
+  static const luaL_Reg fns[] = {
+      {"call", core_call}, {"sleep", core_sleep}, {"keep_alive", core_keep_alive}, {"runner", core_runner},
+      {"wall", core_wall}, {"now", core_wall},     {"log", core_log},             {NULL, NULL},
+  };
+  luaL_newlib(L, fns);
+  return 1;
+}
+

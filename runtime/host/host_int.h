@@ -1,0 +1,31 @@
+/* host_int.h - what the host's own files share: states and tasks (host.c),
+ * the luster.core functions (core_api.c), loading and reloading (scripts.c). */
+#ifndef LUSTER_HOST_INT_H
+#define LUSTER_HOST_INT_H
+
+#include <lua.h>
+
+#include "host/host.h"
+
+/* A pending restart of a singleton or cron job that raised. */
+typedef struct restart_s {
+  timer_entry_t timer;
+  etype_t *type;
+} restart_t;
+
+extern host_config_t host__cfg;
+extern script_t *host__script_list; /* one per file, in file name order */
+extern etype_t *host__type_list;    /* the definitions being served */
+
+script_t *host__script(lua_State *L);
+/* A new Lua state for s: capped allocator, budget hook, standard libraries,
+ * the luster modules preloaded. NULL when it cannot be created. */
+lua_State *host__state_new(script_t *s);
+/* lua_pcall under the script's memory cap, with a fresh instruction budget. */
+int host__pcall(script_t *s, lua_State *L, int nargs, int nres, int msgh);
+void host__task_free(task_t *t);
+void host__task_call_cb(call_t *c, reply_kind_t kind, const char *body, size_t len);
+/* luaopen for luster.core (core_api.c). */
+int host__open_core(lua_State *L);
+
+#endif
