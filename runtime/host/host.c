@@ -54,9 +54,11 @@ static void host__hook(lua_State *L, lua_Debug *ar) {
     /* From now on every instruction raises, so a handler that catches the
      * error with pcall and carries on is stopped at its next instruction. */
     lua_sethook(L, host__hook, LUA_MASKCOUNT, 1);
-    luaL_error(L, "instruction budget exceeded: %s ran more than %I Lua VM instructions without waiting "
-                  "(entity calls and luster.sleep wait); see --instruction-budget",
-               s->current ? "the handler" : "the script", (lua_Integer)s->budget);
+    task_t *t = s->current;
+    luaL_error(L, "instruction budget exceeded: %s ran more than %I Lua VM instructions%s; see --instruction-budget",
+               !t ? "the script" : t->kind == TASK_HANDLE ? "the handler" : t->kind == TASK_ACTIVATE ? "activate" : "the job",
+               (lua_Integer)s->budget,
+               !t || t->kind == TASK_HANDLE || t->kind == TASK_ACTIVATE ? "" : " without waiting");
   }
 }
 
@@ -177,11 +179,17 @@ static void task_resume(task_t *t, int nargs) {
   int nres = 0;
   s->current = t;
   host__budget_reset(s, t->co);
+  /* A handler's budget covers its whole invocation, waits included; a
+   * singleton or cron job runs forever, so its budget covers one run
+   * between two waits. */
+  int cumulative = t->kind == TASK_HANDLE || t->kind == TASK_ACTIVATE;
+  if (cumulative) s->slice = t->used;
   t->waiting = 0;
   host_enforce_depth++;
   int st = lua_resume(t->co, NULL, nargs, &nres);
   host_enforce_depth--;
   s->current = NULL;
+  if (cumulative) t->used = s->slice;
   if (st == LUA_YIELD && t->waiting) {
     lua_pop(t->co, nres);
     return;

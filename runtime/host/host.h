@@ -99,6 +99,7 @@ struct task_s {
   int cancelled;
   int reusable; /* finished normally: its coroutine can run the next task */
   int waiting;  /* yielded by luster (a call or a sleep), not by the script */
+  uint64_t used; /* instructions this handler or activation ran so far, across its waits */
 };
 
 typedef struct host_config_s {
