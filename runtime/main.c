@@ -201,7 +201,7 @@ static int cmd_check(config_t *cfg) {
   cfg->dir = cfg->args[0];
   host_config_t hc;
   if (main__host_config(cfg, &hc) != 0) return 2;
-  log_set_level(LOG_WARN);
+  log_set_level(LOG_OFF); /* every problem is printed below, once */
   sched_init(uv_default_loop());
   em_init(hc.shards);
   int failed = host_load_dir(&hc);

@@ -30,7 +30,7 @@ static const opt_t config_opts[] = {
     {"max-idle", OPT_DURATION, OFF(max_idle_ms), "60s", "passivate instances idle this long"},
     {"memory-limit", OPT_SIZE, OFF(memory_limit), "256M", "memory cap of each script's Lua state"},
     {"instruction-budget", OPT_UINT, OFF(instruction_budget), "100000000",
-     "Lua VM instructions a handler may run without waiting"},
+     "Lua VM instructions one handler invocation may run"},
     {"call-timeout", OPT_DURATION, OFF(call_timeout_ms), "30s", "default deadline of a call"},
     {"max-body", OPT_SIZE, OFF(max_body), "1M", "largest HTTP request body"},
     {"retention", OPT_DURATION, OFF(retention_ms), "1h", "how long replies of persisted messages are kept"},

@@ -2,7 +2,7 @@
 #ifndef LUSTER_LOG_H
 #define LUSTER_LOG_H
 
-typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level_t;
+typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_OFF } log_level_t;
 
 void log_set_level(log_level_t lvl);
 int log_parse_level(const char *s, log_level_t *out);
