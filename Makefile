@@ -77,5 +77,11 @@ asan: deps
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  LUSTER_BIN=$(abspath build-asan/luster) LUSTER_ASAN=1 BUILD=build-asan sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)
 
+# The benchmark scenarios of PERFORMANCE.md: `make bench`, one scenario with
+# SCENARIO=local-seq, the Effect peer alongside with PEER=effect, RUNS=n.
+bench: deps
+	$(MAKE) all
+	RUNS=$(or $(RUNS),3) PEER=$(PEER) SCENARIO=$(SCENARIO) lua5.4 bench/run.lua
+
 clean:
 	rm -rf build build-asan

@@ -25,6 +25,24 @@ end)
     opts.no_snapshot and "" or "snapshot = function() return { count = count } end,")
 end
 
+-- An entity whose Work sleeps, then answers "<version>:<messages done>",
+-- carrying the count across reloads.
+local slow = [[
+local luster = require "luster"
+local S = luster.schema
+local Work = luster.rpc("Work", { payload = { ms = S.integer }, success = S.string })
+return luster.entity("Slow", { Work }):handlers(function(ctx, snap)
+  local done = snap and snap.done or 0
+  return {
+    Work = function(req)
+      luster.sleep(req.payload.ms)
+      done = done + 1
+      return "%s:" .. done
+    end,
+    snapshot = function() return { done = done } end,
+  }
+end)]]
+
 -- A keep-alive client: one request after another on one connection.
 local function client(r)
   local c = r:connect()
@@ -85,21 +103,6 @@ describe("hot reload", function()
   end)
 
   it("lets an in-flight message finish on the old version, then hands the instance over", function()
-    local slow = [[
-local luster = require "luster"
-local S = luster.schema
-local Work = luster.rpc("Work", { payload = { ms = S.integer }, success = S.string })
-return luster.entity("Slow", { Work }):handlers(function(ctx, snap)
-  local done = snap and snap.done or 0
-  return {
-    Work = function(req)
-      luster.sleep(req.payload.ms)
-      done = done + 1
-      return "%s:" .. done
-    end,
-    snapshot = function() return { done = done } end,
-  }
-end)]]
     H.rmdir(dir)
     dir = H.script_dir { ["slow.lua"] = string.format(slow, "v1") }
     r = H.start(dir)
@@ -122,21 +125,6 @@ end)]]
   end)
 
   it("hands an in-flight instance over to the newest version after two quick reloads", function()
-    local slow = [[
-local luster = require "luster"
-local S = luster.schema
-local Work = luster.rpc("Work", { payload = { ms = S.integer }, success = S.string })
-return luster.entity("Slow", { Work }):handlers(function(ctx, snap)
-  local done = snap and snap.done or 0
-  return {
-    Work = function(req)
-      luster.sleep(req.payload.ms)
-      done = done + 1
-      return "%s:" .. done
-    end,
-    snapshot = function() return { done = done } end,
-  }
-end)]]
     H.rmdir(dir)
     dir = H.script_dir { ["slow.lua"] = string.format(slow, "v1") }
     r = H.start(dir)

@@ -208,4 +208,7 @@ end
 
 function M.now() return core.now() end
 
+-- Monotonic seconds (nanosecond resolution) for measuring durations.
+function M.clock() return core.clock() end
+
 return M

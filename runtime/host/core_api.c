@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 #include "cli/log.h"
 #include "cluster/router.h"
@@ -83,6 +84,11 @@ static int core_wall(lua_State *L) {
   return 1;
 }
 
+static int core_clock(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
+  return 1;
+}
+
 static int core_log(lua_State *L) {
   const char *level = luaL_checkstring(L, 1);
   const char *msg = luaL_checkstring(L, 2);
@@ -95,7 +101,7 @@ static int core_log(lua_State *L) {
 int host__open_core(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"call", core_call}, {"sleep", core_sleep}, {"keep_alive", core_keep_alive}, {"runner", core_runner},
-      {"wall", core_wall}, {"now", core_wall},     {"log", core_log},             {NULL, NULL},
+      {"wall", core_wall}, {"now", core_wall}, {"clock", core_clock},     {"log", core_log},             {NULL, NULL},
   };
   luaL_newlib(L, fns);
   return 1;

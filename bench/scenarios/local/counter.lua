@@ -1,0 +1,1 @@
+../../../examples/counter/counter.lua
