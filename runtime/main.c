@@ -8,6 +8,7 @@
 #include "cli/client.h"
 #include "cli/config.h"
 #include "cli/log.h"
+#include "cluster/router.h"
 #include "core/parse.h"
 #include "entity/entity.h"
 #include "entity/sched.h"
@@ -181,9 +182,10 @@ static int cmd_run(config_t *cfg) {
   host_cancel_tasks();
   sched_drain();
   em_stop_all();
+  router_shutdown();
+  storage_close(); /* callers still waiting for stored messages: unavailable */
   sched_drain();
   if (main_http) http_server_free(main_http);
-  storage_close();
   host_shutdown();
   sched_close();
   uv_walk(loop, main__close_walk, NULL);

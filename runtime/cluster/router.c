@@ -15,8 +15,25 @@ typedef struct persist_job_s {
   timer_entry_t due;
   msg_t *msg;
   call_t *call;
-  pmsg_t *rec;
+  struct persist_job_s *dprev, *dnext; /* while waiting for deliver_at */
 } persist_job_t;
+
+static persist_job_t *router_delayed;
+
+static void router__undelay(persist_job_t *j) {
+  if (j->dprev) j->dprev->dnext = j->dnext; else router_delayed = j->dnext;
+  if (j->dnext) j->dnext->dprev = j->dprev;
+}
+
+void router_shutdown(void) {
+  while (router_delayed) {
+    persist_job_t *j = router_delayed;
+    router__undelay(j);
+    timer_cancel(&j->due);
+    msg_free(j->msg);
+    free(j);
+  }
+}
 
 static void router__deliver(msg_t *m, call_t *call) {
   int rc = em_deliver(m);
@@ -37,6 +54,7 @@ static void router__deliver(msg_t *m, call_t *call) {
 static void router__due(timer_entry_t *t) {
   persist_job_t *j = (persist_job_t *)((char *)t - offsetof(persist_job_t, due));
   msg_t *m = j->msg;
+  router__undelay(j);
   free(j);
   router__deliver(m, NULL);
 }
@@ -80,6 +98,10 @@ static void router__persist(sched_item_t *it) {
     j->msg = m;
     timer_entry_init(&j->due, router__due);
     timer_add(&j->due, sched_now() + (at - wall));
+    j->dprev = NULL;
+    j->dnext = router_delayed;
+    if (router_delayed) router_delayed->dprev = j;
+    router_delayed = j;
     return;
   }
   free(j);

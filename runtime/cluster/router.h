@@ -17,4 +17,7 @@ void router_send(const char *type, size_t type_len, const char *id, size_t id_le
                  const char *payload, size_t payload_len, const char *headers, size_t headers_len, unsigned flags,
                  call_t *call);
 
+/* Drops messages waiting for their deliver_at (shutdown). */
+void router_shutdown(void);
+
 #endif

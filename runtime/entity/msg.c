@@ -147,8 +147,15 @@ int msg_abandoned(const msg_t *m) {
   return !(m->flags & (MSG_DISCARD | MSG_PERSISTED)) && m->call == NULL;
 }
 
+/* Replies that say nothing about the message itself (the runner left, a
+ * deadline passed) are not stored: a stored message stays pending, to be
+ * delivered again. */
+static int msg__final(reply_kind_t k) {
+  return k != REPLY_UNAVAILABLE && k != REPLY_TIMEOUT && k != REPLY_MAILBOX_FULL && k != REPLY_ACCEPTED;
+}
+
 void msg_finish(msg_t *m, reply_kind_t kind, const char *body, size_t len) {
-  if (m->stored) storage_reply(m->stored, kind, body, len);
+  if (m->stored && msg__final(kind)) storage_reply(m->stored, kind, body, len);
   if (m->call) call_complete(m->call, kind, body, len);
   msg_free(m);
 }

@@ -11,6 +11,7 @@
 #include "host/host.h"
 
 static htab_t mem_keys;
+static pmsg_t *mem_all;
 static pmsg_t *mem_done_head, *mem_done_tail;
 static size_t mem_count;
 static uint64_t mem_retention_ms;
@@ -23,6 +24,8 @@ static int mem__eq(const htab_node_t *n, const void *key, size_t len) {
 
 static void mem__free(pmsg_t *p) {
   if (p->keyed) htab_remove(&mem_keys, &p->node);
+  if (p->aprev) p->aprev->anext = p->anext; else mem_all = p->anext;
+  if (p->anext) p->anext->aprev = p->aprev;
   free(p->key);
   free(p->reply);
   free(p);
@@ -56,12 +59,12 @@ int storage_init_memory(uint64_t retention_ms) {
 
 void storage_close(void) {
   timer_cancel(&mem_prune_timer);
-  while (mem_done_head) {
-    pmsg_t *p = mem_done_head;
-    mem_done_head = p->rnext;
+  while (mem_all) {
+    pmsg_t *p = mem_all;
+    while (p->waiters) call_fail(p->waiters, REPLY_UNAVAILABLE, "the runner is shutting down");
     mem__free(p);
   }
-  mem_done_tail = NULL;
+  mem_done_head = mem_done_tail = NULL;
   htab_free(&mem_keys);
 }
 
@@ -95,6 +98,9 @@ pmsg_t *storage_put(const msg_t *m, const char *pk, store_status_t *status) {
     p->keyed = 1;
     htab_insert(&mem_keys, &p->node);
   }
+  p->anext = mem_all;
+  if (mem_all) mem_all->aprev = p;
+  mem_all = p;
   mem_count++;
   *status = STORE_NEW;
   return p;
@@ -108,6 +114,7 @@ static void mem__unlink_waiter(call_t *c) {
 }
 
 void storage_wait(pmsg_t *p, call_t *c) {
+  if (c->done) return;
   if (p->done) {
     call_complete(c, p->kind, p->reply, p->reply_len);
     return;

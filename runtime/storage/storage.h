@@ -18,6 +18,7 @@ typedef enum { STORE_NEW = 0, STORE_PENDING, STORE_DONE } store_status_t;
 typedef struct pmsg_s {
   htab_node_t node; /* by key, when it has a primary key */
   struct pmsg_s *rnext; /* retention queue of done records */
+  struct pmsg_s *aprev, *anext; /* every record, for shutdown */
   char *key;
   size_t key_len;
   int keyed;
@@ -30,10 +31,13 @@ typedef struct pmsg_s {
 } pmsg_t;
 
 int storage_init_memory(uint64_t retention_ms);
+/* Answers every caller still waiting with `unavailable` (queued on the ready
+ * queue) and frees every record. */
 void storage_close(void);
 /* Stores m's record, or finds the one stored under the same key. */
 pmsg_t *storage_put(const msg_t *m, const char *pk, store_status_t *status);
-/* Adds a caller waiting for the reply (completed at once when it is known). */
+/* Adds a caller waiting for the reply (completed at once when it is known);
+ * a call that already finished (timed out, caller gone) is not added. */
 void storage_wait(pmsg_t *p, call_t *c);
 /* Records the reply and hands it to every waiter. */
 void storage_reply(pmsg_t *p, reply_kind_t kind, const char *body, size_t len);
