@@ -162,7 +162,16 @@ function M.is_definition(x) return getmetatable(x) == Definition end
 local Client = { __name = "luster.client" }
 local CLIENT_OPTIONS = { timeout = true, discard = true }
 
+local tonumber, math_type, tointeger = tonumber, math.type, math.tointeger
+
 local function decode_value(body)
+  -- A bare number is the commonest reply; tonumber reads a JSON number as
+  -- cjson would, without building a decoder state.
+  local n = tonumber(body)
+  if n then
+    if math_type(n) == "float" and n > -2 ^ 53 and n < 2 ^ 53 then return tointeger(n) or n end
+    return n
+  end
   local v = json.decode(body)
   if v == cjson.null then return nil end
   return v

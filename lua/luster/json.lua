@@ -23,6 +23,10 @@ local function normalize(t, depth)
   return t
 end
 
+-- Inside a runner the walk is done in C (luster.core.intify), much faster.
+local has_core, core = pcall(require, "luster.core")
+if has_core and core.intify then normalize = core.intify end
+
 function M.decode(s)
   local v = cjson.decode(s)
   local tv = type(v)
