@@ -178,6 +178,40 @@ return {
     end)
   end)
 
+  it("survives reloads that stop a busy singleton at any moment", function()
+    local job = [[
+local luster = require "luster"
+local S = luster.schema
+local Get = luster.rpc("Get", { success = S.integer })
+local Tick = luster.rpc("Tick")
+return {
+  luster.entity("Ticks", { Tick, Get }):handlers(function(ctx)
+    ctx:keep_alive(true)
+    local n = 0
+    return { Tick = function() n = n + 1 end, Get = function() return n end }
+  end),
+  luster.singleton("Busy", function(ctx)
+    while true do
+      luster.client("Ticks", "t"):Tick({}, { discard = true })
+      luster.sleep(0)
+    end
+  end),
+}
+-- version %d]]
+    H.rmdir(dir)
+    dir = H.script_dir { ["job.lua"] = string.format(job, 0) }
+    r = H.start(dir)
+    for v = 1, 25 do
+      H.write_file(dir .. "/job.lua", string.format(job, v))
+      H.wait_for("reload " .. v, 5, function()
+        local _, n = r:log_text():gsub("reloaded job%.lua", "")
+        return n == v
+      end, 0.005)
+    end
+    assert.are.equal(200, (r:call("Ticks", "t", "Get", {})))
+    assert.is_true(r:stop(), "the runner did not stop cleanly")
+  end)
+
   it("keeps the old version serving while the file has a syntax error, and recovers when fixed", function()
     r = H.start(dir)
     assert.are.equal(1, select(2, r:call("Counter", "a", "Increment", { amount = 1 })).value)

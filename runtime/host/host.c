@@ -171,6 +171,12 @@ void host__task_free(task_t *t) {
   s->tasks--;
   if (t->tprev) t->tprev->tnext = t->tnext; else host_tasks = t->tnext;
   if (t->tnext) t->tnext->tprev = t->tprev;
+  if (t->item.queued) {
+    /* Still on the ready queue (its sleep ended, say, as a reload stopped
+     * it): everything is released now, the struct when the queue reaches it. */
+    t->freed = 1;
+    return;
+  }
   free(t);
 }
 
@@ -214,6 +220,10 @@ static void task_resume(task_t *t, int nargs) {
 
 static void task__resume_item(sched_item_t *it) {
   task_t *t = (task_t *)it;
+  if (t->freed) {
+    free(t);
+    return;
+  }
   task_resume(t, t->nargs);
 }
 

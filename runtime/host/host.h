@@ -98,6 +98,7 @@ struct task_s {
   int nargs;    /* values pushed on co for the next resume */
   int cancelled;
   int reusable; /* finished normally: its coroutine can run the next task */
+  int freed;    /* released while queued; the queue frees the struct */
   int waiting;  /* yielded by luster (a call or a sleep), not by the script */
   uint64_t used; /* instructions this handler or activation ran so far, across its waits */
 };
