@@ -152,6 +152,22 @@ describe("the entity runtime", function()
     assert.are.same({ reason = "insufficient_funds", balance = 6 }, doc.failure)
   end)
 
+  it("answers every message that arrived while a failing activate waited, and tries again after", function()
+    local socks = {}
+    for i = 1, 3 do
+      socks[i] = r:connect()
+      socks[i]:send("POST /entities/SlowBrokenActivate/sb/Bump HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    end
+    for i = 1, 3 do
+      local status, _, raw = H.read_response(socks[i])
+      socks[i]:close()
+      assert.are.equal(500, status)
+      assert.matches("cannot start sb either", raw, 1, true)
+    end
+    local status = r:call("SlowBrokenActivate", "sb", "Bump", {})
+    assert.are.equal(500, status)
+  end)
+
   it("reports a failing activate as a defect and tries again on the next message", function()
     for _ = 1, 2 do
       local status, doc = r:call("BrokenActivate", "b1", "Bump", {})

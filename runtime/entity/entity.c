@@ -269,6 +269,7 @@ void em_activated(inst_t *i, const char *error) {
     i->mb_len = 0;
     i->state = INST_NEW;
     if (i->retiring) em__retire(i);
+    else if (i->ready.queued) return; /* messages came while activate waited: the pump retries */
     else em__destroy(i);
     return;
   }
