@@ -150,6 +150,25 @@ describe("hot reload", function()
     assert.are.equal("v3:2", doc.value)
   end)
 
+  it("stops cleanly while an old-version instance still runs and its successor waits", function()
+    H.rmdir(dir)
+    dir = H.script_dir { ["slow.lua"] = string.format(slow, "v1") }
+    r = H.start(dir, { args = "--shutdown-timeout 200ms" })
+    local c = r:connect()
+    local body = '{"ms":5000}'
+    c:send("POST /entities/Slow/s/Work HTTP/1.1\r\nHost: x\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
+    H.wait_for("the slow message to run", 5, function()
+      return r:metric('luster_running_messages{type="Slow"}') == 1
+    end)
+    H.write_file(dir .. "/slow.lua", string.format(slow, "v2"))
+    H.wait_for("the reload", 5, function() return r:log_text():find("reloaded slow.lua", 1, true) end)
+    -- Under the sanitizer build stop() also fails on a use-after-free report.
+    assert.is_true(r:stop())
+    local status = H.read_response(c)
+    c:close()
+    assert.are.equal(503, status)
+  end)
+
   it("restarts a singleton on its new version", function()
     local job = [[
 local luster = require "luster"

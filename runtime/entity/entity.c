@@ -78,6 +78,9 @@ static void em__idle_add(inst_t *i) {
 
 static void em__destroy(inst_t *i) {
   etype_t *t = i->type;
+  /* Keep reload hand-over links true whichever side goes first. */
+  if (i->predecessor) i->predecessor->successor = NULL;
+  if (i->successor) i->successor->predecessor = NULL;
   em__idle_remove(i);
   htab_remove(&t->instances, &i->node);
   if (i->handlers_ref != LUA_NOREF || i->ctx_ref != LUA_NOREF) host_release_instance(i);
