@@ -192,10 +192,17 @@ local function invoke(c, tag, payload, opts)
   return nil, errors.from_reply(kind, rbody)
 end
 
+-- One method closure per RPC tag, shared by every proxy (each proxy caches
+-- it in a field for its next calls).
+local methods = setmetatable({}, { __mode = "v" })
 Client.__index = function(self, tag)
   if type(tag) ~= "string" then return nil end
-  local f = function(c, payload, opts) return invoke(c, tag, payload, opts) end
-  rawset(self, tag, f)
+  local f = methods[tag]
+  if not f then
+    f = function(c, payload, opts) return invoke(c, tag, payload, opts) end
+    methods[tag] = f
+  end
+  rawset(self, tag, f) -- later calls on this proxy skip the metamethod
   return f
 end
 Client.__tostring = function(c) return string.format("luster.client(%s, %s)", c[1], c[2]) end
