@@ -318,6 +318,18 @@ return luster.entity("Barrier", { luster.rpc("Ping") }):handlers(function() retu
     assert.are.equal(1, count_matches(r:log_text(), "reloaded counter%.lua"))
   end)
 
+  it("refuses a new file that defines a type another script serves, naming both", function()
+    r = H.start(dir)
+    H.write_file(dir .. "/copycat.lua", counter_src { factor = 100 })
+    local err = H.wait_for("the clash to show in /cluster", 5, function()
+      for _, e in ipairs(r:cluster().errors) do if e.file == "copycat.lua" then return e end end
+    end)
+    assert.matches("'Counter' is already defined by counter.lua", err.message, 1, true)
+    assert.is_false(err.serving)
+    -- The original keeps serving.
+    assert.are.equal(1, select(2, r:call("Counter", "cc", "Increment", { amount = 1 })).value)
+  end)
+
   it("loads a new file, and stops serving the types of a deleted one", function()
     r = H.start(dir)
     H.write_file(dir .. "/echo.lua", [[
