@@ -26,7 +26,7 @@ static task_t *host_tasks;
 
 script_t *host__script(lua_State *L) { return *(script_t **)lua_getextraspace(L); }
 
-/* The cap applies only while scripts run (s->enforce): the runner's own
+/* The cap applies only while scripts run (host_enforce_depth > 0): the runner's own
  * pushes of payloads and results never fail on it, so a state that user code
  * filled to the brim can still be handed its next message or error. */
 static int host_enforce_depth;
