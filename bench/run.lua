@@ -60,6 +60,17 @@ local function concurrent_posts(r, path, bodies)
   return values
 end
 
+-- Totals of the Driver Loop results of concurrent callers: calls, failed
+-- calls and the seconds from the first start to the last stop.
+local function sum_loops(vals)
+  local calls, failed, start, stop = 0, 0, math.huge, 0
+  for _, v in ipairs(vals) do
+    calls, failed = calls + v.calls, failed + v.failed
+    start, stop = math.min(start, v.start), math.max(stop, v.stop)
+  end
+  return calls, failed, stop - start
+end
+
 local function with_runner(dir, args, fn)
   local r = H.start(dir, { args = RUNNER_ARGS .. " " .. (args or "") })
   local ok, res = pcall(fn, r)
@@ -114,13 +125,8 @@ scenarios[#scenarios + 1] = {
       r:call("Driver", "warm", "Loop", { n = 1000, ids = 1000, prefix = "t", fresh = false }, "?timeout=300000")
       local bodies = {}
       for _ = 1, 64 do bodies[#bodies + 1] = cjson.encode { n = 10000, ids = 1000, prefix = "t", fresh = false } end
-      local vals = concurrent_posts(r, "/entities/Driver/d/Loop", bodies)
-      local calls, failed, start, stop = 0, 0, math.huge, 0
-      for _, v in ipairs(vals) do
-        calls, failed = calls + v.calls, failed + v.failed
-        start, stop = math.min(start, v.start), math.max(stop, v.stop)
-      end
-      return { calls_per_s = calls / (stop - start), failed = failed }
+      local calls, failed, seconds = sum_loops(concurrent_posts(r, "/entities/Driver/d/Loop", bodies))
+      return { calls_per_s = calls / seconds, failed = failed }
     end)
   end,
   show = function(v) return string.format("%.0fk/s", v.calls_per_s / 1000) end,
@@ -139,14 +145,12 @@ scenarios[#scenarios + 1] = {
       local bodies = {}
       local per = 100000 // 64
       for k = 1, 64 do bodies[#bodies + 1] = cjson.encode { n = per, ids = 1, prefix = "a" .. k .. "-", fresh = true } end
-      local vals = concurrent_posts(r, "/entities/Driver/d/Loop", bodies)
-      local calls, start, stop = 0, math.huge, 0
-      for _, v in ipairs(vals) do calls, start, stop = calls + v.calls, math.min(start, v.start), math.max(stop, v.stop) end
+      local calls, _, seconds = sum_loops(concurrent_posts(r, "/entities/Driver/d/Loop", bodies))
       local after = rss_bytes(r.pid)
       local lua_after = r:metric('luster_script_memory_bytes{file="counter.lua"}')
       local active = r:metric('luster_active_instances{type="Counter"}')
       return {
-        activations_per_s = calls / (stop - start),
+        activations_per_s = calls / seconds,
         rss_bytes_per_entity = (after - before) / calls,
         counter_state_bytes_per_entity = (lua_after - lua_before) / calls,
         active = active,

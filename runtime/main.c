@@ -25,16 +25,11 @@ static uint64_t main_stop_deadline;
 static int main_stopping;
 
 static void main__stop_check(uv_timer_t *t) {
-  size_t busy = 0;
-  for (etype_t *ty = host_types(); ty; ty = ty->next) {
-    size_t it;
-    for (htab_node_t *n = htab_first(&ty->instances, &it); n; n = htab_next(&ty->instances, n, &it)) {
-      inst_t *i = (inst_t *)n;
-      busy += i->running + i->mb_len;
-    }
-  }
+  uint64_t busy = 0;
+  for (etype_t *ty = host_types(); ty; ty = ty->next) busy += ty->running + ty->queued;
   if ((busy == 0 && http_stats()->connections_open == 0) || uv_now(t->loop) >= main_stop_deadline) {
-    if (busy) log_warn("shutdown: %zu messages still running or queued after the shutdown timeout", busy);
+    if (busy)
+      log_warn("shutdown: %llu messages still running or queued after the shutdown timeout", (unsigned long long)busy);
     uv_stop(t->loop);
   }
 }

@@ -43,6 +43,18 @@ return luster.entity("Slow", { Work }):handlers(function(ctx, snap)
   }
 end)]]
 
+-- Sends Slow/s Work{ms} on a connection of its own and returns that
+-- connection once the message runs; the reply is read later.
+local function start_slow_work(r, ms)
+  local c = r:connect()
+  local body = '{"ms":' .. ms .. '}'
+  c:send("POST /entities/Slow/s/Work HTTP/1.1\r\nHost: x\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
+  H.wait_for("the slow message to run", 5, function()
+    return r:metric('luster_running_messages{type="Slow"}') == 1
+  end)
+  return c
+end
+
 -- A keep-alive client: one request after another on one connection.
 local function client(r)
   local c = r:connect()
@@ -106,12 +118,7 @@ describe("hot reload", function()
     H.rmdir(dir)
     dir = H.script_dir { ["slow.lua"] = string.format(slow, "v1") }
     r = H.start(dir)
-    local c = r:connect()
-    local body = '{"ms":400}'
-    c:send("POST /entities/Slow/s/Work HTTP/1.1\r\nHost: x\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
-    H.wait_for("the slow message to run", 5, function()
-      return r:metric('luster_running_messages{type="Slow"}') == 1
-    end)
+    local c = start_slow_work(r, 400)
     H.write_file(dir .. "/slow.lua", string.format(slow, "v2"))
     H.wait_for("the reload", 5, function() return r:log_text():find("reloaded slow.lua", 1, true) end)
     -- Queued behind the running one: it waits for the hand-over.
@@ -128,12 +135,7 @@ describe("hot reload", function()
     H.rmdir(dir)
     dir = H.script_dir { ["slow.lua"] = string.format(slow, "v1") }
     r = H.start(dir)
-    local c = r:connect()
-    local body = '{"ms":600}'
-    c:send("POST /entities/Slow/s/Work HTTP/1.1\r\nHost: x\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
-    H.wait_for("the slow message to run", 5, function()
-      return r:metric('luster_running_messages{type="Slow"}') == 1
-    end)
+    local c = start_slow_work(r, 600)
     for _, v in ipairs { "v2", "v3" } do
       H.write_file(dir .. "/slow.lua", string.format(slow, v))
       H.wait_for("the reload to " .. v, 5, function()
@@ -154,12 +156,7 @@ describe("hot reload", function()
     H.rmdir(dir)
     dir = H.script_dir { ["slow.lua"] = string.format(slow, "v1") }
     r = H.start(dir, { args = "--shutdown-timeout 200ms" })
-    local c = r:connect()
-    local body = '{"ms":5000}'
-    c:send("POST /entities/Slow/s/Work HTTP/1.1\r\nHost: x\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
-    H.wait_for("the slow message to run", 5, function()
-      return r:metric('luster_running_messages{type="Slow"}') == 1
-    end)
+    local c = start_slow_work(r, 5000)
     H.write_file(dir .. "/slow.lua", string.format(slow, "v2"))
     H.wait_for("the reload", 5, function() return r:log_text():find("reloaded slow.lua", 1, true) end)
     -- Under the sanitizer build stop() also fails on a use-after-free report.
