@@ -8,6 +8,7 @@
 #include "cli/client.h"
 #include "cli/config.h"
 #include "cli/log.h"
+#include "cluster/cluster.h"
 #include "cluster/router.h"
 #include "core/parse.h"
 #include "entity/entity.h"
@@ -16,6 +17,7 @@
 #include "host/watch.h"
 #include "net/gateway.h"
 #include "net/http.h"
+#include "storage/coord.h"
 #include "storage/storage.h"
 
 static http_server_t *main_http;
@@ -27,7 +29,9 @@ static int main_stopping;
 static void main__stop_check(uv_timer_t *t) {
   uint64_t busy = 0;
   for (etype_t *ty = host_types(); ty; ty = ty->next) busy += ty->running + ty->queued;
-  if ((busy == 0 && http_stats()->connections_open == 0) || uv_now(t->loop) >= main_stop_deadline) {
+  int handed_over = !cluster_on || cluster_left();
+  if ((busy == 0 && handed_over && http_stats()->connections_open == 0) || uv_now(t->loop) >= main_stop_deadline) {
+    if (!handed_over) log_warn("shutdown: shards were still being handed over after the shutdown timeout");
     if (busy)
       log_warn("shutdown: %llu messages still running or queued after the shutdown timeout", (unsigned long long)busy);
     uv_stop(t->loop);
@@ -45,6 +49,7 @@ static void main__signal(uv_signal_t *s, int signum) {
            signum == SIGINT ? "SIGINT" : "SIGTERM", (unsigned long long)cfg->shutdown_timeout_ms);
   if (main_http) http_server_stop(main_http);
   watch_stop();
+  if (cluster_on) cluster_leave();
   main_stop_deadline = uv_now(s->loop) + cfg->shutdown_timeout_ms;
   uv_timer_start(&main_stop_timer, main__stop_check, 0, 20);
 }
@@ -84,16 +89,31 @@ static int cmd_run(config_t *cfg) {
     return 2;
   }
   cfg->dir = cfg->args[0];
-  if (strcmp(cfg->storage, "memory") != 0) {
-    fprintf(stderr,
-            "luster run: --storage %s: this build runs on embedded storage only ('memory'); "
-            "PostgreSQL clusters are not available yet\n",
-            cfg->storage);
+  int clustered = strncmp(cfg->storage, "postgres://", 11) == 0 || strncmp(cfg->storage, "postgresql://", 13) == 0;
+  if (!clustered && strcmp(cfg->storage, "memory") != 0) {
+    fprintf(stderr, "luster run: --storage must be 'memory' or a postgres:// URL, got '%s'\n", cfg->storage);
     return 2;
   }
-  if (cfg->listen) {
-    fprintf(stderr, "luster run: --listen is for cluster mode (runner-to-runner transport), which needs "
-                    "--storage postgres://... and is not available in this build yet\n");
+  if (clustered && !cfg->listen) {
+    fprintf(stderr, "luster run: a runner on PostgreSQL joins a cluster and needs --listen HOST:PORT for "
+                    "runner-to-runner traffic (and --advertise HOST:PORT when peers must dial another address)\n");
+    return 2;
+  }
+  if (!clustered && (cfg->listen || cfg->advertise)) {
+    fprintf(stderr, "luster run: --listen and --advertise are for clusters, which need --storage postgres://...\n");
+    return 2;
+  }
+  if (clustered && coord_valid_prefix(cfg->table_prefix) != 0) {
+    fprintf(stderr, "luster run: --table-prefix '%s' must be 1-40 characters of a-z, 0-9 and _, not starting "
+                    "with a digit\n", cfg->table_prefix);
+    return 2;
+  }
+  if (clustered && (cfg->lease_ms < 500 || cfg->lease_ms > 600000)) {
+    fprintf(stderr, "luster run: --lease must be between 500ms and 10m\n");
+    return 2;
+  }
+  if (cfg->weight > 1000000) {
+    fprintf(stderr, "luster run: --weight must be at most 1000000\n");
     return 2;
   }
   host_config_t hc;
@@ -151,6 +171,28 @@ static int cmd_run(config_t *cfg) {
     return 2;
   }
   gateway_init(&gi);
+  if (clustered) {
+    const char *secret = getenv("LUSTER_CLUSTER_SECRET");
+    cluster_config_t cc = {
+        .conninfo = cfg->storage,
+        .prefix = cfg->table_prefix,
+        .listen = cfg->listen,
+        .advertise = cfg->advertise,
+        .http = bound,
+        .secret = secret && *secret ? secret : NULL,
+        .shards = hc.shards,
+        .weight = (uint32_t)cfg->weight,
+        .lease_ms = cfg->lease_ms,
+        .handoff_timeout_ms = cfg->shutdown_timeout_ms * 6 / 10,
+        .max_frame = (cfg->max_body > (16u << 20) ? cfg->max_body : (16u << 20)) + (1u << 20),
+    };
+    router_init(hc.shards);
+    char err[1024];
+    if (cluster_start(loop, &cc, err, sizeof err) != 0) {
+      fprintf(stderr, "luster run: %s\n", err);
+      return 1;
+    }
+  }
   host_start_background();
   if (!cfg->no_reload) watch_start(loop);
 
@@ -177,6 +219,8 @@ static int cmd_run(config_t *cfg) {
   host_cancel_tasks();
   sched_drain();
   em_stop_all();
+  cluster_close(); /* transport and PostgreSQL sessions: their waiting callers learn now */
+  sched_drain();
   router_shutdown();
   storage_close(); /* callers still waiting for stored messages: unavailable */
   sched_drain();

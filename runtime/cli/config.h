@@ -14,7 +14,10 @@ typedef struct config_s {
   const char *url;        /* call / status: the runner's HTTP address */
   const char *log_level;
   const char *admin;
+  const char *table_prefix;
   uint64_t shards;
+  uint64_t weight;
+  uint64_t lease_ms;
   uint64_t max_idle_ms;
   uint64_t memory_limit;
   uint64_t instruction_budget;

@@ -1,4 +1,13 @@
-/* router.c - resolving and delivering messages on a single runner. */
+/* router.c - resolving and delivering messages.
+ *
+ * A message for a shard this runner serves is delivered here (persisted ones
+ * stored first). In a cluster, a message for another runner's shard is
+ * forwarded over the transport; one whose owner is not known or not
+ * reachable yet, or whose shard is being handed over, waits in a per-shard
+ * queue (in arrival order) until the assignment or the locks change, at
+ * most until its caller's deadline. A "not owner" answer from a runner with
+ * a different view puts the message back in that queue and asks for the
+ * membership again. */
 #include "cluster/router.h"
 
 #include <errno.h>
@@ -6,6 +15,7 @@
 #include <string.h>
 
 #include "cli/log.h"
+#include "cluster/cluster.h"
 #include "entity/entity.h"
 #include "host/host.h"
 #include "storage/storage.h"
@@ -25,20 +35,19 @@ static void router__undelay(persist_job_t *j) {
   if (j->dnext) j->dnext->dprev = j->dprev;
 }
 
-void router_shutdown(void) {
-  while (router_delayed) {
-    persist_job_t *j = router_delayed;
-    router__undelay(j);
-    timer_cancel(&j->due);
-    msg_free(j->msg);
-    free(j);
-  }
-}
+static void router__hold(uint32_t shard, msg_t *m);
+static void router__route(msg_t *m);
+static void router__handoff(etype_t *t, const char *id, size_t id_len, char *snap, size_t len);
 
 static void router__deliver(msg_t *m, call_t *call) {
   int rc = em_deliver(m);
   if (rc == 0) {
     if (call) call_complete(call, REPLY_ACCEPTED, "", 0);
+    return;
+  }
+  if (rc == -EAGAIN) { /* its instance is being handed to another runner */
+    if (call) msg_attach_call(m, call);
+    router__hold(cluster_shard_of(m->id, m->id_len), m);
     return;
   }
   call_t *c = m->call ? m->call : call;
@@ -133,17 +142,301 @@ void router_send(const char *type, size_t type_len, const char *id, size_t id_le
   }
   msg_t *m = msg_new(t, rpc, id, id_len, payload, payload_len, headers, headers_len);
   m->flags = flags;
-  if (t->rpcs[rpc].persisted) {
+  msg_attach_call(m, call);
+  router__route(m);
+}
+
+/* ---------------------------------------------------------------------------
+ * Cluster routing
+ * ------------------------------------------------------------------------- */
+
+#define ROUTER_NOT_OWNER 100 /* reply kind on the wire: "not mine, ask again" */
+#define ROUTER_F_HANDOFF 0x100 /* request flag: payload is an instance snapshot */
+
+static struct {
+  uint32_t n;
+  msg_t **head, **tail; /* held messages per shard, [1..n] */
+  uint64_t held;
+  timer_entry_t retry;
+  sched_item_t wake;
+  int flushing;
+  router_stats_t st;
+} rt;
+
+const router_stats_t *router_stats(void) {
+  rt.st.held = rt.held;
+  return &rt.st;
+}
+
+/* Delivers on this runner: persisted messages are stored first (unless they
+ * were stored before they came back from a mailbox). */
+static void router__local(msg_t *m) {
+  call_t *call = m->call;
+  if (call) {
+    m->call = NULL;
+    call->unlink = NULL;
+    call->holder = NULL;
+  }
+  if (m->flags & MSG_PERSISTED) { /* stored already */
+    if (call) msg_attach_call(m, call);
+    router__deliver(m, NULL);
+    return;
+  }
+  if (m->type->rpcs[m->rpc].persisted) {
     persist_job_t *j = calloc(1, sizeof *j);
     j->msg = m;
     j->call = call;
     sched_push(&j->item, router__persist);
     return;
   }
-  if (flags & MSG_DISCARD) {
+  if (m->flags & MSG_DISCARD) {
     router__deliver(m, call);
   } else {
-    msg_attach_call(m, call);
+    if (call) msg_attach_call(m, call);
     router__deliver(m, NULL);
+  }
+}
+
+static void router__arm_retry(void) {
+  if (!timer_pending(&rt.retry)) timer_add(&rt.retry, sched_now() + 100);
+}
+
+static void router__hold(uint32_t shard, msg_t *m) {
+  m->next = NULL;
+  m->enqueued_at = sched_now();
+  if (rt.tail[shard]) rt.tail[shard]->next = m; else rt.head[shard] = m;
+  rt.tail[shard] = m;
+  rt.held++;
+  router__arm_retry();
+}
+
+typedef struct {
+  msg_t *m;
+  uint32_t shard;
+} fwd_t;
+
+static void router__forward_done(void *ud, tp_status_t st, uint8_t kind, const char *body, size_t len) {
+  fwd_t *f = ud;
+  msg_t *m = f->m;
+  uint32_t shard = f->shard;
+  free(f);
+  if (st == TP_REPLY && kind != ROUTER_NOT_OWNER && kind < REPLY__COUNT) {
+    msg_finish(m, (reply_kind_t)kind, body, len);
+    return;
+  }
+  if (st == TP_LOST) {
+    msg_finish(m, REPLY_UNAVAILABLE,
+               "{\"kind\":\"unavailable\",\"message\":\"the runner serving this entity stopped answering while it "
+               "handled the message; it may or may not have run\"}",
+               strlen("{\"kind\":\"unavailable\",\"message\":\"the runner serving this entity stopped answering "
+                      "while it handled the message; it may or may not have run\"}"));
+    return;
+  }
+  /* Not sent, or the peer's view differs: wait for a fresher assignment. */
+  rt.st.reroutes++;
+  cluster_suspect();
+  if (msg_abandoned(m)) {
+    msg_free(m);
+    return;
+  }
+  router__hold(shard, m);
+}
+
+static void router__forward(msg_t *m, uint32_t shard, tp_peer_t *peer) {
+  const rpc_def_t *r = &m->type->rpcs[m->rpc];
+  uint64_t timeout = host_config()->call_timeout_ms;
+  if (m->call && timer_pending(&m->call->deadline)) {
+    uint64_t due = m->call->deadline.node.due, now = sched_now();
+    timeout = due > now ? due - now : 1;
+  }
+  frame_request_t req = {
+      .flags = m->flags & MSG_DISCARD,
+      .timeout_ms = (uint32_t)(timeout > UINT32_MAX ? UINT32_MAX : timeout),
+      .type = {m->type->name, (uint32_t)m->type->name_len},
+      .id = {m->id, (uint32_t)m->id_len},
+      .tag = {r->tag, (uint32_t)r->tag_len},
+      .payload = {m->payload, (uint32_t)m->payload_len},
+      .headers = {m->headers, (uint32_t)m->headers_len},
+  };
+  fwd_t *f = malloc(sizeof *f);
+  if (!f) abort();
+  f->m = m;
+  f->shard = shard;
+  rt.st.forwarded++;
+  tp_send(peer, &req, router__forward_done, f);
+}
+
+/* Where a message goes now. */
+static void router__route(msg_t *m) {
+  if (!cluster_on) {
+    router__local(m);
+    return;
+  }
+  uint32_t shard = cluster_shard_of(m->id, m->id_len);
+  if (rt.head[shard] && !rt.flushing) { /* keep arrival order behind held ones */
+    router__hold(shard, m);
+    return;
+  }
+  tp_peer_t *peer = NULL;
+  switch (cluster_route(shard, &peer)) {
+  case ROUTE_LOCAL: router__local(m); break;
+  case ROUTE_REMOTE: router__forward(m, shard, peer); break;
+  default: router__hold(shard, m); break;
+  }
+}
+
+static void router__reroute(msg_t *m) {
+  if (msg_abandoned(m)) {
+    msg_free(m);
+    return;
+  }
+  router__route(m);
+}
+
+/* Re-routes every held message, oldest first per shard; drops those whose
+ * caller left, and fails those held past the call timeout with nobody
+ * waiting on a deadline of their own. */
+static void router__flush(sched_item_t *it) {
+  (void)it;
+  if (!cluster_on || !rt.held) return;
+  uint64_t now = sched_now(), limit = host_config()->call_timeout_ms;
+  for (uint32_t s = 1; s <= rt.n; s++) {
+    msg_t *m = rt.head[s];
+    if (!m) continue;
+    tp_peer_t *peer = NULL;
+    route_t r = cluster_route(s, &peer);
+    rt.head[s] = rt.tail[s] = NULL;
+    rt.flushing = 1;
+    while (m) {
+      msg_t *next = m->next;
+      m->next = NULL;
+      rt.held--;
+      if (msg_abandoned(m)) {
+        msg_free(m);
+      } else if ((r == ROUTE_HOLD || r == ROUTE_HOLD_MINE) && now - m->enqueued_at > limit && !m->call) {
+        rt.st.expired++;
+        log_warn("dropping a message for %s/%.*s: no runner took shard %u within %llu ms", m->type->name,
+                 (int)(m->id_len > 64 ? 64 : m->id_len), m->id, s, (unsigned long long)limit);
+        msg_free(m);
+      } else if (r == ROUTE_HOLD || r == ROUTE_HOLD_MINE) {
+        uint64_t since = m->enqueued_at;
+        router__hold(s, m);
+        m->enqueued_at = since;
+      } else if (r == ROUTE_LOCAL) {
+        router__local(m);
+      } else {
+        router__forward(m, s, peer);
+      }
+      m = next;
+    }
+    rt.flushing = 0;
+  }
+}
+
+static void router__retry_fire(timer_entry_t *t) {
+  (void)t;
+  if (rt.held) {
+    router__flush(NULL);
+    if (rt.held) router__arm_retry();
+  }
+}
+
+void router_wake(void) {
+  if (rt.held) sched_push(&rt.wake, router__flush);
+}
+
+void router_init(uint32_t shards) {
+  rt.n = shards;
+  rt.head = calloc(shards + 1, sizeof *rt.head);
+  rt.tail = calloc(shards + 1, sizeof *rt.tail);
+  timer_entry_init(&rt.retry, router__retry_fire);
+  em_reroute = router__reroute;
+  em_handoff = router__handoff;
+}
+
+/* Graceful hand-off: the instance's snapshot goes to the shard's new owner,
+ * ahead of the messages that follow it there. */
+static void router__handoff_done(void *ud, tp_status_t st, uint8_t kind, const char *body, size_t len) {
+  (void)ud;
+  (void)kind;
+  (void)body;
+  (void)len;
+  if (st != TP_REPLY) rt.st.handoffs_lost++;
+}
+
+static void router__handoff(etype_t *t, const char *id, size_t id_len, char *snap, size_t len) {
+  uint32_t shard = cluster_shard_of(id, id_len);
+  tp_peer_t *peer = NULL;
+  if (cluster_route(shard, &peer) == ROUTE_REMOTE) {
+    frame_request_t req = {
+        .flags = ROUTER_F_HANDOFF,
+        .timeout_ms = 10000,
+        .type = {t->name, (uint32_t)t->name_len},
+        .id = {id, (uint32_t)id_len},
+        .payload = {snap, (uint32_t)len},
+    };
+    rt.st.handoffs++;
+    tp_send(peer, &req, router__handoff_done, NULL);
+  }
+  free(snap);
+}
+
+static void router__inbound_done(call_t *c, reply_kind_t kind, const char *body, size_t len) {
+  tp_reply((tp_inbound_t *)c->ud, (uint8_t)kind, body, len);
+}
+
+void router_inbound(tp_inbound_t *in, const frame_request_t *req) {
+  if (req->flags & ROUTER_F_HANDOFF) {
+    char *snap = malloc(req->payload.n + 1);
+    if (snap) {
+      memcpy(snap, req->payload.p, req->payload.n);
+      em_stash_snapshot(req->type.p, req->type.n, req->id.p, req->id.n, snap, req->payload.n);
+    }
+    tp_reply(in, REPLY_ACCEPTED, "", 0);
+    return;
+  }
+  rt.st.inbound++;
+  if (cluster_on && req->id.n > 0 && req->id.n <= ROUTER_MAX_ID) {
+    tp_peer_t *peer = NULL;
+    route_t r = cluster_route(cluster_shard_of(req->id.p, req->id.n), &peer);
+    if (r != ROUTE_LOCAL && r != ROUTE_HOLD_MINE) {
+      rt.st.not_owner++;
+      tp_reply(in, ROUTER_NOT_OWNER, "", 0);
+      return;
+    }
+  }
+  call_t *c = call_new(router__inbound_done, in, req->timeout_ms ? req->timeout_ms : host_config()->call_timeout_ms);
+  tp_inbound_set_ud(in, c);
+  router_send(req->type.p, req->type.n, req->id.p, req->id.n, req->tag.p, req->tag.n, req->payload.p, req->payload.n,
+              req->headers.n ? req->headers.p : NULL, req->headers.n, req->flags & MSG_DISCARD, c);
+}
+
+void router_inbound_abandoned(tp_inbound_t *in) {
+  call_t *c = tp_inbound_ud(in);
+  if (c) call_cancel(c);
+}
+
+void router_shutdown(void) {
+  while (router_delayed) {
+    persist_job_t *j = router_delayed;
+    router__undelay(j);
+    timer_cancel(&j->due);
+    msg_free(j->msg);
+    free(j);
+  }
+  if (rt.head) {
+    for (uint32_t s = 1; s <= rt.n; s++) {
+      msg_t *m = rt.head[s];
+      while (m) {
+        msg_t *next = m->next;
+        msg_free(m);
+        m = next;
+      }
+    }
+    timer_cancel(&rt.retry);
+    free(rt.head);
+    free(rt.tail);
+    rt.head = rt.tail = NULL;
+    rt.held = 0;
   }
 }

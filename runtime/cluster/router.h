@@ -7,6 +7,7 @@
 #include <stddef.h>
 
 #include "entity/msg.h"
+#include "net/transport.h"
 
 /* Upper bound on entity id length, in bytes. */
 #define ROUTER_MAX_ID 1024
@@ -17,7 +18,19 @@ void router_send(const char *type, size_t type_len, const char *id, size_t id_le
                  const char *payload, size_t payload_len, const char *headers, size_t headers_len, unsigned flags,
                  call_t *call);
 
-/* Drops messages waiting for their deliver_at (shutdown). */
+/* Drops messages waiting for their deliver_at or for an owner (shutdown). */
 void router_shutdown(void);
+
+/* Cluster mode: per-shard hold queues and the transport's request hooks. */
+void router_init(uint32_t shards);
+/* The assignment or the locks changed: held messages are routed again. */
+void router_wake(void);
+void router_inbound(tp_inbound_t *in, const frame_request_t *req);
+void router_inbound_abandoned(tp_inbound_t *in);
+
+typedef struct {
+  uint64_t forwarded, inbound, reroutes, not_owner, expired, held, handoffs, handoffs_lost;
+} router_stats_t;
+const router_stats_t *router_stats(void);
 
 #endif

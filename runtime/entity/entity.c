@@ -23,9 +23,27 @@
 #include <string.h>
 
 #include "cli/log.h"
+#include "cluster/cluster.h"
 #include "core/hash.h"
 
 static uint32_t em_shards = 300;
+static uint32_t *em_counts; /* instances per shard, [1..em_shards] */
+void (*em_reroute)(msg_t *m);
+void (*em_handoff)(etype_t *t, const char *id, size_t id_len, char *snapshot, size_t len);
+
+/* Snapshots handed over by a shard's previous owner, waiting for the first
+ * message that activates their instance here. */
+typedef struct stash_s {
+  htab_node_t node;
+  struct stash_s *prev, *next; /* oldest first, for expiry */
+  uint64_t at;
+  char *snap;
+  size_t snap_len, key_len;
+  char key[]; /* type NUL id */
+} stash_t;
+static htab_t em_stash;
+static stash_t *em_stash_head, *em_stash_tail;
+#define EM_STASH_TTL_MS 60000
 
 static int em__eq(const htab_node_t *n, const void *key, size_t len) {
   const inst_t *i = (const inst_t *)n;
@@ -34,7 +52,84 @@ static int em__eq(const htab_node_t *n, const void *key, size_t len) {
 
 static void em__idle_fire(timer_entry_t *te);
 
-void em_init(uint32_t shards) { em_shards = shards ? shards : 1; }
+void em_init(uint32_t shards) {
+  em_shards = shards ? shards : 1;
+  free(em_counts);
+  em_counts = calloc(em_shards + 1, sizeof *em_counts);
+  htab_init(&em_stash);
+}
+
+uint32_t em_shard_instances(uint32_t shard) { return shard <= em_shards && em_counts ? em_counts[shard] : 0; }
+
+static int em__stash_eq(const htab_node_t *n, const void *key, size_t len) {
+  const stash_t *st = (const stash_t *)n;
+  return st->key_len == len && memcmp(st->key, key, len) == 0;
+}
+
+static void em__stash_unlink(stash_t *st) {
+  htab_remove(&em_stash, &st->node);
+  if (st->prev) st->prev->next = st->next; else em_stash_head = st->next;
+  if (st->next) st->next->prev = st->prev; else em_stash_tail = st->prev;
+}
+
+static void em__stash_expire(void) {
+  uint64_t now = sched_now();
+  while (em_stash_head && now - em_stash_head->at > EM_STASH_TTL_MS) {
+    stash_t *st = em_stash_head;
+    em__stash_unlink(st);
+    free(st->snap);
+    free(st);
+  }
+}
+
+static size_t em__stash_key(char *out, const char *type, size_t tl, const char *id, size_t il) {
+  memcpy(out, type, tl);
+  out[tl] = '\0';
+  memcpy(out + tl + 1, id, il);
+  return tl + 1 + il;
+}
+
+void em_stash_snapshot(const char *type, size_t type_len, const char *id, size_t id_len, char *snap, size_t len) {
+  em__stash_expire();
+  stash_t *st = malloc(sizeof *st + type_len + 1 + id_len);
+  if (!st) { free(snap); return; }
+  st->key_len = em__stash_key(st->key, type, type_len, id, id_len);
+  st->node.hash = hash_bytes(st->key, st->key_len);
+  stash_t *old = (stash_t *)htab_find(&em_stash, st->node.hash, em__stash_eq, st->key, st->key_len);
+  if (old) {
+    em__stash_unlink(old);
+    free(old->snap);
+    free(old);
+  }
+  st->snap = snap;
+  st->snap_len = len;
+  st->at = sched_now();
+  st->next = NULL;
+  st->prev = em_stash_tail;
+  if (em_stash_tail) em_stash_tail->next = st; else em_stash_head = st;
+  em_stash_tail = st;
+  if (htab_insert(&em_stash, &st->node) != 0) {
+    em__stash_unlink(st);
+    free(st->snap);
+    free(st);
+  }
+}
+
+/* Gives a new instance the snapshot its previous owner handed over. */
+static void em__stash_take(inst_t *i) {
+  if (!em_stash.count) return;
+  size_t tl = i->type->name_len;
+  char *key = malloc(tl + 1 + i->id_len);
+  if (!key) return;
+  size_t kl = em__stash_key(key, i->type->name, tl, i->id, i->id_len);
+  stash_t *st = (stash_t *)htab_find(&em_stash, hash_bytes(key, kl), em__stash_eq, key, kl);
+  free(key);
+  if (!st) return;
+  em__stash_unlink(st);
+  i->snapshot = st->snap;
+  i->snapshot_len = st->snap_len;
+  free(st);
+}
 
 void em_type_init(etype_t *t) {
   htab_init(&t->instances);
@@ -85,8 +180,11 @@ static void em__destroy(inst_t *i) {
   htab_remove(&t->instances, &i->node);
   if (i->handlers_ref != LUA_NOREF || i->ctx_ref != LUA_NOREF) host_release_instance(i);
   if (i->state == INST_READY) t->active--;
+  uint32_t shard = i->shard;
   free(i->snapshot);
   free(i);
+  if (em_counts && shard <= em_shards && em_counts[shard] && --em_counts[shard] == 0 && cluster_on)
+    cluster_shard_drained(shard);
   host_type_released(t);
 }
 
@@ -130,8 +228,14 @@ static void em__retire(inst_t *i) {
   if (i->ready.queued) return; /* its pump retires it */
   inst_t *succ = i->successor;
   size_t len = 0;
-  char *snap = (i->state == INST_READY && i->handlers_ref != LUA_NOREF) ? host_snapshot(i, &len) : NULL;
+  /* A fenced instance (handoff 2) lost its lease: its state may be stale. */
+  char *snap = (i->state == INST_READY && i->handlers_ref != LUA_NOREF && i->handoff != 2) ? host_snapshot(i, &len)
+                                                                                           : NULL;
   i->successor = NULL;
+  if (i->handoff == 1 && snap && em_handoff) {
+    em_handoff(i->type, i->id, i->id_len, snap, len);
+    snap = NULL;
+  }
   em__destroy(i);
   if (!succ) { free(snap); return; }
   succ->predecessor = NULL;
@@ -142,11 +246,43 @@ static void em__retire(inst_t *i) {
 }
 
 /* Starts whatever the instance can start now. */
+/* Sends the queued messages back to the router, in order. */
+static void em__reroute_mailbox(inst_t *i) {
+  msg_t *m = i->mb_head;
+  i->mb_head = i->mb_tail = NULL;
+  i->mb_len = 0;
+  while (m) {
+    msg_t *next = m->next;
+    i->type->queued--;
+    m->next = NULL;
+    if (em_reroute) em_reroute(m); else msg_free(m);
+    m = next;
+  }
+}
+
+/* Its shard is not served here any more: messages go back to the router and
+ * the instance goes once nothing runs in it. */
+static void em__evict(inst_t *i) {
+  em__reroute_mailbox(i);
+  em__idle_remove(i);
+  if (i->running == 0 && i->state != INST_ACTIVATING) {
+    if (i->predecessor || i->successor) { i->retiring = 1; i->handoff = 2; em__retire(i); }
+    else em__destroy(i);
+  } else {
+    i->retiring = 1;
+    i->handoff = 2;
+  }
+}
+
 static void em__pump(sched_item_t *it) {
   inst_t *i = (inst_t *)((char *)it - offsetof(inst_t, ready));
   etype_t *t = i->type;
   if (i->retiring) {
     if (i->running == 0 && i->state != INST_ACTIVATING) em__retire(i);
+    return;
+  }
+  if (!cluster_serving(i->shard)) { /* the lease ran out since the message was queued */
+    em__evict(i);
     return;
   }
   if (i->state == INST_NEW) {
@@ -195,6 +331,8 @@ static inst_t *em__create(etype_t *t, const char *id, size_t len, uint64_t h) {
   i->handlers_ref = i->ctx_ref = LUA_NOREF;
   i->shard = hash_shard(id, len, em_shards);
   if (htab_insert(&t->instances, &i->node) != 0) { free(i); return NULL; }
+  if (em_counts) em_counts[i->shard]++;
+  em__stash_take(i);
   return i;
 }
 
@@ -242,6 +380,8 @@ int em_deliver(msg_t *m) {
   if (!i) {
     i = em__create(t, m->id, m->id_len, h);
     if (!i) return -ENOMEM;
+  } else if (i->handoff) {
+    return -EAGAIN; /* on its way to another runner: the router re-routes */
   } else if (i->mb_len >= t->mailbox && !(m->flags & MSG_PERSISTED)) {
     return -EBUSY;
   }
@@ -346,6 +486,38 @@ void em_migrate(etype_t *old, etype_t *repl) {
   }
 }
 
+static void em__each_in(const uint8_t *mask, void (*fn)(inst_t *i)) {
+  for (etype_t *t = host_types(); t; t = t->next) {
+    size_t it;
+    htab_node_t *n = htab_first(&t->instances, &it);
+    while (n) {
+      inst_t *i = (inst_t *)n;
+      n = htab_next(&t->instances, n, &it);
+      if (i->shard <= em_shards && mask[i->shard] && !(i->retiring && !i->handoff)) fn(i);
+    }
+  }
+}
+
+static void em__release_one(inst_t *i) {
+  if (i->retiring) return;
+  em__idle_remove(i);
+  i->retiring = 1;
+  i->handoff = 1;
+  em__reroute_mailbox(i);
+  if (i->running == 0 && i->state != INST_ACTIVATING && i->state != INST_WAITING) em__retire(i);
+}
+
+void em_release_shards(const uint8_t *mask) { em__each_in(mask, em__release_one); }
+
+static void em__fence_one(inst_t *i) {
+  i->handoff = 2;
+  em__evict(i);
+}
+
+void em_fence_shards(const uint8_t *mask) {
+  host_cancel_shard_tasks(mask);
+  em__each_in(mask, em__fence_one);
+}
 
 void em_stop_all(void) {
   for (etype_t *t = host_types(); t; t = t->next) {
@@ -361,6 +533,18 @@ void em_stop_all(void) {
   }
 }
 
+void em_stash_free(void) {
+  while (em_stash_head) {
+    stash_t *st = em_stash_head;
+    em__stash_unlink(st);
+    free(st->snap);
+    free(st);
+  }
+  htab_free(&em_stash);
+  free(em_counts);
+  em_counts = NULL;
+}
+
 void em_type_free(etype_t *t) {
   timer_cancel(&t->idle_timer);
   size_t it;
@@ -369,6 +553,7 @@ void em_type_free(etype_t *t) {
     inst_t *i = (inst_t *)n;
     n = htab_next(&t->instances, n, &it);
     em__drop_mailbox(i);
+    if (em_counts && i->shard <= em_shards && em_counts[i->shard]) em_counts[i->shard]--;
     free(i->snapshot);
     free(i);
   }

@@ -29,6 +29,7 @@ typedef struct inst_s {
   uint8_t keep_alive;
   uint8_t idle; /* on its type's idle list */
   uint8_t retiring; /* its script was replaced: finish in-flight work, then hand over */
+  uint8_t handoff;  /* retiring because its shard moves to another runner */
   struct inst_s *successor;   /* the instance on the new version that waits for this one */
   struct inst_s *predecessor; /* while INST_WAITING: the old instance it waits for */
   char *snapshot;   /* state handed over by the predecessor, for activate */
@@ -62,5 +63,26 @@ void em_type_free(etype_t *t);
 /* Stops every instance of every type (shutdown). */
 void em_stop_all(void);
 uint64_t em_active_total(void);
+
+/* Cluster mode. Messages that must go elsewhere (their shard is not served
+ * here any more) go back to the router through this hook. */
+extern void (*em_reroute)(msg_t *m);
+/* An instance handed over by a graceful shard hand-off: its snapshot (owned
+ * by the hook) goes to the shard's new owner. */
+extern void (*em_handoff)(etype_t *t, const char *id, size_t id_len, char *snapshot, size_t len);
+/* Instances (any state) on a shard. */
+uint32_t em_shard_instances(uint32_t shard);
+/* Graceful: for every shard with mask[shard] set, queued messages go back to
+ * the router, running ones finish, then each instance hands its snapshot
+ * over and goes. */
+void em_release_shards(const uint8_t *mask);
+/* At once: running handlers of those shards end with `unavailable`, queued
+ * messages go back to the router, instances go (no snapshot: the lease is
+ * gone, so their state may already be stale). */
+void em_fence_shards(const uint8_t *mask);
+/* A snapshot that arrived for an instance not yet created here: activate
+ * hands it to the next instance of (type, id). Takes ownership. */
+void em_stash_free(void);
+void em_stash_snapshot(const char *type, size_t type_len, const char *id, size_t id_len, char *snap, size_t len);
 
 #endif

@@ -75,7 +75,7 @@ static void call__run(sched_item_t *it) {
 }
 
 void call_complete(call_t *c, reply_kind_t kind, const char *body, size_t len) {
-  if (c->done) return;
+  if (!c || c->done) return; /* nobody waits, or the reply was given */
   c->done = 1;
   call__detach(c);
   c->kind = kind;
@@ -87,6 +87,7 @@ void call_complete(call_t *c, reply_kind_t kind, const char *body, size_t len) {
 }
 
 void call_fail(call_t *c, reply_kind_t kind, const char *fmt, ...) {
+  if (!c || c->done) return;
   char msg[1024];
   va_list ap;
   va_start(ap, fmt);

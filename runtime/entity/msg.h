@@ -56,8 +56,8 @@ struct call_s {
 
 /* timeout_ms 0 = no deadline. */
 call_t *call_new(call_cb cb, void *ud, uint64_t timeout_ms);
-/* Records the reply (copying body) and queues the callback; later replies are
- * ignored. The call is freed after its callback returns. */
+/* Records the reply (copying body) and queues the callback; later replies
+ * (and a NULL call) are ignored. The call is freed after its callback returns. */
 void call_complete(call_t *c, reply_kind_t kind, const char *body, size_t len);
 void call_fail(call_t *c, reply_kind_t kind, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* The caller is gone (connection closed): no callback, freed now or after the

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "cli/log.h"
+#include "cluster/cluster.h"
 #include "core/buf.h"
 #include "entity/entity.h"
 
@@ -180,7 +181,15 @@ void host__task_free(task_t *t) {
   free(t);
 }
 
+static int host__bg_here(const etype_t *ty);
+static void host__task_lost(task_t *t);
+
 static void task_resume(task_t *t, int nargs) {
+  if (cluster_on && ((t->inst && !cluster_serving(t->inst->shard)) || (!t->inst && !host__bg_here(t->type)))) {
+    /* The lease of its shard ran out while it waited: nothing more runs. */
+    host__task_lost(t);
+    return;
+  }
   script_t *s = t->script;
   int nres = 0;
   s->current = t;
@@ -488,8 +497,53 @@ static void host__start_runner_task(etype_t *ty) {
 static void host__restart_fire(timer_entry_t *te) {
   restart_t *r = (restart_t *)te;
   r->type->restart = NULL;
-  host__start_runner_task(r->type);
+  if (host__bg_here(r->type)) host__start_runner_task(r->type);
   free(r);
+}
+
+/* In a cluster a singleton or cron job runs on the runner that serves the
+ * shard of its name, so exactly one runner runs it and it moves with the
+ * shard. */
+static int host__bg_here(const etype_t *ty) {
+  return !cluster_on || cluster_serving(cluster_shard_of(ty->name, ty->name_len));
+}
+
+static void host__task_lost(task_t *t) {
+  const char *why = "its shard moved to another runner";
+  switch (t->kind) {
+  case TASK_HANDLE: task__end_handle(t, REPLY_UNAVAILABLE, "the entity's shard moved to another runner; retry"); break;
+  case TASK_ACTIVATE: task__end_activate(t, why); break;
+  default:
+    log_info("%s '%s' stopped here: %s", t->kind == TASK_CRON ? "cron job" : "singleton", t->type->name, why);
+    t->type->runner_task = NULL;
+    host__task_free(t);
+  }
+}
+
+void host_cancel_shard_tasks(const uint8_t *mask) {
+  task_t *t = host_tasks;
+  while (t) {
+    task_t *next = t->tnext;
+    if ((t->kind == TASK_HANDLE || t->kind == TASK_ACTIVATE) && t->inst && mask[t->inst->shard]) host__task_lost(t);
+    t = next;
+  }
+}
+
+void host_background_update(void) {
+  for (etype_t *ty = host__type_list; ty; ty = ty->next) {
+    if (ty->kind == DEF_ENTITY) continue;
+    int here = host__bg_here(ty);
+    if (here && !ty->runner_task && !ty->restart) {
+      log_info("%s '%s' starts on this runner", ty->kind == DEF_CRON ? "cron job" : "singleton", ty->name);
+      host__start_runner_task(ty);
+    } else if (!here && ty->runner_task) {
+      host__task_lost(ty->runner_task);
+    } else if (!here && ty->restart) {
+      timer_cancel(&ty->restart->timer);
+      free(ty->restart);
+      ty->restart = NULL;
+    }
+  }
 }
 
 static void task__restart_background(task_t *t) {
@@ -506,7 +560,7 @@ static void task__restart_background(task_t *t) {
 
 void host_start_background(void) {
   for (etype_t *ty = host__type_list; ty; ty = ty->next)
-    if (ty->kind != DEF_ENTITY && !ty->runner_task) host__start_runner_task(ty);
+    if (ty->kind != DEF_ENTITY && !ty->runner_task && host__bg_here(ty)) host__start_runner_task(ty);
 }
 
 void host_cancel_tasks(void) {

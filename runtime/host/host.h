@@ -157,5 +157,11 @@ reply_kind_t host_persist_info(etype_t *t, int rpc, const char *payload, size_t 
                                uint64_t *deliver_at, char **err, size_t *err_len);
 /* Starts singletons and cron jobs. */
 void host_start_background(void);
+/* Cluster mode: starts the singletons and cron jobs whose shard this runner
+ * now serves, stops those whose shard it lost. */
+void host_background_update(void);
+/* Ends the handlers and activations running on the shards in mask[] with
+ * `unavailable` (the shard's lease is gone). */
+void host_cancel_shard_tasks(const uint8_t *mask);
 
 #endif

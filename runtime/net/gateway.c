@@ -16,6 +16,7 @@
 #include "entity/entity.h"
 #include "host/host.h"
 #include "storage/storage.h"
+#include "cluster/cluster.h"
 
 static gateway_info_t gw;
 
@@ -159,6 +160,11 @@ void gateway_on_request(http_req_t *r) {
     return;
   }
   if (n == 1 && SEG_IS(0, "health")) {
+    if (cluster_on && !cluster_healthy()) {
+      static const char no[] = "{\"status\":\"not serving: not (or no longer) a live member of the cluster\"}";
+      gw__json(r, 503, NULL, no, sizeof no - 1);
+      return;
+    }
     static const char ok[] = "{\"status\":\"serving\"}";
     gw__json(r, 200, NULL, ok, sizeof ok - 1);
     return;
@@ -205,13 +211,22 @@ void gateway_cluster_json(buf_t *b) {
   buf_add_json_str(b, gw.dir, strlen(gw.dir));
   buf_printf(b, ",\"started_at\":%llu,\"healthy\":true,\"active\":%llu}", (unsigned long long)gw.started_ms,
              (unsigned long long)em_active_total());
-  buf_adds(b, ",\"runners\":[{\"address\":");
-  buf_add_json_str(b, gw.runner, strlen(gw.runner));
-  buf_printf(b, ",\"healthy\":true,\"shards\":%u,\"active\":%llu}]", gw.shards,
-             (unsigned long long)em_active_total());
-  buf_printf(b, ",\"shards\":{\"count\":%u,\"owners\":[{\"runner\":", gw.shards);
-  buf_add_json_str(b, gw.runner, strlen(gw.runner));
-  buf_printf(b, ",\"ranges\":[[1,%u]]}]}", gw.shards);
+  if (cluster_on) {
+    buf_adds(b, ",\"cluster\":");
+    cluster_json_info(b);
+    buf_adds(b, ",\"runners\":");
+    cluster_json_runners(b);
+    buf_adds(b, ",\"shards\":");
+    cluster_json_shards(b);
+  } else {
+    buf_adds(b, ",\"runners\":[{\"address\":");
+    buf_add_json_str(b, gw.runner, strlen(gw.runner));
+    buf_printf(b, ",\"healthy\":true,\"shards\":%u,\"active\":%llu}]", gw.shards,
+               (unsigned long long)em_active_total());
+    buf_printf(b, ",\"shards\":{\"count\":%u,\"owners\":[{\"runner\":", gw.shards);
+    buf_add_json_str(b, gw.runner, strlen(gw.runner));
+    buf_printf(b, ",\"ranges\":[[1,%u]]}]}", gw.shards);
+  }
   buf_adds(b, ",\"types\":[");
   int first = 1;
   for (etype_t *t = host_types(); t; t = t->next) {
@@ -342,4 +357,5 @@ void gateway_metrics(buf_t *b) {
   buf_printf(b, "luster_http_rejected_total %llu\n", (unsigned long long)hs->rejected_total);
   gw__metric_head(b, "luster_http_connections", "gauge", "Open HTTP connections.");
   buf_printf(b, "luster_http_connections %llu\n", (unsigned long long)hs->connections_open);
+  if (cluster_on) cluster_metrics(b);
 }

@@ -48,6 +48,9 @@ typedef struct {
   uint64_t auth_failures, protocol_errors, connect_failures;
 } tp_stats_t;
 
+/* Stores the configuration (strings copied) and sets up the loop handles;
+ * required before tp_listen and tp_peer. */
+int tp_init(uv_loop_t *loop, const tp_config_t *cfg);
 /* Listens on host:port (port 0 picks one); bound receives "host:port". */
 int tp_listen(uv_loop_t *loop, const char *host, int port, const tp_config_t *cfg, char *bound, size_t bound_len);
 /* Per-request user pointer for the receiver. */

@@ -114,7 +114,7 @@ static void mem__unlink_waiter(call_t *c) {
 }
 
 void storage_wait(pmsg_t *p, call_t *c) {
-  if (c->done) return;
+  if (!c || c->done) return;
   if (p->done) {
     call_complete(c, p->kind, p->reply, p->reply_len);
     return;

@@ -1,0 +1,882 @@
+/* cluster.c - membership, assignment and leases (see cluster.h, coord.h).
+ *
+ * Shard states on this runner:
+ *   NONE       not ours; nothing runs here.
+ *   ACQUIRING  the assignment gives it to us; a lock attempt is in flight.
+ *   HELD       locked by our lock session; served while the lease is fresh.
+ *   RELEASING  the assignment moved it away: its queued messages went to the
+ *              new owner, in-flight ones finish (bounded), instances hand
+ *              over their snapshots; then we unlock it.
+ *   UNLOCKING  the unlock statement is in flight.
+ * Only HELD serves, and only while cluster_serving() holds. Every runner
+ * computes the same assignment from the same live set (core/ring.c), so a
+ * join or leave moves only the shards it must. */
+#include "cluster/cluster.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/log.h"
+#include "cluster/router.h"
+#include "core/hash.h"
+#include "core/parse.h"
+#include "core/ring.h"
+#include "entity/entity.h"
+#include "entity/sched.h"
+#include "host/host.h"
+#include "storage/coord.h"
+
+enum { S_NONE = 0, S_ACQUIRING, S_HELD, S_RELEASING, S_UNLOCKING };
+
+int cluster_on;
+uint8_t *cluster_held;
+uint64_t cluster_safe_until;
+
+typedef struct {
+  int64_t id;
+  char *address, *http;
+  uint32_t weight, held;
+  int stopping;
+  int64_t heartbeat_age_ms;
+  tp_peer_t *peer; /* NULL for this runner */
+} member_t;
+
+static struct {
+  cluster_config_t cfg;
+  char *address; /* advertised */
+  int64_t self_id;
+  uint32_t n;
+  uint8_t *state;
+  uint64_t *release_started;
+  int32_t *owner; /* index into members, -1 = none */
+  member_t *members;
+  int nmembers, self_index;
+  uint64_t view_version;
+  /* lease */
+  uint64_t lease, margin, confirmed_sent;
+  int lock_up, member_locked, lock_busy;
+  uint64_t embargo_until;
+  timer_entry_t refresh_timer, fence_timer, tick_timer, poll_timer;
+  /* membership reads */
+  int members_busy, members_again;
+  uint64_t fast_poll_until;
+  int main_up;
+  /* hand-off */
+  int leaving, left, unregistering;
+  int acquiring_busy, unlocking_busy;
+  sched_item_t reconcile_item;
+  /* metrics */
+  uint64_t lease_refreshes, lease_failures, fences, acquired_total, released_total;
+  uint64_t last_refresh_ms, max_refresh_ms;
+  uint64_t membership_reads, membership_changes;
+} cl;
+
+uint64_t cluster_mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint32_t cluster_shard_of(const char *id, size_t len) { return hash_shard(id, len, cl.n); }
+const char *cluster_self(void) { return cl.address; }
+
+static void cluster__reconcile(void);
+static void cluster__schedule_reconcile(void);
+static void cluster__read_members(void);
+
+/* ---------------------------------------------------------------------------
+ * Leases
+ * ------------------------------------------------------------------------- */
+
+static uint32_t cluster__count(int state) {
+  uint32_t k = 0;
+  for (uint32_t s = 1; s <= cl.n; s++) k += cl.state[s] == state;
+  return k;
+}
+
+/* Stops serving every shard we hold or are handing over, at once: after
+ * this nothing runs here for them, whatever the lock session does next. */
+static void cluster__fence(const char *why) {
+  uint8_t *mask = calloc(cl.n + 1, 1);
+  uint32_t k = 0;
+  for (uint32_t s = 1; s <= cl.n; s++) {
+    if (cl.state[s] == S_HELD || cl.state[s] == S_RELEASING || cl.state[s] == S_UNLOCKING) {
+      mask[s] = 1;
+      k++;
+    }
+    cluster_held[s] = 0;
+    if (cl.state[s] != S_NONE) cl.state[s] = S_NONE;
+  }
+  cluster_safe_until = 0;
+  if (k) {
+    cl.fences++;
+    log_error("cluster: %s: stopped serving %u shard%s before the lease could pass to another runner", why, k,
+              k == 1 ? "" : "s");
+    em_fence_shards(mask);
+    host_background_update();
+  }
+  free(mask);
+  cl.acquiring_busy = cl.unlocking_busy = 0;
+  router_wake();
+}
+
+static void cluster__fence_fire(timer_entry_t *t) {
+  (void)t;
+  uint64_t now = cluster_mono_ms();
+  if (now < cluster_safe_until) {
+    timer_add(&cl.fence_timer, sched_now() + (cluster_safe_until - now));
+    return;
+  }
+  cl.lease_failures++;
+  int any = cluster__count(S_HELD) + cluster__count(S_RELEASING) + cluster__count(S_UNLOCKING) > 0;
+  cl.member_locked = 0;
+  if (any) cluster__fence("the shard lease could not be confirmed in time");
+  /* Close the session: the server then frees its locks at once instead of
+   * after its idle timeout, and we start over on a fresh session. */
+  coord_reset_lock("lease not confirmed in time");
+}
+
+/* A round trip on the lock session that was sent at `sent` completed: the
+ * server cannot end the session before sent + lease. */
+static void cluster__confirmed(uint64_t sent) {
+  if (sent <= cl.confirmed_sent) return;
+  cl.confirmed_sent = sent;
+  cluster_safe_until = sent + cl.lease - cl.margin;
+  uint64_t now = cluster_mono_ms();
+  if (cluster_safe_until > now) timer_add(&cl.fence_timer, sched_now() + (cluster_safe_until - now));
+}
+
+typedef struct {
+  uint64_t sent;
+} lease_req_t;
+
+static lease_req_t *cluster__req(void) {
+  lease_req_t *r = malloc(sizeof *r);
+  if (!r) abort();
+  r->sent = cluster_mono_ms();
+  return r;
+}
+
+static void cluster__ping_done(void *ud, int ok, const char *err) {
+  lease_req_t *r = ud;
+  if (!cluster_on) {
+    free(r);
+    return;
+  }
+  cl.lock_busy = 0;
+  if (ok) {
+    uint64_t rt = cluster_mono_ms() - r->sent;
+    cl.lease_refreshes++;
+    cl.last_refresh_ms = rt;
+    if (rt > cl.max_refresh_ms) cl.max_refresh_ms = rt;
+    cluster__confirmed(r->sent);
+  } else {
+    log_warn("cluster: lease refresh failed: %s", err);
+  }
+  free(r);
+}
+
+static void cluster__lock_self_done(void *ud, int ok, int got);
+
+static void cluster__refresh_fire(timer_entry_t *t) {
+  timer_add(t, sched_now() + cl.lease / 4);
+  if (!cl.lock_up || cl.lock_busy) return;
+  if (!cl.member_locked) {
+    cl.lock_busy = 1;
+    coord_lock_self(cl.lease / 4, cluster__lock_self_done, cluster__req());
+    return;
+  }
+  cl.lock_busy = 1;
+  coord_ping(cl.lease / 4, cluster__ping_done, cluster__req());
+}
+
+static void cluster__lock_self_done(void *ud, int ok, int got) {
+  lease_req_t *r = ud;
+  if (!cluster_on) {
+    free(r);
+    return;
+  }
+  cl.lock_busy = 0;
+  if (ok) cluster__confirmed(r->sent);
+  free(r);
+  if (!ok || !cl.lock_up) return;
+  if (!got) {
+    /* Our previous session still holds it (the server has not yet ended
+     * it): try again on the next refresh. */
+    log_info("cluster: waiting for the previous lock session of this runner to end");
+    return;
+  }
+  cl.member_locked = 1;
+  log_info("cluster: runner %s (id %" PRId64 ") is live", cl.address, cl.self_id);
+  coord_notify("join");
+  cluster__read_members();
+  cluster__schedule_reconcile();
+}
+
+static void cluster__age_done(void *ud, int ok, int64_t age_ms) {
+  lease_req_t *r = ud;
+  if (!cluster_on) {
+    free(r);
+    return;
+  }
+  if (ok) {
+    cluster__confirmed(r->sent);
+    /* A server that restarted less than a lease ago may have lost locks that
+     * another runner still believes it holds: acquire nothing until that
+     * runner's lease has surely run out. */
+    if (age_ms >= 0 && (uint64_t)age_ms < cl.lease) {
+      cl.embargo_until = r->sent + (cl.lease - (uint64_t)age_ms) + 100;
+      log_info("cluster: PostgreSQL started %" PRId64 " ms ago; taking shards in %" PRIu64 " ms", age_ms,
+               cl.embargo_until - cluster_mono_ms());
+    }
+    cl.lock_busy = 1;
+    coord_lock_self(cl.lease / 4, cluster__lock_self_done, r);
+    return;
+  }
+  free(r);
+}
+
+static void cluster__lock_state(int up, const char *why) {
+  if (!cluster_on) return;
+  cl.lock_up = up;
+  if (!up) {
+    cl.member_locked = 0;
+    cl.lock_busy = 0;
+    if (cluster__count(S_HELD) + cluster__count(S_RELEASING) + cluster__count(S_UNLOCKING))
+      cluster__fence(why && *why ? why : "the lock session to PostgreSQL was lost");
+    return;
+  }
+  cl.lock_busy = 1;
+  coord_server_age(cl.lease / 4, cluster__age_done, cluster__req());
+}
+
+/* ---------------------------------------------------------------------------
+ * Membership and assignment
+ * ------------------------------------------------------------------------- */
+
+static void cluster__free_members(member_t *m, int n) {
+  for (int i = 0; i < n; i++) {
+    free(m[i].address);
+    free(m[i].http);
+  }
+  free(m);
+}
+
+static int cluster__same_view(const coord_member_t *m, int n) {
+  if (n != cl.nmembers) return 0;
+  for (int i = 0; i < n; i++) {
+    const member_t *o = &cl.members[i];
+    if (o->id != m[i].id || o->weight != m[i].weight || o->stopping != m[i].stopping ||
+        strcmp(o->address, m[i].address) != 0)
+      return 0;
+  }
+  return 1;
+}
+
+/* Recomputes owner[] from the members that take shards. */
+static void cluster__assign(void) {
+  ring_member_t *rm = calloc((size_t)cl.nmembers + 1, sizeof *rm);
+  int *map = calloc((size_t)cl.nmembers + 1, sizeof *map);
+  int k = 0;
+  for (int i = 0; i < cl.nmembers; i++) {
+    member_t *m = &cl.members[i];
+    if (m->stopping || (i == cl.self_index && cl.leaving)) continue;
+    rm[k].id = m->address;
+    rm[k].weight = m->weight;
+    map[k++] = i;
+  }
+  int32_t *own = malloc(sizeof *own * cl.n);
+  if (ring_assign(rm, k, cl.n, 1.25, own) != 0) {
+    for (uint32_t s = 0; s < cl.n; s++) own[s] = -1;
+  }
+  for (uint32_t s = 1; s <= cl.n; s++) cl.owner[s] = own[s - 1] < 0 ? -1 : map[own[s - 1]];
+  free(own);
+  free(rm);
+  free(map);
+}
+
+static void cluster__members_done(void *ud, int ok, coord_member_t *m, int n) {
+  (void)ud;
+  if (!cluster_on) {
+    coord_free_members(m, n);
+    return;
+  }
+  cl.members_busy = 0;
+  cl.membership_reads++;
+  if (ok) {
+    /* Held counts and heartbeats refresh the display even when the view is
+     * the same. */
+    int same = cluster__same_view(m, n);
+    if (same) {
+      for (int i = 0; i < n; i++) {
+        cl.members[i].held = m[i].held;
+        cl.members[i].heartbeat_age_ms = m[i].heartbeat_age_ms;
+        if (m[i].http[0] && strcmp(m[i].http, cl.members[i].http) != 0) {
+          free(cl.members[i].http);
+          cl.members[i].http = strdup(m[i].http);
+        }
+      }
+    } else {
+      member_t *nm = calloc((size_t)n + 1, sizeof *nm);
+      int self = -1;
+      for (int i = 0; i < n; i++) {
+        nm[i].id = m[i].id;
+        nm[i].address = strdup(m[i].address);
+        nm[i].http = strdup(m[i].http);
+        nm[i].weight = m[i].weight;
+        nm[i].held = m[i].held;
+        nm[i].stopping = m[i].stopping;
+        nm[i].heartbeat_age_ms = m[i].heartbeat_age_ms;
+        if (m[i].id == cl.self_id) self = i;
+        else nm[i].peer = tp_peer(m[i].address);
+      }
+      /* Peers that left: close our connection to them. */
+      for (int i = 0; i < cl.nmembers; i++) {
+        int still = 0;
+        for (int j = 0; j < n; j++) still |= strcmp(cl.members[i].address, m[j].address) == 0;
+        if (!still && i != cl.self_index) {
+          log_info("cluster: runner %s left", cl.members[i].address);
+          tp_peer_drop(cl.members[i].address);
+        }
+      }
+      for (int j = 0; j < n; j++) {
+        int was = 0;
+        for (int i = 0; i < cl.nmembers; i++) was |= cl.members[i].id == m[j].id;
+        if (!was && m[j].id != cl.self_id) log_info("cluster: runner %s joined", m[j].address);
+      }
+      cluster__free_members(cl.members, cl.nmembers);
+      cl.members = nm;
+      cl.nmembers = n;
+      cl.self_index = self;
+      cl.view_version++;
+      cl.membership_changes++;
+      cluster__assign();
+      cluster__reconcile();
+      router_wake();
+    }
+  }
+  coord_free_members(m, n);
+  if (cl.members_again) {
+    cl.members_again = 0;
+    cluster__read_members();
+  }
+}
+
+static void cluster__read_members(void) {
+  if (!cl.main_up) return;
+  if (cl.members_busy) {
+    cl.members_again = 1;
+    return;
+  }
+  cl.members_busy = 1;
+  coord_members(2000, cluster__members_done, NULL);
+}
+
+void cluster_suspect(void) {
+  cl.fast_poll_until = sched_now() + 3000;
+  cluster__read_members();
+}
+
+static void cluster__heartbeat_done(void *ud, int ok, const char *err) {
+  (void)ud;
+  if (!ok) log_debug("cluster: heartbeat failed: %s", err);
+}
+
+static void cluster__poll_fire(timer_entry_t *t) {
+  static unsigned ticks;
+  uint64_t now = sched_now();
+  int fast = now < cl.fast_poll_until;
+  timer_add(t, now + (fast ? 50 : 100));
+  /* Membership every 500 ms (every 50 ms while a peer is suspect); a
+   * heartbeat every second. */
+  ticks++;
+  if (fast || ticks % 5 == 0) cluster__read_members();
+  if (ticks % 10 == 0 && cl.main_up && !cl.unregistering)
+    coord_heartbeat(cl.leaving, cluster__count(S_HELD), 2000, cluster__heartbeat_done, NULL);
+}
+
+static void cluster__main_state(int up, const char *why) {
+  if (!cluster_on) return;
+  cl.main_up = up;
+  if (up) {
+    cl.members_busy = 0;
+    coord_heartbeat(cl.leaving, cluster__count(S_HELD), 2000, cluster__heartbeat_done, NULL);
+    cluster__read_members();
+  } else {
+    cl.members_busy = 0;
+    log_warn("cluster: membership connection lost (%s); keeping the last view", why ? why : "");
+  }
+}
+
+static void cluster__notice(const char *payload) {
+  if (!cluster_on) return;
+  (void)payload;
+  cluster__read_members();
+  /* A released shard may be ours to take now. */
+  cluster__schedule_reconcile();
+}
+
+static void cluster__peer_down(const char *addr, const char *why) {
+  if (!cluster_on) return;
+  for (int i = 0; i < cl.nmembers; i++) {
+    if (i != cl.self_index && strcmp(cl.members[i].address, addr) == 0) {
+      log_info("cluster: connection to runner %s lost (%s); checking whether it is gone", addr, why);
+      cluster_suspect();
+      return;
+    }
+  }
+}
+
+/* ---------------------------------------------------------------------------
+ * Acquire and release
+ * ------------------------------------------------------------------------- */
+
+static void cluster__acquired(void *ud, int ok, const uint32_t *got, int ngot) {
+  lease_req_t *r = ud;
+  if (!cluster_on) {
+    free(r);
+    return;
+  }
+  cl.acquiring_busy = 0;
+  if (ok) cluster__confirmed(r->sent);
+  free(r);
+  for (int i = 0; i < ngot; i++) {
+    uint32_t s = got[i];
+    if (s < 1 || s > cl.n || cl.state[s] != S_ACQUIRING) continue;
+    cl.state[s] = S_HELD;
+    cluster_held[s] = 1;
+    cl.acquired_total++;
+  }
+  for (uint32_t s = 1; s <= cl.n; s++)
+    if (cl.state[s] == S_ACQUIRING) cl.state[s] = S_NONE; /* taken by someone still releasing it: retry */
+  if (ngot) {
+    log_info("cluster: now serving %d more shard%s (%u in all)", ngot, ngot == 1 ? "" : "s",
+             cluster__count(S_HELD));
+    host_background_update();
+    router_wake();
+  }
+  if (!ok) {
+    /* The statement's outcome is unknown: some locks may be ours without our
+     * knowing. Start the session over so the server drops them all. */
+    cluster__fence("a lock statement got no answer in time");
+    coord_reset_lock("lock statement without answer");
+    return;
+  }
+  cluster__reconcile();
+}
+
+static void cluster__unlocked(void *ud, int ok, const char *err) {
+  uint32_t *batch = ud;
+  if (!cluster_on) {
+    free(batch);
+    return;
+  }
+  cl.unlocking_busy = 0;
+  for (uint32_t i = 1; i <= batch[0]; i++) {
+    uint32_t s = batch[i];
+    if (cl.state[s] == S_UNLOCKING) cl.state[s] = S_NONE;
+  }
+  if (!ok) {
+    /* A lock we could not release would block its new owner forever: end
+     * the session, which releases everything it held. */
+    log_warn("cluster: unlocking shards failed (%s); restarting the lock session", err);
+    cluster__fence("a shard unlock got no answer");
+    coord_reset_lock("unlock failed");
+  } else {
+    cl.released_total += batch[0];
+    coord_notify("released");
+  }
+  free(batch);
+  cluster__reconcile();
+}
+
+void cluster_shard_drained(uint32_t shard) {
+  if (shard >= 1 && shard <= cl.n && cl.state[shard] == S_RELEASING) cluster__schedule_reconcile();
+}
+
+static void cluster__reconcile(void) {
+  if (!cluster_on) return;
+  uint64_t now = cluster_mono_ms();
+  int ready = cl.lock_up && cl.member_locked && now >= cl.embargo_until && now < cluster_safe_until;
+  uint32_t *acq = NULL, nacq = 0;
+  uint8_t *release = NULL;
+  uint32_t nrel = 0;
+  uint32_t *unlock = NULL, nunlock = 0;
+  for (uint32_t s = 1; s <= cl.n; s++) {
+    int mine = cl.self_index >= 0 && cl.owner[s] == cl.self_index && !cl.leaving;
+    switch (cl.state[s]) {
+    case S_NONE:
+      if (mine && ready && !cl.acquiring_busy) {
+        if (!acq) acq = malloc(sizeof *acq * cl.n);
+        acq[nacq++] = s;
+      }
+      break;
+    case S_HELD:
+      if (!mine) {
+        if (!release) release = calloc(cl.n + 1, 1);
+        release[s] = 1;
+        nrel++;
+        cl.state[s] = S_RELEASING;
+        cluster_held[s] = 0;
+        cl.release_started[s] = sched_now();
+      }
+      break;
+    case S_RELEASING:
+      if (em_shard_instances(s) == 0 && !cl.unlocking_busy && cl.lock_up) {
+        if (!unlock) unlock = malloc(sizeof *unlock * (cl.n + 1));
+        unlock[++nunlock] = s;
+      }
+      break;
+    default: break;
+    }
+  }
+  if (nrel) {
+    log_info("cluster: handing over %u shard%s", nrel, nrel == 1 ? "" : "s");
+    em_release_shards(release);
+    host_background_update();
+    router_wake();
+    free(release);
+    /* Shards that had nothing running are empty now. */
+    for (uint32_t s = 1; s <= cl.n; s++) {
+      if (cl.state[s] == S_RELEASING && em_shard_instances(s) == 0 && !cl.unlocking_busy && cl.lock_up) {
+        if (!unlock) unlock = malloc(sizeof *unlock * (cl.n + 1));
+        int dup = 0;
+        for (uint32_t i = 1; i <= nunlock; i++) dup |= unlock[i] == s;
+        if (!dup) unlock[++nunlock] = s;
+      }
+    }
+  }
+  if (nunlock) {
+    unlock[0] = nunlock;
+    for (uint32_t i = 1; i <= nunlock; i++) cl.state[unlock[i]] = S_UNLOCKING;
+    cl.unlocking_busy = 1;
+    coord_unlock_shards(unlock + 1, (int)nunlock, cl.lease / 4, cluster__unlocked, unlock);
+  } else {
+    free(unlock);
+  }
+  if (nacq) {
+    for (uint32_t i = 0; i < nacq; i++) cl.state[acq[i]] = S_ACQUIRING;
+    cl.acquiring_busy = 1;
+    coord_try_shards(acq, (int)nacq, cl.lease / 4, cluster__acquired, cluster__req());
+  }
+  free(acq);
+}
+
+static void cluster__reconcile_item(sched_item_t *it) {
+  (void)it;
+  cluster__reconcile();
+}
+
+static void cluster__schedule_reconcile(void) { sched_push(&cl.reconcile_item, cluster__reconcile_item); }
+
+static void cluster__leave_step(void);
+
+static void cluster__tick_fire(timer_entry_t *t) {
+  timer_add(t, sched_now() + 100);
+  /* In-flight work on a shard being handed over gets a bounded time. */
+  uint8_t *late = NULL;
+  uint64_t now = sched_now();
+  for (uint32_t s = 1; s <= cl.n; s++) {
+    if (cl.state[s] == S_RELEASING && em_shard_instances(s) > 0 &&
+        now - cl.release_started[s] > cl.cfg.handoff_timeout_ms) {
+      if (!late) late = calloc(cl.n + 1, 1);
+      late[s] = 1;
+    }
+  }
+  if (late) {
+    log_warn("cluster: work on shards being handed over ran past %" PRIu64 " ms; stopping it",
+             cl.cfg.handoff_timeout_ms);
+    em_fence_shards(late);
+    free(late);
+  }
+  cluster__reconcile();
+  if (cl.leaving) cluster__leave_step();
+}
+
+/* ---------------------------------------------------------------------------
+ * Graceful leave
+ * ------------------------------------------------------------------------- */
+
+static void cluster__unregistered(void *ud, int ok, const char *err) {
+  (void)ud;
+  if (!ok) log_warn("cluster: unregistering failed (%s); the row is cleaned up later", err);
+  coord_notify("left");
+  cl.left = 1;
+  log_info("cluster: handed over every shard and left the cluster");
+}
+
+static void cluster__leave_step(void) {
+  if (cl.unregistering) return;
+  uint32_t busy = cluster__count(S_HELD) + cluster__count(S_RELEASING) + cluster__count(S_UNLOCKING) +
+                  cluster__count(S_ACQUIRING);
+  if (busy && cl.lock_up) return;
+  if (tp_pending_output() > 0) return;
+  cl.unregistering = 1;
+  if (!cl.main_up) {
+    cluster__unregistered(NULL, 0, "no connection");
+    return;
+  }
+  coord_unregister(2000, cluster__unregistered, NULL);
+}
+
+void cluster_leave(void) {
+  if (!cluster_on || cl.leaving) {
+    if (!cluster_on) cl.left = 1;
+    return;
+  }
+  cl.leaving = 1;
+  log_info("cluster: leaving: handing %u shard%s to the other runners", cluster__count(S_HELD),
+           cluster__count(S_HELD) == 1 ? "" : "s");
+  if (cl.main_up) coord_heartbeat(1, cluster__count(S_HELD), 2000, cluster__heartbeat_done, NULL);
+  coord_notify("leaving");
+  cluster__assign();
+  cluster__reconcile();
+  router_wake();
+}
+
+int cluster_left(void) { return cl.left; }
+
+int cluster_healthy(void) { return cl.lock_up && cl.member_locked && !cl.leaving; }
+
+/* ---------------------------------------------------------------------------
+ * Start and stop
+ * ------------------------------------------------------------------------- */
+
+int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_t errlen) {
+  cl.cfg = *cfg;
+  cl.n = cfg->shards;
+  cl.lease = cfg->lease_ms;
+  cl.margin = cfg->lease_ms / 4;
+  cl.self_index = -1;
+  cl.address = strdup(cfg->advertise ? cfg->advertise : cfg->listen);
+  char host[256];
+  int port;
+  if (parse_hostport(cfg->listen, host, sizeof host, &port) != 0) {
+    snprintf(err, errlen, "--listen '%s' is not HOST:PORT", cfg->listen);
+    return -1;
+  }
+  if (cfg->advertise && parse_hostport(cfg->advertise, host, sizeof host, &port) != 0) {
+    snprintf(err, errlen, "--advertise '%s' is not HOST:PORT", cfg->advertise);
+    return -1;
+  }
+  parse_hostport(cfg->listen, host, sizeof host, &port);
+  if (port == 0 && !cfg->advertise) {
+    snprintf(err, errlen, "--listen %s: a cluster runner needs a fixed port (peers dial it), or --advertise",
+             cfg->listen);
+    return -1;
+  }
+  coord_config_t cc = {
+      .conninfo = cfg->conninfo,
+      .prefix = cfg->prefix,
+      .address = cl.address,
+      .http = cfg->http,
+      .weight = cfg->weight,
+      .shards = cfg->shards,
+      .lease_ms = cfg->lease_ms,
+      .on_lock_state = cluster__lock_state,
+      .on_main_state = cluster__main_state,
+      .on_notice = cluster__notice,
+  };
+  if (coord_bootstrap(&cc, &cl.self_id, err, errlen) != 0) return -1;
+
+  static char tag[96];
+  snprintf(tag, sizeof tag, "%s/%u", cfg->prefix, cfg->shards);
+  tp_config_t tc = {
+      .secret = cfg->secret,
+      .cluster = tag,
+      .self = cl.address,
+      .max_frame = cfg->max_frame,
+      .high_water = 8u << 20,
+      .handshake_timeout_ms = 5000,
+      .on_request = router_inbound,
+      .on_abandoned = router_inbound_abandoned,
+      .on_peer_down = cluster__peer_down,
+  };
+  if (tp_init(loop, &tc) != 0) {
+    snprintf(err, errlen, "cannot set up the runner transport");
+    return -1;
+  }
+  char bound[128];
+  int rc = tp_listen(loop, host, port, &tc, bound, sizeof bound);
+  if (rc != 0) {
+    snprintf(err, errlen, "cannot listen for runners on %s: %s", cfg->listen, uv_strerror(rc));
+    return -1;
+  }
+  log_info("runner transport listening on %s (advertised as %s%s)", bound, cl.address,
+           cfg->secret && *cfg->secret ? ", cluster secret required" : "");
+
+  cl.state = calloc(cl.n + 1, 1);
+  cl.release_started = calloc(cl.n + 1, sizeof *cl.release_started);
+  cl.owner = malloc(sizeof *cl.owner * (cl.n + 1));
+  for (uint32_t s = 0; s <= cl.n; s++) cl.owner[s] = -1;
+  cluster_held = calloc(cl.n + 1, 1);
+  cluster_on = 1;
+  timer_entry_init(&cl.refresh_timer, cluster__refresh_fire);
+  timer_entry_init(&cl.fence_timer, cluster__fence_fire);
+  timer_entry_init(&cl.tick_timer, cluster__tick_fire);
+  timer_entry_init(&cl.poll_timer, cluster__poll_fire);
+  timer_add(&cl.refresh_timer, sched_now() + cl.lease / 4);
+  timer_add(&cl.tick_timer, sched_now() + 100);
+  timer_add(&cl.poll_timer, sched_now() + 100);
+  if (coord_open(loop, &cc, cl.self_id) != 0) {
+    snprintf(err, errlen, "cannot open PostgreSQL connections");
+    return -1;
+  }
+  log_info("cluster: registered as runner %" PRId64 " (%s), %u shards, lease %" PRIu64 " ms, tables '%s*'",
+           cl.self_id, cl.address, cl.n, cl.lease, cfg->prefix);
+  return 0;
+}
+
+void cluster_close(void) {
+  if (!cluster_on) return;
+  cluster_on = 0; /* callbacks of the closing sessions change nothing now */
+  timer_cancel(&cl.refresh_timer);
+  timer_cancel(&cl.fence_timer);
+  timer_cancel(&cl.tick_timer);
+  timer_cancel(&cl.poll_timer);
+  coord_close();
+  tp_shutdown();
+  cluster__free_members(cl.members, cl.nmembers);
+  cl.members = NULL;
+  cl.nmembers = 0;
+  free(cl.state);
+  free(cl.release_started);
+  free(cl.owner);
+  free(cluster_held);
+  free(cl.address);
+  cluster_held = NULL;
+}
+
+/* ---------------------------------------------------------------------------
+ * Routing and visibility
+ * ------------------------------------------------------------------------- */
+
+route_t cluster_route(uint32_t shard, tp_peer_t **peer) {
+  if (cl.state[shard] == S_HELD && cluster_serving(shard)) return ROUTE_LOCAL;
+  int o = cl.owner[shard];
+  if (o < 0) return ROUTE_HOLD;
+  if (o == cl.self_index) return ROUTE_HOLD_MINE;
+  *peer = cl.members[o].peer;
+  return *peer ? ROUTE_REMOTE : ROUTE_HOLD;
+}
+
+static const char *cluster__state_name(uint8_t s) {
+  switch (s) {
+  case S_ACQUIRING: return "acquiring";
+  case S_HELD: return "held";
+  case S_RELEASING: return "releasing";
+  case S_UNLOCKING: return "unlocking";
+  default: return "none";
+  }
+}
+
+/* Shards as ranges: [[1,4],[9,9]]. */
+static void cluster__ranges(buf_t *b, int (*pick)(uint32_t s, int arg), int arg) {
+  buf_addc(b, '[');
+  int first = 1;
+  for (uint32_t s = 1; s <= cl.n; s++) {
+    if (!pick(s, arg)) continue;
+    uint32_t e = s;
+    while (e + 1 <= cl.n && pick(e + 1, arg)) e++;
+    buf_printf(b, first ? "[%u,%u]" : ",[%u,%u]", s, e);
+    first = 0;
+    s = e;
+  }
+  buf_addc(b, ']');
+}
+
+static int cluster__owned_by(uint32_t s, int idx) { return cl.owner[s] == idx; }
+static int cluster__in_state(uint32_t s, int st) { return cl.state[s] == st; }
+
+void cluster_json_info(buf_t *b) {
+  uint64_t now = cluster_mono_ms();
+  buf_printf(b, "{\"mode\":\"postgres\",\"self\":");
+  buf_add_json_str(b, cl.address, strlen(cl.address));
+  buf_printf(b, ",\"self_id\":%" PRId64 ",\"lease_ms\":%" PRIu64 ",\"lease_left_ms\":%" PRIu64
+                ",\"lock_session\":%s,\"membership_session\":%s,\"leaving\":%s",
+             cl.self_id, cl.lease, cluster_safe_until > now ? cluster_safe_until - now : 0,
+             cl.lock_up && cl.member_locked ? "\"up\"" : "\"down\"", cl.main_up ? "\"up\"" : "\"down\"",
+             cl.leaving ? "true" : "false");
+  const router_stats_t *rs = router_stats();
+  buf_printf(b, ",\"held_messages\":%" PRIu64 "}", rs->held);
+}
+
+void cluster_json_runners(buf_t *b) {
+  buf_addc(b, '[');
+  for (int i = 0; i < cl.nmembers; i++) {
+    member_t *m = &cl.members[i];
+    uint32_t assigned = 0;
+    for (uint32_t s = 1; s <= cl.n; s++) assigned += cl.owner[s] == i;
+    int self = i == cl.self_index;
+    if (i) buf_addc(b, ',');
+    buf_printf(b, "{\"id\":%" PRId64 ",\"address\":", m->id);
+    buf_add_json_str(b, m->address, strlen(m->address));
+    buf_adds(b, ",\"http\":");
+    buf_add_json_str(b, m->http, strlen(m->http));
+    buf_printf(b, ",\"weight\":%u,\"self\":%s,\"healthy\":%s,\"status\":\"%s\",\"heartbeat_age_ms\":%" PRId64
+                  ",\"shards\":%u,\"shards_assigned\":%u,\"connected\":%s",
+               m->weight, self ? "true" : "false", m->stopping ? "false" : "true",
+               m->stopping ? "leaving" : "serving", m->heartbeat_age_ms, self ? cluster__count(S_HELD) : m->held,
+               assigned, self ? "true" : (m->peer && tp_peer_ready(m->peer) ? "true" : "false"));
+    if (self) buf_printf(b, ",\"active\":%" PRIu64, em_active_total());
+    buf_addc(b, '}');
+  }
+  buf_addc(b, ']');
+}
+
+void cluster_json_shards(buf_t *b) {
+  buf_printf(b, "{\"count\":%u,\"owners\":[", cl.n);
+  for (int i = 0; i < cl.nmembers; i++) {
+    if (i) buf_addc(b, ',');
+    buf_adds(b, "{\"runner\":");
+    buf_add_json_str(b, cl.members[i].address, strlen(cl.members[i].address));
+    buf_adds(b, ",\"ranges\":");
+    cluster__ranges(b, cluster__owned_by, i);
+    buf_addc(b, '}');
+  }
+  buf_adds(b, "],\"here\":{");
+  static const uint8_t states[] = {S_HELD, S_ACQUIRING, S_RELEASING, S_UNLOCKING};
+  for (size_t k = 0; k < sizeof states; k++) {
+    buf_printf(b, "%s\"%s\":", k ? "," : "", cluster__state_name(states[k]));
+    cluster__ranges(b, cluster__in_state, states[k]);
+  }
+  buf_adds(b, "}}");
+}
+
+void cluster_metrics(buf_t *b) {
+  const tp_stats_t *t = tp_stats();
+  const router_stats_t *rs = router_stats();
+  buf_printf(b,
+             "# TYPE luster_cluster_runners gauge\nluster_cluster_runners %d\n"
+             "# TYPE luster_shards_held gauge\nluster_shards_held %u\n"
+             "# TYPE luster_shards_releasing gauge\nluster_shards_releasing %u\n"
+             "# TYPE luster_lease_refreshes_total counter\nluster_lease_refreshes_total %" PRIu64 "\n"
+             "# TYPE luster_lease_failures_total counter\nluster_lease_failures_total %" PRIu64 "\n"
+             "# TYPE luster_lease_fences_total counter\nluster_lease_fences_total %" PRIu64 "\n"
+             "# TYPE luster_lease_refresh_ms gauge\nluster_lease_refresh_ms %" PRIu64 "\n"
+             "# TYPE luster_lease_refresh_max_ms gauge\nluster_lease_refresh_max_ms %" PRIu64 "\n"
+             "# TYPE luster_shards_acquired_total counter\nluster_shards_acquired_total %" PRIu64 "\n"
+             "# TYPE luster_shards_released_total counter\nluster_shards_released_total %" PRIu64 "\n"
+             "# TYPE luster_membership_changes_total counter\nluster_membership_changes_total %" PRIu64 "\n"
+             "# TYPE luster_transport_connections gauge\nluster_transport_connections{direction=\"in\"} %" PRIu64
+             "\nluster_transport_connections{direction=\"out\"} %" PRIu64 "\n"
+             "# TYPE luster_transport_requests_total counter\nluster_transport_requests_total{direction=\"in\"} %" PRIu64
+             "\nluster_transport_requests_total{direction=\"out\"} %" PRIu64 "\n"
+             "# TYPE luster_transport_auth_failures_total counter\nluster_transport_auth_failures_total %" PRIu64 "\n"
+             "# TYPE luster_transport_protocol_errors_total counter\nluster_transport_protocol_errors_total %" PRIu64
+             "\n"
+             "# TYPE luster_router_forwarded_total counter\nluster_router_forwarded_total %" PRIu64 "\n"
+             "# TYPE luster_router_reroutes_total counter\nluster_router_reroutes_total %" PRIu64 "\n"
+             "# TYPE luster_router_not_owner_total counter\nluster_router_not_owner_total %" PRIu64 "\n"
+             "# TYPE luster_router_held_messages gauge\nluster_router_held_messages %" PRIu64 "\n"
+             "# TYPE luster_handoff_snapshots_total counter\nluster_handoff_snapshots_total %" PRIu64 "\n",
+             cl.nmembers, cluster__count(S_HELD), cluster__count(S_RELEASING), cl.lease_refreshes,
+             cl.lease_failures, cl.fences, cl.last_refresh_ms, cl.max_refresh_ms, cl.acquired_total,
+             cl.released_total, cl.membership_changes, t->conns_in, t->conns_out, t->requests_in, t->requests_out,
+             t->auth_failures, t->protocol_errors, rs->forwarded, rs->reroutes, rs->not_owner, rs->held,
+             rs->handoffs);
+}

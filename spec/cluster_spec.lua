@@ -1,0 +1,396 @@
+-- Cluster specs: several runners on loopback over one throwaway PostgreSQL.
+-- Each spec gets its own database (so its own cluster) and stops only the
+-- runners it started.
+local H = require "support.helpers"
+local PG = require "support.pg"
+local socket = require "socket"
+
+local FIXTURES = H.root .. "/spec/fixtures/cluster"
+local SHARDS = 64
+local LEASE = "2s"
+
+local pg
+local dbs = 0
+
+local function free_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+-- A fresh cluster: a database of its own. Returns a function that starts a
+-- runner in it.
+local function new_cluster(opts)
+  opts = opts or {}
+  dbs = dbs + 1
+  local url = pg:create_db("c" .. dbs)
+  local started = {}
+  local function start(extra)
+    extra = extra or {}
+    local port = free_port()
+    local args = string.format("--storage %s --listen 127.0.0.1:%d --shards %d --lease %s --max-idle 60s %s %s",
+      url, port, extra.shards or opts.shards or SHARDS, opts.lease or LEASE, opts.args or "", extra.args or "")
+    local r = H.start(FIXTURES, { args = args, env = extra.env or opts.env, wait = extra.wait })
+    r.address = "127.0.0.1:" .. port
+    started[#started + 1] = r
+    return r
+  end
+  local function stop_all()
+    for _, r in ipairs(started) do
+      if r.pid and H.alive(r.pid) then
+        r:kill("CONT")
+        r:stop(5)
+      end
+    end
+  end
+  return start, stop_all, url
+end
+
+-- Waits until the cluster seen from r has n runners and every shard is held
+-- by its assigned runner.
+local function wait_stable(r, n, timeout)
+  return H.wait_for(n .. " runners holding every shard", timeout or 20, function()
+    local doc = r:cluster()
+    if #doc.runners ~= n then return false end
+    local held = 0
+    for _, m in ipairs(doc.runners) do
+      if m.shards ~= m.shards_assigned then return false end
+      held = held + m.shards
+    end
+    return held == doc.shards.count and doc
+  end, 0.05)
+end
+
+-- shard -> runner address, from a /cluster document.
+local function owners(doc)
+  local map = {}
+  for _, o in ipairs(doc.shards.owners) do
+    for _, range in ipairs(o.ranges) do
+      for s = range[1], range[2] do map[s] = o.runner end
+    end
+  end
+  return map
+end
+
+local function hit(r, id)
+  local status, doc = r:call("Probe", id, "Hit", {})
+  return status, type(doc) == "table" and doc.value or doc
+end
+
+-- Starts the load generator; returns a handle with :finish() -> records.
+local function load(runners, conc, nids)
+  local dir = H.tmpdir()
+  local out, stop = dir .. "/out", dir .. "/stop"
+  local urls = {}
+  for _, r in ipairs(runners) do urls[#urls + 1] = r.url end
+  local cmd = string.format("lua5.4 %s %s %s %d %d %s >%s 2>&1 & echo $!", H.sh_quote(H.root .. "/spec/support/load.lua"),
+    H.sh_quote(out), H.sh_quote(stop), conc, nids, table.concat(urls, " "), H.sh_quote(dir .. "/log"))
+  local p = io.popen(cmd)
+  local pid = tonumber(p:read("*l"))
+  p:close()
+  local L = { pid = pid, out = out, dir = dir }
+  function L.count()
+    local n = 0
+    for _ in (H.read_file(out) or ""):gmatch("[^\n]+") do n = n + 1 end
+    return n
+  end
+  function L.finish()
+    H.write_file(stop, "")
+    H.wait_for("the load generator to stop", 20, function() return not H.alive(pid) end)
+    local recs = {}
+    for line in (H.read_file(out) or ""):gmatch("[^\n]+") do
+      local sent, recv, status, id, runner, instance, at = line:match("^(%d+) (%d+) (%d+) (%S+) (%S+) (%S+) (%d+)$")
+      assert(sent, "bad load line: " .. line)
+      recs[#recs + 1] = { sent = tonumber(sent), recv = tonumber(recv), status = tonumber(status), id = id,
+                          runner = runner, instance = instance, at = tonumber(at) }
+    end
+    H.rmdir(dir)
+    return recs
+  end
+  -- Some calls done before the spec acts.
+  H.wait_for("load to start", 10, function() return L.count() > 50 end)
+  return L
+end
+
+local function failures(recs)
+  local bad = {}
+  for _, r in ipairs(recs) do
+    if r.status ~= 200 then bad[#bad + 1] = r end
+  end
+  return bad
+end
+
+local function describe_failures(bad)
+  local t = {}
+  for i = 1, math.min(5, #bad) do t[#t + 1] = string.format("%s status %d", bad[i].id, bad[i].status) end
+  return #bad .. " failed calls: " .. table.concat(t, ", ")
+end
+
+-- No two instances of one id ever served at overlapping times: the safety
+-- property of single ownership, from the handlers' own clock readings.
+local function check_single_owner(recs)
+  local spans = {}
+  for _, r in ipairs(recs) do
+    if r.status == 200 then
+      local per = spans[r.id] or {}
+      spans[r.id] = per
+      local s = per[r.instance]
+      if not s then
+        s = { first = r.at, last = r.at, runner = r.runner, instance = r.instance }
+        per[r.instance] = s
+      end
+      if r.at < s.first then s.first = r.at end
+      if r.at > s.last then s.last = r.at end
+    end
+  end
+  local checked = 0
+  for id, per in pairs(spans) do
+    local list = {}
+    for _, s in pairs(per) do list[#list + 1] = s end
+    table.sort(list, function(a, b) return a.first < b.first end)
+    for i = 2, #list do
+      local a, b = list[i - 1], list[i]
+      assert(a.last < b.first, string.format("%s served by %s (%d..%d) and %s (%d..%d) at overlapping times", id,
+        a.instance, a.first, a.last, b.instance, b.first, b.last))
+      checked = checked + 1
+    end
+  end
+  return checked
+end
+
+describe("cluster", function()
+  setup(function() pg = PG.start() end)
+  teardown(function() if pg then pg:destroy() end end)
+
+  it("serves every id from one runner, reached from any runner's gateway and from other entities", function()
+    local start, stop_all = new_cluster()
+    local ok, err = pcall(function()
+      local rs = { start(), start(), start() }
+      local doc = wait_stable(rs[1], 3)
+      assert.are.equal(3, #doc.runners)
+      local seen = {}
+      for i = 1, 60 do
+        local id = "p" .. i
+        local where
+        for _, r in ipairs(rs) do
+          local status, v = hit(r, id)
+          assert.are.equal(200, status, "call to " .. id .. " through " .. r.url)
+          where = where or v.runner
+          assert.are.equal(where, v.runner, id .. " answered from two runners")
+        end
+        seen[where] = true
+        -- An entity calling the Probe from whichever runner it lives on.
+        local status, v = rs[(i % 3) + 1]:call("Relay", "r" .. i, "Via", { target = id })
+        assert.are.equal(200, status)
+        assert.are.equal(where, v.value.runner)
+      end
+      local n = 0
+      for _ in pairs(seen) do n = n + 1 end
+      assert.are.equal(3, n, "ids should spread over all three runners")
+      -- The shard map is the same from every runner.
+      local o1 = owners(rs[1]:cluster())
+      for k = 2, 3 do assert.are.same(o1, owners(rs[k]:cluster())) end
+      -- Visibility: metrics name the cluster's state.
+      assert.are.equal(3, rs[1]:metric("luster_cluster_runners"))
+      assert.is_true(rs[1]:metric("luster_shards_held") > 0)
+      assert.is_true(rs[1]:metric("luster_lease_refreshes_total") > 0)
+      assert.is_true(rs[1]:metric("luster_router_forwarded_total") > 0)
+      local code, out = H.cli("status --url " .. rs[2].url)
+      assert.are.equal(0, code)
+      for _, r in ipairs(rs) do assert.truthy(out:find(r.address, 1, true), "status lists " .. r.address) end
+    end)
+    stop_all()
+    assert(ok, err)
+  end)
+
+  it("moves only about a quarter of the shards to a fourth runner joining under load, failing no call", function()
+    local start, stop_all = new_cluster({ args = "--call-timeout 10s" })
+    local ok, err = pcall(function()
+      local rs = { start(), start(), start() }
+      local before = owners(wait_stable(rs[1], 3))
+      local L = load(rs, 6, 200)
+      local r4 = start()
+      local after = owners(wait_stable(rs[1], 4))
+      H.wait_for("more calls after the join", 10, function() return L.count() > 500 end)
+      local recs = L.finish()
+      local bad = failures(recs)
+      assert(#bad == 0, describe_failures(bad))
+      local moved = 0
+      for s = 1, SHARDS do
+        if before[s] ~= after[s] then
+          moved = moved + 1
+          assert.are.equal(r4.address, after[s], "shard " .. s .. " moved between old runners")
+        end
+      end
+      local fraction = moved / SHARDS
+      print(string.format("\n  join: %d of %d shards moved (%.2f), %d calls, none failed", moved, SHARDS, fraction,
+        #recs))
+      assert.is_true(fraction > 0.12 and fraction < 0.40, "moved fraction " .. fraction)
+      check_single_owner(recs)
+    end)
+    stop_all()
+    assert(ok, err)
+  end)
+
+  it("hands shards over on SIGTERM under load without failing a call, and carries snapshots along", function()
+    local start, stop_all = new_cluster({ args = "--call-timeout 10s" })
+    local ok, err = pcall(function()
+      local rs = { start(), start(), start() }
+      wait_stable(rs[1], 3)
+      -- Counts that live on the leaving runner.
+      local mine = {}
+      for i = 1, 100 do
+        local status, v = hit(rs[1], "p" .. i)
+        assert.are.equal(200, status)
+        if v.runner == rs[3].address then mine[#mine + 1] = { id = "p" .. i, count = v.count } end
+      end
+      assert.is_true(#mine > 0)
+      local L = load({ rs[1], rs[2] }, 6, 100)
+      assert.is_true(rs[3]:stop(15), "the runner exits on SIGTERM")
+      wait_stable(rs[1], 2)
+      H.wait_for("calls after the hand-off", 10, function() return L.count() > 300 end)
+      local recs = L.finish()
+      local bad = failures(recs)
+      assert(#bad == 0, describe_failures(bad))
+      assert.truthy(rs[3]:log_text():find("handed over every shard", 1, true))
+      check_single_owner(recs)
+      -- The snapshot came along: counts continue rather than restart.
+      local continued = 0
+      for _, m in ipairs(mine) do
+        local status, v = hit(rs[1], m.id)
+        assert.are.equal(200, status)
+        if v.count > m.count + 1 then continued = continued + 1 end
+      end
+      assert.are.equal(#mine, continued, "every handed-over instance kept its count")
+    end)
+    stop_all()
+    assert(ok, err)
+  end)
+
+  it("serves a killed runner's ids again within about a second", function()
+    local start, stop_all = new_cluster({ args = "--call-timeout 2s" })
+    local ok, err = pcall(function()
+      local rs = { start(), start(), start() }
+      wait_stable(rs[1], 3)
+      local victims = {}
+      for i = 1, 100 do
+        local _, v = hit(rs[1], "p" .. i)
+        if v.runner == rs[3].address then victims[#victims + 1] = "p" .. i end
+      end
+      assert.is_true(#victims > 3)
+      local t0 = socket.gettime()
+      rs[3]:kill("KILL")
+      -- Every victim id answers again (from a survivor).
+      local pending = {}
+      for _, id in ipairs(victims) do pending[id] = true end
+      H.wait_for("the killed runner's ids to answer again", 15, function()
+        for id in pairs(pending) do
+          local status, v = hit(rs[(#id % 2) + 1], id)
+          if status == 200 and v.runner ~= rs[3].address then pending[id] = nil end
+        end
+        return next(pending) == nil
+      end, 0.01)
+      local took = socket.gettime() - t0
+      print(string.format("\n  kill -9 failover: %d ids served again after %.0f ms", #victims, took * 1000))
+      assert.is_true(took < 3 * H.slow, "failover took " .. took .. " s")
+      wait_stable(rs[1], 2)
+    end)
+    stop_all()
+    assert(ok, err)
+  end)
+
+  it("never lets a frozen runner serve ids it lost (SIGSTOP past the lease, then SIGCONT)", function()
+    local start, stop_all = new_cluster({ args = "--call-timeout 1s" })
+    local ok, err = pcall(function()
+      local rs = { start(), start(), start() }
+      wait_stable(rs[1], 3)
+      local L = load({ rs[1], rs[2] }, 6, 150)
+      rs[3]:kill("STOP")
+      -- The others take over once its lease has run out.
+      wait_stable(rs[1], 2, 30)
+      local n = L.count()
+      H.wait_for("calls served by the survivors", 10, function() return L.count() > n + 300 end)
+      rs[3]:kill("CONT")
+      -- It wakes, stops serving what it lost, and comes back as a member.
+      wait_stable(rs[1], 3, 30)
+      n = L.count()
+      H.wait_for("calls after it rejoined", 10, function() return L.count() > n + 300 end)
+      local recs = L.finish()
+      local checked = check_single_owner(recs)
+      assert.is_true(checked > 0, "some ids changed hands")
+      assert.truthy(rs[3]:log_text():find("stopped serving", 1, true), "the woken runner fenced its shards")
+      -- Every id answers again.
+      for i = 1, 150 do assert.are.equal(200, (hit(rs[1], "p" .. i))) end
+    end)
+    stop_all()
+    assert(ok, err)
+  end)
+
+  it("survives a PostgreSQL restart under load", function()
+    local start, stop_all = new_cluster({ args = "--call-timeout 2s" })
+    local ok, err = pcall(function()
+      local rs = { start(), start(), start() }
+      wait_stable(rs[1], 3)
+      local L = load({ rs[1], rs[2], rs[3] }, 6, 100)
+      pg:restart()
+      wait_stable(rs[1], 3, 30)
+      local n = L.count()
+      H.wait_for("calls after the restart", 15, function() return L.count() > n + 300 end)
+      local recs = L.finish()
+      check_single_owner(recs)
+      -- Calls after the cluster settled all succeed.
+      for i = 1, 100 do assert.are.equal(200, (hit(rs[(i % 3) + 1], "p" .. i)), "p" .. i) end
+    end)
+    stop_all()
+    assert(ok, err)
+  end)
+
+  it("refuses a runner whose shard count differs from the cluster's", function()
+    local start, stop_all = new_cluster()
+    local ok, err = pcall(function()
+      local r1 = start()
+      wait_stable(r1, 1)
+      local r2 = start({ shards = 32, wait = false })
+      H.wait_for("the mismatched runner to exit", 15, function() return not H.alive(r2.pid) end)
+      local text = r2:log_text()
+      assert.truthy(text:find("--shards " .. SHARDS, 1, true), text)
+      assert.truthy(text:find("--shards 32", 1, true), text)
+      assert.are.equal(200, (hit(r1, "p1")))
+    end)
+    stop_all()
+    assert(ok, err)
+  end)
+
+  it("refuses a peer with the wrong secret, and garbage on the runner port, and keeps serving", function()
+    local start, stop_all = new_cluster({ env = { LUSTER_CLUSTER_SECRET = "s3cret" } })
+    local ok, err = pcall(function()
+      local r1 = start()
+      local r2 = start()
+      wait_stable(r1, 2)
+      -- Garbage and a truncated frame on the runner port close that connection only.
+      local host, port = r1.address:match("^(.*):(%d+)$")
+      for _, junk in ipairs { "GET / HTTP/1.1\r\n\r\n", "\0\0\0\5\4abc", string.rep("\255", 64) } do
+        local c = assert(socket.connect(host, tonumber(port)))
+        c:settimeout(5)
+        c:send(junk)
+        local data, e = c:receive("*a")
+        assert.are.equal("closed", e)
+        c:close()
+      end
+      assert.is_true(r1:metric("luster_transport_auth_failures_total") + r1:metric("luster_transport_protocol_errors_total") >= 3)
+      -- A runner with another secret cannot talk to the others.
+      local before = r1:metric("luster_transport_auth_failures_total")
+      local r3 = start({ env = { LUSTER_CLUSTER_SECRET = "wrong" } })
+      H.wait_for("the wrong secret to be refused", 20, function()
+        return r1:metric("luster_transport_auth_failures_total") > before
+          or r2:metric("luster_transport_auth_failures_total") > 0
+      end)
+      r3:stop()
+      wait_stable(r1, 2)
+      for i = 1, 30 do assert.are.equal(200, (hit(r1, "p" .. i))) end
+    end)
+    stop_all()
+    assert(ok, err)
+  end)
+end)
