@@ -27,7 +27,7 @@ DEBIAN_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjs
                libpq-dev libhttp-parser-dev libssl-dev libmimalloc-dev lua-busted lua-socket postgresql curl wrk
 
 .PHONY: all deps test run asan asan-test clean bench
-all: $(BUILD)/luster $(BUILD)/luster_core.so
+all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/pgconn_check
 
 $(BUILD)/luster: $(OBJ)
 	$(CC) $(OPT) $(SANITIZE) -rdynamic -o $@ $(OBJ) $(ALLOC_LIB) $(LIBS)
@@ -51,6 +51,13 @@ $(BUILD)/obj/lua_embed.o: $(BUILD)/gen/lua_embed.c
 $(BUILD)/luster_core.so: spec/support/luster_core.c $(CORE_SRC) $(wildcard runtime/core/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ spec/support/luster_core.c $(CORE_SRC)
+
+# storage/pgconn.c on its own against a real server, for spec/pgconn_spec.lua.
+PGCHECK_SRC := spec/support/pgconn_check.c runtime/storage/pgconn.c runtime/cli/log.c \
+               runtime/core/hash.c runtime/core/heap.c runtime/core/htab.c
+$(BUILD)/pgconn_check: $(PGCHECK_SRC) $(wildcard runtime/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -o $@ $(PGCHECK_SRC) $(LIBS)
 
 deps:
 	@missing=$$(for p in $(DEBIAN_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
