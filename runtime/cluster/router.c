@@ -224,6 +224,16 @@ static void router__forward_done(void *ud, tp_status_t st, uint8_t kind, const c
     msg_finish(m, (reply_kind_t)kind, body, len);
     return;
   }
+  if (st == TP_REPLY && kind != ROUTER_NOT_OWNER) { /* too large to carry back, or unknown */
+    char text[512];
+    snprintf(text, sizeof text, "the reply from the runner serving this entity could not be carried back: %.*s",
+             (int)(len > 300 ? 300 : len), body);
+    size_t blen;
+    char *b = reply_error_body(REPLY_DEFECT, NULL, text, &blen);
+    msg_finish(m, REPLY_DEFECT, b, blen);
+    free(b);
+    return;
+  }
   if (st == TP_LOST) {
     msg_finish(m, REPLY_UNAVAILABLE,
                "{\"kind\":\"unavailable\",\"message\":\"the runner serving this entity stopped answering while it "

@@ -143,6 +143,11 @@ out:
   return rc;
 }
 
+static void coord__quiet(void *arg, const char *message) {
+  (void)arg;
+  log_debug("storage: %s", message);
+}
+
 int coord_bootstrap(const coord_config_t *cfg, int64_t *self_id, char *err, size_t errlen) {
   coord__names(cfg);
   const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
@@ -155,6 +160,7 @@ int coord_bootstrap(const coord_config_t *cfg, int64_t *self_id, char *err, size
     PQfinish(c);
     return -1;
   }
+  PQsetNoticeProcessor(c, coord__quiet, NULL); /* "already exists, skipping" and the like */
   int rc = -1;
   char *sql = NULL;
   PGresult *r = NULL;
