@@ -444,3 +444,188 @@ describe("ring_assign", function()
     assert.equal(8, total)
   end)
 end)
+
+describe("frame", function()
+  local MAX = 16 * 1024 * 1024
+  local all_bytes = {}
+  for i = 0, 255 do all_bytes[#all_bytes + 1] = string.char(i) end
+  all_bytes = table.concat(all_bytes)
+
+  local function request(over)
+    local r = {
+      corr = 42, flags = 3, timeout_ms = 5000, type = "Counter", id = "counter-123",
+      tag = "Increment", payload = '{"amount":1}', headers = '{"x-trace":"t"}',
+    }
+    for k, v in pairs(over or {}) do r[k] = v end
+    return r
+  end
+
+  local function u32(n) return string.pack(">I4", n) end
+
+  local function set_u32(s, at, n) return s:sub(1, at - 1) .. u32(n) .. s:sub(at + 4) end
+
+  it("round-trips a request, every field intact", function()
+    local r = request()
+    local s = core.frame_encode_request(r)
+    local st, f, used = core.frame_decode(s)
+    assert.equal("ok", st)
+    assert.equal(#s, used)
+    assert.equal("request", f.type_name)
+    for k, v in pairs(r) do assert.equal(v, f[k]) end
+  end)
+
+  it("round-trips a reply", function()
+    local s = core.frame_encode_reply { corr = 7, kind = 4, body = '{"kind":"not_found"}' }
+    local st, f, used = core.frame_decode(s)
+    assert.equal("ok", st)
+    assert.equal(#s, used)
+    assert.same({ type_name = "reply", corr = 7, kind = 4, body = '{"kind":"not_found"}' }, f)
+  end)
+
+  it("round-trips the handshake frames", function()
+    local nonce, proof = ("n"):rep(32), ("\0\255"):rep(16)
+    local st, f = core.frame_decode(core.frame_encode_hello { version = 1, flags = 1, nonce = nonce, cluster = "luster_/300" })
+    assert.equal("ok", st)
+    assert.same({ type_name = "hello", version = 1, flags = 1, nonce = nonce, cluster = "luster_/300" }, f)
+    st, f = core.frame_decode(core.frame_encode_auth { nonce = nonce, proof = proof, runner = "10.0.0.1:7000" })
+    assert.equal("ok", st)
+    assert.same({ type_name = "auth", nonce = nonce, proof = proof, runner = "10.0.0.1:7000" }, f)
+    st, f = core.frame_decode(core.frame_encode_auth_ok { proof = proof })
+    assert.equal("ok", st)
+    assert.same({ type_name = "auth_ok", proof = proof }, f)
+  end)
+
+  it("passes binary, empty and large byte strings through untouched", function()
+    local big = ("0123456789abcdef"):rep(65536) .. all_bytes -- 1 MiB + 256
+    for _, payload in ipairs({ "", "\0", all_bytes, big }) do
+      local r = request { payload = payload, headers = "", id = "\0id\0", tag = all_bytes }
+      local st, f = core.frame_decode(core.frame_encode_request(r))
+      assert.equal("ok", st)
+      assert.equal(payload, f.payload)
+      assert.equal("", f.headers)
+      assert.equal("\0id\0", f.id)
+      assert.equal(all_bytes, f.tag)
+    end
+    local st, f = core.frame_decode(core.frame_encode_reply { corr = 1, kind = 0, body = big })
+    assert.equal("ok", st)
+    assert.equal(big, f.body)
+  end)
+
+  it("keeps the full 64-bit correlation id and 32-bit fields", function()
+    local r = request { corr = -1, flags = 0xffffffff, timeout_ms = 0xffffffff }
+    local st, f = core.frame_decode(core.frame_encode_request(r))
+    assert.equal("ok", st)
+    assert.equal(-1, f.corr) -- 2^64-1 as a Lua integer
+    assert.equal(0xffffffff, f.flags)
+    assert.equal(0xffffffff, f.timeout_ms)
+    assert.equal(("\255"):rep(8), core.frame_encode_request(r):sub(6, 13))
+  end)
+
+  it("writes big-endian lengths and integers", function()
+    local s = core.frame_encode_reply { corr = 0x0102030405060708, kind = 9, body = "ab" }
+    assert.equal(u32(1 + 8 + 1 + 4 + 2) .. "\5" .. "\1\2\3\4\5\6\7\8" .. "\9" .. u32(2) .. "ab", s)
+  end)
+
+  it("decodes only the first of two frames and says how many bytes it used", function()
+    local a = core.frame_encode_request(request { corr = 1 })
+    local b = core.frame_encode_reply { corr = 2, kind = 0, body = "x" }
+    local st, f, used = core.frame_decode(a .. b)
+    assert.equal("ok", st)
+    assert.equal(1, f.corr)
+    assert.equal(#a, used)
+    st, f = core.frame_decode((a .. b):sub(used + 1))
+    assert.equal("ok", st)
+    assert.equal(2, f.corr)
+  end)
+
+  it("asks for more bytes on every truncation of a valid frame", function()
+    local frames = {
+      core.frame_encode_request(request()),
+      core.frame_encode_reply { corr = 1, kind = 0, body = "" },
+      core.frame_encode_hello { version = 1, flags = 0, cluster = "c" },
+      core.frame_encode_auth { runner = "" },
+      core.frame_encode_auth_ok {},
+    }
+    for _, s in ipairs(frames) do
+      for n = 0, #s - 1 do assert.equal("need_more", core.frame_decode(s:sub(1, n))) end
+      assert.equal("ok", core.frame_decode(s))
+    end
+  end)
+
+  it("refuses a frame whose fields do not fill its length exactly", function()
+    local s = core.frame_encode_request(request())
+    -- Length one short: the last string runs past the frame.
+    assert.equal("bad", core.frame_decode(set_u32(s, 1, #s - 5)))
+    -- Length one long, with the byte present: trailing garbage inside the frame.
+    assert.equal("bad", core.frame_decode(set_u32(s, 1, #s - 3) .. "x"))
+    -- A string length pointing past the frame (the type string at byte 22).
+    assert.equal("bad", core.frame_decode(set_u32(s, 22, 0xffffffff)))
+    assert.equal("bad", core.frame_decode(set_u32(s, 22, #"Counter" + 1)))
+    -- A frame too short for its fixed fields.
+    assert.equal("bad", core.frame_decode(u32(2) .. "\5\0"))
+    assert.equal("bad", core.frame_decode(u32(1) .. "\3"))
+    -- No room even for the type byte.
+    assert.equal("bad", core.frame_decode(u32(0)))
+  end)
+
+  it("refuses a length over max_frame as soon as the length is known", function()
+    assert.equal("too_large", core.frame_decode(u32(1025), 1024))
+    assert.equal("too_large", core.frame_decode(u32(0xffffffff) .. "\4"))
+    local s = core.frame_encode_reply { corr = 1, kind = 0, body = ("x"):rep(100) }
+    assert.equal("too_large", core.frame_decode(s, #s - 5))
+    assert.equal("ok", core.frame_decode(s, #s - 4)) -- the limit counts what follows the length
+  end)
+
+  it("refuses unknown frame types as soon as the type byte arrives", function()
+    for _, t in ipairs({ 0, 6, 7, 128, 255 }) do
+      assert.equal("bad", core.frame_decode(u32(10) .. string.char(t)))
+    end
+  end)
+
+  it("refuses to encode handshake frames into a buffer too small", function()
+    local h = { version = 1, flags = 0, cluster = ("c"):rep(100) }
+    local full = core.frame_encode_hello(h)
+    assert.equal(#full, #core.frame_encode_hello(h, #full))
+    assert.is_nil(core.frame_encode_hello(h, #full - 1))
+    assert.is_nil(core.frame_encode_auth({ runner = "r" }, 10))
+    assert.is_nil(core.frame_encode_auth_ok({}, 36))
+    assert.equal(37, #core.frame_encode_auth_ok({}, 37))
+  end)
+
+  it("survives random bytes and mutated frames with a valid status", function()
+    math.randomseed(20261124)
+    local valid = {
+      core.frame_encode_request(request()),
+      core.frame_encode_reply { corr = 5, kind = 1, body = "body" },
+      core.frame_encode_hello { version = 1, flags = 1, cluster = "luster" },
+      core.frame_encode_auth { runner = "127.0.0.1:1" },
+      core.frame_encode_auth_ok {},
+    }
+    local statuses = { ok = true, need_more = true, too_large = true, bad = true }
+    local function check(s, max)
+      local st, f, used = core.frame_decode(s, max)
+      assert.is_true(statuses[st], st)
+      if st == "ok" then
+        assert.is_table(f)
+        assert.is_true(used >= 5 and used <= #s)
+      end
+    end
+    for _ = 1, 3000 do
+      -- Pure noise, biased towards short lengths so some parse further.
+      local n = math.random(0, 64)
+      local b = {}
+      for i = 1, n do b[i] = string.char(math.random(0, 255)) end
+      local noise = table.concat(b)
+      check(noise, 1024)
+      check("\0\0\0" .. noise, 1024)
+      -- A valid frame with one to four bytes changed, cut anywhere.
+      local s = valid[math.random(#valid)]
+      for _ = 1, math.random(4) do
+        local at = math.random(#s)
+        s = s:sub(1, at - 1) .. string.char(math.random(0, 255)) .. s:sub(at + 1)
+      end
+      check(s, 1024)
+      check(s:sub(1, math.random(0, #s)), 1024)
+    end
+  end)
+end)

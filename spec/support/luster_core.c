@@ -8,6 +8,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "core/frame.h"
 #include "core/hash.h"
 #include "core/parse.h"
 #include "core/ring.h"
@@ -177,6 +178,191 @@ static int core_ring_assign(lua_State *L) {
   return 1;
 }
 
+/* --- frames --------------------------------------------------------------- */
+
+/* Field helpers for the frame_encode_* tables: a missing field is 0 or "". */
+static uint64_t core_field_int(lua_State *L, const char *name, uint64_t max) {
+  lua_getfield(L, 1, name);
+  lua_Integer v = lua_isnil(L, -1) ? 0 : luaL_checkinteger(L, -1);
+  lua_pop(L, 1);
+  /* corr is a full u64: negative integers stand for the values past 2^63. */
+  if (max != UINT64_MAX && (v < 0 || (uint64_t)v > max)) luaL_error(L, "frame field %s out of range", name);
+  return (uint64_t)v;
+}
+
+/* The string stays referenced by the table at argument 1, so the pointer
+ * outlives the call. */
+static frame_str_t core_field_str(lua_State *L, const char *name) {
+  size_t n = 0;
+  lua_getfield(L, 1, name);
+  const char *s = lua_isnil(L, -1) ? "" : luaL_checklstring(L, -1, &n);
+  lua_pop(L, 1);
+  if (n > UINT32_MAX) luaL_error(L, "frame field %s too long", name);
+  return (frame_str_t){s, (uint32_t)n};
+}
+
+static void core_field_fixed(lua_State *L, const char *name, uint8_t *out, size_t n) {
+  size_t len = 0;
+  lua_getfield(L, 1, name);
+  const char *s = lua_isnil(L, -1) ? NULL : luaL_checklstring(L, -1, &len);
+  if (s && len != n) luaL_error(L, "frame field %s must be %d bytes", name, (int)n);
+  if (s) memcpy(out, s, n); else memset(out, 0, n);
+  lua_pop(L, 1);
+}
+
+/* frame_encode_request{corr=, flags=, timeout_ms=, type=, id=, tag=,
+ * payload=, headers=} -> string */
+static int core_frame_encode_request(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  frame_request_t r;
+  r.corr = core_field_int(L, "corr", UINT64_MAX);
+  r.flags = (uint32_t)core_field_int(L, "flags", UINT32_MAX);
+  r.timeout_ms = (uint32_t)core_field_int(L, "timeout_ms", UINT32_MAX);
+  r.type = core_field_str(L, "type");
+  r.id = core_field_str(L, "id");
+  r.tag = core_field_str(L, "tag");
+  r.payload = core_field_str(L, "payload");
+  r.headers = core_field_str(L, "headers");
+  size_t size = frame_request_size(&r);
+  uint8_t *out = lua_newuserdatauv(L, size, 0);
+  size_t n = frame_encode_request(out, &r);
+  if (n == 0) return luaL_error(L, "request frame too large to encode");
+  lua_pushlstring(L, (const char *)out, n);
+  return 1;
+}
+
+/* frame_encode_reply{corr=, kind=, body=} -> string */
+static int core_frame_encode_reply(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  frame_reply_t r;
+  r.corr = core_field_int(L, "corr", UINT64_MAX);
+  r.kind = (uint8_t)core_field_int(L, "kind", UINT8_MAX);
+  r.body = core_field_str(L, "body");
+  size_t size = frame_reply_size(&r);
+  uint8_t *out = lua_newuserdatauv(L, size, 0);
+  size_t n = frame_encode_reply(out, &r);
+  if (n == 0) return luaL_error(L, "reply frame too large to encode");
+  lua_pushlstring(L, (const char *)out, n);
+  return 1;
+}
+
+/* The handshake encoders take an optional capacity (default 512) so the
+ * specs can see them refuse a buffer that is too small: nil then. */
+static int core_push_encoded(lua_State *L, const uint8_t *out, size_t n) {
+  if (n == 0) lua_pushnil(L); else lua_pushlstring(L, (const char *)out, n);
+  return 1;
+}
+
+static size_t core_cap(lua_State *L, int arg) {
+  lua_Integer cap = luaL_optinteger(L, arg, 512);
+  luaL_argcheck(L, cap >= 0 && cap <= (1 << 20), arg, "capacity out of range");
+  return (size_t)cap;
+}
+
+/* frame_encode_hello({version=, flags=, nonce=, cluster=} [, cap]) -> string | nil */
+static int core_frame_encode_hello(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  size_t cap = core_cap(L, 2);
+  frame_hello_t h;
+  h.version = (uint8_t)core_field_int(L, "version", UINT8_MAX);
+  h.flags = (uint8_t)core_field_int(L, "flags", UINT8_MAX);
+  core_field_fixed(L, "nonce", h.nonce, FRAME_NONCE);
+  h.cluster = core_field_str(L, "cluster");
+  uint8_t *out = lua_newuserdatauv(L, cap ? cap : 1, 0);
+  return core_push_encoded(L, out, frame_encode_hello(out, cap, &h));
+}
+
+/* frame_encode_auth({nonce=, proof=, runner=} [, cap]) -> string | nil */
+static int core_frame_encode_auth(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  size_t cap = core_cap(L, 2);
+  frame_auth_t a;
+  core_field_fixed(L, "nonce", a.nonce, FRAME_NONCE);
+  core_field_fixed(L, "proof", a.proof, FRAME_PROOF);
+  a.runner = core_field_str(L, "runner");
+  uint8_t *out = lua_newuserdatauv(L, cap ? cap : 1, 0);
+  return core_push_encoded(L, out, frame_encode_auth(out, cap, &a));
+}
+
+/* frame_encode_auth_ok({proof=} [, cap]) -> string | nil */
+static int core_frame_encode_auth_ok(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  size_t cap = core_cap(L, 2);
+  frame_auth_ok_t a;
+  core_field_fixed(L, "proof", a.proof, FRAME_PROOF);
+  uint8_t *out = lua_newuserdatauv(L, cap ? cap : 1, 0);
+  return core_push_encoded(L, out, frame_encode_auth_ok(out, cap, &a));
+}
+
+static void core_set_str(lua_State *L, const char *name, frame_str_t s) {
+  lua_pushlstring(L, s.p, s.n);
+  lua_setfield(L, -2, name);
+}
+
+static void core_set_int(lua_State *L, const char *name, uint64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, name);
+}
+
+static void core_set_bytes(lua_State *L, const char *name, const uint8_t *p, size_t n) {
+  lua_pushlstring(L, (const char *)p, n);
+  lua_setfield(L, -2, name);
+}
+
+static void core_push_frame(lua_State *L, const frame_t *f) {
+  static const char *const names[] = {"?", "hello", "auth", "auth_ok", "request", "reply"};
+  lua_createtable(L, 0, 10);
+  lua_pushstring(L, names[f->type <= FRAME_REPLY ? f->type : 0]);
+  lua_setfield(L, -2, "type_name");
+  switch (f->type) {
+  case FRAME_HELLO:
+    core_set_int(L, "version", f->u.hello.version);
+    core_set_int(L, "flags", f->u.hello.flags);
+    core_set_bytes(L, "nonce", f->u.hello.nonce, FRAME_NONCE);
+    core_set_str(L, "cluster", f->u.hello.cluster);
+    break;
+  case FRAME_AUTH:
+    core_set_bytes(L, "nonce", f->u.auth.nonce, FRAME_NONCE);
+    core_set_bytes(L, "proof", f->u.auth.proof, FRAME_PROOF);
+    core_set_str(L, "runner", f->u.auth.runner);
+    break;
+  case FRAME_AUTH_OK: core_set_bytes(L, "proof", f->u.auth_ok.proof, FRAME_PROOF); break;
+  case FRAME_REQUEST:
+    core_set_int(L, "corr", f->u.request.corr);
+    core_set_int(L, "flags", f->u.request.flags);
+    core_set_int(L, "timeout_ms", f->u.request.timeout_ms);
+    core_set_str(L, "type", f->u.request.type);
+    core_set_str(L, "id", f->u.request.id);
+    core_set_str(L, "tag", f->u.request.tag);
+    core_set_str(L, "payload", f->u.request.payload);
+    core_set_str(L, "headers", f->u.request.headers);
+    break;
+  case FRAME_REPLY:
+    core_set_int(L, "corr", f->u.reply.corr);
+    core_set_int(L, "kind", f->u.reply.kind);
+    core_set_str(L, "body", f->u.reply.body);
+    break;
+  }
+}
+
+/* frame_decode(s [, max_frame]) -> status, fields | nil, used | nil.
+ * status is frame_status_name's word; fields and used only for "ok".
+ * max_frame defaults to 16 MiB. */
+static int core_frame_decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lua_Integer max = luaL_optinteger(L, 2, 16 << 20);
+  luaL_argcheck(L, max >= 0, 2, "max_frame must not be negative");
+  frame_t f;
+  size_t used = 0;
+  frame_status_t st = frame_decode((const uint8_t *)s, n, (size_t)max, &f, &used);
+  lua_pushstring(L, frame_status_name(st));
+  if (st != FRAME_OK) return 1;
+  core_push_frame(L, &f);
+  lua_pushinteger(L, (lua_Integer)used);
+  return 3;
+}
+
 static const luaL_Reg core_funcs[] = {
   {"hash", core_hash},
   {"shard", core_shard},
@@ -187,6 +373,12 @@ static const luaL_Reg core_funcs[] = {
   {"url_segments", core_url_segments},
   {"query_get", core_query_get},
   {"ring_assign", core_ring_assign},
+  {"frame_encode_request", core_frame_encode_request},
+  {"frame_encode_reply", core_frame_encode_reply},
+  {"frame_encode_hello", core_frame_encode_hello},
+  {"frame_encode_auth", core_frame_encode_auth},
+  {"frame_encode_auth_ok", core_frame_encode_auth_ok},
+  {"frame_decode", core_frame_decode},
   {NULL, NULL},
 };
 
