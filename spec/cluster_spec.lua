@@ -369,11 +369,12 @@ describe("cluster", function()
       local r1 = start()
       local r2 = start()
       wait_stable(r1, 2)
-      -- Garbage and a truncated frame on the runner port close that connection only.
+      -- Garbage, an oversized length and a truncated request sent before
+      -- authenticating each close that connection only.
       local host, port = r1.address:match("^(.*):(%d+)$")
       for _, junk in ipairs { "GET / HTTP/1.1\r\n\r\n", "\0\0\0\5\4abc", string.rep("\255", 64) } do
         local c = assert(socket.connect(host, tonumber(port)))
-        c:settimeout(5)
+        c:settimeout(15) -- a truncated frame waits for the handshake timeout (5 s)
         c:send(junk)
         -- The server's greeting may come first; then the connection closes.
         local e
@@ -385,13 +386,22 @@ describe("cluster", function()
         c:close()
       end
       assert.is_true(r1:metric("luster_transport_auth_failures_total") + r1:metric("luster_transport_protocol_errors_total") >= 3)
-      -- A runner with another secret cannot talk to the others.
-      local before = r1:metric("luster_transport_auth_failures_total")
-      local r3 = start({ env = { LUSTER_CLUSTER_SECRET = "wrong" } })
-      H.wait_for("the wrong secret to be refused", 20, function()
-        return r1:metric("luster_transport_auth_failures_total") > before
-          or r2:metric("luster_transport_auth_failures_total") > 0
-      end)
+      -- A runner with another secret cannot talk to the others: what it
+      -- sends them is refused at the handshake, and its calls fail at their
+      -- deadline instead of reaching the owner.
+      local before = r1:metric("luster_transport_auth_failures_total") + r2:metric("luster_transport_auth_failures_total")
+      local r3 = start({ env = { LUSTER_CLUSTER_SECRET = "wrong" }, args = "--call-timeout 500ms" })
+      wait_stable(r1, 3)
+      local refused = 0
+      for i = 1, 20 do
+        local status, v = hit(r3, "p" .. i)
+        if status ~= 200 then refused = refused + 1
+        else assert.are.equal(r3.address, v.runner, "only its own ids answer") end
+      end
+      assert.is_true(refused > 0)
+      local after = r1:metric("luster_transport_auth_failures_total") + r2:metric("luster_transport_auth_failures_total")
+      assert.is_true(after > before, "the peers counted the refused handshakes")
+      assert.truthy(r3:log_text():find("secret", 1, true), "the refused runner says why")
       r3:stop()
       wait_stable(r1, 2)
       for i = 1, 30 do assert.are.equal(200, (hit(r1, "p" .. i))) end
