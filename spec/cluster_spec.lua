@@ -32,7 +32,7 @@ local function new_cluster(opts)
     local port = free_port()
     local args = string.format("--storage %s --listen 127.0.0.1:%d --shards %d --lease %s --max-idle 60s %s %s",
       url, port, extra.shards or opts.shards or SHARDS, opts.lease or LEASE, opts.args or "", extra.args or "")
-    local r = H.start(FIXTURES, { args = args, env = extra.env or opts.env, wait = extra.wait })
+    local r = H.start(extra.dir or FIXTURES, { args = args, env = extra.env or opts.env, wait = extra.wait })
     r.address = "127.0.0.1:" .. port
     started[#started + 1] = r
     return r
@@ -344,6 +344,40 @@ describe("cluster", function()
       for i = 1, 100 do assert.are.equal(200, (hit(rs[(i % 3) + 1], "p" .. i)), "p" .. i) end
     end)
     stop_all()
+    assert(ok, err)
+  end)
+
+  it("shows, on every runner, which script version each runner serves", function()
+    local start, stop_all = new_cluster()
+    local dirs = {}
+    local ok, err = pcall(function()
+      for i = 1, 2 do
+        dirs[i] = H.tmpdir()
+        os.execute(string.format("cp %s/*.lua %s/", FIXTURES, dirs[i]))
+      end
+      local r1, r2 = start({ dir = dirs[1] }), start({ dir = dirs[2] })
+      wait_stable(r1, 2)
+      local function versions(from)
+        local v = {}
+        for _, m in ipairs(from:cluster().runners) do v[m.address] = m.scripts["probe.lua"] end
+        return v
+      end
+      local v = H.wait_for("both runners' versions", 10, function()
+        local x = versions(r1)
+        return x[r1.address] and x[r2.address] and x
+      end)
+      assert.are.equal(v[r1.address], v[r2.address])
+      -- Edit the script on one runner only: the other sees the new version there.
+      H.write_file(dirs[2] .. "/probe.lua", H.read_file(dirs[2] .. "/probe.lua") .. "\n-- edited\n")
+      local after = H.wait_for("r2's new version, seen from r1", 10, function()
+        local x = versions(r1)
+        return x[r2.address] ~= v[r2.address] and x
+      end)
+      assert.are.equal(v[r1.address], after[r1.address])
+      assert.are.same(after, versions(r2))
+    end)
+    stop_all()
+    for _, d in ipairs(dirs) do H.rmdir(d) end
     assert(ok, err)
   end)
 

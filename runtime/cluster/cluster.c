@@ -38,7 +38,7 @@ uint64_t cluster_safe_until;
 
 typedef struct {
   int64_t id;
-  char *address, *http;
+  char *address, *http, *scripts;
   uint32_t weight, held;
   int stopping;
   int64_t heartbeat_age_ms;
@@ -262,6 +262,7 @@ static void cluster__free_members(member_t *m, int n) {
   for (int i = 0; i < n; i++) {
     free(m[i].address);
     free(m[i].http);
+    free(m[i].scripts);
   }
   free(m);
 }
@@ -315,6 +316,10 @@ static void cluster__members_done(void *ud, int ok, coord_member_t *m, int n) {
       for (int i = 0; i < n; i++) {
         cl.members[i].held = m[i].held;
         cl.members[i].heartbeat_age_ms = m[i].heartbeat_age_ms;
+        if (strcmp(m[i].scripts, cl.members[i].scripts) != 0) {
+          free(cl.members[i].scripts);
+          cl.members[i].scripts = strdup(m[i].scripts);
+        }
         if (m[i].http[0] && strcmp(m[i].http, cl.members[i].http) != 0) {
           free(cl.members[i].http);
           cl.members[i].http = strdup(m[i].http);
@@ -327,6 +332,7 @@ static void cluster__members_done(void *ud, int ok, coord_member_t *m, int n) {
         nm[i].id = m[i].id;
         nm[i].address = strdup(m[i].address);
         nm[i].http = strdup(m[i].http);
+        nm[i].scripts = strdup(m[i].scripts);
         nm[i].weight = m[i].weight;
         nm[i].held = m[i].held;
         nm[i].stopping = m[i].stopping;
@@ -386,6 +392,21 @@ static void cluster__heartbeat_done(void *ud, int ok, const char *err) {
   if (!ok) log_debug("cluster: heartbeat failed: %s", err);
 }
 
+/* "file\tversion\n" for every script this runner serves. */
+static char *cluster__scripts_text(void) {
+  buf_t b;
+  buf_init(&b);
+  for (script_t *sc = host_scripts(); sc; sc = sc->next) buf_printf(&b, "%s\t%s\n", sc->file, sc->error ? "error" : sc->version);
+  if (!b.data) buf_adds(&b, "");
+  return buf_steal(&b, NULL);
+}
+
+static void cluster__heartbeat(void) {
+  char *scripts = cluster__scripts_text();
+  coord_heartbeat(cl.leaving, cluster__count(S_HELD), scripts, 2000, cluster__heartbeat_done, NULL);
+  free(scripts);
+}
+
 static void cluster__poll_fire(timer_entry_t *t) {
   static unsigned ticks;
   uint64_t now = sched_now();
@@ -396,7 +417,7 @@ static void cluster__poll_fire(timer_entry_t *t) {
   ticks++;
   if (fast || ticks % 5 == 0) cluster__read_members();
   if (ticks % 10 == 0 && cl.main_up && !cl.unregistering)
-    coord_heartbeat(cl.leaving, cluster__count(S_HELD), 2000, cluster__heartbeat_done, NULL);
+    cluster__heartbeat();
 }
 
 static void cluster__main_state(int up, const char *why) {
@@ -404,7 +425,7 @@ static void cluster__main_state(int up, const char *why) {
   cl.main_up = up;
   if (up) {
     cl.members_busy = 0;
-    coord_heartbeat(cl.leaving, cluster__count(S_HELD), 2000, cluster__heartbeat_done, NULL);
+    cluster__heartbeat();
     cluster__read_members();
   } else {
     cl.members_busy = 0;
@@ -631,7 +652,7 @@ void cluster_leave(void) {
   cl.leaving = 1;
   log_info("cluster: leaving: handing %u shard%s to the other runners", cluster__count(S_HELD),
            cluster__count(S_HELD) == 1 ? "" : "s");
-  if (cl.main_up) coord_heartbeat(1, cluster__count(S_HELD), 2000, cluster__heartbeat_done, NULL);
+  if (cl.main_up) cluster__heartbeat();
   coord_notify("leaving");
   cluster__assign();
   cluster__reconcile();
@@ -823,7 +844,24 @@ void cluster_json_runners(buf_t *b) {
                m->stopping ? "leaving" : "serving", m->heartbeat_age_ms, self ? cluster__count(S_HELD) : m->held,
                assigned, self ? "true" : (m->peer && tp_peer_ready(m->peer) ? "true" : "false"));
     if (self) buf_printf(b, ",\"active\":%" PRIu64, em_active_total());
-    buf_addc(b, '}');
+    buf_adds(b, ",\"scripts\":{");
+    char *own = self ? cluster__scripts_text() : NULL;
+    const char *text = self ? own : m->scripts ? m->scripts : "";
+    int first = 1;
+    for (const char *line = text; *line;) {
+      const char *tab = strchr(line, '\t'), *nl = strchr(line, '\n');
+      if (!nl) nl = line + strlen(line);
+      if (tab && tab < nl) {
+        if (!first) buf_addc(b, ',');
+        first = 0;
+        buf_add_json_str(b, line, (size_t)(tab - line));
+        buf_addc(b, ':');
+        buf_add_json_str(b, tab + 1, (size_t)(nl - tab - 1));
+      }
+      line = *nl ? nl + 1 : nl;
+    }
+    free(own);
+    buf_adds(b, "}}");
   }
   buf_addc(b, ']');
 }

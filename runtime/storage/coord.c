@@ -26,6 +26,8 @@ static const char *const coord_migrations[] = {
     " held integer NOT NULL DEFAULT 0,"
     " started_at timestamptz NOT NULL DEFAULT now(),"
     " heartbeat_at timestamptz NOT NULL DEFAULT now())",
+    /* 2: the script versions each runner serves ("file\tversion" lines). */
+    "ALTER TABLE %1$srunners ADD COLUMN IF NOT EXISTS scripts text NOT NULL DEFAULT ''",
 };
 #define COORD_NMIGRATIONS (int)(sizeof coord_migrations / sizeof coord_migrations[0])
 
@@ -240,15 +242,16 @@ int coord_open(uv_loop_t *loop, const coord_config_t *cfg, int64_t self_id) {
       "SELECT r.id, r.address, r.http, r.weight, r.shards, r.stopping,"
       " (extract(epoch from (now() - r.heartbeat_at)) * 1000)::bigint,"
       " (SELECT count(*) FROM pg_locks s WHERE s.locktype = 'advisory' AND s.classid = $2::oid"
-      "   AND s.objsubid = 2 AND s.granted AND s.pid = m.pid)"
+      "   AND s.objsubid = 2 AND s.granted AND s.pid = m.pid), r.scripts"
       " FROM %1$srunners r JOIN pg_locks m ON " COORD_MEMBER_LOCK " ORDER BY r.id",
       co.prefix);
   /* An upsert: a runner frozen long enough for its row to be cleaned away
    * comes back with the same id. */
   co.sql_heartbeat = coord__fmt(
-      "INSERT INTO %1$srunners (id, address, http, weight, shards, stopping, held)"
-      " VALUES ($1::bigint, $2, $3, $4::int, $5::int, $6::boolean, $7::int)"
-      " ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopping = EXCLUDED.stopping, held = EXCLUDED.held",
+      "INSERT INTO %1$srunners (id, address, http, weight, shards, stopping, held, scripts)"
+      " VALUES ($1::bigint, $2, $3, $4::int, $5::int, $6::boolean, $7::int, $8)"
+      " ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopping = EXCLUDED.stopping, held = EXCLUDED.held,"
+      " scripts = EXCLUDED.scripts",
       co.prefix);
   co.sql_unregister = coord__fmt("DELETE FROM %1$srunners WHERE id = $1::bigint", co.prefix);
   co.sql_cleanup = coord__fmt("DELETE FROM %1$srunners r WHERE r.heartbeat_at < now() - interval '10 minutes'"
@@ -405,6 +408,7 @@ static void coord__members_done(void *ud, pgc_status_t st, PGresult *res, const 
     m[i].stopping = PQgetvalue(res, i, 5)[0] == 't';
     m[i].heartbeat_age_ms = strtoll(PQgetvalue(res, i, 6), NULL, 10);
     m[i].held = (uint32_t)strtoul(PQgetvalue(res, i, 7), NULL, 10);
+    m[i].scripts = strdup(PQgetvalue(res, i, 8));
   }
   ((void (*)(void *, int, coord_member_t *, int))r->fn)(r->ud, st == PGC_OK, m, n);
   free(r);
@@ -421,6 +425,7 @@ void coord_free_members(coord_member_t *m, int n) {
   for (int i = 0; i < n; i++) {
     free(m[i].address);
     free(m[i].http);
+    free(m[i].scripts);
   }
   free(m);
 }
@@ -430,15 +435,16 @@ static void coord__ignore(void *ud, int ok, const char *err) {
   if (!ok) log_debug("storage: cluster bookkeeping statement failed: %s", err);
 }
 
-void coord_heartbeat(int stopping, uint32_t held, uint64_t timeout_ms, coord_done_cb cb, void *ud) {
+void coord_heartbeat(int stopping, uint32_t held, const char *scripts, uint64_t timeout_ms, coord_done_cb cb,
+                     void *ud) {
   if (!co.main) return; /* closed: nothing answers any more */
   char weight[16], shards[16], h[16];
   snprintf(weight, sizeof weight, "%u", co.cfg.weight);
   snprintf(shards, sizeof shards, "%u", co.cfg.shards);
   snprintf(h, sizeof h, "%u", held);
-  const char *p[7] = {co.self, co.cfg.address, co.cfg.http ? co.cfg.http : "", weight, shards,
-                      stopping ? "true" : "false", h};
-  pgc_query(co.main, co.sql_heartbeat, 7, p, NULL, timeout_ms, coord__done, coord__req((void (*)(void))cb, ud));
+  const char *p[8] = {co.self, co.cfg.address, co.cfg.http ? co.cfg.http : "", weight, shards,
+                      stopping ? "true" : "false", h, scripts ? scripts : ""};
+  pgc_query(co.main, co.sql_heartbeat, 8, p, NULL, timeout_ms, coord__done, coord__req((void (*)(void))cb, ud));
   if (++co.beats % 64 == 0) {
     const char *pc[1] = {co.ns_member};
     pgc_query(co.main, co.sql_cleanup, 1, pc, NULL, timeout_ms, coord__done,

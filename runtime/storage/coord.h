@@ -44,6 +44,7 @@ typedef struct {
   int stopping;
   int64_t heartbeat_age_ms;
   uint32_t held; /* shard locks its session holds */
+  char *scripts;  /* "file\tversion\n" per script it serves ("error" when it failed to load) */
 } coord_member_t;
 
 /* 0 when prefix is a valid table prefix. */
@@ -75,7 +76,8 @@ void coord_reset_lock(const char *why);
 /* Main session. */
 void coord_members(uint64_t timeout_ms, void (*cb)(void *ud, int ok, coord_member_t *m, int n), void *ud);
 void coord_free_members(coord_member_t *m, int n);
-void coord_heartbeat(int stopping, uint32_t held, uint64_t timeout_ms, coord_done_cb cb, void *ud);
+void coord_heartbeat(int stopping, uint32_t held, const char *scripts, uint64_t timeout_ms, coord_done_cb cb,
+                     void *ud);
 void coord_unregister(uint64_t timeout_ms, coord_done_cb cb, void *ud);
 void coord_notify(const char *what);
 int coord_lock_up(void);
