@@ -217,17 +217,20 @@ describe("cluster", function()
       local recs = L.finish()
       local bad = failures(recs)
       assert(#bad == 0, describe_failures(bad))
-      local moved = 0
+      -- Bounded load may spill a shard or two between old runners; the rest
+      -- of what moves goes to the newcomer.
+      local moved, spill = 0, 0
       for s = 1, SHARDS do
         if before[s] ~= after[s] then
           moved = moved + 1
-          assert.are.equal(r4.address, after[s], "shard " .. s .. " moved between old runners")
+          if after[s] ~= r4.address then spill = spill + 1 end
         end
       end
       local fraction = moved / SHARDS
-      print(string.format("\n  join: %d of %d shards moved (%.2f), %d calls, none failed", moved, SHARDS, fraction,
-        #recs))
+      print(string.format("\n  join: %d of %d shards moved (%.2f; %d between old runners), %d calls, none failed",
+        moved, SHARDS, fraction, spill, #recs))
       assert.is_true(fraction > 0.12 and fraction < 0.40, "moved fraction " .. fraction)
+      assert.is_true(spill <= math.max(2, moved // 5), spill .. " of " .. moved .. " moved shards went to old runners")
       check_single_owner(recs)
     end)
     stop_all()

@@ -60,6 +60,7 @@ static struct {
   uint64_t lease, margin, confirmed_sent;
   int lock_up, member_locked, lock_busy;
   uint64_t embargo_until;
+  int session_lost; /* the previous lock session ended: wait a lease before taking shards */
   timer_entry_t refresh_timer, fence_timer, tick_timer, poll_timer;
   /* membership reads */
   int members_busy, members_again;
@@ -233,6 +234,14 @@ static void cluster__age_done(void *ud, int ok, int64_t age_ms) {
       log_info("cluster: PostgreSQL started %" PRId64 " ms ago; taking shards in %" PRIu64 " ms", age_ms,
                cl.embargo_until - cluster_mono_ms());
     }
+    /* Our session ended, maybe with every other runner's (a server that
+     * reset after a crashed backend keeps its start time): whoever held
+     * locks then is inside its lease for up to one more lease. */
+    if (cl.session_lost) {
+      cl.session_lost = 0;
+      if (r->sent + cl.lease + 100 > cl.embargo_until) cl.embargo_until = r->sent + cl.lease + 100;
+      log_info("cluster: new lock session; taking shards in %" PRIu64 " ms", cl.embargo_until - cluster_mono_ms());
+    }
     cl.lock_busy = 1;
     coord_lock_self(cl.lease / 4, cluster__lock_self_done, r);
     return;
@@ -244,6 +253,7 @@ static void cluster__lock_state(int up, const char *why) {
   if (!cluster_on) return;
   cl.lock_up = up;
   if (!up) {
+    cl.session_lost = 1;
     cl.member_locked = 0;
     cl.lock_busy = 0;
     if (cluster__count(S_HELD) + cluster__count(S_RELEASING) + cluster__count(S_UNLOCKING))
