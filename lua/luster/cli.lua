@@ -75,10 +75,19 @@ local function num(x)
   return tostring(x)
 end
 
+-- "1-4,9,12-13", cut to about 48 characters with the count of ranges left
+-- out, so a big cluster's table stays readable (GET /cluster has them all).
 local function ranges_text(ranges)
-  local parts = {}
-  for _, r in ipairs(ranges or {}) do
-    parts[#parts + 1] = r[1] == r[2] and num(r[1]) or (num(r[1]) .. "-" .. num(r[2]))
+  local parts, len = {}, 0
+  ranges = ranges or {}
+  for i, r in ipairs(ranges) do
+    local p = r[1] == r[2] and num(r[1]) or (num(r[1]) .. "-" .. num(r[2]))
+    if len + #p > 48 and i < #ranges then
+      parts[#parts + 1] = string.format("... (+%d ranges)", #ranges - i + 1)
+      break
+    end
+    parts[#parts + 1] = p
+    len = len + #p + 1
   end
   return table.concat(parts, ",")
 end
@@ -98,7 +107,7 @@ function M.format_status(status, body)
   local rows = {}
   for _, r in ipairs(doc.runners or {}) do
     rows[#rows + 1] = { r.address, r.healthy and "yes" or "NO", num(r.shards), owned[r.address] or "",
-                        num(r.active or 0) }
+                        r.active and num(r.active) or "-" }
   end
   out[#out + 1] = table_text({ "RUNNER", "HEALTHY", "SHARDS", "SHARD RANGES", "ACTIVE" }, rows)
   out[#out + 1] = ""

@@ -72,7 +72,7 @@ static struct {
   sched_item_t reconcile_item;
   /* metrics */
   uint64_t lease_refreshes, lease_failures, fences, acquired_total, released_total;
-  uint64_t last_refresh_ms, max_refresh_ms;
+  uint64_t last_refresh_us, max_refresh_us;
   uint64_t membership_reads, membership_changes;
 } cl;
 
@@ -152,13 +152,15 @@ static void cluster__confirmed(uint64_t sent) {
 }
 
 typedef struct {
-  uint64_t sent;
+  uint64_t sent;    /* ms, for the lease */
+  uint64_t sent_us; /* for the refresh latency metric */
 } lease_req_t;
 
 static lease_req_t *cluster__req(void) {
   lease_req_t *r = malloc(sizeof *r);
   if (!r) abort();
   r->sent = cluster_mono_ms();
+  r->sent_us = uv_hrtime() / 1000;
   return r;
 }
 
@@ -170,10 +172,10 @@ static void cluster__ping_done(void *ud, int ok, const char *err) {
   }
   cl.lock_busy = 0;
   if (ok) {
-    uint64_t rt = cluster_mono_ms() - r->sent;
+    uint64_t rt = uv_hrtime() / 1000 - r->sent_us;
     cl.lease_refreshes++;
-    cl.last_refresh_ms = rt;
-    if (rt > cl.max_refresh_ms) cl.max_refresh_ms = rt;
+    cl.last_refresh_us = rt;
+    if (rt > cl.max_refresh_us) cl.max_refresh_us = rt;
     cluster__confirmed(r->sent);
   } else {
     log_warn("cluster: lease refresh failed: %s", err);
@@ -905,8 +907,8 @@ void cluster_metrics(buf_t *b) {
              "# TYPE luster_lease_refreshes_total counter\nluster_lease_refreshes_total %" PRIu64 "\n"
              "# TYPE luster_lease_failures_total counter\nluster_lease_failures_total %" PRIu64 "\n"
              "# TYPE luster_lease_fences_total counter\nluster_lease_fences_total %" PRIu64 "\n"
-             "# TYPE luster_lease_refresh_ms gauge\nluster_lease_refresh_ms %" PRIu64 "\n"
-             "# TYPE luster_lease_refresh_max_ms gauge\nluster_lease_refresh_max_ms %" PRIu64 "\n"
+             "# TYPE luster_lease_refresh_seconds gauge\nluster_lease_refresh_seconds %.6f\n"
+             "# TYPE luster_lease_refresh_max_seconds gauge\nluster_lease_refresh_max_seconds %.6f\n"
              "# TYPE luster_shards_acquired_total counter\nluster_shards_acquired_total %" PRIu64 "\n"
              "# TYPE luster_shards_released_total counter\nluster_shards_released_total %" PRIu64 "\n"
              "# TYPE luster_membership_changes_total counter\nluster_membership_changes_total %" PRIu64 "\n"
@@ -923,7 +925,7 @@ void cluster_metrics(buf_t *b) {
              "# TYPE luster_router_held_messages gauge\nluster_router_held_messages %" PRIu64 "\n"
              "# TYPE luster_handoff_snapshots_total counter\nluster_handoff_snapshots_total %" PRIu64 "\n",
              cl.nmembers, cluster__count(S_HELD), cluster__count(S_RELEASING), cl.lease_refreshes,
-             cl.lease_failures, cl.fences, cl.last_refresh_ms, cl.max_refresh_ms, cl.acquired_total,
+             cl.lease_failures, cl.fences, (double)cl.last_refresh_us / 1e6, (double)cl.max_refresh_us / 1e6, cl.acquired_total,
              cl.released_total, cl.membership_changes, t->conns_in, t->conns_out, t->requests_in, t->requests_out,
              t->auth_failures, t->protocol_errors, rs->forwarded, rs->reroutes, rs->not_owner, rs->held,
              rs->handoffs);
