@@ -37,6 +37,7 @@ static void router__undelay(persist_job_t *j) {
 
 static void router__hold(uint32_t shard, msg_t *m);
 static void router__route(msg_t *m);
+static void router__local_call(msg_t *m, call_t *call);
 static void router__handoff(etype_t *t, const char *id, size_t id_len, char *snap, size_t len);
 
 static void router__deliver(msg_t *m, call_t *call) {
@@ -142,6 +143,10 @@ void router_send(const char *type, size_t type_len, const char *id, size_t id_le
   }
   msg_t *m = msg_new(t, rpc, id, id_len, payload, payload_len, headers, headers_len);
   m->flags = flags;
+  if (!cluster_on) { /* one runner: straight to the entity manager */
+    router__local_call(m, call);
+    return;
+  }
   msg_attach_call(m, call);
   router__route(m);
 }
@@ -169,14 +174,9 @@ const router_stats_t *router_stats(void) {
 }
 
 /* Delivers on this runner: persisted messages are stored first (unless they
- * were stored before they came back from a mailbox). */
-static void router__local(msg_t *m) {
-  call_t *call = m->call;
-  if (call) {
-    m->call = NULL;
-    call->unlink = NULL;
-    call->holder = NULL;
-  }
+ * were stored before they came back from a mailbox). `call` is the caller,
+ * not attached to m. */
+static void router__local_call(msg_t *m, call_t *call) {
   if (m->flags & MSG_PERSISTED) { /* stored already */
     if (call) msg_attach_call(m, call);
     router__deliver(m, NULL);
@@ -195,6 +195,16 @@ static void router__local(msg_t *m) {
     if (call) msg_attach_call(m, call);
     router__deliver(m, NULL);
   }
+}
+
+static void router__local(msg_t *m) {
+  call_t *call = m->call;
+  if (call) {
+    m->call = NULL;
+    call->unlink = NULL;
+    call->holder = NULL;
+  }
+  router__local_call(m, call);
 }
 
 static void router__arm_retry(void) {
