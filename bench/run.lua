@@ -40,14 +40,15 @@ local function rss_bytes(pid)
   return (tonumber(status:match("VmRSS:%s+(%d+) kB")) or 0) * 1024
 end
 
--- Sends `bodies` as concurrent POSTs to one path, one connection each, and
--- returns the decoded values.
+-- Sends `bodies` as concurrent POSTs to one path (or to paths[i] each), one
+-- connection each, and returns the decoded values.
 local function concurrent_posts(r, path, bodies)
   local socks = {}
   for i, body in ipairs(bodies) do
     local c = r:connect()
     c:settimeout(300)
-    c:send("POST " .. path .. "?timeout=300000 HTTP/1.1\r\nHost: x\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
+    local p = type(path) == "table" and path[i] or path
+    c:send("POST " .. p .. "?timeout=300000 HTTP/1.1\r\nHost: x\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
     socks[i] = c
   end
   local values = {}
@@ -187,12 +188,7 @@ local PG = require "support.pg"
 local pg, pg_dbs = nil, 0
 local CLUSTER_DIR = ROOT .. "/bench/scenarios/cluster"
 
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local free_port = H.free_port
 
 -- Starts n runners in a fresh database; fn(runners, start_one) runs with
 -- them; every runner started is stopped afterwards.
@@ -255,30 +251,18 @@ scenarios[#scenarios + 1] = {
       local remote = ids_on(a, b.address, "c", 1000)
       local drivers = ids_on(a, a.address, "d", 64)
       for _, id in ipairs(remote) do a:call("Counter", id, "Increment", { amount = 1 }) end
-      local vals = {}
       local bodies = {}
       for k = 1, 64 do
         local mine = {}
         for j = 0, 15 do mine[#mine + 1] = remote[((k - 1) * 16 + j) % #remote + 1] end
         bodies[k] = cjson.encode { n = 4000, ids = mine }
       end
-      -- One connection per driver id: each POST goes to its own RemoteDriver.
-      local socks = {}
-      for k, body in ipairs(bodies) do
-        local c = a:connect()
-        c:settimeout(300)
-        c:send("POST /entities/RemoteDriver/" .. drivers[k] .. "/Run?timeout=300000 HTTP/1.1\r\nHost: x\r\n" ..
-          "Content-Length: " .. #body .. "\r\n\r\n" .. body)
-        socks[k] = c
-      end
+      -- Each POST goes to its own RemoteDriver, on its own connection.
+      local paths = {}
+      for k = 1, 64 do paths[k] = "/entities/RemoteDriver/" .. drivers[k] .. "/Run" end
+      local vals = concurrent_posts(a, paths, bodies)
       local p50s = {}
-      for k, c in ipairs(socks) do
-        local status, _, raw = H.read_response(c)
-        c:close()
-        assert(status == 200, "a remote driver failed: " .. tostring(status) .. " " .. tostring(raw))
-        vals[k] = cjson.decode(raw).value
-        p50s[k] = vals[k].p50_us
-      end
+      for k, v in ipairs(vals) do p50s[k] = v.p50_us end
       local calls, failed, seconds = sum_loops(vals)
       return { calls_per_s = calls / seconds, p50_us = median(p50s), failed = failed }
     end)

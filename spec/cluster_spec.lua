@@ -13,12 +13,7 @@ local LEASE = "2s"
 local pg
 local dbs = 0
 
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local free_port = H.free_port
 
 -- A fresh cluster: a database of its own. Returns a function that starts a
 -- runner in it.

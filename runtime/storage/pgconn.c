@@ -413,6 +413,19 @@ static void pgc__ctimer_cb(uv_timer_t *t) {
 /* Drops the connection (or the attempt): everything waiting fails with
  * PGC_UNAVAILABLE (deferred), on_state(0) is owed if it was up, and the next
  * attempt starts after the current backoff, which then doubles. */
+
+/* Queries already sent get `why` (those answered or internal just go). */
+static void pgc__fail_sent(pgc_t *c, const char *why) {
+  while (c->sent.head) {
+    pgc_q_t *e = c->sent.head;
+    pgc__unlink(&c->sent, e);
+    if (e->internal || e->answered) {
+      heap_remove(&c->deadlines, &e->hn);
+      pgc__free_q(e);
+    } else pgc__fail_later(c, e, PGC_UNAVAILABLE, why);
+  }
+}
+
 static void pgc__lost(pgc_t *c, const char *reason) {
   char why[256];
   pgc__oneline(why, sizeof why, reason && *reason ? reason : "connection lost");
@@ -424,14 +437,7 @@ static void pgc__lost(pgc_t *c, const char *reason) {
 
   char err[300];
   snprintf(err, sizeof err, "%s: %s", was == PGC_UP ? "connection lost" : "not connected", why);
-  while (c->sent.head) {
-    pgc_q_t *e = c->sent.head;
-    pgc__unlink(&c->sent, e);
-    if (e->internal || e->answered) {
-      heap_remove(&c->deadlines, &e->hn);
-      pgc__free_q(e);
-    } else pgc__fail_later(c, e, PGC_UNAVAILABLE, err);
-  }
+  pgc__fail_sent(c, err);
   while (c->pending.head) {
     pgc_q_t *e = c->pending.head;
     pgc__unlink(&c->pending, e);
@@ -900,14 +906,7 @@ void pgc_close(pgc_t *c) {
   /* Everything waiting, oldest failures first, is answered now (shutdown
    * wants it settled before the loop ends); callbacks that query again get
    * answered in the same pass. */
-  while (c->sent.head) {
-    pgc_q_t *e = c->sent.head;
-    pgc__unlink(&c->sent, e);
-    if (e->internal || e->answered) {
-      heap_remove(&c->deadlines, &e->hn);
-      pgc__free_q(e);
-    } else pgc__fail_later(c, e, PGC_UNAVAILABLE, "the connection is closed");
-  }
+  pgc__fail_sent(c, "the connection is closed");
   while (c->pending.head) {
     pgc_q_t *e = c->pending.head;
     pgc__unlink(&c->pending, e);

@@ -76,6 +76,14 @@ function M.script_dir(files)
   return d
 end
 
+-- A loopback TCP port that was free a moment ago.
+function M.free_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
 function M.alive(pid)
   local stat = M.read_file("/proc/" .. pid .. "/stat")
   if not stat then return false end

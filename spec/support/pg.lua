@@ -68,12 +68,7 @@ local function as_pg(script)
   return "sh -c " .. sh_quote(script)
 end
 
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local free_port = H.free_port
 
 local function port_free(port)
   local s = socket.bind("127.0.0.1", port)
