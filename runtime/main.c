@@ -186,7 +186,7 @@ static int cmd_run(config_t *cfg) {
         .handoff_timeout_ms = cfg->shutdown_timeout_ms * 6 / 10,
         .max_frame = (cfg->max_body > (16u << 20) ? cfg->max_body : (16u << 20)) + (1u << 20),
     };
-    router_init(hc.shards);
+    router_init(hc.shards, cc.max_frame);
     char err[1024];
     if (cluster_start(loop, &cc, err, sizeof err) != 0) {
       fprintf(stderr, "luster run: %s\n", err);

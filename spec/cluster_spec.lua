@@ -193,6 +193,19 @@ describe("cluster", function()
       assert.is_true(rs[1]:metric("luster_lease_refreshes_total") > 0)
       assert.is_true(rs[1]:metric("luster_lease_refresh_seconds") >= 0)
       assert.is_true(rs[1]:metric("luster_router_forwarded_total") > 0)
+      -- A message too large for the runner transport fails at once, saying
+      -- why, instead of waiting for its deadline; local ones still work.
+      local local_ok, remote_refused = 0, 0
+      for i = 1, 12 do
+        local status, v = rs[1]:call("Pusher", "push", "Push", { target = "s" .. i, size = 18 * 1024 * 1024 })
+        assert.are.equal(200, status)
+        if v.value.ok then local_ok = local_ok + 1
+        else
+          assert.truthy(v.value.message:find("larger than runners carry", 1, true), v.value.message)
+          remote_refused = remote_refused + 1
+        end
+      end
+      assert.is_true(local_ok > 0 and remote_refused > 0, local_ok .. " local, " .. remote_refused .. " refused")
       local code, out = H.cli("status --url " .. rs[2].url)
       assert.are.equal(0, code)
       for _, r in ipairs(rs) do assert.truthy(out:find(r.address, 1, true), "status lists " .. r.address) end
@@ -441,5 +454,50 @@ describe("cluster", function()
     end)
     stop_all()
     assert(ok, err)
+  end)
+
+  it("keeps one owner per id through a seeded storm of joins, leaves, kills and freezes under load", function()
+    local seed = tonumber(os.getenv("LUSTER_STORM_SEED") or "") or 20261124
+    math.randomseed(seed)
+    local start, stop_all = new_cluster({ args = "--call-timeout 1s --shutdown-timeout 4s" })
+    local ok, err = pcall(function()
+      local live = { start(), start(), start() }
+      wait_stable(live[1], 3)
+      local L = load({ live[1] }, 6, 120)
+      local actions = { "join", "term", "kill", "freeze" }
+      local done = {}
+      for step = 1, 6 do
+        local action = actions[math.random(#actions)]
+        if #live <= 2 then action = "join" end
+        -- The load goes through live[1]; never act on it.
+        local k = math.random(2, #live)
+        local victim = live[k]
+        if action == "join" then
+          live[#live + 1] = start()
+        elseif action == "term" then
+          assert.is_true(victim:stop(15), "step " .. step .. ": SIGTERM exits")
+          table.remove(live, k)
+        elseif action == "kill" then
+          victim:kill("KILL")
+          H.wait_for("the killed runner to exit", 10, function() return not H.alive(victim.pid) end)
+          table.remove(live, k)
+        else -- a freeze shorter than the lease: nothing may move, nothing may break
+          victim:kill("STOP")
+          socket.sleep(0.3)
+          victim:kill("CONT")
+        end
+        wait_stable(live[1], #live, 30)
+        done[#done + 1] = action
+        local n = L.count()
+        H.wait_for("calls after step " .. step .. " (" .. action .. ")", 15, function() return L.count() > n + 100 end)
+      end
+      local recs = L.finish()
+      check_single_owner(recs)
+      print(string.format("\n  storm (seed %d): %s; %d calls", seed, table.concat(done, ", "), #recs))
+      for i = 1, 120 do assert.are.equal(200, (hit(live[1], "p" .. i)), "p" .. i) end
+      for _, r in ipairs(live) do assert.is_true(H.alive(r.pid), "a runner died on its own: " .. r.log) end
+    end)
+    stop_all()
+    assert(ok, "storm seed " .. seed .. ": " .. tostring(err))
   end)
 end)

@@ -160,6 +160,7 @@ void router_send(const char *type, size_t type_len, const char *id, size_t id_le
 
 static struct {
   uint32_t n;
+  size_t max_frame;
   msg_t **head, **tail; /* held messages per shard, [1..n] */
   uint64_t held;
   timer_entry_t retry;
@@ -278,6 +279,16 @@ static void router__forward(msg_t *m, uint32_t shard, tp_peer_t *peer) {
       .payload = {m->payload, (uint32_t)m->payload_len},
       .headers = {m->headers, (uint32_t)m->headers_len},
   };
+  if (rt.max_frame && frame_request_size(&req) - 4 > rt.max_frame) { /* would never fit: say so now */
+    char text[256];
+    snprintf(text, sizeof text, "the message (%zu bytes of payload) is larger than runners carry between them "
+             "(%zu bytes per frame)", m->payload_len, rt.max_frame);
+    size_t blen;
+    char *b = reply_error_body(REPLY_DEFECT, NULL, text, &blen);
+    msg_finish(m, REPLY_DEFECT, b, blen);
+    free(b);
+    return;
+  }
   fwd_t *f = malloc(sizeof *f);
   if (!f) abort();
   f->m = m;
@@ -365,8 +376,9 @@ void router_wake(void) {
   if (rt.held) sched_push(&rt.wake, router__flush);
 }
 
-void router_init(uint32_t shards) {
+void router_init(uint32_t shards, size_t max_frame) {
   rt.n = shards;
+  rt.max_frame = max_frame;
   rt.head = calloc(shards + 1, sizeof *rt.head);
   rt.tail = calloc(shards + 1, sizeof *rt.tail);
   timer_entry_init(&rt.retry, router__retry_fire);

@@ -22,7 +22,7 @@ void router_send(const char *type, size_t type_len, const char *id, size_t id_le
 void router_shutdown(void);
 
 /* Cluster mode: per-shard hold queues and the transport's request hooks. */
-void router_init(uint32_t shards);
+void router_init(uint32_t shards, size_t max_frame);
 /* The assignment or the locks changed: held messages are routed again. */
 void router_wake(void);
 void router_inbound(tp_inbound_t *in, const frame_request_t *req);
