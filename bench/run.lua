@@ -244,7 +244,7 @@ end
 
 scenarios[#scenarios + 1] = {
   id = "cross-runner", num = 5, title = "cross-runner",
-  target = "≥ 150k/s, p50 ≤ 1 ms",
+  target = "≥ 150k/s, p50 ≤ 1 ms", peer_key = "cluster",
   run = function()
     return with_cluster(2, nil, function(rs)
       local a, b = rs[1], rs[2]
@@ -274,7 +274,7 @@ scenarios[#scenarios + 1] = {
 
 scenarios[#scenarios + 1] = {
   id = "cross-runner-seq", num = 6, title = "cross-runner sequential",
-  target = "p50 ≤ 50 µs",
+  target = "p50 ≤ 50 µs", peer_key = "cluster",
   run = function()
     return with_cluster(2, nil, function(rs)
       local a, b = rs[1], rs[2]
@@ -287,7 +287,7 @@ scenarios[#scenarios + 1] = {
     end)
   end,
   show = function(v) return string.format("p50 %.1f µs (%.0fk/s)", v.p50_us, v.calls_per_s / 1000) end,
-  main = "p50_us",
+  main = "p50_us", lower_better = true,
   met = function(v) return v.p50_us <= 50 end,
 }
 
@@ -298,7 +298,7 @@ scenarios[#scenarios + 1] = {
 
 scenarios[#scenarios + 1] = {
   id = "failover-kill", num = 8, title = "failover, kill -9",
-  target = "≤ 1 s",
+  target = "≤ 1 s", peer_key = "cluster",
   run = function()
     return with_cluster(3, nil, function(rs)
       local a, c = rs[1], rs[3]
@@ -315,7 +315,7 @@ scenarios[#scenarios + 1] = {
     end)
   end,
   show = function(v) return string.format("%.0f ms", v.seconds * 1000) end,
-  main = "seconds",
+  main = "seconds", lower_better = true,
   met = function(v) return v.seconds <= 1 end,
 }
 
@@ -451,6 +451,32 @@ local function peer_local()
   }
 end
 
+-- The peer's two-runner bench (cross-runner throughput, sequential, kill -9
+-- failover), on the same throwaway PostgreSQL as luster's cluster scenarios,
+-- with Effect's default ShardingConfig.
+local function peer_cluster()
+  if not pg then pg = PG.start() end
+  pg_dbs = pg_dbs + 1
+  local db = "effect" .. pg_dbs
+  pg:create_db(db)
+  local out = sh(string.format("cd %s && PGPORT=%d PGDATABASE=%s timeout 170 node --import tsx src/bench-cluster.ts",
+    PEER_DIR, pg.port, db))
+  local line = out:match("(%b{})%s*$")
+  local ok, doc = pcall(cjson.decode, line or "")
+  if not ok or type(doc) ~= "table" or not doc.throughput then
+    log("the peer's bench-cluster gave no result:\n%s", out:sub(-2000))
+    return nil
+  end
+  local res = {
+    ["cross-runner"] = { calls_per_s = doc.throughput.calls_per_s, p50_us = doc.throughput.p50_us },
+    ["cross-runner-seq"] = { p50_us = doc.sequential.p50_us, calls_per_s = doc.sequential.calls_per_s },
+  }
+  if doc.failover and doc.failover.call_ok_after_ms then
+    res["failover-kill"] = { seconds = doc.failover.call_ok_after_ms / 1000 }
+  end
+  return res
+end
+
 ---------------------------------------------------------------------------
 -- run
 ---------------------------------------------------------------------------
@@ -474,6 +500,11 @@ if PEER and PEER ~= "effect" then log("PEER=%s is not known; only 'effect'", PEE
 
 local results, peer_results = {}, {}
 local want_peer_local = peer_on and (selected(scenarios[1]) or selected(scenarios[2]) or selected(scenarios[3]))
+local function selected_id(id)
+  for _, s in ipairs(scenarios) do if s.id == id then return selected(s) end end
+end
+local want_peer_cluster = peer_on and (selected_id("cross-runner") or selected_id("cross-runner-seq")
+  or selected_id("failover-kill"))
 for run = 1, RUNS do
   for _, s in ipairs(scenarios) do
     if selected(s) and s.run then
@@ -491,6 +522,17 @@ for run = 1, RUNS do
     log("run %d/%d: Effect peer, bench-local", run, RUNS)
     local p = peer_local()
     if p then
+      for id, v in pairs(p) do
+        peer_results[id] = peer_results[id] or {}
+        table.insert(peer_results[id], v)
+      end
+    end
+  end
+  if want_peer_cluster then
+    log("run %d/%d: Effect peer, bench-cluster", run, RUNS)
+    local ok, p = pcall(peer_cluster)
+    if not ok then log("  the peer's bench-cluster failed: %s", tostring(p)) end
+    if ok and p then
       for id, v in pairs(p) do
         peer_results[id] = peer_results[id] or {}
         table.insert(peer_results[id], v)
@@ -518,7 +560,7 @@ os.execute("mkdir -p " .. ROOT .. "/bench/results")
 local jsonl = assert(io.open(ROOT .. "/bench/results/results.jsonl", "a"))
 
 local rows = {}
-local header = "| # | scenario | luster (median) | Effect peer (median) | ratio | target | met |"
+local header = "| # | scenario | luster (median) | Effect peer (median) | × better | target | met |"
 rows[1] = header
 rows[2] = "|---|---|---|---|---|---|---|"
 for _, s in ipairs(scenarios) do
@@ -535,7 +577,12 @@ for _, s in ipairs(scenarios) do
     end
     if pm then
       pcell = s.show(setmetatable(pm, { __index = function() return 0 end }))
-      if lm and pm[s.main] and pm[s.main] > 0 then ratio = string.format("%.1f×", lm[s.main] / pm[s.main]) end
+      if lm and pm[s.main] and pm[s.main] > 0 and lm[s.main] > 0 then
+        -- How many times better luster is: a rate over the peer's, or the
+        -- peer's time over luster's where lower is better.
+        local r = s.lower_better and pm[s.main] / lm[s.main] or lm[s.main] / pm[s.main]
+        ratio = string.format("%.1f×", r)
+      end
     elseif PEER == "effect" and s.peer_key then
       pcell = "no result"
     end
