@@ -26,7 +26,8 @@ local function new_cluster(opts)
     extra = extra or {}
     local port = free_port()
     local args = string.format("--storage %s --listen 127.0.0.1:%d --shards %d --lease %s --max-idle 60s %s %s",
-      url, port, extra.shards or opts.shards or SHARDS, opts.lease or LEASE, opts.args or "", extra.args or "")
+      url, port, extra.shards or opts.shards or SHARDS, extra.lease or opts.lease or LEASE, opts.args or "",
+      extra.args or "")
     local r = H.start(extra.dir or FIXTURES, { args = args, env = extra.env or opts.env, wait = extra.wait })
     r.address = "127.0.0.1:" .. port
     started[#started + 1] = r
@@ -393,7 +394,7 @@ describe("cluster", function()
     assert(ok, err)
   end)
 
-  it("refuses a runner whose shard count differs from the cluster's", function()
+  it("refuses a runner whose shard count or lease differs from the cluster's", function()
     local start, stop_all = new_cluster()
     local ok, err = pcall(function()
       local r1 = start()
@@ -403,6 +404,11 @@ describe("cluster", function()
       local text = r2:log_text()
       assert.truthy(text:find("--shards " .. SHARDS, 1, true), text)
       assert.truthy(text:find("--shards 32", 1, true), text)
+      local r3 = start({ lease = "3s", wait = false })
+      H.wait_for("the runner with another lease to exit", 15, function() return not H.alive(r3.pid) end)
+      text = r3:log_text()
+      assert.truthy(text:find("lease of 2000 ms", 1, true), text)
+      assert.truthy(text:find("--lease 3000ms", 1, true), text)
       assert.are.equal(200, (hit(r1, "p1")))
     end)
     stop_all()

@@ -682,8 +682,12 @@ int cluster_healthy(void) { return cl.lock_up && cl.member_locked && !cl.leaving
 int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_t errlen) {
   cl.cfg = *cfg;
   cl.n = cfg->shards;
-  cl.lease = cfg->lease_ms;
-  cl.margin = cfg->lease_ms / 4;
+  /* The server ends a silent lock session a little before --lease, so that
+   * noticing it (membership is read every 500 ms) and taking the shards
+   * over still fits within --lease. */
+  uint64_t detect = cfg->lease_ms / 10 < 1000 ? cfg->lease_ms / 10 : 1000;
+  cl.lease = cfg->lease_ms - detect;
+  cl.margin = cl.lease / 4;
   cl.self_index = -1;
   cl.address = strdup(cfg->advertise ? cfg->advertise : cfg->listen);
   char host[256];
@@ -710,6 +714,7 @@ int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_
       .weight = cfg->weight,
       .shards = cfg->shards,
       .lease_ms = cfg->lease_ms,
+      .session_timeout_ms = cl.lease,
       .on_lock_state = cluster__lock_state,
       .on_main_state = cluster__main_state,
       .on_notice = cluster__notice,
@@ -760,7 +765,7 @@ int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_
     return -1;
   }
   log_info("cluster: registered as runner %" PRId64 " (%s), %u shards, lease %" PRIu64 " ms, tables '%s*'",
-           cl.self_id, cl.address, cl.n, cl.lease, cfg->prefix);
+           cl.self_id, cl.address, cl.n, cfg->lease_ms, cfg->prefix);
   return 0;
 }
 
@@ -831,7 +836,7 @@ void cluster_json_info(buf_t *b) {
   buf_add_json_str(b, cl.address, strlen(cl.address));
   buf_printf(b, ",\"self_id\":%" PRId64 ",\"lease_ms\":%" PRIu64 ",\"lease_left_ms\":%" PRIu64
                 ",\"lock_session\":%s,\"membership_session\":%s,\"leaving\":%s",
-             cl.self_id, cl.lease, cluster_safe_until > now ? cluster_safe_until - now : 0,
+             cl.self_id, cl.cfg.lease_ms, cluster_safe_until > now ? cluster_safe_until - now : 0,
              cl.lock_up && cl.member_locked ? "\"up\"" : "\"down\"", cl.main_up ? "\"up\"" : "\"down\"",
              cl.leaving ? "true" : "false");
   const router_stats_t *rs = router_stats();

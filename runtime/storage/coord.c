@@ -28,6 +28,8 @@ static const char *const coord_migrations[] = {
     " heartbeat_at timestamptz NOT NULL DEFAULT now())",
     /* 2: the script versions each runner serves ("file\tversion" lines). */
     "ALTER TABLE %1$srunners ADD COLUMN IF NOT EXISTS scripts text NOT NULL DEFAULT ''",
+    /* 3: the lease each runner's lock session runs with (it must agree). */
+    "ALTER TABLE %1$srunners ADD COLUMN IF NOT EXISTS lease_ms bigint NOT NULL DEFAULT 0",
 };
 #define COORD_NMIGRATIONS (int)(sizeof coord_migrations / sizeof coord_migrations[0])
 
@@ -170,17 +172,26 @@ int coord_bootstrap(const coord_config_t *cfg, int64_t *self_id, char *err, size
   if (coord__migrate(c, err, errlen)) goto out;
   /* Every live runner must agree on the shard count: it decides where every
    * id lives. */
-  sql = coord__fmt("SELECT r.address, r.shards FROM %1$srunners r JOIN pg_locks m ON " COORD_MEMBER_LOCK
-                   " WHERE r.shards <> $2::int ORDER BY r.id LIMIT 1", co.prefix);
-  char shards[16], weight[16];
+  /* Every live runner must agree on the shard count (it decides where every
+   * id lives) and on the lease (a runner waits one lease for locks a
+   * restarted server may have dropped). */
+  sql = coord__fmt("SELECT r.address, r.shards, r.lease_ms FROM %1$srunners r JOIN pg_locks m ON " COORD_MEMBER_LOCK
+                   " WHERE r.shards <> $2::int OR r.lease_ms <> $3::bigint ORDER BY r.id LIMIT 1", co.prefix);
+  char shards[16], weight[16], lease[24];
   snprintf(shards, sizeof shards, "%u", cfg->shards);
   snprintf(weight, sizeof weight, "%u", cfg->weight);
-  const char *p2[2] = {co.ns_member, shards};
-  if (coord__exec(c, sql, 2, p2, &r, err, errlen)) goto out;
+  snprintf(lease, sizeof lease, "%llu", (unsigned long long)cfg->lease_ms);
+  const char *p3[3] = {co.ns_member, shards, lease};
+  if (coord__exec(c, sql, 3, p3, &r, err, errlen)) goto out;
   if (PQntuples(r) > 0) {
-    snprintf(err, errlen, "the cluster in this database runs with --shards %s (runner %s); this runner was started "
-             "with --shards %u. Every runner of one cluster must use the same shard count",
-             PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 0), cfg->shards);
+    if (strtoul(PQgetvalue(r, 0, 1), NULL, 10) != cfg->shards)
+      snprintf(err, errlen, "the cluster in this database runs with --shards %s (runner %s); this runner was started "
+               "with --shards %u. Every runner of one cluster must use the same shard count",
+               PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 0), cfg->shards);
+    else
+      snprintf(err, errlen, "the cluster in this database runs with a lease of %s ms (runner %s); this runner was "
+               "started with --lease %llums. Every runner of one cluster must use the same lease",
+               PQgetvalue(r, 0, 2), PQgetvalue(r, 0, 0), (unsigned long long)cfg->lease_ms);
     goto out;
   }
   PQclear(r);
@@ -192,10 +203,10 @@ int coord_bootstrap(const coord_config_t *cfg, int64_t *self_id, char *err, size
   const char *p1[1] = {co.ns_member};
   if (coord__exec(c, sql, 1, p1, NULL, err, errlen)) goto out;
   free(sql);
-  sql = coord__fmt("INSERT INTO %1$srunners (address, http, weight, shards) VALUES ($1, $2, $3::int, $4::int)"
-                   " RETURNING id", co.prefix);
-  const char *p4[4] = {cfg->address, cfg->http ? cfg->http : "", weight, shards};
-  if (coord__exec(c, sql, 4, p4, &r, err, errlen)) goto out;
+  sql = coord__fmt("INSERT INTO %1$srunners (address, http, weight, shards, lease_ms)"
+                   " VALUES ($1, $2, $3::int, $4::int, $5::bigint) RETURNING id", co.prefix);
+  const char *p5[5] = {cfg->address, cfg->http ? cfg->http : "", weight, shards, lease};
+  if (coord__exec(c, sql, 5, p5, &r, err, errlen)) goto out;
   *self_id = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
   rc = 0;
 out:
@@ -231,7 +242,7 @@ int coord_open(uv_loop_t *loop, const coord_config_t *cfg, int64_t self_id) {
   /* The server ends this session (and so frees its locks) after one lease
    * without a round trip: the bound every lease decision relies on. */
   snprintf(co.set_timeout, sizeof co.set_timeout, "SET idle_session_timeout = %llu",
-           (unsigned long long)cfg->lease_ms);
+           (unsigned long long)cfg->session_timeout_ms);
   co.on_connect_lock[0] = co.set_timeout;
   co.on_connect_lock[1] = "SET application_name = 'luster lock'";
   co.on_connect_lock[2] = NULL;
@@ -248,8 +259,8 @@ int coord_open(uv_loop_t *loop, const coord_config_t *cfg, int64_t self_id) {
   /* An upsert: a runner frozen long enough for its row to be cleaned away
    * comes back with the same id. */
   co.sql_heartbeat = coord__fmt(
-      "INSERT INTO %1$srunners (id, address, http, weight, shards, stopping, held, scripts)"
-      " VALUES ($1::bigint, $2, $3, $4::int, $5::int, $6::boolean, $7::int, $8)"
+      "INSERT INTO %1$srunners (id, address, http, weight, shards, stopping, held, scripts, lease_ms)"
+      " VALUES ($1::bigint, $2, $3, $4::int, $5::int, $6::boolean, $7::int, $8, $9::bigint)"
       " ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopping = EXCLUDED.stopping, held = EXCLUDED.held,"
       " scripts = EXCLUDED.scripts",
       co.prefix);
@@ -442,9 +453,11 @@ void coord_heartbeat(int stopping, uint32_t held, const char *scripts, uint64_t 
   snprintf(weight, sizeof weight, "%u", co.cfg.weight);
   snprintf(shards, sizeof shards, "%u", co.cfg.shards);
   snprintf(h, sizeof h, "%u", held);
-  const char *p[8] = {co.self, co.cfg.address, co.cfg.http ? co.cfg.http : "", weight, shards,
-                      stopping ? "true" : "false", h, scripts ? scripts : ""};
-  pgc_query(co.main, co.sql_heartbeat, 8, p, NULL, timeout_ms, coord__done, coord__req((void (*)(void))cb, ud));
+  char lease[24];
+  snprintf(lease, sizeof lease, "%llu", (unsigned long long)co.cfg.lease_ms);
+  const char *p[9] = {co.self, co.cfg.address, co.cfg.http ? co.cfg.http : "", weight, shards,
+                      stopping ? "true" : "false", h, scripts ? scripts : "", lease};
+  pgc_query(co.main, co.sql_heartbeat, 9, p, NULL, timeout_ms, coord__done, coord__req((void (*)(void))cb, ud));
   if (++co.beats % 64 == 0) {
     const char *pc[1] = {co.ns_member};
     pgc_query(co.main, co.sql_cleanup, 1, pc, NULL, timeout_ms, coord__done,

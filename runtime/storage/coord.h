@@ -30,7 +30,8 @@ typedef struct {
   const char *address;  /* advertised runner-to-runner address */
   const char *http;     /* HTTP gateway address or "none" */
   uint32_t weight, shards;
-  uint64_t lease_ms;
+  uint64_t lease_ms;           /* --lease, identical on every runner */
+  uint64_t session_timeout_ms; /* idle_session_timeout of the lock session (a little under the lease) */
   void (*on_lock_state)(int up, const char *why);
   void (*on_main_state)(int up, const char *why);
   void (*on_notice)(const char *payload);
