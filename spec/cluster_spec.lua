@@ -394,6 +394,50 @@ describe("cluster", function()
     assert(ok, err)
   end)
 
+  it("runs a singleton on exactly one runner, and moves it when that runner is killed", function()
+    local start, stop_all = new_cluster({ args = "--call-timeout 2s" })
+    local ok, err = pcall(function()
+      local rs = { start(), start(), start() }
+      wait_stable(rs[1], 3)
+      -- Runners that beat in the last 300 ms, as seen through r.
+      local function beating(r)
+        local status, doc = r:call("Tally", "beacon", "Report", {})
+        if status ~= 200 then return nil end
+        local who = {}
+        for runner, at in pairs(doc.value.beats) do
+          if doc.value.now - at < 300000 then who[#who + 1] = runner end
+        end
+        return who
+      end
+      local owner = H.wait_for("the singleton to beat", 10, function()
+        local who = beating(rs[1])
+        return who and #who == 1 and who[1]
+      end)
+      for _ = 1, 10 do
+        local who = beating(rs[1])
+        if who then assert.are.equal(1, #who, "runners beating at once: " .. table.concat(who, ", ")) end
+        socket.sleep(0.1)
+      end
+      local victim, observer
+      for _, r in ipairs(rs) do
+        if r.address == owner then victim = r elseif not observer then observer = r end
+      end
+      victim:kill("KILL")
+      local successor = H.wait_for("another runner to take the singleton over", 15, function()
+        local who = beating(observer)
+        return who and #who == 1 and who[1] ~= owner and who[1]
+      end)
+      for _ = 1, 10 do
+        local who = beating(observer)
+        if who then assert.are.equal(1, #who, "runners beating at once: " .. table.concat(who, ", ")) end
+        socket.sleep(0.1)
+      end
+      assert.are_not.equal(owner, successor)
+    end)
+    stop_all()
+    assert(ok, err)
+  end)
+
   it("refuses a runner whose shard count or lease differs from the cluster's", function()
     local start, stop_all = new_cluster()
     local ok, err = pcall(function()
