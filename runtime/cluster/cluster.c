@@ -69,6 +69,7 @@ static struct {
   /* hand-off */
   int leaving, left, unregistering;
   int acquiring_busy, unlocking_busy;
+  uint64_t acquire_after; /* mono ms: a lock attempt came back short; retry then (or on a notice) */
   sched_item_t reconcile_item;
   /* metrics */
   uint64_t lease_refreshes, lease_failures, fences, acquired_total, released_total;
@@ -447,7 +448,7 @@ static void cluster__main_state(int up, const char *why) {
 
 static void cluster__notice(const char *payload) {
   if (!cluster_on) return;
-  (void)payload;
+  if (strcmp(payload, "released") == 0) cl.acquire_after = 0;
   cluster__read_members();
   /* A released shard may be ours to take now. */
   cluster__schedule_reconcile();
@@ -484,8 +485,15 @@ static void cluster__acquired(void *ud, int ok, const uint32_t *got, int ngot) {
     cluster_held[s] = 1;
     cl.acquired_total++;
   }
+  int missed = 0;
   for (uint32_t s = 1; s <= cl.n; s++)
-    if (cl.state[s] == S_ACQUIRING) cl.state[s] = S_NONE; /* taken by someone still releasing it: retry */
+    if (cl.state[s] == S_ACQUIRING) { /* still held by a runner handing it over: retry later */
+      cl.state[s] = S_NONE;
+      missed = 1;
+    }
+  /* Not in a tight loop: the holder's "released" notice (or the next tick)
+   * brings the next attempt. */
+  if (missed) cl.acquire_after = cluster_mono_ms() + 100;
   if (ngot) {
     log_info("cluster: now serving %d more shard%s (%u in all)", ngot, ngot == 1 ? "" : "s",
              cluster__count(S_HELD));
@@ -494,9 +502,12 @@ static void cluster__acquired(void *ud, int ok, const uint32_t *got, int ngot) {
   }
   if (!ok) {
     /* The statement's outcome is unknown: some locks may be ours without our
-     * knowing. Start the session over so the server drops them all. */
-    cluster__fence("a lock statement got no answer in time");
-    coord_reset_lock("lock statement without answer");
+     * knowing. Start the session over so the server drops them all (unless
+     * it already ended, which is why the statement failed). */
+    if (cl.lock_up) {
+      cluster__fence("a lock statement got no answer in time");
+      coord_reset_lock("lock statement without answer");
+    }
     return;
   }
   cluster__reconcile();
@@ -515,10 +526,13 @@ static void cluster__unlocked(void *ud, int ok, const char *err) {
   }
   if (!ok) {
     /* A lock we could not release would block its new owner forever: end
-     * the session, which releases everything it held. */
-    log_warn("cluster: unlocking shards failed (%s); restarting the lock session", err);
-    cluster__fence("a shard unlock got no answer");
-    coord_reset_lock("unlock failed");
+     * the session, which releases everything it held (if it has not ended
+     * already, which is why the statement failed). */
+    if (cl.lock_up) {
+      log_warn("cluster: unlocking shards failed (%s); restarting the lock session", err);
+      cluster__fence("a shard unlock got no answer");
+      coord_reset_lock("unlock failed");
+    }
   } else {
     cl.released_total += batch[0];
     coord_notify("released");
@@ -534,7 +548,8 @@ void cluster_shard_drained(uint32_t shard) {
 static void cluster__reconcile(void) {
   if (!cluster_on) return;
   uint64_t now = cluster_mono_ms();
-  int ready = cl.lock_up && cl.member_locked && now >= cl.embargo_until && now < cluster_safe_until;
+  int ready = cl.lock_up && cl.member_locked && now >= cl.embargo_until && now < cluster_safe_until &&
+              now >= cl.acquire_after;
   uint32_t *acq = NULL, nacq = 0;
   uint8_t *release = NULL;
   uint32_t nrel = 0;
