@@ -438,6 +438,34 @@ describe("cluster", function()
     assert(ok, err)
   end)
 
+  it("stops serving while PostgreSQL is down past the lease, and serves again when it returns", function()
+    local start, stop_all = new_cluster({ args = "--call-timeout 1s" })
+    local ok, err = pcall(function()
+      local rs = { start(), start() }
+      wait_stable(rs[1], 2)
+      assert.are.equal(200, (hit(rs[1], "p1")))
+      pg:stop()
+      -- Leases cannot be confirmed: every runner fences, says so, and calls
+      -- fail at their deadline instead of running on an unconfirmed lease.
+      for _, r in ipairs(rs) do
+        H.wait_for("the runner to stop serving", 15, function()
+          return r:request("GET", "/health") == 503 and r:metric("luster_shards_held") == 0
+        end)
+      end
+      local status, doc = hit(rs[1], "p2")
+      assert.are.equal(504, status)
+      assert.are.equal("timeout", doc.error.kind)
+      assert.is_true(rs[1]:metric("luster_lease_fences_total") + rs[2]:metric("luster_lease_fences_total") > 0)
+      pg:restart()
+      wait_stable(rs[1], 2, 30)
+      for i = 1, 20 do assert.are.equal(200, (hit(rs[(i % 2) + 1], "p" .. i))) end
+      for _, r in ipairs(rs) do assert.are.equal(200, (r:request("GET", "/health"))) end
+    end)
+    stop_all()
+    if not ok then pcall(pg.restart, pg) end -- the next specs need the server
+    assert(ok, err)
+  end)
+
   it("refuses a runner whose shard count or lease differs from the cluster's", function()
     local start, stop_all = new_cluster()
     local ok, err = pcall(function()
