@@ -396,6 +396,7 @@ static void cluster__read_members(void) {
 }
 
 void cluster_suspect(void) {
+  if (!cluster_on) return;
   cl.fast_poll_until = sched_now() + 3000;
   cluster__read_members();
 }

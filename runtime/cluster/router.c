@@ -246,11 +246,9 @@ static void router__forward_done(void *ud, tp_status_t st, uint8_t kind, const c
     return;
   }
   if (st == TP_LOST) {
-    msg_finish(m, REPLY_UNAVAILABLE,
-               "{\"kind\":\"unavailable\",\"message\":\"the runner serving this entity stopped answering while it "
-               "handled the message; it may or may not have run\"}",
-               strlen("{\"kind\":\"unavailable\",\"message\":\"the runner serving this entity stopped answering "
-                      "while it handled the message; it may or may not have run\"}"));
+    static const char lost[] = "{\"kind\":\"unavailable\",\"message\":\"the runner serving this entity stopped "
+                               "answering while it handled the message; it may or may not have run\"}";
+    msg_finish(m, REPLY_UNAVAILABLE, lost, sizeof lost - 1);
     return;
   }
   /* Not sent, or the peer's view differs: wait for a fresher assignment. */
