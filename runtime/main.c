@@ -226,6 +226,7 @@ static int cmd_run(config_t *cfg) {
   sched_drain();
   if (main_http) http_server_free(main_http);
   host_shutdown();
+  em_close();
   sched_close();
   uv_walk(loop, main__close_walk, NULL);
   uv_run(loop, UV_RUN_DEFAULT);
@@ -268,6 +269,7 @@ static int cmd_check(config_t *cfg) {
   }
   printf("%d script%s, %d failed\n", n, n == 1 ? "" : "s", failed);
   host_shutdown();
+  em_close();
   sched_close();
   uv_run(uv_default_loop(), UV_RUN_DEFAULT);
   return failed ? 1 : (n == 0 ? 1 : 0);

@@ -533,7 +533,7 @@ void em_stop_all(void) {
   }
 }
 
-void em_stash_free(void) {
+void em_close(void) {
   while (em_stash_head) {
     stash_t *st = em_stash_head;
     em__stash_unlink(st);

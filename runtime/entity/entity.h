@@ -63,6 +63,9 @@ void em_type_free(etype_t *t);
 /* Stops every instance of every type (shutdown). */
 void em_stop_all(void);
 uint64_t em_active_total(void);
+/* Frees the manager's own tables (per-shard counts, handed-over snapshots
+ * not yet claimed), after every type has been freed. */
+void em_close(void);
 
 /* Cluster mode. Messages that must go elsewhere (their shard is not served
  * here any more) go back to the router through this hook. */
@@ -82,7 +85,6 @@ void em_release_shards(const uint8_t *mask);
 void em_fence_shards(const uint8_t *mask);
 /* A snapshot that arrived for an instance not yet created here: activate
  * hands it to the next instance of (type, id). Takes ownership. */
-void em_stash_free(void);
 void em_stash_snapshot(const char *type, size_t type_len, const char *id, size_t id_len, char *snap, size_t len);
 
 #endif
