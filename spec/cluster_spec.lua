@@ -44,6 +44,18 @@ local function new_cluster(opts)
   return start, stop_all, url
 end
 
+-- Runs fn(start) in a fresh cluster. Whatever fn does, every runner it
+-- started is stopped, then opts.cleanup(ok) runs; then fn's error, if any,
+-- fails the spec (prefixed with opts.what).
+local function in_cluster(opts, fn)
+  opts = opts or {}
+  local start, stop_all = new_cluster(opts)
+  local ok, err = pcall(fn, start)
+  stop_all()
+  if opts.cleanup then opts.cleanup(ok) end
+  if not ok then error(opts.what and (opts.what .. ": " .. tostring(err)) or err, 0) end
+end
+
 -- Waits until the cluster seen from r has n runners and every shard is held
 -- by its assigned runner.
 local function wait_stable(r, n, timeout)
@@ -161,8 +173,7 @@ describe("cluster", function()
   teardown(function() if pg then pg:destroy() end end)
 
   it("serves every id from one runner, reached from any runner's gateway and from other entities", function()
-    local start, stop_all = new_cluster()
-    local ok, err = pcall(function()
+    in_cluster({}, function(start)
       local rs = { start(), start(), start() }
       local doc = wait_stable(rs[1], 3)
       assert.are.equal(3, #doc.runners)
@@ -211,13 +222,10 @@ describe("cluster", function()
       assert.are.equal(0, code)
       for _, r in ipairs(rs) do assert.truthy(out:find(r.address, 1, true), "status lists " .. r.address) end
     end)
-    stop_all()
-    assert(ok, err)
   end)
 
   it("moves only about a quarter of the shards to a fourth runner joining under load, failing no call", function()
-    local start, stop_all = new_cluster({ args = "--call-timeout 10s" })
-    local ok, err = pcall(function()
+    in_cluster({ args = "--call-timeout 10s" }, function(start)
       local rs = { start(), start(), start() }
       local before = owners(wait_stable(rs[1], 3))
       local L = load(rs, 6, 200)
@@ -243,13 +251,10 @@ describe("cluster", function()
       assert.is_true(spill <= math.max(2, moved // 5), spill .. " of " .. moved .. " moved shards went to old runners")
       check_single_owner(recs)
     end)
-    stop_all()
-    assert(ok, err)
   end)
 
   it("hands shards over on SIGTERM under load without failing a call, and carries snapshots along", function()
-    local start, stop_all = new_cluster({ args = "--call-timeout 10s" })
-    local ok, err = pcall(function()
+    in_cluster({ args = "--call-timeout 10s" }, function(start)
       local rs = { start(), start(), start() }
       wait_stable(rs[1], 3)
       -- Counts that live on the leaving runner.
@@ -278,13 +283,10 @@ describe("cluster", function()
       end
       assert.are.equal(#mine, continued, "every handed-over instance kept its count")
     end)
-    stop_all()
-    assert(ok, err)
   end)
 
   it("serves a killed runner's ids again within about a second", function()
-    local start, stop_all = new_cluster({ args = "--call-timeout 2s" })
-    local ok, err = pcall(function()
+    in_cluster({ args = "--call-timeout 2s" }, function(start)
       local rs = { start(), start(), start() }
       wait_stable(rs[1], 3)
       local victims = {}
@@ -310,13 +312,10 @@ describe("cluster", function()
       assert.is_true(took < 3 * H.slow, "failover took " .. took .. " s")
       wait_stable(rs[1], 2)
     end)
-    stop_all()
-    assert(ok, err)
   end)
 
   it("never lets a frozen runner serve ids it lost (SIGSTOP past the lease, then SIGCONT)", function()
-    local start, stop_all = new_cluster({ args = "--call-timeout 1s" })
-    local ok, err = pcall(function()
+    in_cluster({ args = "--call-timeout 1s" }, function(start)
       local rs = { start(), start(), start() }
       wait_stable(rs[1], 3)
       local L = load({ rs[1], rs[2] }, 6, 150)
@@ -337,13 +336,10 @@ describe("cluster", function()
       -- Every id answers again.
       for i = 1, 150 do assert.are.equal(200, (hit(rs[1], "p" .. i))) end
     end)
-    stop_all()
-    assert(ok, err)
   end)
 
   it("survives a PostgreSQL restart under load", function()
-    local start, stop_all = new_cluster({ args = "--call-timeout 2s" })
-    local ok, err = pcall(function()
+    in_cluster({ args = "--call-timeout 2s" }, function(start)
       local rs = { start(), start(), start() }
       wait_stable(rs[1], 3)
       local L = load({ rs[1], rs[2], rs[3] }, 6, 100)
@@ -356,14 +352,12 @@ describe("cluster", function()
       -- Calls after the cluster settled all succeed.
       for i = 1, 100 do assert.are.equal(200, (hit(rs[(i % 3) + 1], "p" .. i)), "p" .. i) end
     end)
-    stop_all()
-    assert(ok, err)
   end)
 
   it("shows, on every runner, which script version each runner serves", function()
-    local start, stop_all = new_cluster()
     local dirs = {}
-    local ok, err = pcall(function()
+    local function remove_dirs() for _, d in ipairs(dirs) do H.rmdir(d) end end
+    in_cluster({ cleanup = remove_dirs }, function(start)
       for i = 1, 2 do
         dirs[i] = H.tmpdir()
         os.execute(string.format("cp %s/*.lua %s/", FIXTURES, dirs[i]))
@@ -389,14 +383,10 @@ describe("cluster", function()
       assert.are.equal(v[r1.address], after[r1.address])
       assert.are.same(after, versions(r2))
     end)
-    stop_all()
-    for _, d in ipairs(dirs) do H.rmdir(d) end
-    assert(ok, err)
   end)
 
   it("runs a singleton on exactly one runner, and moves it when that runner is killed", function()
-    local start, stop_all = new_cluster({ args = "--call-timeout 2s" })
-    local ok, err = pcall(function()
+    in_cluster({ args = "--call-timeout 2s" }, function(start)
       local rs = { start(), start(), start() }
       wait_stable(rs[1], 3)
       -- Runners that beat in the last 300 ms, as seen through r.
@@ -434,13 +424,12 @@ describe("cluster", function()
       end
       assert.are_not.equal(owner, successor)
     end)
-    stop_all()
-    assert(ok, err)
   end)
 
   it("stops serving while PostgreSQL is down past the lease, and serves again when it returns", function()
-    local start, stop_all = new_cluster({ args = "--call-timeout 1s" })
-    local ok, err = pcall(function()
+    -- If the spec fails half-way, the next specs still need the server.
+    local function server_back(ok) if not ok then pcall(pg.restart, pg) end end
+    in_cluster({ args = "--call-timeout 1s", cleanup = server_back }, function(start)
       local rs = { start(), start() }
       wait_stable(rs[1], 2)
       assert.are.equal(200, (hit(rs[1], "p1")))
@@ -461,14 +450,10 @@ describe("cluster", function()
       for i = 1, 20 do assert.are.equal(200, (hit(rs[(i % 2) + 1], "p" .. i))) end
       for _, r in ipairs(rs) do assert.are.equal(200, (r:request("GET", "/health"))) end
     end)
-    stop_all()
-    if not ok then pcall(pg.restart, pg) end -- the next specs need the server
-    assert(ok, err)
   end)
 
   it("refuses a runner whose shard count or lease differs from the cluster's", function()
-    local start, stop_all = new_cluster()
-    local ok, err = pcall(function()
+    in_cluster({}, function(start)
       local r1 = start()
       wait_stable(r1, 1)
       local r2 = start({ shards = 32, wait = false })
@@ -483,13 +468,10 @@ describe("cluster", function()
       assert.truthy(text:find("--lease 3000ms", 1, true), text)
       assert.are.equal(200, (hit(r1, "p1")))
     end)
-    stop_all()
-    assert(ok, err)
   end)
 
   it("refuses a peer with the wrong secret, and garbage on the runner port, and keeps serving", function()
-    local start, stop_all = new_cluster({ env = { LUSTER_CLUSTER_SECRET = "s3cret" } })
-    local ok, err = pcall(function()
+    in_cluster({ env = { LUSTER_CLUSTER_SECRET = "s3cret" } }, function(start)
       local r1 = start()
       local r2 = start()
       wait_stable(r1, 2)
@@ -530,15 +512,12 @@ describe("cluster", function()
       wait_stable(r1, 2)
       for i = 1, 30 do assert.are.equal(200, (hit(r1, "p" .. i))) end
     end)
-    stop_all()
-    assert(ok, err)
   end)
 
   it("keeps one owner per id through a seeded storm of joins, leaves, kills and freezes under load", function()
     local seed = tonumber(os.getenv("LUSTER_STORM_SEED") or "") or 20261124
     math.randomseed(seed)
-    local start, stop_all = new_cluster({ args = "--call-timeout 1s --shutdown-timeout 4s" })
-    local ok, err = pcall(function()
+    in_cluster({ args = "--call-timeout 1s --shutdown-timeout 4s", what = "storm seed " .. seed }, function(start)
       local live = { start(), start(), start() }
       wait_stable(live[1], 3)
       local L = load({ live[1] }, 6, 120)
@@ -575,7 +554,5 @@ describe("cluster", function()
       for i = 1, 120 do assert.are.equal(200, (hit(live[1], "p" .. i)), "p" .. i) end
       for _, r in ipairs(live) do assert.is_true(H.alive(r.pid), "a runner died on its own: " .. r.log) end
     end)
-    stop_all()
-    assert(ok, "storm seed " .. seed .. ": " .. tostring(err))
   end)
 end)
