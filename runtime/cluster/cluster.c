@@ -30,10 +30,8 @@
 #include "host/host.h"
 #include "storage/coord.h"
 
-enum { S_NONE = 0, S_ACQUIRING, S_HELD, S_RELEASING, S_UNLOCKING };
-
 int cluster_on;
-uint8_t *cluster_held;
+uint8_t *cluster_shard_state;
 uint64_t cluster_safe_until;
 
 typedef struct {
@@ -50,7 +48,6 @@ static struct {
   char *address; /* advertised */
   int64_t self_id;
   uint32_t n;
-  uint8_t *state;
   uint64_t *release_started;
   int32_t *owner; /* index into members, -1 = none */
   member_t *members;
@@ -96,7 +93,7 @@ static void cluster__read_members(void);
 
 static uint32_t cluster__count(int state) {
   uint32_t k = 0;
-  for (uint32_t s = 1; s <= cl.n; s++) k += cl.state[s] == state;
+  for (uint32_t s = 1; s <= cl.n; s++) k += cluster_shard_state[s] == state;
   return k;
 }
 
@@ -106,12 +103,12 @@ static void cluster__fence(const char *why) {
   uint8_t *mask = calloc(cl.n + 1, 1);
   uint32_t k = 0;
   for (uint32_t s = 1; s <= cl.n; s++) {
-    if (cl.state[s] == S_HELD || cl.state[s] == S_RELEASING || cl.state[s] == S_UNLOCKING) {
+    uint8_t st = cluster_shard_state[s];
+    if (st == SHARD_HELD || st == SHARD_RELEASING || st == SHARD_UNLOCKING) {
       mask[s] = 1;
       k++;
     }
-    cluster_held[s] = 0;
-    if (cl.state[s] != S_NONE) cl.state[s] = S_NONE;
+    cluster_shard_state[s] = SHARD_NONE;
   }
   cluster_safe_until = 0;
   if (k) {
@@ -134,7 +131,7 @@ static void cluster__fence_fire(timer_entry_t *t) {
     return;
   }
   cl.lease_failures++;
-  int any = cluster__count(S_HELD) + cluster__count(S_RELEASING) + cluster__count(S_UNLOCKING) > 0;
+  int any = cluster__count(SHARD_HELD) + cluster__count(SHARD_RELEASING) + cluster__count(SHARD_UNLOCKING) > 0;
   cl.member_locked = 0;
   if (any) cluster__fence("the shard lease could not be confirmed in time");
   /* Close the session: the server then frees its locks at once instead of
@@ -259,7 +256,7 @@ static void cluster__lock_state(int up, const char *why) {
     cl.session_lost = 1;
     cl.member_locked = 0;
     cl.lock_busy = 0;
-    if (cluster__count(S_HELD) + cluster__count(S_RELEASING) + cluster__count(S_UNLOCKING))
+    if (cluster__count(SHARD_HELD) + cluster__count(SHARD_RELEASING) + cluster__count(SHARD_UNLOCKING))
       cluster__fence(why && *why ? why : "the lock session to PostgreSQL was lost");
     return;
   }
@@ -410,14 +407,15 @@ static void cluster__heartbeat_done(void *ud, int ok, const char *err) {
 static char *cluster__scripts_text(void) {
   buf_t b;
   buf_init(&b);
-  for (script_t *sc = host_scripts(); sc; sc = sc->next) buf_printf(&b, "%s\t%s\n", sc->file, sc->error ? "error" : sc->version);
+  for (script_t *sc = host_scripts(); sc; sc = sc->next)
+    buf_printf(&b, "%s\t%s\n", sc->file, sc->error ? "error" : sc->version);
   if (!b.data) buf_adds(&b, "");
   return buf_steal(&b, NULL);
 }
 
 static void cluster__heartbeat(void) {
   char *scripts = cluster__scripts_text();
-  coord_heartbeat(cl.leaving, cluster__count(S_HELD), scripts, 2000, cluster__heartbeat_done, NULL);
+  coord_heartbeat(cl.leaving, cluster__count(SHARD_HELD), scripts, 2000, cluster__heartbeat_done, NULL);
   free(scripts);
 }
 
@@ -481,15 +479,14 @@ static void cluster__acquired(void *ud, int ok, const uint32_t *got, int ngot) {
   free(r);
   for (int i = 0; i < ngot; i++) {
     uint32_t s = got[i];
-    if (s < 1 || s > cl.n || cl.state[s] != S_ACQUIRING) continue;
-    cl.state[s] = S_HELD;
-    cluster_held[s] = 1;
+    if (s < 1 || s > cl.n || cluster_shard_state[s] != SHARD_ACQUIRING) continue;
+    cluster_shard_state[s] = SHARD_HELD;
     cl.acquired_total++;
   }
   int missed = 0;
   for (uint32_t s = 1; s <= cl.n; s++)
-    if (cl.state[s] == S_ACQUIRING) { /* still held by a runner handing it over: retry later */
-      cl.state[s] = S_NONE;
+    if (cluster_shard_state[s] == SHARD_ACQUIRING) { /* still held by a runner handing it over: retry later */
+      cluster_shard_state[s] = SHARD_NONE;
       missed = 1;
     }
   /* Not in a tight loop: the holder's "released" notice (or the next tick)
@@ -497,7 +494,7 @@ static void cluster__acquired(void *ud, int ok, const uint32_t *got, int ngot) {
   if (missed) cl.acquire_after = cluster_mono_ms() + 100;
   if (ngot) {
     log_info("cluster: now serving %d more shard%s (%u in all)", ngot, ngot == 1 ? "" : "s",
-             cluster__count(S_HELD));
+             cluster__count(SHARD_HELD));
     host_background_update();
     router_wake();
   }
@@ -523,7 +520,7 @@ static void cluster__unlocked(void *ud, int ok, const char *err) {
   cl.unlocking_busy = 0;
   for (uint32_t i = 1; i <= batch[0]; i++) {
     uint32_t s = batch[i];
-    if (cl.state[s] == S_UNLOCKING) cl.state[s] = S_NONE;
+    if (cluster_shard_state[s] == SHARD_UNLOCKING) cluster_shard_state[s] = SHARD_NONE;
   }
   if (!ok) {
     /* A lock we could not release would block its new owner forever: end
@@ -543,7 +540,7 @@ static void cluster__unlocked(void *ud, int ok, const char *err) {
 }
 
 void cluster_shard_drained(uint32_t shard) {
-  if (shard >= 1 && shard <= cl.n && cl.state[shard] == S_RELEASING) cluster__schedule_reconcile();
+  if (shard >= 1 && shard <= cl.n && cluster_shard_state[shard] == SHARD_RELEASING) cluster__schedule_reconcile();
 }
 
 static void cluster__reconcile(void) {
@@ -557,24 +554,23 @@ static void cluster__reconcile(void) {
   uint32_t *unlock = NULL, nunlock = 0;
   for (uint32_t s = 1; s <= cl.n; s++) {
     int mine = cl.self_index >= 0 && cl.owner[s] == cl.self_index && !cl.leaving;
-    switch (cl.state[s]) {
-    case S_NONE:
+    switch (cluster_shard_state[s]) {
+    case SHARD_NONE:
       if (mine && ready && !cl.acquiring_busy) {
         if (!acq) acq = malloc(sizeof *acq * cl.n);
         acq[nacq++] = s;
       }
       break;
-    case S_HELD:
+    case SHARD_HELD:
       if (!mine) {
         if (!release) release = calloc(cl.n + 1, 1);
         release[s] = 1;
         nrel++;
-        cl.state[s] = S_RELEASING;
-        cluster_held[s] = 0;
+        cluster_shard_state[s] = SHARD_RELEASING;
         cl.release_started[s] = sched_now();
       }
       break;
-    case S_RELEASING:
+    case SHARD_RELEASING:
       if (em_shard_instances(s) == 0 && !cl.unlocking_busy && cl.lock_up) {
         if (!unlock) unlock = malloc(sizeof *unlock * (cl.n + 1));
         unlock[++nunlock] = s;
@@ -591,7 +587,7 @@ static void cluster__reconcile(void) {
     free(release);
     /* Shards that had nothing running are empty now. */
     for (uint32_t s = 1; s <= cl.n; s++) {
-      if (cl.state[s] == S_RELEASING && em_shard_instances(s) == 0 && !cl.unlocking_busy && cl.lock_up) {
+      if (cluster_shard_state[s] == SHARD_RELEASING && em_shard_instances(s) == 0 && !cl.unlocking_busy && cl.lock_up) {
         if (!unlock) unlock = malloc(sizeof *unlock * (cl.n + 1));
         int dup = 0;
         for (uint32_t i = 1; i <= nunlock; i++) dup |= unlock[i] == s;
@@ -601,14 +597,14 @@ static void cluster__reconcile(void) {
   }
   if (nunlock) {
     unlock[0] = nunlock;
-    for (uint32_t i = 1; i <= nunlock; i++) cl.state[unlock[i]] = S_UNLOCKING;
+    for (uint32_t i = 1; i <= nunlock; i++) cluster_shard_state[unlock[i]] = SHARD_UNLOCKING;
     cl.unlocking_busy = 1;
     coord_unlock_shards(unlock + 1, (int)nunlock, cl.lease / 4, cluster__unlocked, unlock);
   } else {
     free(unlock);
   }
   if (nacq) {
-    for (uint32_t i = 0; i < nacq; i++) cl.state[acq[i]] = S_ACQUIRING;
+    for (uint32_t i = 0; i < nacq; i++) cluster_shard_state[acq[i]] = SHARD_ACQUIRING;
     cl.acquiring_busy = 1;
     coord_try_shards(acq, (int)nacq, cl.lease / 4, cluster__acquired, cluster__req());
   }
@@ -630,7 +626,7 @@ static void cluster__tick_fire(timer_entry_t *t) {
   uint8_t *late = NULL;
   uint64_t now = sched_now();
   for (uint32_t s = 1; s <= cl.n; s++) {
-    if (cl.state[s] == S_RELEASING && em_shard_instances(s) > 0 &&
+    if (cluster_shard_state[s] == SHARD_RELEASING && em_shard_instances(s) > 0 &&
         now - cl.release_started[s] > cl.cfg.handoff_timeout_ms) {
       if (!late) late = calloc(cl.n + 1, 1);
       late[s] = 1;
@@ -660,8 +656,8 @@ static void cluster__unregistered(void *ud, int ok, const char *err) {
 
 static void cluster__leave_step(void) {
   if (cl.unregistering) return;
-  uint32_t busy = cluster__count(S_HELD) + cluster__count(S_RELEASING) + cluster__count(S_UNLOCKING) +
-                  cluster__count(S_ACQUIRING);
+  uint32_t busy = cluster__count(SHARD_HELD) + cluster__count(SHARD_RELEASING) + cluster__count(SHARD_UNLOCKING) +
+                  cluster__count(SHARD_ACQUIRING);
   if (busy && cl.lock_up) return;
   if (tp_pending_output() > 0) return;
   cl.unregistering = 1;
@@ -678,8 +674,8 @@ void cluster_leave(void) {
     return;
   }
   cl.leaving = 1;
-  log_info("cluster: leaving: handing %u shard%s to the other runners", cluster__count(S_HELD),
-           cluster__count(S_HELD) == 1 ? "" : "s");
+  log_info("cluster: leaving: handing %u shard%s to the other runners", cluster__count(SHARD_HELD),
+           cluster__count(SHARD_HELD) == 1 ? "" : "s");
   if (cl.main_up) cluster__heartbeat();
   coord_notify("leaving");
   cluster__assign();
@@ -763,11 +759,10 @@ int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_
   log_info("runner transport listening on %s (advertised as %s%s)", bound, cl.address,
            cfg->secret && *cfg->secret ? ", cluster secret required" : "");
 
-  cl.state = calloc(cl.n + 1, 1);
+  cluster_shard_state = calloc(cl.n + 1, 1);
   cl.release_started = calloc(cl.n + 1, sizeof *cl.release_started);
   cl.owner = malloc(sizeof *cl.owner * (cl.n + 1));
   for (uint32_t s = 0; s <= cl.n; s++) cl.owner[s] = -1;
-  cluster_held = calloc(cl.n + 1, 1);
   cluster_on = 1;
   timer_entry_init(&cl.refresh_timer, cluster__refresh_fire);
   timer_entry_init(&cl.fence_timer, cluster__fence_fire);
@@ -797,12 +792,11 @@ void cluster_close(void) {
   cluster__free_members(cl.members, cl.nmembers);
   cl.members = NULL;
   cl.nmembers = 0;
-  free(cl.state);
+  free(cluster_shard_state);
   free(cl.release_started);
   free(cl.owner);
-  free(cluster_held);
   free(cl.address);
-  cluster_held = NULL;
+  cluster_shard_state = NULL;
 }
 
 /* ---------------------------------------------------------------------------
@@ -810,7 +804,7 @@ void cluster_close(void) {
  * ------------------------------------------------------------------------- */
 
 route_t cluster_route(uint32_t shard, tp_peer_t **peer) {
-  if (cl.state[shard] == S_HELD && cluster_serving(shard)) return ROUTE_LOCAL;
+  if (cluster_serving(shard)) return ROUTE_LOCAL;
   int o = cl.owner[shard];
   if (o < 0) return ROUTE_HOLD;
   if (o == cl.self_index) return ROUTE_HOLD_MINE;
@@ -820,10 +814,10 @@ route_t cluster_route(uint32_t shard, tp_peer_t **peer) {
 
 static const char *cluster__state_name(uint8_t s) {
   switch (s) {
-  case S_ACQUIRING: return "acquiring";
-  case S_HELD: return "held";
-  case S_RELEASING: return "releasing";
-  case S_UNLOCKING: return "unlocking";
+  case SHARD_ACQUIRING: return "acquiring";
+  case SHARD_HELD: return "held";
+  case SHARD_RELEASING: return "releasing";
+  case SHARD_UNLOCKING: return "unlocking";
   default: return "none";
   }
 }
@@ -844,7 +838,7 @@ static void cluster__ranges(buf_t *b, int (*pick)(uint32_t s, int arg), int arg)
 }
 
 static int cluster__owned_by(uint32_t s, int idx) { return cl.owner[s] == idx; }
-static int cluster__in_state(uint32_t s, int st) { return cl.state[s] == st; }
+static int cluster__in_state(uint32_t s, int st) { return cluster_shard_state[s] == st; }
 
 void cluster_json_info(buf_t *b) {
   uint64_t now = cluster_mono_ms();
@@ -874,7 +868,7 @@ void cluster_json_runners(buf_t *b) {
     buf_printf(b, ",\"weight\":%u,\"self\":%s,\"healthy\":%s,\"status\":\"%s\",\"heartbeat_age_ms\":%" PRId64
                   ",\"shards\":%u,\"shards_assigned\":%u,\"connected\":%s",
                m->weight, self ? "true" : "false", m->stopping ? "false" : "true",
-               m->stopping ? "leaving" : "serving", m->heartbeat_age_ms, self ? cluster__count(S_HELD) : m->held,
+               m->stopping ? "leaving" : "serving", m->heartbeat_age_ms, self ? cluster__count(SHARD_HELD) : m->held,
                assigned, self ? "true" : (m->peer && tp_peer_ready(m->peer) ? "true" : "false"));
     if (self) buf_printf(b, ",\"active\":%" PRIu64, em_active_total());
     buf_adds(b, ",\"scripts\":{");
@@ -910,7 +904,7 @@ void cluster_json_shards(buf_t *b) {
     buf_addc(b, '}');
   }
   buf_adds(b, "],\"here\":{");
-  static const uint8_t states[] = {S_HELD, S_ACQUIRING, S_RELEASING, S_UNLOCKING};
+  static const uint8_t states[] = {SHARD_HELD, SHARD_ACQUIRING, SHARD_RELEASING, SHARD_UNLOCKING};
   for (size_t k = 0; k < sizeof states; k++) {
     buf_printf(b, "%s\"%s\":", k ? "," : "", cluster__state_name(states[k]));
     cluster__ranges(b, cluster__in_state, states[k]);
@@ -945,7 +939,7 @@ void cluster_metrics(buf_t *b) {
              "# TYPE luster_router_not_owner_total counter\nluster_router_not_owner_total %" PRIu64 "\n"
              "# TYPE luster_router_held_messages gauge\nluster_router_held_messages %" PRIu64 "\n"
              "# TYPE luster_handoff_snapshots_total counter\nluster_handoff_snapshots_total %" PRIu64 "\n",
-             cl.nmembers, cluster__count(S_HELD), cluster__count(S_RELEASING), cl.lease_refreshes,
+             cl.nmembers, cluster__count(SHARD_HELD), cluster__count(SHARD_RELEASING), cl.lease_refreshes,
              cl.lease_failures, cl.fences, (double)cl.last_refresh_us / 1e6, (double)cl.max_refresh_us / 1e6, cl.acquired_total,
              cl.released_total, cl.membership_changes, t->conns_in, t->conns_out, t->requests_in, t->requests_out,
              t->auth_failures, t->protocol_errors, rs->forwarded, rs->reroutes, rs->not_owner, rs->held,

@@ -27,14 +27,17 @@ typedef struct {
   size_t max_frame;
 } cluster_config_t;
 
+/* A shard's state on this runner (see cluster.c). */
+enum { SHARD_NONE = 0, SHARD_ACQUIRING, SHARD_HELD, SHARD_RELEASING, SHARD_UNLOCKING };
+
 /* Read by the inline check below; written only by cluster.c. */
 extern int cluster_on;
-extern uint8_t *cluster_held; /* [shard], 1..shards */
+extern uint8_t *cluster_shard_state; /* [shard], 1..shards */
 extern uint64_t cluster_safe_until;
 uint64_t cluster_mono_ms(void);
 
 static inline int cluster_serving(uint32_t shard) {
-  return !cluster_on || (cluster_held[shard] && cluster_mono_ms() < cluster_safe_until);
+  return !cluster_on || (cluster_shard_state[shard] == SHARD_HELD && cluster_mono_ms() < cluster_safe_until);
 }
 
 typedef enum {
