@@ -118,19 +118,21 @@ static void router__persist(sched_item_t *it) {
   router__deliver(m, NULL);
 }
 
-void router_send(const char *type, size_t type_len, const char *id, size_t id_len, const char *tag, size_t tag_len,
-                 const char *payload, size_t payload_len, const char *headers, size_t headers_len, unsigned flags,
-                 call_t *call) {
+/* Checks type, RPC and id and makes the message, or completes `call` with
+ * the reason and returns NULL. The call is not attached to the message. */
+static msg_t *router__new_msg(const char *type, size_t type_len, const char *id, size_t id_len, const char *tag,
+                              size_t tag_len, const char *payload, size_t payload_len, const char *headers,
+                              size_t headers_len, unsigned flags, call_t *call) {
   etype_t *t = host_find_type(type, type_len);
   if (!t || t->kind != DEF_ENTITY) {
     call_fail(call, REPLY_NOT_FOUND, "unknown entity type '%.*s'", (int)(type_len > 128 ? 128 : type_len), type);
-    return;
+    return NULL;
   }
   int rpc = etype_find_rpc(t, tag, tag_len);
   if (rpc < 0) {
     call_fail(call, REPLY_NOT_FOUND, "entity type '%s' has no RPC '%.*s'", t->name,
               (int)(tag_len > 128 ? 128 : tag_len), tag);
-    return;
+    return NULL;
   }
   if (id_len == 0 || id_len > ROUTER_MAX_ID) {
     size_t len;
@@ -139,10 +141,19 @@ void router_send(const char *type, size_t type_len, const char *id, size_t id_le
                                   &len);
     call_complete(call, REPLY_SCHEMA, body, len);
     free(body);
-    return;
+    return NULL;
   }
   msg_t *m = msg_new(t, rpc, id, id_len, payload, payload_len, headers, headers_len);
   m->flags = flags;
+  return m;
+}
+
+void router_send(const char *type, size_t type_len, const char *id, size_t id_len, const char *tag, size_t tag_len,
+                 const char *payload, size_t payload_len, const char *headers, size_t headers_len, unsigned flags,
+                 call_t *call) {
+  msg_t *m = router__new_msg(type, type_len, id, id_len, tag, tag_len, payload, payload_len, headers, headers_len,
+                             flags, call);
+  if (!m) return;
   if (!cluster_on) { /* one runner: straight to the entity manager */
     router__local_call(m, call);
     return;
@@ -295,6 +306,19 @@ static void router__forward(msg_t *m, uint32_t shard, tp_peer_t *peer) {
   tp_send(peer, &req, router__forward_done, f);
 }
 
+/* Sends m the way `r` (cluster_route's answer for its shard) says. */
+static void router__dispatch(msg_t *m, uint32_t shard, route_t r, tp_peer_t *peer) {
+  if (rt.head[shard] && !rt.flushing) { /* keep arrival order behind held ones */
+    router__hold(shard, m);
+    return;
+  }
+  switch (r) {
+  case ROUTE_LOCAL: router__local(m); break;
+  case ROUTE_REMOTE: router__forward(m, shard, peer); break;
+  default: router__hold(shard, m); break;
+  }
+}
+
 /* Where a message goes now. */
 static void router__route(msg_t *m) {
   if (!cluster_on) {
@@ -302,16 +326,9 @@ static void router__route(msg_t *m) {
     return;
   }
   uint32_t shard = cluster_shard_of(m->id, m->id_len);
-  if (rt.head[shard] && !rt.flushing) { /* keep arrival order behind held ones */
-    router__hold(shard, m);
-    return;
-  }
   tp_peer_t *peer = NULL;
-  switch (cluster_route(shard, &peer)) {
-  case ROUTE_LOCAL: router__local(m); break;
-  case ROUTE_REMOTE: router__forward(m, shard, peer); break;
-  default: router__hold(shard, m); break;
-  }
+  route_t r = cluster_route(shard, &peer);
+  router__dispatch(m, shard, r, peer);
 }
 
 static void router__reroute(msg_t *m) {
@@ -426,19 +443,24 @@ void router_inbound(tp_inbound_t *in, const frame_request_t *req) {
     return;
   }
   rt.st.inbound++;
-  if (cluster_on && req->id.n > 0 && req->id.n <= ROUTER_MAX_ID) {
-    tp_peer_t *peer = NULL;
-    route_t r = cluster_route(cluster_shard_of(req->id.p, req->id.n), &peer);
-    if (r != ROUTE_LOCAL && r != ROUTE_HOLD_MINE) {
-      rt.st.not_owner++;
-      tp_reply(in, ROUTER_NOT_OWNER, "", 0);
-      return;
-    }
+  /* Served here, or about to be: otherwise the sender's view is stale. */
+  int good_id = req->id.n > 0 && req->id.n <= ROUTER_MAX_ID; /* a bad one is refused below */
+  uint32_t shard = cluster_shard_of(req->id.p, req->id.n);
+  tp_peer_t *peer = NULL;
+  route_t r = good_id ? cluster_route(shard, &peer) : ROUTE_LOCAL;
+  if (r != ROUTE_LOCAL && r != ROUTE_HOLD_MINE) {
+    rt.st.not_owner++;
+    tp_reply(in, ROUTER_NOT_OWNER, "", 0);
+    return;
   }
   call_t *c = call_new(router__inbound_done, in, req->timeout_ms ? req->timeout_ms : host_config()->call_timeout_ms);
   tp_inbound_set_ud(in, c);
-  router_send(req->type.p, req->type.n, req->id.p, req->id.n, req->tag.p, req->tag.n, req->payload.p, req->payload.n,
-              req->headers.n ? req->headers.p : NULL, req->headers.n, req->flags & MSG_DISCARD, c);
+  msg_t *m = router__new_msg(req->type.p, req->type.n, req->id.p, req->id.n, req->tag.p, req->tag.n, req->payload.p,
+                             req->payload.n, req->headers.n ? req->headers.p : NULL, req->headers.n,
+                             req->flags & MSG_DISCARD, c);
+  if (!m) return;
+  msg_attach_call(m, c);
+  router__dispatch(m, shard, r, peer);
 }
 
 void router_inbound_abandoned(tp_inbound_t *in) {
