@@ -209,16 +209,7 @@ local function with_cluster(n, args, fn)
   end
   local rs = {}
   for i = 1, n do rs[i] = start_one() end
-  H.wait_for("the cluster to settle", 30, function()
-    local doc = rs[1]:cluster()
-    if #doc.runners ~= #started then return false end
-    local held = 0
-    for _, m in ipairs(doc.runners) do
-      if m.shards ~= m.shards_assigned then return false end
-      held = held + m.shards
-    end
-    return held == doc.shards.count
-  end, 0.05)
+  H.wait_cluster(rs[1], #started, 30)
   local ok, res = pcall(fn, rs, start_one, started)
   for _, r in ipairs(started) do
     r:kill("CONT")
@@ -357,11 +348,7 @@ scenarios[#scenarios + 1] = {
       local wrk = io.popen(string.format("wrk -t2 -c32 -d8s -s %s %s 2>&1", script, a.url))
       socket.sleep(1)
       local c = start_one()
-      H.wait_for("the joiner to hold shards", 20, function()
-        for _, m in ipairs(a:cluster().runners) do
-          if m.address == c.address and m.shards > 0 and m.shards == m.shards_assigned then return true end
-        end
-      end, 0.05)
+      H.wait_cluster(a, 3, 20) -- the joiner holds its shards
       socket.sleep(1)
       assert(c:stop(20), "the leaving runner exits on SIGTERM")
       local w = parse_wrk(wrk:read("a"))

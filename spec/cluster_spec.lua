@@ -56,21 +56,6 @@ local function in_cluster(opts, fn)
   if not ok then error(opts.what and (opts.what .. ": " .. tostring(err)) or err, 0) end
 end
 
--- Waits until the cluster seen from r has n runners and every shard is held
--- by its assigned runner.
-local function wait_stable(r, n, timeout)
-  return H.wait_for(n .. " runners holding every shard", timeout or 20, function()
-    local doc = r:cluster()
-    if #doc.runners ~= n then return false end
-    local held = 0
-    for _, m in ipairs(doc.runners) do
-      if m.shards ~= m.shards_assigned then return false end
-      held = held + m.shards
-    end
-    return held == doc.shards.count and doc
-  end, 0.05)
-end
-
 -- shard -> runner address, from a /cluster document.
 local function owners(doc)
   local map = {}
@@ -175,7 +160,7 @@ describe("cluster", function()
   it("serves every id from one runner, reached from any runner's gateway and from other entities", function()
     in_cluster({}, function(start)
       local rs = { start(), start(), start() }
-      local doc = wait_stable(rs[1], 3)
+      local doc = H.wait_cluster(rs[1], 3)
       assert.are.equal(3, #doc.runners)
       local seen = {}
       for i = 1, 60 do
@@ -227,10 +212,10 @@ describe("cluster", function()
   it("moves only about a quarter of the shards to a fourth runner joining under load, failing no call", function()
     in_cluster({ args = "--call-timeout 10s" }, function(start)
       local rs = { start(), start(), start() }
-      local before = owners(wait_stable(rs[1], 3))
+      local before = owners(H.wait_cluster(rs[1], 3))
       local L = load(rs, 6, 200)
       local r4 = start()
-      local after = owners(wait_stable(rs[1], 4))
+      local after = owners(H.wait_cluster(rs[1], 4))
       H.wait_for("more calls after the join", 10, function() return L.count() > 500 end)
       local recs = L.finish()
       local bad = failures(recs)
@@ -256,7 +241,7 @@ describe("cluster", function()
   it("hands shards over on SIGTERM under load without failing a call, and carries snapshots along", function()
     in_cluster({ args = "--call-timeout 10s" }, function(start)
       local rs = { start(), start(), start() }
-      wait_stable(rs[1], 3)
+      H.wait_cluster(rs[1], 3)
       -- Counts that live on the leaving runner.
       local mine = {}
       for i = 1, 100 do
@@ -267,7 +252,7 @@ describe("cluster", function()
       assert.is_true(#mine > 0)
       local L = load({ rs[1], rs[2] }, 6, 100)
       assert.is_true(rs[3]:stop(15), "the runner exits on SIGTERM")
-      wait_stable(rs[1], 2)
+      H.wait_cluster(rs[1], 2)
       H.wait_for("calls after the hand-off", 10, function() return L.count() > 300 end)
       local recs = L.finish()
       local bad = failures(recs)
@@ -288,7 +273,7 @@ describe("cluster", function()
   it("serves a killed runner's ids again within about a second", function()
     in_cluster({ args = "--call-timeout 2s" }, function(start)
       local rs = { start(), start(), start() }
-      wait_stable(rs[1], 3)
+      H.wait_cluster(rs[1], 3)
       local victims = {}
       for i = 1, 100 do
         local _, v = hit(rs[1], "p" .. i)
@@ -310,23 +295,23 @@ describe("cluster", function()
       local took = socket.gettime() - t0
       print(string.format("\n  kill -9 failover: %d ids served again after %.0f ms", #victims, took * 1000))
       assert.is_true(took < 3 * H.slow, "failover took " .. took .. " s")
-      wait_stable(rs[1], 2)
+      H.wait_cluster(rs[1], 2)
     end)
   end)
 
   it("never lets a frozen runner serve ids it lost (SIGSTOP past the lease, then SIGCONT)", function()
     in_cluster({ args = "--call-timeout 1s" }, function(start)
       local rs = { start(), start(), start() }
-      wait_stable(rs[1], 3)
+      H.wait_cluster(rs[1], 3)
       local L = load({ rs[1], rs[2] }, 6, 150)
       rs[3]:kill("STOP")
       -- The others take over once its lease has run out.
-      wait_stable(rs[1], 2, 30)
+      H.wait_cluster(rs[1], 2, 30)
       local n = L.count()
       H.wait_for("calls served by the survivors", 10, function() return L.count() > n + 300 end)
       rs[3]:kill("CONT")
       -- It wakes, stops serving what it lost, and comes back as a member.
-      wait_stable(rs[1], 3, 30)
+      H.wait_cluster(rs[1], 3, 30)
       n = L.count()
       H.wait_for("calls after it rejoined", 10, function() return L.count() > n + 300 end)
       local recs = L.finish()
@@ -341,10 +326,10 @@ describe("cluster", function()
   it("survives a PostgreSQL restart under load", function()
     in_cluster({ args = "--call-timeout 2s" }, function(start)
       local rs = { start(), start(), start() }
-      wait_stable(rs[1], 3)
+      H.wait_cluster(rs[1], 3)
       local L = load({ rs[1], rs[2], rs[3] }, 6, 100)
       pg:restart()
-      wait_stable(rs[1], 3, 30)
+      H.wait_cluster(rs[1], 3, 30)
       local n = L.count()
       H.wait_for("calls after the restart", 15, function() return L.count() > n + 300 end)
       local recs = L.finish()
@@ -363,7 +348,7 @@ describe("cluster", function()
         os.execute(string.format("cp %s/*.lua %s/", FIXTURES, dirs[i]))
       end
       local r1, r2 = start({ dir = dirs[1] }), start({ dir = dirs[2] })
-      wait_stable(r1, 2)
+      H.wait_cluster(r1, 2)
       local function versions(from)
         local v = {}
         for _, m in ipairs(from:cluster().runners) do v[m.address] = m.scripts["probe.lua"] end
@@ -388,7 +373,7 @@ describe("cluster", function()
   it("runs a singleton on exactly one runner, and moves it when that runner is killed", function()
     in_cluster({ args = "--call-timeout 2s" }, function(start)
       local rs = { start(), start(), start() }
-      wait_stable(rs[1], 3)
+      H.wait_cluster(rs[1], 3)
       -- Runners that beat in the last 300 ms, as seen through r.
       local function beating(r)
         local status, doc = r:call("Tally", "beacon", "Report", {})
@@ -431,7 +416,7 @@ describe("cluster", function()
     local function server_back(ok) if not ok then pcall(pg.restart, pg) end end
     in_cluster({ args = "--call-timeout 1s", cleanup = server_back }, function(start)
       local rs = { start(), start() }
-      wait_stable(rs[1], 2)
+      H.wait_cluster(rs[1], 2)
       assert.are.equal(200, (hit(rs[1], "p1")))
       pg:stop()
       -- Leases cannot be confirmed: every runner fences, says so, and calls
@@ -446,7 +431,7 @@ describe("cluster", function()
       assert.are.equal("timeout", doc.error.kind)
       assert.is_true(rs[1]:metric("luster_lease_fences_total") + rs[2]:metric("luster_lease_fences_total") > 0)
       pg:restart()
-      wait_stable(rs[1], 2, 30)
+      H.wait_cluster(rs[1], 2, 30)
       for i = 1, 20 do assert.are.equal(200, (hit(rs[(i % 2) + 1], "p" .. i))) end
       for _, r in ipairs(rs) do assert.are.equal(200, (r:request("GET", "/health"))) end
     end)
@@ -455,7 +440,7 @@ describe("cluster", function()
   it("refuses a runner whose shard count or lease differs from the cluster's", function()
     in_cluster({}, function(start)
       local r1 = start()
-      wait_stable(r1, 1)
+      H.wait_cluster(r1, 1)
       local r2 = start({ shards = 32, wait = false })
       H.wait_for("the mismatched runner to exit", 15, function() return not H.alive(r2.pid) end)
       local text = r2:log_text()
@@ -474,7 +459,7 @@ describe("cluster", function()
     in_cluster({ env = { LUSTER_CLUSTER_SECRET = "s3cret" } }, function(start)
       local r1 = start()
       local r2 = start()
-      wait_stable(r1, 2)
+      H.wait_cluster(r1, 2)
       -- Garbage, an oversized length and a truncated request sent before
       -- authenticating each close that connection only.
       local host, port = r1.address:match("^(.*):(%d+)$")
@@ -497,7 +482,7 @@ describe("cluster", function()
       -- deadline instead of reaching the owner.
       local before = r1:metric("luster_transport_auth_failures_total") + r2:metric("luster_transport_auth_failures_total")
       local r3 = start({ env = { LUSTER_CLUSTER_SECRET = "wrong" }, args = "--call-timeout 500ms" })
-      wait_stable(r1, 3)
+      H.wait_cluster(r1, 3)
       local refused = 0
       for i = 1, 20 do
         local status, v = hit(r3, "p" .. i)
@@ -509,7 +494,7 @@ describe("cluster", function()
       assert.is_true(after > before, "the peers counted the refused handshakes")
       assert.truthy(r3:log_text():find("secret", 1, true), "the refused runner says why")
       r3:stop()
-      wait_stable(r1, 2)
+      H.wait_cluster(r1, 2)
       for i = 1, 30 do assert.are.equal(200, (hit(r1, "p" .. i))) end
     end)
   end)
@@ -519,7 +504,7 @@ describe("cluster", function()
     math.randomseed(seed)
     in_cluster({ args = "--call-timeout 1s --shutdown-timeout 4s", what = "storm seed " .. seed }, function(start)
       local live = { start(), start(), start() }
-      wait_stable(live[1], 3)
+      H.wait_cluster(live[1], 3)
       local L = load({ live[1] }, 6, 120)
       local actions = { "join", "term", "kill", "freeze" }
       local done = {}
@@ -543,7 +528,7 @@ describe("cluster", function()
           socket.sleep(0.3)
           victim:kill("CONT")
         end
-        wait_stable(live[1], #live, 30)
+        H.wait_cluster(live[1], #live, 30)
         done[#done + 1] = action
         local n = L.count()
         H.wait_for("calls after step " .. step .. " (" .. action .. ")", 15, function() return L.count() > n + 100 end)

@@ -84,6 +84,21 @@ function M.free_port()
   return tonumber(port)
 end
 
+-- Waits until runner r sees n live runners, each holding exactly the shards
+-- assigned to it and all of them together every shard; returns r's /cluster.
+function M.wait_cluster(r, n, timeout)
+  return M.wait_for(n .. " runners holding every shard", timeout or 20, function()
+    local doc = r:cluster()
+    if #doc.runners ~= n then return false end
+    local held = 0
+    for _, m in ipairs(doc.runners) do
+      if m.shards ~= m.shards_assigned then return false end
+      held = held + m.shards
+    end
+    return held == doc.shards.count and doc
+  end, 0.05)
+end
+
 function M.alive(pid)
   local stat = M.read_file("/proc/" .. pid .. "/stat")
   if not stat then return false end
