@@ -191,13 +191,15 @@ local CLUSTER_DIR = ROOT .. "/bench/scenarios/cluster"
 local free_port = H.free_port
 
 -- Starts n runners in a fresh database; fn(runners, start_one) runs with
--- them; every runner started is stopped afterwards.
-local function with_cluster(n, args, fn)
+-- them; every runner started is stopped afterwards. The runners' scripts
+-- are the *.lua of `dirs` (default: the local and cluster scenarios), a
+-- later directory's file replacing an earlier one of the same name.
+local function with_cluster(n, args, fn, dirs)
   if not pg then pg = PG.start() end
   pg_dbs = pg_dbs + 1
   local url = pg:create_db("bench" .. pg_dbs)
   local dir = H.tmpdir()
-  os.execute(string.format("cp -L %s/*.lua %s/*.lua %s/", LOCAL_DIR, CLUSTER_DIR, dir))
+  for _, d in ipairs(dirs or { LOCAL_DIR, CLUSTER_DIR }) do os.execute(string.format("cp -L %s/*.lua %s/", d, dir)) end
   local started = {}
   local function start_one(extra)
     local port = free_port()
@@ -282,9 +284,70 @@ scenarios[#scenarios + 1] = {
   met = function(v) return v.p50_us <= 50 end,
 }
 
+-- The seed's Counter with a persisted Increment (bench/scenarios/persisted)
+-- in place of the local one; the callers are RemoteDrivers, as in 5 and 6.
+local PERSISTED_DIRS = { CLUSTER_DIR, ROOT .. "/bench/scenarios/persisted" }
+
 scenarios[#scenarios + 1] = {
-  id = "persisted", num = 7, title = "persisted", target = "≥ 20k/s / p50 ≤ 2 ms",
-  missing = "persisted messages on PostgreSQL are not built yet",
+  id = "persisted", num = 7, title = "persisted", target = "≥ 20k/s / p50 ≤ 2 ms", peer_key = "persisted",
+  run = function()
+    return with_cluster(2, nil, function(rs)
+      local a, b = rs[1], rs[2]
+      local remote = ids_on(a, b.address, "p", 1000)
+      local drivers = ids_on(a, a.address, "d", 65)
+      -- Activate the 1000 ids first, as the peer does (persisted calls too).
+      local _, warm = a:call("RemoteDriver", drivers[65], "Run", { n = #remote, ids = remote, ms = 60000 },
+        "?timeout=300000")
+      assert(warm.value and warm.value.failed == 0, "warm-up: " .. cjson.encode(warm))
+      -- One caller, sequential, over the same ids in turn (as the peer's
+      -- sequential phase).
+      local _, doc = a:call("RemoteDriver", drivers[65], "Run", { n = 5000, ids = remote, ms = 15000 },
+        "?timeout=300000")
+      local seq = doc.value
+      assert(seq and seq.calls, "the sequential caller failed: " .. cjson.encode(doc))
+      -- 64 callers, each on its own connection and RemoteDriver, 16 ids each.
+      local bodies, paths = {}, {}
+      for k = 1, 64 do
+        local mine = {}
+        for j = 0, 15 do mine[#mine + 1] = remote[((k - 1) * 16 + j) % #remote + 1] end
+        bodies[k] = cjson.encode { n = 1600, ids = mine, ms = 20000 }
+        paths[k] = "/entities/RemoteDriver/" .. drivers[k] .. "/Run"
+      end
+      local vals = concurrent_posts(a, paths, bodies)
+      local p50s, first_error = {}, seq.first_error
+      for k, v in ipairs(vals) do
+        p50s[k] = v.p50_us
+        first_error = first_error or v.first_error
+      end
+      local calls, failed, seconds = sum_loops(vals)
+      local stored = a:metric("luster_persisted_stored_total") + b:metric("luster_persisted_stored_total")
+      local replies = a:metric("luster_persisted_replies_total") + b:metric("luster_persisted_replies_total")
+      local sent = #remote + seq.calls + calls
+      if failed + seq.failed > 0 then
+        log("  persisted: %d of %d calls failed; the first: %s", failed + seq.failed, seq.calls + calls,
+          tostring(first_error))
+      end
+      if stored ~= sent or replies ~= sent then
+        log("  persisted: %d calls made, but %d messages and %d replies stored", sent, stored, replies)
+      end
+      return {
+        calls_per_s = calls / seconds, p50_us = median(p50s), failed = failed + seq.failed,
+        seq_calls_per_s = seq.calls / (seq.stop - seq.start), seq_p50_us = seq.p50_us, seq_p99_us = seq.p99_us,
+        -- Calls made whose message or reply the runners did not store (0).
+        unstored = math.abs(sent - stored) + math.abs(sent - replies),
+      }
+    end, PERSISTED_DIRS)
+  end,
+  show = function(v)
+    return string.format("%.1fk/s (p50 %.1f ms) / p50 %.2f ms", v.calls_per_s / 1000, v.p50_us / 1000,
+      v.seq_p50_us / 1000)
+  end,
+  -- Two figures, each with its ratio: 64 callers' rate, one caller's p50.
+  main = "calls_per_s",
+  ratios = { { key = "calls_per_s" }, { key = "seq_p50_us", lower_better = true } },
+  met = function(v)
+    return v.calls_per_s >= 20000 and v.seq_p50_us <= 2000 and v.failed == 0 and v.unstored == 0
+  end,
 }
 
 scenarios[#scenarios + 1] = {
@@ -464,6 +527,29 @@ local function peer_cluster()
   return res
 end
 
+-- The peer's persisted bench (PersistedCounter: ClusterSchema.Persisted
+-- Increment, SqlMessageStorage), the same two runners plus a client-only
+-- caller, on the same throwaway PostgreSQL as luster's scenario 7.
+local function peer_persisted()
+  if not pg then pg = PG.start() end
+  pg_dbs = pg_dbs + 1
+  local db = "effect" .. pg_dbs
+  pg:create_db(db)
+  local out = sh(string.format("cd %s && PGPORT=%d PGDATABASE=%s timeout 170 node --import tsx src/bench-persisted.ts",
+    PEER_DIR, pg.port, db))
+  local line = out:match("(%b{})%s*$")
+  local ok, doc = pcall(cjson.decode, line or "")
+  if not ok or type(doc) ~= "table" or not doc.throughput or not doc.sequential then
+    log("the peer's bench-persisted gave no result:\n%s", out:sub(-2000))
+    return nil
+  end
+  return {
+    ["persisted"] = { calls_per_s = doc.throughput.calls_per_s, p50_us = doc.throughput.p50_us,
+                      seq_calls_per_s = doc.sequential.calls_per_s, seq_p50_us = doc.sequential.p50_us,
+                      seq_p99_us = doc.sequential.p99_us },
+  }
+end
+
 ---------------------------------------------------------------------------
 -- run
 ---------------------------------------------------------------------------
@@ -492,6 +578,7 @@ local function selected_id(id)
 end
 local want_peer_cluster = peer_on and (selected_id("cross-runner") or selected_id("cross-runner-seq")
   or selected_id("failover-kill"))
+local want_peer_persisted = peer_on and selected_id("persisted")
 for run = 1, RUNS do
   for _, s in ipairs(scenarios) do
     if selected(s) and s.run then
@@ -519,6 +606,17 @@ for run = 1, RUNS do
     log("run %d/%d: Effect peer, bench-cluster", run, RUNS)
     local ok, p = pcall(peer_cluster)
     if not ok then log("  the peer's bench-cluster failed: %s", tostring(p)) end
+    if ok and p then
+      for id, v in pairs(p) do
+        peer_results[id] = peer_results[id] or {}
+        table.insert(peer_results[id], v)
+      end
+    end
+  end
+  if want_peer_persisted then
+    log("run %d/%d: Effect peer, bench-persisted", run, RUNS)
+    local ok, p = pcall(peer_persisted)
+    if not ok then log("  the peer's bench-persisted failed: %s", tostring(p)) end
     if ok and p then
       for id, v in pairs(p) do
         peer_results[id] = peer_results[id] or {}
@@ -564,12 +662,19 @@ for _, s in ipairs(scenarios) do
     end
     if pm then
       pcell = s.show(setmetatable(pm, { __index = function() return 0 end }))
-      if lm and pm[s.main] and pm[s.main] > 0 and lm[s.main] > 0 then
-        -- How many times better luster is: a rate over the peer's, or the
-        -- peer's time over luster's where lower is better.
-        local r = s.lower_better and pm[s.main] / lm[s.main] or lm[s.main] / pm[s.main]
-        ratio = string.format("%.1f×", r)
+      -- How many times better luster is: a rate over the peer's, or the
+      -- peer's time over luster's where lower is better; one ratio per
+      -- figure for a scenario with two (s.ratios), "/"-separated as its target.
+      local cells = {}
+      for i, f in ipairs(s.ratios or { { key = s.main, lower_better = s.lower_better } }) do
+        local l, p = lm and lm[f.key], pm[f.key]
+        cells[i] = "–"
+        if l and p and l > 0 and p > 0 then
+          cells[i] = string.format("%.1f×", f.lower_better and p / l or l / p)
+        end
       end
+      ratio = table.concat(cells, " / ")
+      if ratio == "–" then ratio = "" end
     elseif PEER == "effect" and s.peer_key then
       pcell = "no result"
     end

@@ -9,6 +9,7 @@
 #include "cli/config.h"
 #include "cli/log.h"
 #include "cluster/cluster.h"
+#include "cluster/durable.h"
 #include "cluster/router.h"
 #include "core/parse.h"
 #include "entity/entity.h"
@@ -18,6 +19,7 @@
 #include "net/gateway.h"
 #include "net/http.h"
 #include "storage/coord.h"
+#include "storage/pgstore.h"
 #include "storage/storage.h"
 
 static http_server_t *main_http;
@@ -29,6 +31,7 @@ static int main_stopping;
 static void main__stop_check(uv_timer_t *t) {
   uint64_t busy = 0;
   for (etype_t *ty = host_types(); ty; ty = ty->next) busy += ty->running + ty->queued;
+  if (cluster_on) busy += (uint64_t)pgs_busy(); /* stores and replies not committed yet */
   int handed_over = !cluster_on || cluster_left();
   if ((busy == 0 && handed_over && http_stats()->connections_open == 0) || uv_now(t->loop) >= main_stop_deadline) {
     if (!handed_over) log_warn("shutdown: shards were still being handed over after the shutdown timeout");
@@ -68,6 +71,7 @@ static int main__host_config(const config_t *cfg, host_config_t *hc) {
   hc->max_idle_ms = cfg->max_idle_ms;
   hc->runner_name = cfg->advertise ? cfg->advertise : cfg->listen ? cfg->listen : "local";
   hc->shards = (uint32_t)cfg->shards;
+  hc->cron_catch_up_ms = cfg->cron_catch_up_ms;
   if (cfg->shards < 1 || cfg->shards > 1000000) {
     fprintf(stderr, "luster: --shards must be between 1 and 1000000, got %llu\n", (unsigned long long)cfg->shards);
     return -1;
@@ -192,6 +196,10 @@ static int cmd_run(config_t *cfg) {
       fprintf(stderr, "luster run: %s\n", err);
       return 1;
     }
+    if (durable_init(loop, cfg->storage, cfg->table_prefix, hc.shards, cfg->retention_ms) != 0) {
+      fprintf(stderr, "luster run: cannot open the PostgreSQL connection for persisted messages\n");
+      return 1;
+    }
   }
   host_start_background();
   if (!cfg->no_reload) watch_start(loop);
@@ -222,6 +230,7 @@ static int cmd_run(config_t *cfg) {
   cluster_close(); /* transport and PostgreSQL sessions: their waiting callers learn now */
   sched_drain();
   router_shutdown();
+  durable_close(); /* after every message is gone: replies not yet stored leave their messages pending */
   storage_close(); /* callers still waiting for stored messages: unavailable */
   sched_drain();
   if (main_http) http_server_free(main_http);

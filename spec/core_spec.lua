@@ -453,7 +453,8 @@ describe("frame", function()
 
   local function request(over)
     local r = {
-      corr = 42, flags = 3, timeout_ms = 5000, type = "Counter", id = "counter-123",
+      corr = 42, flags = 3, timeout_ms = 5000, stored = 77, deliver_at = 1700000000000, type = "Counter",
+      id = "counter-123",
       tag = "Increment", payload = '{"amount":1}', headers = '{"x-trace":"t"}',
     }
     for k, v in pairs(over or {}) do r[k] = v end
@@ -558,9 +559,10 @@ describe("frame", function()
     assert.equal("bad", core.frame_decode(set_u32(s, 1, #s - 5)))
     -- Length one long, with the byte present: trailing garbage inside the frame.
     assert.equal("bad", core.frame_decode(set_u32(s, 1, #s - 3) .. "x"))
-    -- A string length pointing past the frame (the type string at byte 22).
-    assert.equal("bad", core.frame_decode(set_u32(s, 22, 0xffffffff)))
-    assert.equal("bad", core.frame_decode(set_u32(s, 22, #"Counter" + 1)))
+    -- A string length pointing past the frame (the type string's length at
+    -- byte 38, after corr, flags, timeout, stored and deliver_at).
+    assert.equal("bad", core.frame_decode(set_u32(s, 38, 0xffffffff)))
+    assert.equal("bad", core.frame_decode(set_u32(s, 38, #"Counter" + 1)))
     -- A frame too short for its fixed fields.
     assert.equal("bad", core.frame_decode(u32(2) .. "\5\0"))
     assert.equal("bad", core.frame_decode(u32(1) .. "\3"))

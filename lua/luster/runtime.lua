@@ -213,14 +213,75 @@ function M.run_singleton(def, ctx)
   return def.run(ctx)
 end
 
+-- Cron bookkeeping in the cluster's database: BEGIN, CLAIM, DONE (see
+-- storage/pgstore.h). Returns false without a cluster; retries (every
+-- second) while the database cannot be reached.
+local CRON_BEGIN, CRON_CLAIM, CRON_DONE = 0, 1, 2
+local function cron_store(def, op, at)
+  while true do
+    local kind, body = core.cron(op, def.name, at)
+    if kind == nil then return false end
+    if kind == "ok" then
+      local a, b = body:match("^(%-?%d+) (%-?%d+)$")
+      return tonumber(a), tonumber(b)
+    end
+    core.log("warn", fmt("[%s] cron bookkeeping failed (%s); retrying in 1 s", def.name, body))
+    core.sleep(1000)
+  end
+end
+
 -- Runs a cron job forever: each scheduled instant once, in order. The next
 -- instant is computed from the last one run (not from the clock), so a timer
 -- that fires a little early can neither skip nor repeat an instant; instants
 -- more than a second old when reached (a run that took longer than the
 -- period) are skipped rather than replayed in a burst.
+--
+-- In a cluster each instant is claimed in the database before it runs and
+-- marked done after, so it runs once cluster-wide: a runner taking the job
+-- over runs again an instant whose run was cut off, then every instant
+-- missed since the last one done that is younger than --cron-catch-up
+-- (older ones are skipped and logged).
 function M.run_cron(def, ctx)
   local cron = require "luster.cron"
+  local function run(at)
+    local ok, err = pcall(def.run, ctx, at)
+    if not ok then core.log("error", fmt("[%s] cron run for %d raised: %s", def.name, at, tostring(err))) end
+  end
+  local function run_once(at, durable)
+    if durable then
+      local claimed = cron_store(def, CRON_CLAIM, at)
+      if claimed ~= 1 then return end -- done already
+    end
+    run(at)
+    if durable then cron_store(def, CRON_DONE, at) end
+  end
   local last = core.wall()
+  local done, claimed = cron_store(def, CRON_BEGIN, last)
+  local durable = done ~= false
+  if durable then
+    if claimed > done then -- its run was cut off (the runner died): run it again
+      run(claimed)
+      cron_store(def, CRON_DONE, claimed)
+      done = claimed
+    end
+    last = done
+    local now, horizon = core.wall(), core.cron_catch_up()
+    if now - last > horizon then
+      local from = last
+      last = now - horizon
+      local first = cron.next(def.schedule, from)
+      if first and first <= last then
+        core.log("warn", fmt("[%s] skipped the instants from %d to %d: older than --cron-catch-up (%d ms)",
+          def.name, first, last, horizon))
+      end
+    end
+    while true do
+      local at = cron.next(def.schedule, last)
+      if not at or at > core.wall() then break end
+      run_once(at, true)
+      last = at
+    end
+  end
   while true do
     local at = cron.next(def.schedule, last)
     if not at then
@@ -233,8 +294,7 @@ function M.run_cron(def, ctx)
       wait = at - core.wall()
     end
     last = at
-    local ok, err = pcall(def.run, ctx, at)
-    if not ok then core.log("error", fmt("[%s] cron run for %d raised: %s", def.name, at, tostring(err))) end
+    run_once(at, durable)
     local now = core.wall()
     if now - last > 1000 then last = now - 1000 end
   end

@@ -37,6 +37,8 @@ static const opt_t config_opts[] = {
     {"call-timeout", OPT_DURATION, OFF(call_timeout_ms), "30s", "default deadline of a call"},
     {"max-body", OPT_SIZE, OFF(max_body), "1M", "largest HTTP request body"},
     {"retention", OPT_DURATION, OFF(retention_ms), "1h", "how long replies of persisted messages are kept"},
+    {"cron-catch-up", OPT_DURATION, OFF(cron_catch_up_ms), "1d",
+     "cron instants missed while no runner ran the job are run on return if younger than this"},
     {"request-timeout", OPT_DURATION, OFF(request_timeout_ms), "10s", "time a client has to send one request"},
     {"idle-timeout", OPT_DURATION, OFF(idle_timeout_ms), "60s", "idle keep-alive connections close after"},
     {"shutdown-timeout", OPT_DURATION, OFF(shutdown_timeout_ms), "10s", "graceful shutdown waits at most"},

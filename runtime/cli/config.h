@@ -24,6 +24,7 @@ typedef struct config_s {
   uint64_t call_timeout_ms;
   uint64_t max_body;
   uint64_t retention_ms;
+  uint64_t cron_catch_up_ms;
   uint64_t request_timeout_ms;
   uint64_t idle_timeout_ms;
   uint64_t shutdown_timeout_ms;

@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "cli/log.h"
+#include "cluster/durable.h"
 #include "cluster/router.h"
 #include "core/hash.h"
 #include "core/parse.h"
@@ -497,6 +498,7 @@ static void cluster__acquired(void *ud, int ok, const uint32_t *got, int ngot) {
              cluster__count(SHARD_HELD));
     host_background_update();
     router_wake();
+    durable_acquired();
   }
   if (!ok) {
     /* The statement's outcome is unknown: some locks may be ours without our

@@ -16,6 +16,7 @@
 
 #include "cli/log.h"
 #include "cluster/cluster.h"
+#include "cluster/durable.h"
 #include "entity/entity.h"
 #include "host/host.h"
 #include "storage/storage.h"
@@ -84,6 +85,12 @@ static void router__persist(sched_item_t *it) {
     free(j);
     return;
   }
+  if (cluster_on) {
+    free(j);
+    durable_send(m, call, pk, at);
+    free(pk);
+    return;
+  }
   store_status_t st;
   pmsg_t *rec = storage_put(m, pk, &st);
   free(pk);
@@ -94,7 +101,10 @@ static void router__persist(sched_item_t *it) {
     return;
   }
   int discard = (m->flags & MSG_DISCARD) != 0;
-  if (discard) call_complete(call, REPLY_ACCEPTED, "", 0);
+  if (discard) {
+    call->request_id = rec->rid;
+    call_complete(call, REPLY_ACCEPTED, "", 0);
+  }
   else storage_wait(rec, call);
   if (st != STORE_NEW) { /* a duplicate: the first message runs, once */
     msg_free(m);
@@ -102,7 +112,7 @@ static void router__persist(sched_item_t *it) {
     return;
   }
   m->flags |= MSG_PERSISTED;
-  m->stored = rec;
+  m->stored = &rec->base;
   uint64_t wall = sched_wall_ms();
   if (at > wall) {
     j->msg = m;
@@ -154,12 +164,19 @@ void router_send(const char *type, size_t type_len, const char *id, size_t id_le
   msg_t *m = router__new_msg(type, type_len, id, id_len, tag, tag_len, payload, payload_len, headers, headers_len,
                              flags, call);
   if (!m) return;
-  if (!cluster_on) { /* one runner: straight to the entity manager */
+  if (!cluster_on || m->type->rpcs[m->rpc].persisted) {
+    /* One runner: straight to the entity manager. Persisted: stored here
+     * first, wherever its owner is. */
     router__local_call(m, call);
     return;
   }
   msg_attach_call(m, call);
   router__route(m);
+}
+
+void router_lookup(uint64_t request_id, call_t *c) {
+  if (cluster_on) durable_lookup(request_id, c);
+  else storage_get(request_id, c);
 }
 
 /* ---------------------------------------------------------------------------
@@ -191,7 +208,8 @@ const router_stats_t *router_stats(void) {
 static void router__local_call(msg_t *m, call_t *call) {
   if (m->flags & MSG_PERSISTED) { /* stored already */
     if (call) msg_attach_call(m, call);
-    router__deliver(m, NULL);
+    if (cluster_on) durable_deliver(m);
+    else router__deliver(m, NULL);
     return;
   }
   if (m->type->rpcs[m->rpc].persisted) {
@@ -223,7 +241,22 @@ static void router__arm_retry(void) {
   if (!timer_pending(&rt.retry)) timer_add(&rt.retry, sched_now() + 100);
 }
 
+/* A stored message that leaves this runner's hands (held, forwarded) stops
+ * being one this runner delivers. */
+static void router__unstore(msg_t *m) {
+  m->flags &= ~(unsigned)MSG_FRESH;
+  if (m->stored) {
+    stored_t *s = m->stored;
+    m->stored = NULL;
+    s->drop(s);
+  }
+}
+
+void router_deliver_stored(msg_t *m) { router__deliver(m, NULL); }
+void router_route_stored(msg_t *m) { router__route(m); }
+
 static void router__hold(uint32_t shard, msg_t *m) {
+  router__unstore(m);
   m->next = NULL;
   m->enqueued_at = sched_now();
   if (rt.tail[shard]) rt.tail[shard]->next = m; else rt.head[shard] = m;
@@ -242,11 +275,13 @@ static void router__forward_done(void *ud, tp_status_t st, uint8_t kind, const c
   msg_t *m = f->m;
   uint32_t shard = f->shard;
   free(f);
-  if (st == TP_REPLY && kind != ROUTER_NOT_OWNER && kind < REPLY__COUNT) {
+  int retry_stored = (m->flags & MSG_PERSISTED) &&
+                     (st == TP_LOST || (st == TP_REPLY && (kind == REPLY_UNAVAILABLE || kind == REPLY_TIMEOUT)));
+  if (st == TP_REPLY && kind != ROUTER_NOT_OWNER && kind < REPLY__COUNT && !retry_stored) {
     msg_finish(m, (reply_kind_t)kind, body, len);
     return;
   }
-  if (st == TP_REPLY && kind != ROUTER_NOT_OWNER) { /* too large to carry back, or unknown */
+  if (st == TP_REPLY && kind != ROUTER_NOT_OWNER && !retry_stored) { /* too large to carry back, or unknown */
     char text[512];
     snprintf(text, sizeof text, "the reply from the runner serving this entity could not be carried back: %.*s",
              (int)(len > 300 ? 300 : len), body);
@@ -256,7 +291,7 @@ static void router__forward_done(void *ud, tp_status_t st, uint8_t kind, const c
     free(b);
     return;
   }
-  if (st == TP_LOST) {
+  if (st == TP_LOST && !retry_stored) {
     static const char lost[] = "{\"kind\":\"unavailable\",\"message\":\"the runner serving this entity stopped "
                                "answering while it handled the message; it may or may not have run\"}";
     msg_finish(m, REPLY_UNAVAILABLE, lost, sizeof lost - 1);
@@ -279,9 +314,12 @@ static void router__forward(msg_t *m, uint32_t shard, tp_peer_t *peer) {
     uint64_t due = m->call->deadline.node.due, now = sched_now();
     timeout = due > now ? due - now : 1;
   }
+  router__unstore(m);
   frame_request_t req = {
       .flags = m->flags & MSG_DISCARD,
       .timeout_ms = (uint32_t)(timeout > UINT32_MAX ? UINT32_MAX : timeout),
+      .stored = (m->flags & MSG_PERSISTED) ? m->request_id : 0,
+      .deliver_at = m->deliver_at,
       .type = {m->type->name, (uint32_t)m->type->name_len},
       .id = {m->id, (uint32_t)m->id_len},
       .tag = {r->tag, (uint32_t)r->tag_len},
@@ -459,6 +497,11 @@ void router_inbound(tp_inbound_t *in, const frame_request_t *req) {
                              req->payload.n, req->headers.n ? req->headers.p : NULL, req->headers.n,
                              req->flags & MSG_DISCARD, c);
   if (!m) return;
+  if (req->stored) {
+    m->flags |= MSG_PERSISTED;
+    m->request_id = req->stored;
+    m->deliver_at = req->deliver_at;
+  }
   msg_attach_call(m, c);
   router__dispatch(m, shard, r, peer);
 }

@@ -5,6 +5,7 @@
 #define LUSTER_ROUTER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "entity/msg.h"
 #include "net/transport.h"
@@ -17,6 +18,14 @@
 void router_send(const char *type, size_t type_len, const char *id, size_t id_len, const char *tag, size_t tag_len,
                  const char *payload, size_t payload_len, const char *headers, size_t headers_len, unsigned flags,
                  call_t *call);
+
+/* GET /requests/{id}: the stored message's reply (REPLY_ACCEPTED while it
+ * is pending, REPLY_NOT_FOUND when unknown). */
+void router_lookup(uint64_t request_id, call_t *c);
+/* For durable.c: a stored message to this runner's entity manager, or
+ * wherever its shard is served. */
+void router_deliver_stored(msg_t *m);
+void router_route_stored(msg_t *m);
 
 /* Drops messages waiting for their deliver_at or for an owner (shutdown). */
 void router_shutdown(void);

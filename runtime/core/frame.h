@@ -13,7 +13,9 @@
  *            (zeroes when no secret), str runner (the client's advertise address)
  *   AUTH_OK  (server → client): 32-byte proof
  *            HMAC-SHA256(secret, "luster-server" | client nonce | server nonce)
- *   REQUEST  u64 corr, u32 flags, u32 timeout_ms, str type, str id, str tag,
+ *   REQUEST  u64 corr, u32 flags, u32 timeout_ms, u64 stored (the request
+ *            id of a persisted message already stored, else 0), u64
+ *            deliver_at (epoch ms, 0 = now), str type, str id, str tag,
  *            str payload, str headers
  *   REPLY    u64 corr, u8 kind, str body
  *
@@ -24,7 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FRAME_VERSION 1
+#define FRAME_VERSION 2
 #define FRAME_NONCE 32
 #define FRAME_PROOF 32
 #define FRAME_HEADER 5 /* u32 length + u8 type */
@@ -64,6 +66,7 @@ typedef struct {
   uint64_t corr;
   uint32_t flags;
   uint32_t timeout_ms;
+  uint64_t stored, deliver_at;
   frame_str_t type, id, tag, payload, headers;
 } frame_request_t;
 

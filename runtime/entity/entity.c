@@ -171,8 +171,21 @@ static void em__idle_add(inst_t *i) {
   if (!timer_pending(&t->idle_timer)) em__idle_arm(t);
 }
 
+struct em_backoff_s {
+  timer_entry_t timer;
+  inst_t *inst;
+};
+
+static void em__backoff_end(inst_t *i) {
+  if (!i->backoff) return;
+  timer_cancel(&i->backoff->timer);
+  free(i->backoff);
+  i->backoff = NULL;
+}
+
 static void em__destroy(inst_t *i) {
   etype_t *t = i->type;
+  em__backoff_end(i);
   /* Keep reload hand-over links true whichever side goes first. */
   if (i->predecessor) i->predecessor->successor = NULL;
   if (i->successor) i->successor->predecessor = NULL;
@@ -296,8 +309,8 @@ static void em__pump(sched_item_t *it) {
     free(snap);
     return;
   }
-  if (i->state != INST_READY) return;
-  while (i->running < t->concurrency && i->mb_head) {
+  if (i->state != INST_READY || i->backoff) return;
+  while (i->running < t->concurrency && i->mb_head && !i->backoff) {
     msg_t *m = i->mb_head;
     i->mb_head = m->next;
     if (!i->mb_head) i->mb_tail = NULL;
@@ -430,6 +443,31 @@ void em_handled(inst_t *i) {
   }
   if (i->mb_head) em__schedule(i);
   else if (i->running == 0) em__idle_add(i);
+}
+
+static void em__backoff_fire(timer_entry_t *te) {
+  struct em_backoff_s *b = (struct em_backoff_s *)((char *)te - offsetof(struct em_backoff_s, timer));
+  inst_t *i = b->inst;
+  i->backoff = NULL;
+  free(b);
+  em__schedule(i);
+}
+
+void em_retry(inst_t *i, msg_t *m, uint64_t delay_ms) {
+  m->next = i->mb_head;
+  i->mb_head = m;
+  if (!i->mb_tail) i->mb_tail = m;
+  i->mb_len++;
+  i->type->queued++;
+  m->enqueued_at = sched_now();
+  if (!i->backoff) {
+    i->backoff = malloc(sizeof *i->backoff);
+    if (!i->backoff) return; /* runs again at once */
+    i->backoff->inst = i;
+    timer_entry_init(&i->backoff->timer, em__backoff_fire);
+  }
+  timer_cancel(&i->backoff->timer);
+  timer_add(&i->backoff->timer, sched_now() + delay_ms);
 }
 
 void em_keep_alive(etype_t *t, const char *id, size_t len, int on) {

@@ -36,6 +36,7 @@ typedef struct inst_s {
   size_t snapshot_len;
   uint32_t shard;
   int handlers_ref, ctx_ref;
+  struct em_backoff_s *backoff; /* while a raised persisted message waits to run again */
   struct inst_s *idle_prev, *idle_next;
   uint64_t idle_since;
   size_t id_len;
@@ -52,6 +53,10 @@ void em_keep_alive(etype_t *t, const char *id, size_t len, int on);
 /* Called by the host when work ends. */
 void em_activated(inst_t *inst, const char *error);
 void em_handled(inst_t *inst);
+/* A persisted message whose handler raised runs again after delay_ms: it
+ * goes back to the head of the mailbox, and the instance starts nothing
+ * until then (its later messages keep their order behind it). */
+void em_retry(inst_t *inst, msg_t *m, uint64_t delay_ms);
 /* A script was replaced: every instance of `old` finishes what it runs, then
  * hands its snapshot to an instance of `repl` (same name on the new version;
  * NULL when the type is gone: queued messages get not_found). */

@@ -9,7 +9,6 @@
 #include "cli/log.h"
 #include "core/buf.h"
 #include "host/host.h"
-#include "storage/storage.h"
 
 static const char *const reply_names[REPLY__COUNT] = {
     "ok", "failure", "defect", "schema", "not_found", "timeout", "unavailable", "mailbox_full", "accepted",
@@ -156,12 +155,31 @@ static int msg__final(reply_kind_t k) {
 }
 
 void msg_finish(msg_t *m, reply_kind_t kind, const char *body, size_t len) {
-  if (m->stored && msg__final(kind)) storage_reply(m->stored, kind, body, len);
+  stored_t *s = m->stored;
+  if (s) {
+    m->stored = NULL;
+    if (msg__final(kind)) {
+      call_t *c = m->call;
+      if (c) {
+        c->unlink = NULL;
+        c->holder = NULL;
+        m->call = NULL;
+      }
+      s->reply(s, kind, body, len, c);
+    } else {
+      s->drop(s);
+    }
+  }
   if (m->call) call_complete(m->call, kind, body, len);
   msg_free(m);
 }
 
 void msg_free(msg_t *m) {
+  if (m->stored) {
+    stored_t *s = m->stored;
+    m->stored = NULL;
+    s->drop(s);
+  }
   if (m->call) {
     m->call->unlink = NULL;
     m->call->holder = NULL;

@@ -31,7 +31,6 @@ int reply_kind_parse(const char *s, size_t n, reply_kind_t *out);
 typedef struct call_s call_t;
 typedef struct msg_s msg_t;
 struct etype_s;
-struct pmsg_s;
 
 /* Body: for OK and FAILURE the JSON value; for every other kind a JSON object
  * {"kind": ..., "message": ..., ["path": ...]}. */
@@ -48,6 +47,7 @@ struct call_s {
   void *holder;
   call_t *wnext, *wprev;
   uint64_t timeout_ms;
+  uint64_t request_id; /* of the stored message it waits for (persisted RPCs), else 0 */
   reply_kind_t kind;
   char *body;
   size_t len;
@@ -70,7 +70,19 @@ char *reply_error_body(reply_kind_t kind, const char *path, const char *msg, siz
 
 enum {
   MSG_DISCARD = 1,   /* nobody awaits the reply */
-  MSG_PERSISTED = 2, /* reply goes to the stored message */
+  MSG_PERSISTED = 2, /* stored already; request_id is its id in storage */
+  MSG_FRESH = 4,     /* stored by this runner, which owns its shard, a moment ago */
+};
+
+/* A persisted message's record in storage, as the message sees it.
+ * `reply` gets a final reply and the waiting caller (NULL if none), whose
+ * answer it owns from then on: it answers once the reply is stored. `drop`:
+ * the message leaves this runner without a reply (it stays pending in
+ * storage, to be delivered again). Exactly one of them is called. */
+typedef struct stored_s stored_t;
+struct stored_s {
+  void (*reply)(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller);
+  void (*drop)(stored_t *s);
 };
 
 struct msg_s {
@@ -79,8 +91,10 @@ struct msg_s {
   int rpc;
   unsigned flags;
   call_t *call;           /* the waiting caller, if still there */
-  struct pmsg_s *stored;  /* the stored record, for persisted messages */
+  stored_t *stored;       /* the stored record, while this runner delivers it */
   uint64_t request_id;
+  uint64_t deliver_at;    /* persisted: epoch ms it is due, 0 = now */
+  uint32_t attempts;      /* persisted: runs that raised so far */
   uint64_t enqueued_at;
   char *id;
   size_t id_len;

@@ -10,6 +10,8 @@
 #include <uv.h>
 
 #include "cli/log.h"
+#include "cluster/cluster.h"
+#include "cluster/durable.h"
 #include "cluster/router.h"
 #include "entity/entity.h"
 
@@ -127,10 +129,33 @@ static int core_log(lua_State *L) {
   return 0;
 }
 
+/* core.cron(op, name, at): a cron job's bookkeeping in the cluster's
+ * database (see pgstore.h); yields, then returns the kind and "a b". Without
+ * a cluster there is none: returns nothing. */
+static int core_cron(lua_State *L) {
+  lua_Integer op = luaL_checkinteger(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  lua_Integer at = luaL_checkinteger(L, 3);
+  if (!cluster_on) return 0;
+  if (op < 0 || op > 2) return luaL_error(L, "bad cron operation");
+  task_t *t = core__task(L, "cron bookkeeping");
+  call_t *c = call_new(host__task_call_cb, t, 10000);
+  t->call = c;
+  durable_cron((int)op, name, at > 0 ? (uint64_t)at : 0, c);
+  t->waiting = 1;
+  return lua_yield(L, 0);
+}
+
+static int core_cron_catch_up(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)host__cfg.cron_catch_up_ms);
+  return 1;
+}
+
 int host__open_core(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"call", core_call}, {"sleep", core_sleep}, {"keep_alive", core_keep_alive}, {"runner", core_runner},
-      {"wall", core_wall}, {"now", core_wall}, {"clock", core_clock}, {"intify", core_intify},     {"log", core_log},             {NULL, NULL},
+      {"wall", core_wall}, {"now", core_wall}, {"clock", core_clock}, {"intify", core_intify},     {"log", core_log},
+      {"cron", core_cron}, {"cron_catch_up", core_cron_catch_up}, {NULL, NULL},
   };
   luaL_newlib(L, fns);
   return 1;

@@ -338,7 +338,31 @@ static void task__finish(task_t *t, int nres) {
 static void task__error(task_t *t, int status) {
   char *text = task__error_text(t, status);
   switch (t->kind) {
-  case TASK_HANDLE: task__end_handle(t, REPLY_DEFECT, text); break;
+  case TASK_HANDLE:
+    if ((t->msg->flags & MSG_PERSISTED) && t->msg->stored) {
+      /* A stored message stays until it has a reply: a few more tries, with
+       * backoff, then the defect is its reply. */
+      msg_t *m = t->msg;
+      m->attempts++;
+      if (m->attempts < HOST_PERSISTED_ATTEMPTS) {
+        uint64_t delay = (uint64_t)HOST_RETRY_BASE_MS << (m->attempts - 1);
+        log_warn("%s/%.*s: %s raised (attempt %u of %d), retrying in %llu ms: %s", t->type->name,
+                 (int)(m->id_len > 64 ? 64 : m->id_len), m->id, t->type->rpcs[m->rpc].tag, m->attempts,
+                 HOST_PERSISTED_ATTEMPTS, (unsigned long long)delay, text);
+        inst_t *inst = t->inst;
+        t->msg = NULL;
+        host__task_free(t);
+        em_retry(inst, m, delay);
+        em_handled(inst);
+        break;
+      }
+      char *again = malloc(strlen(text) + 64);
+      sprintf(again, "failed %d times; last error: %s", HOST_PERSISTED_ATTEMPTS, text);
+      free(text);
+      text = again;
+    }
+    task__end_handle(t, REPLY_DEFECT, text);
+    break;
   case TASK_ACTIVATE: task__end_activate(t, text); break;
   case TASK_SINGLETON:
   case TASK_CRON:

@@ -13,6 +13,10 @@
 #include "entity/sched.h"
 
 #define HOST_THREAD_POOL 64
+/* A persisted message whose handler raises runs at most this many times,
+ * waiting HOST_RETRY_BASE_MS, then twice that, and so on, between runs. */
+#define HOST_PERSISTED_ATTEMPTS 5
+#define HOST_RETRY_BASE_MS 100
 
 typedef struct script_s script_t;
 typedef struct etype_s etype_t;
@@ -111,6 +115,7 @@ typedef struct host_config_s {
   uint64_t max_idle_ms;
   const char *runner_name; /* ctx.runner */
   uint32_t shards;
+  uint64_t cron_catch_up_ms; /* missed cron instants younger than this run on return */
 } host_config_t;
 
 /* Loads every top-level *.lua of cfg->dir. Returns the number of scripts that

@@ -1,7 +1,9 @@
 /* gateway.c - maps HTTP requests to entity calls and replies to status codes:
  * 200 value, 422 declared failure, 400 schema, 404 unknown, 500 defect,
  * 503 unavailable or mailbox full (with Retry-After), 504 timeout,
- * 202 accepted (?discard=1). */
+ * 202 accepted (?discard=1). Answers to persisted RPCs carry X-Request-Id;
+ * GET /requests/{id} answers a stored message's reply from any runner (202
+ * while it is pending). */
 #include "net/gateway.h"
 
 #include <errno.h>
@@ -11,10 +13,12 @@
 #include <string.h>
 
 #include "cli/log.h"
+#include "cluster/durable.h"
 #include "cluster/router.h"
 #include "core/url.h"
 #include "entity/entity.h"
 #include "host/host.h"
+#include "storage/pgstore.h"
 #include "storage/storage.h"
 #include "cluster/cluster.h"
 
@@ -58,20 +62,64 @@ static int gw__status(reply_kind_t k) {
   }
 }
 
-static void gw__reply(call_t *c, reply_kind_t kind, const char *body, size_t len) {
+static void gw__abort(http_req_t *r);
+
+static void gw__answer(call_t *c, reply_kind_t kind, const char *body, size_t len, int lookup) {
   http_req_t *r = c->ud;
   int status = gw__status(kind);
   buf_t b;
   buf_init(&b);
-  buf_reserve(&b, len + 16);
+  buf_reserve(&b, len + 64);
   switch (kind) {
   case REPLY_OK: buf_adds(&b, "{\"value\":"); buf_add(&b, body, len); buf_addc(&b, '}'); break;
   case REPLY_FAILURE: buf_adds(&b, "{\"failure\":"); buf_add(&b, body, len); buf_addc(&b, '}'); break;
-  case REPLY_ACCEPTED: buf_adds(&b, "{\"accepted\":true}"); break;
+  case REPLY_ACCEPTED:
+    if (c->request_id)
+      buf_printf(&b, "{\"%s\":true,\"request_id\":\"%llu\"}", lookup ? "pending" : "accepted",
+                 (unsigned long long)c->request_id);
+    else
+      buf_adds(&b, "{\"accepted\":true}");
+    break;
   default: buf_adds(&b, "{\"error\":"); buf_add(&b, body, len); buf_addc(&b, '}'); break;
   }
-  gw__json(r, status, status == 503 ? "Retry-After: 1\r\n" : NULL, b.data, b.len);
+  char extra[96];
+  size_t n = 0;
+  if (status == 503) n += (size_t)snprintf(extra + n, sizeof extra - n, "Retry-After: 1\r\n");
+  if (c->request_id)
+    snprintf(extra + n, sizeof extra - n, "X-Request-Id: %llu\r\n", (unsigned long long)c->request_id);
+  gw__json(r, status, n || c->request_id ? extra : NULL, b.data, b.len);
   buf_free(&b);
+}
+
+static void gw__reply(call_t *c, reply_kind_t kind, const char *body, size_t len) {
+  gw__answer(c, kind, body, len, 0);
+}
+
+static void gw__looked_up(call_t *c, reply_kind_t kind, const char *body, size_t len) {
+  gw__answer(c, kind, body, len, 1);
+}
+
+/* GET /requests/{id}: a persisted message's reply, from any runner. */
+static void gw__request(http_req_t *r, const slice_t *id) {
+  if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
+    static const char msg[] = "{\"error\":{\"kind\":\"method_not_allowed\",\"message\":\"use GET\"}}";
+    http_respond(r, 405, "application/json", "Allow: GET\r\n", msg, sizeof msg - 1);
+    return;
+  }
+  uint64_t rid = 0;
+  int ok = id->len > 0 && id->len <= 19;
+  for (size_t i = 0; ok && i < id->len; i++) {
+    if (id->ptr[i] < '0' || id->ptr[i] > '9') ok = 0;
+    else rid = rid * 10 + (uint64_t)(id->ptr[i] - '0');
+  }
+  if (!ok || rid == 0) {
+    gw__error(r, 400, "schema", "id", "a request id is the decimal number from X-Request-Id");
+    return;
+  }
+  call_t *c = call_new(gw__looked_up, r, gw.call_timeout_ms);
+  r->ud = c;
+  r->on_abort = gw__abort;
+  router_lookup(rid, c);
 }
 
 static void gw__abort(http_req_t *r) {
@@ -155,6 +203,10 @@ void gateway_on_request(http_req_t *r) {
     gw__entity(r, seg, &query);
     return;
   }
+  if (n == 2 && SEG_IS(0, "requests")) {
+    gw__request(r, &seg[1]);
+    return;
+  }
   if (n == 2 && SEG_IS(0, "admin") && SEG_IS(1, "reload")) {
     gw__admin_reload(r);
     return;
@@ -191,8 +243,8 @@ void gateway_on_request(http_req_t *r) {
     gw__error(r, 404, "not_found", NULL, "entity calls are POST /entities/{type}/{id}/{rpc}");
     return;
   }
-  gw__error(r, 404, "not_found", NULL, "no such route; try POST /entities/{type}/{id}/{rpc}, GET /cluster, "
-                                       "GET /metrics or GET /health");
+  gw__error(r, 404, "not_found", NULL, "no such route; try POST /entities/{type}/{id}/{rpc}, "
+                                       "GET /requests/{id}, GET /cluster, GET /metrics or GET /health");
 #undef SEG_IS
 }
 
@@ -344,8 +396,40 @@ void gateway_metrics(buf_t *b) {
   int errors = 0;
   for (script_t *s = host_scripts(); s; s = s->next) errors += s->error != NULL;
   buf_printf(b, "luster_script_errors %d\n", errors);
-  gw__metric_head(b, "luster_persisted_messages", "gauge", "Persisted messages and replies held by storage.");
-  buf_printf(b, "luster_persisted_messages %zu\n", storage_count());
+  if (!cluster_on) {
+    gw__metric_head(b, "luster_persisted_messages", "gauge", "Persisted messages and replies held by storage.");
+    buf_printf(b, "luster_persisted_messages %zu\n", storage_count());
+  } else {
+    const pgs_stats_t *ps = pgs_stats();
+    const durable_stats_t *ds = durable_stats();
+    static const struct {
+      const char *name, *type, *help;
+      size_t off;
+      int durable;
+    } rows[] = {
+#define PGS_ROW(n, f, h) {"luster_persisted_" n, "counter", h, offsetof(pgs_stats_t, f), 0}
+#define DUR_ROW(n, t, f, h) {"luster_persisted_" n, t, h, offsetof(durable_stats_t, f), 1}
+        PGS_ROW("stored_total", stored, "Persisted messages stored by this runner."),
+        PGS_ROW("duplicates_total", duplicates, "Sends whose primary key was stored before (answered with its reply)."),
+        PGS_ROW("replies_total", replies, "Replies of persisted messages stored by this runner."),
+        PGS_ROW("pruned_total", pruned, "Done messages deleted after the retention."),
+        PGS_ROW("storage_failures_total", failures, "Batched storage statements that failed."),
+        PGS_ROW("store_batches_total", put_batches, "Statements that stored messages (many messages each)."),
+        PGS_ROW("reply_batches_total", reply_batches, "Statements that stored replies."),
+        DUR_ROW("delivered_total", "counter", delivered, "Stored messages handed to their instance here."),
+        DUR_ROW("redelivery_scans_total", "counter", scans, "Reads of pending messages of this runner's shards."),
+        DUR_ROW("duplicates_skipped_total", "counter", duplicates_skipped,
+                "Deliveries skipped because the message ran here already or was done."),
+        DUR_ROW("running", "gauge", running, "Stored messages this runner delivers now."),
+#undef PGS_ROW
+#undef DUR_ROW
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+      const char *base = rows[i].durable ? (const char *)ds : (const char *)ps;
+      gw__metric_head(b, rows[i].name, rows[i].type, rows[i].help);
+      buf_printf(b, "%s %llu\n", rows[i].name, (unsigned long long)*(const uint64_t *)(base + rows[i].off));
+    }
+  }
   const http_stats_t *hs = http_stats();
   gw__metric_head(b, "luster_http_requests_total", "counter", "HTTP requests parsed.");
   buf_printf(b, "luster_http_requests_total %llu\n", (unsigned long long)hs->requests_total);

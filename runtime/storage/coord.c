@@ -30,6 +30,31 @@ static const char *const coord_migrations[] = {
     "ALTER TABLE %1$srunners ADD COLUMN IF NOT EXISTS scripts text NOT NULL DEFAULT ''",
     /* 3: the lease each runner's lock session runs with (it must agree). */
     "ALTER TABLE %1$srunners ADD COLUMN IF NOT EXISTS lease_ms bigint NOT NULL DEFAULT 0",
+    /* 4: persisted messages and their replies (see pgstore.c). `dedupe` is
+     * the hash of (type, id, rpc, primary key) for keyed messages; `ref` is
+     * the row's place in the insert batch that wrote it. Times are epoch ms;
+     * `done_at` is set with the reply. */
+    "CREATE TABLE IF NOT EXISTS %1$smessages ("
+    " seq bigserial PRIMARY KEY,"
+    " shard integer NOT NULL,"
+    " type text NOT NULL,"
+    " entity_id text NOT NULL,"
+    " rpc text NOT NULL,"
+    " dedupe text,"
+    " ref integer NOT NULL DEFAULT 0,"
+    " payload text NOT NULL,"
+    " headers text,"
+    " deliver_at bigint NOT NULL DEFAULT 0,"
+    " created_at bigint NOT NULL,"
+    " done_at bigint,"
+    " reply_kind smallint,"
+    " reply text)",
+    /* 5-7: dedupe, the owner's scan of pending messages, retention. */
+    "CREATE UNIQUE INDEX IF NOT EXISTS %1$smessages_dedupe ON %1$smessages (dedupe) WHERE dedupe IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS %1$smessages_pending ON %1$smessages (shard, seq) WHERE done_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS %1$smessages_done ON %1$smessages (done_at) WHERE done_at IS NOT NULL",
+    /* 8: each cron job's last finished instant and the instant it started. */
+    "CREATE TABLE IF NOT EXISTS %1$scron (name text PRIMARY KEY, done_ms bigint NOT NULL, claimed_ms bigint NOT NULL)",
 };
 #define COORD_NMIGRATIONS (int)(sizeof coord_migrations / sizeof coord_migrations[0])
 

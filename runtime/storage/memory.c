@@ -10,20 +10,34 @@
 #include "core/hash.h"
 #include "host/host.h"
 
-static htab_t mem_keys;
+/* Done records wait in two queues, each in done order: keyed ones for the
+ * retention period, the others for at most STORAGE_UNKEYED_MS. */
+typedef struct {
+  pmsg_t *head, *tail;
+  uint64_t keep_ms;
+  timer_entry_t timer;
+} mem_queue_t;
+
+static htab_t mem_keys, mem_rids;
 static pmsg_t *mem_all;
-static pmsg_t *mem_done_head, *mem_done_tail;
+static mem_queue_t mem_q[2];
 static size_t mem_count;
-static uint64_t mem_retention_ms;
-static timer_entry_t mem_prune_timer;
 
 static int mem__eq(const htab_node_t *n, const void *key, size_t len) {
-  const pmsg_t *p = (const pmsg_t *)n;
+  const pmsg_t *p = (const pmsg_t *)((const char *)n - offsetof(pmsg_t, node));
   return p->key_len == len && memcmp(p->key, key, len) == 0;
 }
 
+static int mem__rid_eq(const htab_node_t *n, const void *key, size_t len) {
+  const pmsg_t *p = (const pmsg_t *)((const char *)n - offsetof(pmsg_t, rnode));
+  return len == sizeof p->rid && memcmp(&p->rid, key, len) == 0;
+}
+
+static uint64_t mem__rid_hash(uint64_t rid) { return hash_bytes(&rid, sizeof rid); }
+
 static void mem__free(pmsg_t *p) {
   if (p->keyed) htab_remove(&mem_keys, &p->node);
+  htab_remove(&mem_rids, &p->rnode);
   if (p->aprev) p->aprev->anext = p->anext; else mem_all = p->anext;
   if (p->anext) p->anext->aprev = p->aprev;
   free(p->key);
@@ -35,40 +49,46 @@ static void mem__free(pmsg_t *p) {
 /* Prunes in small batches so a large backlog never stalls the loop. */
 #define MEM_PRUNE_BATCH 10000
 static void mem__prune(timer_entry_t *t) {
+  mem_queue_t *q = (mem_queue_t *)((char *)t - offsetof(mem_queue_t, timer));
   uint64_t now = sched_now();
   int n = 0;
-  while (mem_done_head && mem_done_head->done_at + mem_retention_ms <= now && n < MEM_PRUNE_BATCH) {
-    pmsg_t *p = mem_done_head;
-    mem_done_head = p->rnext;
-    if (!mem_done_head) mem_done_tail = NULL;
+  while (q->head && q->head->done_at + q->keep_ms <= now && n < MEM_PRUNE_BATCH) {
+    pmsg_t *p = q->head;
+    q->head = p->rnext;
+    if (!q->head) q->tail = NULL;
     mem__free(p);
     n++;
   }
-  if (mem_done_head) {
-    uint64_t due = n == MEM_PRUNE_BATCH ? now + 10 : mem_done_head->done_at + mem_retention_ms;
-    timer_add(t, due);
-  }
+  if (q->head) timer_add(t, n == MEM_PRUNE_BATCH ? now + 10 : q->head->done_at + q->keep_ms);
 }
 
 int storage_init_memory(uint64_t retention_ms) {
   htab_init(&mem_keys);
-  mem_retention_ms = retention_ms;
-  timer_entry_init(&mem_prune_timer, mem__prune);
+  htab_init(&mem_rids);
+  mem_q[0].keep_ms = retention_ms < STORAGE_UNKEYED_MS ? retention_ms : STORAGE_UNKEYED_MS;
+  mem_q[1].keep_ms = retention_ms;
+  for (int i = 0; i < 2; i++) timer_entry_init(&mem_q[i].timer, mem__prune);
   return 0;
 }
 
 void storage_close(void) {
-  timer_cancel(&mem_prune_timer);
+  for (int i = 0; i < 2; i++) {
+    timer_cancel(&mem_q[i].timer);
+    mem_q[i].head = mem_q[i].tail = NULL;
+  }
   while (mem_all) {
     pmsg_t *p = mem_all;
     while (p->waiters) call_fail(p->waiters, REPLY_UNAVAILABLE, "the runner is shutting down");
     mem__free(p);
   }
-  mem_done_head = mem_done_tail = NULL;
   htab_free(&mem_keys);
+  htab_free(&mem_rids);
 }
 
 size_t storage_count(void) { return mem_count; }
+
+static void mem__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller);
+static void mem__drop(stored_t *s) { (void)s; /* stays pending: nothing delivers it again in one process */ }
 
 pmsg_t *storage_put(const msg_t *m, const char *pk, store_status_t *status) {
   buf_t key;
@@ -83,8 +103,9 @@ pmsg_t *storage_put(const msg_t *m, const char *pk, store_status_t *status) {
     buf_addc(&key, '\0');
     buf_adds(&key, pk);
     uint64_t h = hash_bytes(key.data, key.len);
-    pmsg_t *p = (pmsg_t *)htab_find(&mem_keys, h, mem__eq, key.data, key.len);
-    if (p) {
+    htab_node_t *n = htab_find(&mem_keys, h, mem__eq, key.data, key.len);
+    if (n) {
+      pmsg_t *p = (pmsg_t *)((char *)n - offsetof(pmsg_t, node));
       buf_free(&key);
       *status = p->done ? STORE_DONE : STORE_PENDING;
       return p;
@@ -92,6 +113,11 @@ pmsg_t *storage_put(const msg_t *m, const char *pk, store_status_t *status) {
   }
   pmsg_t *p = calloc(1, sizeof *p);
   if (!p) { buf_free(&key); return NULL; }
+  p->base.reply = mem__reply;
+  p->base.drop = mem__drop;
+  p->rid = m->request_id;
+  p->rnode.hash = mem__rid_hash(p->rid);
+  htab_insert(&mem_rids, &p->rnode);
   if (pk) {
     p->key = buf_steal(&key, &p->key_len);
     p->node.hash = hash_bytes(p->key, p->key_len);
@@ -115,6 +141,7 @@ static void mem__unlink_waiter(call_t *c) {
 
 void storage_wait(pmsg_t *p, call_t *c) {
   if (!c || c->done) return;
+  c->request_id = p->rid;
   if (p->done) {
     call_complete(c, p->kind, p->reply, p->reply_len);
     return;
@@ -127,7 +154,25 @@ void storage_wait(pmsg_t *p, call_t *c) {
   p->waiters = c;
 }
 
-void storage_reply(pmsg_t *p, reply_kind_t kind, const char *body, size_t len) {
+void storage_get(uint64_t rid, call_t *c) {
+  htab_node_t *n = htab_find(&mem_rids, mem__rid_hash(rid), mem__rid_eq, &rid, sizeof rid);
+  c->request_id = rid;
+  if (!n) {
+    call_fail(c, REPLY_NOT_FOUND, "no stored message has request id %llu (or its reply was pruned)",
+              (unsigned long long)rid);
+    return;
+  }
+  pmsg_t *p = (pmsg_t *)((char *)n - offsetof(pmsg_t, rnode));
+  if (p->done) call_complete(c, p->kind, p->reply, p->reply_len);
+  else call_complete(c, REPLY_ACCEPTED, "", 0);
+}
+
+static void mem__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller) {
+  pmsg_t *p = (pmsg_t *)s;
+  if (caller) {
+    caller->request_id = p->rid;
+    call_complete(caller, kind, body, len);
+  }
   if (p->done) return;
   p->done = 1;
   p->kind = kind;
@@ -136,12 +181,9 @@ void storage_reply(pmsg_t *p, reply_kind_t kind, const char *body, size_t len) {
   p->reply[len] = '\0';
   p->reply_len = len;
   while (p->waiters) call_complete(p->waiters, kind, body, len); /* unlinks itself */
-  if (!p->keyed) { /* nothing can ask for it again */
-    mem__free(p);
-    return;
-  }
+  mem_queue_t *q = &mem_q[p->keyed];
   p->done_at = sched_now();
-  if (mem_done_tail) mem_done_tail->rnext = p; else mem_done_head = p;
-  mem_done_tail = p;
-  if (!timer_pending(&mem_prune_timer)) timer_add(&mem_prune_timer, p->done_at + mem_retention_ms);
+  if (q->tail) q->tail->rnext = p; else q->head = p;
+  q->tail = p;
+  if (!timer_pending(&q->timer)) timer_add(&q->timer, p->done_at + q->keep_ms);
 }

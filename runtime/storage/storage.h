@@ -1,9 +1,11 @@
-/* storage.h - where persisted messages and their replies live.
+/* storage.h - where persisted messages and their replies live on a runner
+ * without a cluster (embedded storage; see pgstore.h for PostgreSQL).
  *
  * The embedded backend keeps them in this process (the contract holds until
  * the process exits). A stored message is found again by its deduplication
- * key (type, id, rpc, primary key); its reply is kept for the retention
- * period so a duplicate send gets the first reply. */
+ * key (type, id, rpc, primary key) and by its request id; its reply is kept
+ * for the retention period (at most STORAGE_UNKEYED_MS for messages without
+ * a primary key, which nothing but GET /requests/{id} can ask for again). */
 #ifndef LUSTER_STORAGE_H
 #define LUSTER_STORAGE_H
 
@@ -13,12 +15,17 @@
 #include "core/htab.h"
 #include "entity/msg.h"
 
+#define STORAGE_UNKEYED_MS 60000
+
 typedef enum { STORE_NEW = 0, STORE_PENDING, STORE_DONE } store_status_t;
 
 typedef struct pmsg_s {
-  htab_node_t node; /* by key, when it has a primary key */
+  stored_t base;       /* what its message calls when it ends */
+  htab_node_t node;    /* by key, when it has a primary key */
+  htab_node_t rnode;   /* by request id */
   struct pmsg_s *rnext; /* retention queue of done records */
   struct pmsg_s *aprev, *anext; /* every record, for shutdown */
+  uint64_t rid;
   char *key;
   size_t key_len;
   int keyed;
@@ -34,13 +41,15 @@ int storage_init_memory(uint64_t retention_ms);
 /* Answers every caller still waiting with `unavailable` (queued on the ready
  * queue) and frees every record. */
 void storage_close(void);
-/* Stores m's record, or finds the one stored under the same key. */
+/* Stores m's record (under m->request_id), or finds the one stored under the
+ * same key. */
 pmsg_t *storage_put(const msg_t *m, const char *pk, store_status_t *status);
 /* Adds a caller waiting for the reply (completed at once when it is known);
  * a call that already finished (timed out, caller gone) is not added. */
 void storage_wait(pmsg_t *p, call_t *c);
-/* Records the reply and hands it to every waiter. */
-void storage_reply(pmsg_t *p, reply_kind_t kind, const char *body, size_t len);
+/* GET /requests/{id}: completes c with the stored reply, REPLY_ACCEPTED
+ * while the message is pending, REPLY_NOT_FOUND when no such id is kept. */
+void storage_get(uint64_t request_id, call_t *c);
 size_t storage_count(void);
 
 #endif

@@ -210,7 +210,7 @@ static void core_field_fixed(lua_State *L, const char *name, uint8_t *out, size_
   lua_pop(L, 1);
 }
 
-/* frame_encode_request{corr=, flags=, timeout_ms=, type=, id=, tag=,
+/* frame_encode_request{corr=, flags=, timeout_ms=, stored=, deliver_at=, type=, id=, tag=,
  * payload=, headers=} -> string */
 static int core_frame_encode_request(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -218,6 +218,8 @@ static int core_frame_encode_request(lua_State *L) {
   r.corr = core_field_int(L, "corr", UINT64_MAX);
   r.flags = (uint32_t)core_field_int(L, "flags", UINT32_MAX);
   r.timeout_ms = (uint32_t)core_field_int(L, "timeout_ms", UINT32_MAX);
+  r.stored = core_field_int(L, "stored", UINT64_MAX);
+  r.deliver_at = core_field_int(L, "deliver_at", UINT64_MAX);
   r.type = core_field_str(L, "type");
   r.id = core_field_str(L, "id");
   r.tag = core_field_str(L, "tag");
@@ -331,6 +333,8 @@ static void core_push_frame(lua_State *L, const frame_t *f) {
     core_set_int(L, "corr", f->u.request.corr);
     core_set_int(L, "flags", f->u.request.flags);
     core_set_int(L, "timeout_ms", f->u.request.timeout_ms);
+    core_set_int(L, "stored", f->u.request.stored);
+    core_set_int(L, "deliver_at", f->u.request.deliver_at);
     core_set_str(L, "type", f->u.request.type);
     core_set_str(L, "id", f->u.request.id);
     core_set_str(L, "tag", f->u.request.tag);

@@ -1,0 +1,709 @@
+-- bench/run.lua: runs the scenarios of PERFORMANCE.md against build/luster
+-- (and, with PEER=effect, the Effect Cluster peer in the same run,
+-- alternating), prints a table of medians, appends one JSON line per scenario
+-- to bench/results/results.jsonl and rewrites the table in bench/README.md.
+--
+--   lua5.4 bench/run.lua [scenario ...]     (make bench [SCENARIO=local-seq] [PEER=effect] [RUNS=3])
+--
+-- Every loop is bounded in count and time; every process started is stopped.
+package.path = "spec/?.lua;" .. package.path
+local H = require "support.helpers"
+local cjson = require "cjson"
+local socket = require "socket"
+
+local RUNS = tonumber(os.getenv("RUNS") or "3")
+local PEER = os.getenv("PEER")
+local ROOT = H.root
+local LOCAL_DIR = ROOT .. "/bench/scenarios/local"
+local RUNNER_ARGS = "--instruction-budget 100000000000 --max-idle 10m --call-timeout 120s"
+
+local function log(fmt, ...) io.stderr:write(string.format(fmt, ...) .. "\n") end
+
+local function median(xs)
+  local t = {}
+  for _, x in ipairs(xs) do if x == x then t[#t + 1] = x end end
+  if #t == 0 then return nil end
+  table.sort(t)
+  if #t % 2 == 1 then return t[(#t + 1) // 2] end
+  return (t[#t // 2] + t[#t // 2 + 1]) / 2
+end
+
+local function sh(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+local function rss_bytes(pid)
+  local status = H.read_file("/proc/" .. pid .. "/status") or ""
+  return (tonumber(status:match("VmRSS:%s+(%d+) kB")) or 0) * 1024
+end
+
+-- Sends `bodies` as concurrent POSTs to one path (or to paths[i] each), one
+-- connection each, and returns the decoded values.
+local function concurrent_posts(r, path, bodies)
+  local socks = {}
+  for i, body in ipairs(bodies) do
+    local c = r:connect()
+    c:settimeout(300)
+    local p = type(path) == "table" and path[i] or path
+    c:send("POST " .. p .. "?timeout=300000 HTTP/1.1\r\nHost: x\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body)
+    socks[i] = c
+  end
+  local values = {}
+  for i, c in ipairs(socks) do
+    local status, _, raw = H.read_response(c)
+    c:close()
+    assert(status == 200, "a load generator failed: " .. tostring(status) .. " " .. tostring(raw))
+    values[i] = cjson.decode(raw).value
+  end
+  return values
+end
+
+-- Totals of the Driver Loop results of concurrent callers: calls, failed
+-- calls and the seconds from the first start to the last stop.
+local function sum_loops(vals)
+  local calls, failed, start, stop = 0, 0, math.huge, 0
+  for _, v in ipairs(vals) do
+    calls, failed = calls + v.calls, failed + v.failed
+    start, stop = math.min(start, v.start), math.max(stop, v.stop)
+  end
+  return calls, failed, stop - start
+end
+
+local function with_runner(dir, args, fn)
+  local r = H.start(dir, { args = RUNNER_ARGS .. " " .. (args or "") })
+  local ok, res = pcall(fn, r)
+  r:stop()
+  if not ok then error(res, 0) end
+  return res
+end
+
+local function parse_wrk(out)
+  local rps = tonumber(out:match("Requests/sec:%s+([%d%.]+)"))
+  local function lat(pct)
+    local v, unit = out:match("%s" .. pct .. "%%%s+([%d%.]+)(%a+)")
+    if not v then return nil end
+    local scale = ({ us = 1e-3, ms = 1, s = 1000 })[unit] or 1
+    return tonumber(v) * scale
+  end
+  local non2xx = tonumber(out:match("Non%-2xx or 3xx responses:%s+(%d+)")) or 0
+  local errors = 0
+  for n in out:gmatch("Socket errors:[^\n]*") do
+    for k in n:gmatch("(%d+)") do errors = errors + tonumber(k) end
+  end
+  return { rps = rps, p50_ms = lat(50), p99_ms = lat(99), non2xx = non2xx, socket_errors = errors }
+end
+
+---------------------------------------------------------------------------
+-- luster scenarios
+---------------------------------------------------------------------------
+local scenarios = {}
+
+scenarios[#scenarios + 1] = {
+  id = "local-seq", num = 1, title = "local sequential",
+  target = "≥ 400k/s, p50 ≤ 3 µs", peer_key = "seq",
+  run = function()
+    return with_runner(LOCAL_DIR, nil, function(r)
+      r:call("Driver", "seq", "Seq", { n = 2000, id = "warm" })
+      local _, doc = r:call("Driver", "seq", "Seq", { n = 200000, id = "one" }, "?timeout=300000")
+      local v = doc.value
+      return { calls_per_s = v.calls / v.seconds, p50_us = v.p50_us, p99_us = v.p99_us }
+    end)
+  end,
+  show = function(v) return string.format("%.0fk/s, p50 %.1f µs", v.calls_per_s / 1000, v.p50_us) end,
+  main = "calls_per_s",
+  met = function(v) return v.calls_per_s >= 400000 and v.p50_us <= 3 end,
+}
+
+scenarios[#scenarios + 1] = {
+  id = "local-throughput", num = 2, title = "local throughput",
+  target = "≥ 500k/s", peer_key = "throughput",
+  run = function()
+    return with_runner(LOCAL_DIR, nil, function(r)
+      -- Activate the 1000 ids first, as the peer does.
+      r:call("Driver", "warm", "Loop", { n = 1000, ids = 1000, prefix = "t", fresh = false }, "?timeout=300000")
+      local bodies = {}
+      for _ = 1, 64 do bodies[#bodies + 1] = cjson.encode { n = 10000, ids = 1000, prefix = "t", fresh = false } end
+      local calls, failed, seconds = sum_loops(concurrent_posts(r, "/entities/Driver/d/Loop", bodies))
+      return { calls_per_s = calls / seconds, failed = failed }
+    end)
+  end,
+  show = function(v) return string.format("%.0fk/s", v.calls_per_s / 1000) end,
+  main = "calls_per_s",
+  met = function(v) return v.calls_per_s >= 500000 end,
+}
+
+scenarios[#scenarios + 1] = {
+  id = "activation", num = 3, title = "activation",
+  target = "≥ 300k/s, ≤ 1 KB", peer_key = "activation",
+  run = function()
+    return with_runner(LOCAL_DIR, nil, function(r)
+      r:call("Driver", "warm", "Loop", { n = 2000, ids = 2000, prefix = "w", fresh = true }, "?timeout=300000")
+      local before = rss_bytes(r.pid)
+      local lua_before = r:metric('luster_script_memory_bytes{file="counter.lua"}')
+      local bodies = {}
+      local per = 100000 // 64
+      for k = 1, 64 do bodies[#bodies + 1] = cjson.encode { n = per, ids = 1, prefix = "a" .. k .. "-", fresh = true } end
+      local calls, _, seconds = sum_loops(concurrent_posts(r, "/entities/Driver/d/Loop", bodies))
+      local after = rss_bytes(r.pid)
+      local lua_after = r:metric('luster_script_memory_bytes{file="counter.lua"}')
+      local active = r:metric('luster_active_instances{type="Counter"}')
+      return {
+        activations_per_s = calls / seconds,
+        rss_bytes_per_entity = (after - before) / calls,
+        counter_state_bytes_per_entity = (lua_after - lua_before) / calls,
+        active = active,
+      }
+    end)
+  end,
+  show = function(v)
+    return string.format("%.0fk/s, %.2f KB RSS", v.activations_per_s / 1000, v.rss_bytes_per_entity / 1024)
+  end,
+  main = "activations_per_s",
+  met = function(v) return v.activations_per_s >= 300000 and v.rss_bytes_per_entity <= 1024 end,
+}
+
+scenarios[#scenarios + 1] = {
+  id = "http", num = 4, title = "HTTP gateway",
+  target = "≥ 80k req/s, p99 ≤ 5 ms",
+  run = function()
+    return with_runner(LOCAL_DIR, nil, function(r)
+      local script = ROOT .. "/bench/wrk/increment.lua"
+      sh(string.format("wrk -t2 -c64 -d1s -s %s %s", script, r.url))
+      local w = parse_wrk(sh(string.format("wrk -t2 -c64 -d8s --latency -s %s %s", script, r.url)))
+      return { rps = w.rps, p50_ms = w.p50_ms, p99_ms = w.p99_ms, failed = w.non2xx + w.socket_errors }
+    end)
+  end,
+  show = function(v) return string.format("%.0fk req/s, p99 %.2f ms", v.rps / 1000, v.p99_ms) end,
+  main = "rps",
+  met = function(v) return v.rps >= 80000 and v.p99_ms <= 5 and v.failed == 0 end,
+}
+
+---------------------------------------------------------------------------
+-- cluster scenarios: runners on loopback over a throwaway PostgreSQL
+---------------------------------------------------------------------------
+local PG = require "support.pg"
+local pg, pg_dbs = nil, 0
+if os.getenv("DURABLE") then pg = PG.start { settings = { fsync = "on", synchronous_commit = "on", full_page_writes = "on" } } end
+local CLUSTER_DIR = ROOT .. "/bench/scenarios/cluster"
+
+local free_port = H.free_port
+
+-- Starts n runners in a fresh database; fn(runners, start_one) runs with
+-- them; every runner started is stopped afterwards. The runners' scripts
+-- are the *.lua of `dirs` (default: the local and cluster scenarios), a
+-- later directory's file replacing an earlier one of the same name.
+local function with_cluster(n, args, fn, dirs)
+  if not pg then pg = PG.start() end
+  pg_dbs = pg_dbs + 1
+  local url = pg:create_db("bench" .. pg_dbs)
+  local dir = H.tmpdir()
+  for _, d in ipairs(dirs or { LOCAL_DIR, CLUSTER_DIR }) do os.execute(string.format("cp -L %s/*.lua %s/", d, dir)) end
+  local started = {}
+  local function start_one(extra)
+    local port = free_port()
+    local r = H.start(dir, { args = string.format("%s --storage %s --listen 127.0.0.1:%d %s %s", RUNNER_ARGS, url,
+      port, args or "", extra or "") })
+    r.address = "127.0.0.1:" .. port
+    started[#started + 1] = r
+    return r
+  end
+  local rs = {}
+  for i = 1, n do rs[i] = start_one() end
+  H.wait_cluster(rs[1], #started, 30)
+  local ok, res = pcall(fn, rs, start_one, started)
+  for _, r in ipairs(started) do
+    r:kill("CONT")
+    r:stop()
+  end
+  H.rmdir(dir)
+  if not ok then error(res, 0) end
+  return res
+end
+
+-- Ids (prefix..k) served by the runner at `address`, asked through r.
+local function ids_on(r, address, prefix, want)
+  local ids = {}
+  local k = 0
+  while #ids < want and k < want * 20 do
+    k = k + 1
+    local _, doc = r:call("Where", prefix .. k, "Ask", {})
+    if doc.value == address then ids[#ids + 1] = prefix .. k end
+  end
+  assert(#ids == want, "not enough ids on " .. address)
+  return ids
+end
+
+scenarios[#scenarios + 1] = {
+  id = "cross-runner", num = 5, title = "cross-runner",
+  target = "≥ 150k/s, p50 ≤ 1 ms", peer_key = "cluster",
+  run = function()
+    return with_cluster(2, nil, function(rs)
+      local a, b = rs[1], rs[2]
+      local remote = ids_on(a, b.address, "c", 1000)
+      local drivers = ids_on(a, a.address, "d", 64)
+      for _, id in ipairs(remote) do a:call("Counter", id, "Increment", { amount = 1 }) end
+      local bodies = {}
+      for k = 1, 64 do
+        local mine = {}
+        for j = 0, 15 do mine[#mine + 1] = remote[((k - 1) * 16 + j) % #remote + 1] end
+        bodies[k] = cjson.encode { n = 4000, ids = mine }
+      end
+      -- Each POST goes to its own RemoteDriver, on its own connection.
+      local paths = {}
+      for k = 1, 64 do paths[k] = "/entities/RemoteDriver/" .. drivers[k] .. "/Run" end
+      local vals = concurrent_posts(a, paths, bodies)
+      local p50s = {}
+      for k, v in ipairs(vals) do p50s[k] = v.p50_us end
+      local calls, failed, seconds = sum_loops(vals)
+      return { calls_per_s = calls / seconds, p50_us = median(p50s), failed = failed }
+    end)
+  end,
+  show = function(v) return string.format("%.0fk/s, p50 %.0f µs", v.calls_per_s / 1000, v.p50_us) end,
+  main = "calls_per_s",
+  met = function(v) return v.calls_per_s >= 150000 and v.p50_us <= 1000 and v.failed == 0 end,
+}
+
+scenarios[#scenarios + 1] = {
+  id = "cross-runner-seq", num = 6, title = "cross-runner sequential",
+  target = "p50 ≤ 50 µs", peer_key = "cluster",
+  run = function()
+    return with_cluster(2, nil, function(rs)
+      local a, b = rs[1], rs[2]
+      local remote = ids_on(a, b.address, "s", 1)
+      local driver = ids_on(a, a.address, "q", 1)[1]
+      a:call("RemoteDriver", driver, "Run", { n = 2000, ids = remote })
+      local _, doc = a:call("RemoteDriver", driver, "Run", { n = 50000, ids = remote }, "?timeout=300000")
+      local v = doc.value
+      return { calls_per_s = v.calls / (v.stop - v.start), p50_us = v.p50_us, p99_us = v.p99_us }
+    end)
+  end,
+  show = function(v) return string.format("p50 %.1f µs (%.0fk/s)", v.p50_us, v.calls_per_s / 1000) end,
+  main = "p50_us", lower_better = true,
+  met = function(v) return v.p50_us <= 50 end,
+}
+
+-- The seed's Counter with a persisted Increment (bench/scenarios/persisted)
+-- in place of the local one; the callers are RemoteDrivers, as in 5 and 6.
+local PERSISTED_DIRS = { CLUSTER_DIR, ROOT .. "/bench/scenarios/persisted" }
+
+scenarios[#scenarios + 1] = {
+  id = "persisted", num = 7, title = "persisted", target = "≥ 20k/s / p50 ≤ 2 ms", peer_key = "persisted",
+  run = function()
+    return with_cluster(2, nil, function(rs)
+      local a, b = rs[1], rs[2]
+      local remote = ids_on(a, b.address, "p", 1000)
+      local drivers = ids_on(a, a.address, "d", 65)
+      -- Activate the 1000 ids first, as the peer does (persisted calls too).
+      local _, warm = a:call("RemoteDriver", drivers[65], "Run", { n = #remote, ids = remote, ms = 60000 },
+        "?timeout=300000")
+      assert(warm.value and warm.value.failed == 0, "warm-up: " .. cjson.encode(warm))
+      -- One caller, sequential, over the same ids in turn (as the peer's
+      -- sequential phase).
+      local _, doc = a:call("RemoteDriver", drivers[65], "Run", { n = 5000, ids = remote, ms = 15000 },
+        "?timeout=300000")
+      local seq = doc.value
+      assert(seq and seq.calls, "the sequential caller failed: " .. cjson.encode(doc))
+      -- 64 callers, each on its own connection and RemoteDriver, 16 ids each.
+      local bodies, paths = {}, {}
+      for k = 1, 64 do
+        local mine = {}
+        for j = 0, 15 do mine[#mine + 1] = remote[((k - 1) * 16 + j) % #remote + 1] end
+        bodies[k] = cjson.encode { n = 1600, ids = mine, ms = 20000 }
+        paths[k] = "/entities/RemoteDriver/" .. drivers[k] .. "/Run"
+      end
+      local vals = concurrent_posts(a, paths, bodies)
+      local p50s, first_error = {}, seq.first_error
+      for k, v in ipairs(vals) do
+        p50s[k] = v.p50_us
+        first_error = first_error or v.first_error
+      end
+      local calls, failed, seconds = sum_loops(vals)
+      local stored = a:metric("luster_persisted_stored_total") + b:metric("luster_persisted_stored_total")
+      local replies = a:metric("luster_persisted_replies_total") + b:metric("luster_persisted_replies_total")
+      local sent = #remote + seq.calls + calls
+      if failed + seq.failed > 0 then
+        log("  persisted: %d of %d calls failed; the first: %s", failed + seq.failed, seq.calls + calls,
+          tostring(first_error))
+      end
+      if stored ~= sent or replies ~= sent then
+        log("  persisted: %d calls made, but %d messages and %d replies stored", sent, stored, replies)
+      end
+      return {
+        calls_per_s = calls / seconds, p50_us = median(p50s), failed = failed + seq.failed,
+        seq_calls_per_s = seq.calls / (seq.stop - seq.start), seq_p50_us = seq.p50_us, seq_p99_us = seq.p99_us,
+        -- Calls made whose message or reply the runners did not store (0).
+        unstored = math.abs(sent - stored) + math.abs(sent - replies),
+      }
+    end, PERSISTED_DIRS)
+  end,
+  show = function(v)
+    return string.format("%.1fk/s (p50 %.1f ms) / p50 %.2f ms", v.calls_per_s / 1000, v.p50_us / 1000,
+      v.seq_p50_us / 1000)
+  end,
+  -- Two figures, each with its ratio: 64 callers' rate, one caller's p50.
+  main = "calls_per_s",
+  ratios = { { key = "calls_per_s" }, { key = "seq_p50_us", lower_better = true } },
+  met = function(v)
+    return v.calls_per_s >= 20000 and v.seq_p50_us <= 2000 and v.failed == 0 and v.unstored == 0
+  end,
+}
+
+scenarios[#scenarios + 1] = {
+  id = "failover-kill", num = 8, title = "failover, kill -9",
+  target = "≤ 1 s", peer_key = "cluster",
+  run = function()
+    return with_cluster(3, nil, function(rs)
+      local a, c = rs[1], rs[3]
+      local victim = ids_on(a, c.address, "k", 1)[1]
+      local t0 = H.now()
+      c:kill("KILL")
+      local tries = 0
+      H.wait_for("the victim id to answer again", 30, function()
+        tries = tries + 1
+        local status = a:call("Counter", victim, "Increment", { amount = 1 }, "?timeout=200")
+        return status == 200
+      end, 0.002)
+      return { seconds = H.now() - t0, tries = tries }
+    end)
+  end,
+  show = function(v) return string.format("%.0f ms", v.seconds * 1000) end,
+  main = "seconds", lower_better = true,
+  met = function(v) return v.seconds <= 1 end,
+}
+
+scenarios[#scenarios + 1] = {
+  id = "failover-stop", num = 9, title = "failover, frozen runner",
+  target = "≤ lease, no double owner",
+  run = function()
+    return with_cluster(3, "--lease 10s", function(rs)
+      local a, c = rs[1], rs[3]
+      local victim = ids_on(a, c.address, "f", 1)[1]
+      local t0 = H.now()
+      c:kill("STOP")
+      H.wait_for("the frozen runner's id to answer elsewhere", 60, function()
+        local status = a:call("Counter", victim, "Increment", { amount = 1 }, "?timeout=200")
+        return status == 200
+      end, 0.005)
+      local took = H.now() - t0
+      c:kill("CONT")
+      -- On waking it fences what it lost before running anything (the
+      -- cluster spec checks every served call for double ownership).
+      H.wait_for("the woken runner to fence", 20, function()
+        return c:log_text():find("stopped serving", 1, true) ~= nil
+      end)
+      return { seconds = took }
+    end)
+  end,
+  show = function(v) return string.format("%.1f s (lease 10 s)", v.seconds) end,
+  main = "seconds",
+  met = function(v) return v.seconds <= 10.5 end,
+}
+
+scenarios[#scenarios + 1] = {
+  id = "rolling", num = 10, title = "rolling change",
+  target = "zero failed calls",
+  run = function()
+    return with_cluster(2, nil, function(rs, start_one)
+      local a = rs[1]
+      local script = ROOT .. "/bench/wrk/increment.lua"
+      local wrk = io.popen(string.format("wrk -t2 -c32 -d8s -s %s %s 2>&1", script, a.url))
+      socket.sleep(1)
+      local c = start_one()
+      H.wait_cluster(a, 3, 20) -- the joiner holds its shards
+      socket.sleep(1)
+      assert(c:stop(20), "the leaving runner exits on SIGTERM")
+      local w = parse_wrk(wrk:read("a"))
+      wrk:close()
+      return { rps = w.rps, failed = w.non2xx + w.socket_errors }
+    end)
+  end,
+  show = function(v) return string.format("%d failed (%.0fk req/s)", v.failed, v.rps / 1000) end,
+  main = "rps",
+  met = function(v) return v.failed == 0 end,
+}
+
+scenarios[#scenarios + 1] = {
+  id = "reload", num = 11, title = "hot reload",
+  target = "0 failed, ≤ 100 ms",
+  run = function()
+    local dir = H.tmpdir()
+    os.execute(string.format("cp -L %s/*.lua %s/", LOCAL_DIR, dir))
+    local src = H.read_file(dir .. "/counter.lua")
+    local res = with_runner(dir, nil, function(r)
+      local script = ROOT .. "/bench/wrk/increment.lua"
+      local wrk = io.popen(string.format("wrk -t1 -c16 -d4s -s %s %s 2>&1", script, r.url))
+      socket.sleep(0.5)
+      local lat = {}
+      for k = 1, 3 do
+        local factor = k + 1
+        local newsrc = src:gsub("return count\n", "return count * " .. factor .. "\n")
+        local t0 = H.now()
+        H.write_file(dir .. "/counter.lua", newsrc)
+        local n = 0
+        H.wait_for("version " .. k .. " to serve", 5, function()
+          n = n + 1
+          local _, doc = r:call("Counter", "probe-" .. k .. "-" .. n, "Increment", { amount = 1 })
+          return doc.value == factor
+        end, 0.001)
+        lat[k] = (H.now() - t0) * 1000
+        socket.sleep(0.6)
+      end
+      local w = parse_wrk(wrk:read("a"))
+      wrk:close()
+      return { write_to_serving_ms = median(lat), failed = w.non2xx + w.socket_errors, rps_during = w.rps }
+    end)
+    H.rmdir(dir)
+    return res
+  end,
+  show = function(v) return string.format("%.0f ms, %d failed", v.write_to_serving_ms, v.failed) end,
+  main = "write_to_serving_ms",
+  met = function(v) return v.failed == 0 and v.write_to_serving_ms <= 100 end,
+}
+
+---------------------------------------------------------------------------
+-- the Effect peer
+---------------------------------------------------------------------------
+local PEER_SRC = ROOT .. "/../shared/peers/effect"
+local PEER_DIR = ROOT .. "/build/peer-effect"
+
+local function peer_prepare()
+  if not sh("command -v node && command -v npm"):find("npm") then
+    log("PEER=effect needs node and npm (Node.js 20+: apt-get install nodejs npm); the peer will not run")
+    return false
+  end
+  if H.read_file(PEER_DIR .. "/node_modules/.package-lock.json") then return true end
+  log("preparing the Effect peer in %s (npm ci)", PEER_DIR)
+  os.execute(string.format("mkdir -p %s && cp -r %s/package.json %s/package-lock.json %s/tsconfig.json %s/src %s/",
+    PEER_DIR, PEER_SRC, PEER_SRC, PEER_SRC, PEER_SRC, PEER_DIR))
+  local out = sh(string.format("cd %s && npm ci --no-audit --no-fund", PEER_DIR))
+  if not H.read_file(PEER_DIR .. "/node_modules/.package-lock.json") then
+    log("npm ci failed; the peer will not run:\n%s", out)
+    return false
+  end
+  return true
+end
+
+local function peer_local()
+  local out = sh(string.format("cd %s && timeout 150 node --expose-gc --import tsx src/bench-local.ts", PEER_DIR))
+  local line = out:match("(%b{})%s*$")
+  local ok, doc = pcall(cjson.decode, line or "")
+  if not ok or type(doc) ~= "table" or not doc.seq then
+    log("the peer's bench-local gave no result:\n%s", out:sub(-2000))
+    return nil
+  end
+  return {
+    ["local-seq"] = { calls_per_s = doc.seq.calls_per_s, p50_us = doc.seq.p50_us, p99_us = doc.seq.p99_us },
+    ["local-throughput"] = { calls_per_s = doc.throughput.calls_per_s },
+    ["activation"] = { activations_per_s = doc.activation.activations_per_s,
+                       rss_bytes_per_entity = doc.activation.rss_bytes_per_entity },
+  }
+end
+
+-- The peer's two-runner bench (cross-runner throughput, sequential, kill -9
+-- failover), on the same throwaway PostgreSQL as luster's cluster scenarios,
+-- with Effect's default ShardingConfig.
+local function peer_cluster()
+  if not pg then pg = PG.start() end
+  pg_dbs = pg_dbs + 1
+  local db = "effect" .. pg_dbs
+  pg:create_db(db)
+  local out = sh(string.format("cd %s && PGPORT=%d PGDATABASE=%s timeout 170 node --import tsx src/bench-cluster.ts",
+    PEER_DIR, pg.port, db))
+  local line = out:match("(%b{})%s*$")
+  local ok, doc = pcall(cjson.decode, line or "")
+  if not ok or type(doc) ~= "table" or not doc.throughput then
+    log("the peer's bench-cluster gave no result:\n%s", out:sub(-2000))
+    return nil
+  end
+  local res = {
+    ["cross-runner"] = { calls_per_s = doc.throughput.calls_per_s, p50_us = doc.throughput.p50_us },
+    ["cross-runner-seq"] = { p50_us = doc.sequential.p50_us, calls_per_s = doc.sequential.calls_per_s },
+  }
+  if doc.failover and doc.failover.call_ok_after_ms then
+    res["failover-kill"] = { seconds = doc.failover.call_ok_after_ms / 1000 }
+  end
+  return res
+end
+
+-- The peer's persisted bench (PersistedCounter: ClusterSchema.Persisted
+-- Increment, SqlMessageStorage), the same two runners plus a client-only
+-- caller, on the same throwaway PostgreSQL as luster's scenario 7.
+local function peer_persisted()
+  if not pg then pg = PG.start() end
+  pg_dbs = pg_dbs + 1
+  local db = "effect" .. pg_dbs
+  pg:create_db(db)
+  local out = sh(string.format("cd %s && PGPORT=%d PGDATABASE=%s timeout 170 node --import tsx src/bench-persisted.ts",
+    PEER_DIR, pg.port, db))
+  local line = out:match("(%b{})%s*$")
+  local ok, doc = pcall(cjson.decode, line or "")
+  if not ok or type(doc) ~= "table" or not doc.throughput or not doc.sequential then
+    log("the peer's bench-persisted gave no result:\n%s", out:sub(-2000))
+    return nil
+  end
+  return {
+    ["persisted"] = { calls_per_s = doc.throughput.calls_per_s, p50_us = doc.throughput.p50_us,
+                      seq_calls_per_s = doc.sequential.calls_per_s, seq_p50_us = doc.sequential.p50_us,
+                      seq_p99_us = doc.sequential.p99_us },
+  }
+end
+
+---------------------------------------------------------------------------
+-- run
+---------------------------------------------------------------------------
+local wanted = {}
+for _, a in ipairs(arg) do if a ~= "" then wanted[a] = true end end
+if os.getenv("SCENARIO") and os.getenv("SCENARIO") ~= "" then wanted[os.getenv("SCENARIO")] = true end
+local function selected(s) return next(wanted) == nil or wanted[s.id] or wanted[tostring(s.num)] end
+for name in pairs(wanted) do
+  local known = false
+  for _, s in ipairs(scenarios) do if s.id == name or tostring(s.num) == name then known = true end end
+  if not known then
+    local ids = {}
+    for _, s in ipairs(scenarios) do ids[#ids + 1] = s.id end
+    io.stderr:write("unknown scenario '" .. name .. "'; known: " .. table.concat(ids, ", ") .. "\n")
+    os.exit(2)
+  end
+end
+
+local peer_on = PEER == "effect" and peer_prepare()
+if PEER and PEER ~= "effect" then log("PEER=%s is not known; only 'effect'", PEER) end
+
+local results, peer_results = {}, {}
+local want_peer_local = peer_on and (selected(scenarios[1]) or selected(scenarios[2]) or selected(scenarios[3]))
+local function selected_id(id)
+  for _, s in ipairs(scenarios) do if s.id == id then return selected(s) end end
+end
+local want_peer_cluster = peer_on and (selected_id("cross-runner") or selected_id("cross-runner-seq")
+  or selected_id("failover-kill"))
+local want_peer_persisted = peer_on and selected_id("persisted")
+for run = 1, RUNS do
+  for _, s in ipairs(scenarios) do
+    if selected(s) and s.run then
+      log("run %d/%d: %s", run, RUNS, s.id)
+      local ok, v = pcall(s.run)
+      if ok then
+        results[s.id] = results[s.id] or {}
+        table.insert(results[s.id], v)
+      else
+        log("  %s failed: %s", s.id, tostring(v))
+      end
+    end
+  end
+  if want_peer_local then
+    log("run %d/%d: Effect peer, bench-local", run, RUNS)
+    local p = peer_local()
+    if p then
+      for id, v in pairs(p) do
+        peer_results[id] = peer_results[id] or {}
+        table.insert(peer_results[id], v)
+      end
+    end
+  end
+  if want_peer_cluster then
+    log("run %d/%d: Effect peer, bench-cluster", run, RUNS)
+    local ok, p = pcall(peer_cluster)
+    if not ok then log("  the peer's bench-cluster failed: %s", tostring(p)) end
+    if ok and p then
+      for id, v in pairs(p) do
+        peer_results[id] = peer_results[id] or {}
+        table.insert(peer_results[id], v)
+      end
+    end
+  end
+  if want_peer_persisted then
+    log("run %d/%d: Effect peer, bench-persisted", run, RUNS)
+    local ok, p = pcall(peer_persisted)
+    if not ok then log("  the peer's bench-persisted failed: %s", tostring(p)) end
+    if ok and p then
+      for id, v in pairs(p) do
+        peer_results[id] = peer_results[id] or {}
+        table.insert(peer_results[id], v)
+      end
+    end
+  end
+end
+
+local function med_of(list)
+  if not list or #list == 0 then return nil end
+  local out = {}
+  for k in pairs(list[1]) do
+    local xs = {}
+    for _, v in ipairs(list) do xs[#xs + 1] = v[k] end
+    out[k] = median(xs)
+  end
+  return out
+end
+
+local machine = (sh("nproc"):gsub("%s+$", "")) .. " cores, "
+  .. ((sh("grep -m1 'model name' /proc/cpuinfo"):match(":%s*(.-)%s*$")) or "?")
+  .. ", " .. ((sh("free -g | awk '/Mem:/{print $2}'"):gsub("%s+$", "")) .. " GiB")
+local when = os.date("!%Y-%m-%d %H:%M UTC")
+os.execute("mkdir -p " .. ROOT .. "/bench/results")
+local jsonl = assert(io.open(ROOT .. "/bench/results/results.jsonl", "a"))
+
+local rows = {}
+local header = "| # | scenario | luster (median) | Effect peer (median) | × better | target | met |"
+rows[1] = header
+rows[2] = "|---|---|---|---|---|---|---|"
+for _, s in ipairs(scenarios) do
+  if selected(s) then
+    local lm, pm = med_of(results[s.id]), med_of(peer_results[s.id])
+    local lcell, pcell, ratio, met = "", "", "", ""
+    if s.missing then
+      lcell, met = "not measured: " .. s.missing, "—"
+    elseif lm then
+      lcell = s.show(lm)
+      met = s.met(lm) and "yes" or "no"
+    else
+      lcell, met = "failed (see log)", "no"
+    end
+    if pm then
+      pcell = s.show(setmetatable(pm, { __index = function() return 0 end }))
+      -- How many times better luster is: a rate over the peer's, or the
+      -- peer's time over luster's where lower is better; one ratio per
+      -- figure for a scenario with two (s.ratios), "/"-separated as its target.
+      local cells = {}
+      for i, f in ipairs(s.ratios or { { key = s.main, lower_better = s.lower_better } }) do
+        local l, p = lm and lm[f.key], pm[f.key]
+        cells[i] = "–"
+        if l and p and l > 0 and p > 0 then
+          cells[i] = string.format("%.1f×", f.lower_better and p / l or l / p)
+        end
+      end
+      ratio = table.concat(cells, " / ")
+      if ratio == "–" then ratio = "" end
+    elseif PEER == "effect" and s.peer_key then
+      pcell = "no result"
+    end
+    rows[#rows + 1] = string.format("| %d | %s | %s | %s | %s | %s | %s |", s.num, s.title, lcell, pcell, ratio, s.target, met)
+    jsonl:write(cjson.encode {
+      scenario = s.id, number = s.num, at = when, machine = machine, runs = RUNS,
+      luster = lm or cjson.null, luster_runs = results[s.id] or cjson.null,
+      peer = pm or cjson.null, peer_name = pm and "effect 4.1.0" or cjson.null,
+      missing = s.missing or cjson.null,
+    } .. "\n")
+  end
+end
+jsonl:close()
+
+if pg then pg:destroy() end
+
+local tbl = table.concat(rows, "\n")
+print(tbl)
+print(string.format("\n%s; %s; medians of %d run%s", machine, when, RUNS, RUNS == 1 and "" or "s"))
+
+-- Keep the latest full table in bench/README.md.
+if next(wanted) == nil then
+  local readme_path = ROOT .. "/bench/README.md"
+  local readme = H.read_file(readme_path) or ""
+  local block = string.format("<!-- latest -->\nMeasured %s on %s, medians of %d runs%s.\n\n%s\n<!-- /latest -->",
+    when, machine, RUNS, PEER == "effect" and ", the Effect peer alternating in the same run" or "", tbl)
+  local replaced
+  readme, replaced = readme:gsub("<!%-%- latest %-%->.-<!%-%- /latest %-%->", function() return block end)
+  if replaced == 0 then readme = readme .. "\n" .. block .. "\n" end
+  H.write_file(readme_path, readme)
+end

@@ -1,0 +1,724 @@
+/* durable.c - persisted messages in a cluster: storing before the
+ * acknowledgement, delivery by the shard's owner, replies stored before they
+ * are seen, redelivery, delayed delivery, retention (see durable.h). */
+#include "cluster/durable.h"
+
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/log.h"
+#include "cluster/cluster.h"
+#include "cluster/router.h"
+#include "core/hash.h"
+#include "core/htab.h"
+#include "host/host.h"
+#include "storage/pgstore.h"
+
+#define DUR_SCAN_PAGE 512
+#define DUR_SCAN_EVERY_MS 5000  /* the safety net: forwards that were lost */
+#define DUR_POLL_MS 100         /* callers waiting for a reply another runner stores */
+#define DUR_PRUNE_EVERY_MS 5000
+#define DUR_PRUNE_BATCH 1000
+
+/* A message this runner delivers now (owner side), from the moment it is
+ * checked until its reply is stored or it leaves. Its callers wait here. */
+typedef struct known_s {
+  stored_t base;
+  htab_node_t node;
+  uint64_t seq;
+  msg_t *checking; /* a forwarded message while its state is read */
+  call_t *waiters;
+  reply_kind_t kind;
+  char *body;
+  size_t len;
+} known_t;
+
+/* Callers waiting for the reply of a message delivered elsewhere (sender
+ * side: a duplicate key, or a deliver_at in the future). */
+typedef struct wait_s {
+  htab_node_t node;
+  uint64_t seq, due;
+  call_t *calls;
+  int polling;
+} wait_t;
+
+/* A caller waiting while something is stored or read. */
+typedef struct {
+  call_t *call;
+  msg_t *m;
+  uint64_t deliver_at;
+  int op;
+} ticket_t;
+
+static struct {
+  int on;
+  uint32_t n;
+  uint64_t retention_ms;
+  htab_t known, waits;
+  timer_entry_t scan_timer, due_timer, poll_timer, prune_timer;
+  sched_item_t scan_item;
+  int scanning, rescan;
+  uint64_t due_at; /* wall ms the due timer is set for, 0 = none */
+  durable_stats_t st;
+} du;
+
+const durable_stats_t *durable_stats(void) {
+  du.st.running = du.known.count;
+  return &du.st;
+}
+
+int durable_up(void) { return du.on && pgs_up(); }
+
+static int du__seq_eq(const htab_node_t *n, const void *key, size_t len) {
+  (void)len;
+  const uint64_t *seq = key;
+  return ((const known_t *)((const char *)n - offsetof(known_t, node)))->seq == *seq;
+}
+
+static int du__wait_eq(const htab_node_t *n, const void *key, size_t len) {
+  (void)len;
+  const uint64_t *seq = key;
+  return ((const wait_t *)((const char *)n - offsetof(wait_t, node)))->seq == *seq;
+}
+
+static uint64_t du__hash(uint64_t seq) { return hash_bytes(&seq, sizeof seq); }
+
+/* ---------------------------------------------------------------------------
+ * Lists of waiting calls
+ * ------------------------------------------------------------------------- */
+
+static void du__list_unlink(call_t *c) {
+  call_t **head = c->holder;
+  if (c->wprev) c->wprev->wnext = c->wnext; else *head = c->wnext;
+  if (c->wnext) c->wnext->wprev = c->wprev;
+  c->wnext = c->wprev = NULL;
+}
+
+static void du__list_add(call_t **head, call_t *c) {
+  if (!c || c->done) return;
+  c->holder = head;
+  c->unlink = du__list_unlink;
+  c->wprev = NULL;
+  c->wnext = *head;
+  if (*head) (*head)->wprev = c;
+  *head = c;
+}
+
+static void du__list_complete(call_t **head, uint64_t seq, reply_kind_t kind, const char *body, size_t len) {
+  while (*head) {
+    call_t *c = *head;
+    c->request_id = seq;
+    call_complete(c, kind, body, len); /* unlinks it */
+  }
+}
+
+static void du__list_fail(call_t **head, const char *why) {
+  while (*head) call_fail(*head, REPLY_UNAVAILABLE, "%s", why);
+}
+
+static void du__ticket_unlink(call_t *c) {
+  ticket_t *t = c->holder;
+  t->call = NULL;
+}
+
+static ticket_t *du__ticket(call_t *c) {
+  ticket_t *t = calloc(1, sizeof *t);
+  if (c && !c->done) {
+    t->call = c;
+    c->holder = t;
+    c->unlink = du__ticket_unlink;
+  }
+  return t;
+}
+
+static call_t *du__ticket_take(ticket_t *t) {
+  call_t *c = t->call;
+  if (c) {
+    c->unlink = NULL;
+    c->holder = NULL;
+  }
+  return c;
+}
+
+/* ---------------------------------------------------------------------------
+ * Owner: messages delivered here
+ * ------------------------------------------------------------------------- */
+
+static known_t *du__known(uint64_t seq) {
+  htab_node_t *n = htab_find(&du.known, du__hash(seq), du__seq_eq, &seq, sizeof seq);
+  return n ? (known_t *)((char *)n - offsetof(known_t, node)) : NULL;
+}
+
+static void du__known_free(known_t *k) {
+  htab_remove(&du.known, &k->node);
+  free(k->body);
+  free(k);
+}
+
+static void du__committed(void *ud, int ok, const char *err) {
+  known_t *k = ud;
+  if (ok) {
+    du__list_complete(&k->waiters, k->seq, k->kind, k->body, k->len);
+  } else {
+    char why[512];
+    snprintf(why, sizeof why, "the reply could not be stored (%s); the message will run again", err ? err : "?");
+    du__list_fail(&k->waiters, why);
+  }
+  if (du.on) du__known_free(k);
+}
+
+static void du__store_reply(known_t *k, reply_kind_t kind, const char *body, size_t len) {
+  k->kind = kind;
+  k->body = malloc(len + 1);
+  memcpy(k->body, body, len);
+  k->body[len] = '\0';
+  k->len = len;
+  pgs_reply(k->seq, (int)kind, body, len, du__committed, k);
+}
+
+static void du__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller) {
+  known_t *k = (known_t *)s;
+  du__list_add(&k->waiters, caller);
+  du__store_reply(k, kind, body, len);
+}
+
+static void du__drop(stored_t *s) {
+  known_t *k = (known_t *)s;
+  du__list_fail(&k->waiters, "the message moved to another runner before it ran; it stays stored and runs there");
+  du__known_free(k);
+}
+
+static known_t *du__known_new(uint64_t seq) {
+  known_t *k = calloc(1, sizeof *k);
+  k->base.reply = du__reply;
+  k->base.drop = du__drop;
+  k->seq = seq;
+  k->node.hash = du__hash(seq);
+  htab_insert(&du.known, &k->node);
+  return k;
+}
+
+/* Hands m to its instance, as the message k stands for. */
+static void du__start(known_t *k, msg_t *m) {
+  m->stored = &k->base;
+  if (m->call && (m->flags & MSG_DISCARD)) { /* a forward that waits for nothing more */
+    call_t *c = m->call;
+    m->call = NULL;
+    c->unlink = NULL;
+    c->holder = NULL;
+    c->request_id = k->seq;
+    call_complete(c, REPLY_ACCEPTED, "", 0);
+  }
+  du.st.delivered++;
+  router_deliver_stored(m);
+}
+
+static void du__arm_due(uint64_t at) {
+  if (!at || (du.due_at && du.due_at <= at && timer_pending(&du.due_timer))) return;
+  uint64_t wall = sched_wall_ms();
+  du.due_at = at;
+  timer_cancel(&du.due_timer);
+  timer_add(&du.due_timer, sched_now() + (at > wall ? at - wall : 0));
+}
+
+static void du__checked(void *ud, int ok, uint64_t seq, int found, int done, int kind, const char *reply, size_t len,
+                        const char *err) {
+  known_t *k = ud;
+  msg_t *m = k->checking;
+  k->checking = NULL;
+  if (!du.on || !ok || !found || done) {
+    if (m && m->call) {
+      call_t *c = m->call;
+      m->call = NULL;
+      c->unlink = NULL;
+      c->holder = NULL;
+      du__list_add(&k->waiters, c);
+    }
+    if (m) msg_free(m);
+    if (!du.on) {
+      du__list_fail(&k->waiters, "the runner is shutting down");
+    } else if (!ok) {
+      char why[512];
+      snprintf(why, sizeof why, "could not read the stored message: %s", err ? err : "?");
+      du__list_fail(&k->waiters, why);
+    } else if (!found) {
+      while (k->waiters) {
+        k->waiters->request_id = seq;
+        call_fail(k->waiters, REPLY_NOT_FOUND, "message %" PRIu64 " is no longer stored (pruned after its retention)",
+                  seq);
+      }
+    } else {
+      du.st.duplicates_skipped++;
+      du__list_complete(&k->waiters, seq, (reply_kind_t)kind, reply, len);
+    }
+    if (du.on) du__known_free(k);
+    return;
+  }
+  du__start(k, m);
+}
+
+void durable_deliver(msg_t *m) {
+  if (m->stored) { /* delivered here already and back from a mailbox: the same run goes on */
+    router_deliver_stored(m);
+    return;
+  }
+  uint64_t seq = m->request_id;
+  if (m->deliver_at > sched_wall_ms()) { /* not due yet: the owner's timer brings it */
+    du__arm_due(m->deliver_at);
+    if (m->call) {
+      m->call->request_id = seq;
+      call_complete(m->call, REPLY_ACCEPTED, "", 0);
+    }
+    msg_free(m);
+    return;
+  }
+  known_t *k = du__known(seq);
+  if (k) { /* delivered here already: wait for that run's reply */
+    if (m->call) {
+      call_t *c = m->call;
+      m->call = NULL;
+      c->unlink = NULL;
+      c->holder = NULL;
+      if (m->flags & MSG_DISCARD) {
+        c->request_id = seq;
+        call_complete(c, REPLY_ACCEPTED, "", 0);
+      } else {
+        du__list_add(&k->waiters, c);
+      }
+    }
+    du.st.duplicates_skipped++;
+    msg_free(m);
+    return;
+  }
+  k = du__known_new(seq);
+  if (m->flags & MSG_FRESH) { /* stored by this runner a moment ago: nobody else can have run it */
+    m->flags &= ~(unsigned)MSG_FRESH;
+    du__start(k, m);
+    return;
+  }
+  k->checking = m;
+  du.st.forwarded_checks++;
+  pgs_state(seq, du__checked, k);
+}
+
+/* ---------------------------------------------------------------------------
+ * Owner: scans of pending messages
+ * ------------------------------------------------------------------------- */
+
+static int du__held(uint32_t *out) {
+  int n = 0;
+  for (uint32_t s = 1; s <= du.n; s++)
+    if (cluster_serving(s)) out[n++] = s;
+  return n;
+}
+
+static void du__scan_page(uint64_t after);
+
+static void du__next_due(void *ud, int ok, uint64_t due) {
+  (void)ud;
+  if (!du.on || !ok) return;
+  if (due) du__arm_due(due);
+}
+
+static void du__scan_end(void) {
+  du.scanning = 0;
+  uint32_t *shards = malloc(sizeof *shards * (du.n + 1));
+  int n = du__held(shards);
+  uint64_t wall = sched_wall_ms();
+  du.due_at = 0;
+  timer_cancel(&du.due_timer);
+  if (n) pgs_next_due(shards, n, wall, du__next_due, NULL);
+  free(shards);
+  if (du.rescan) {
+    du.rescan = 0;
+    du.scanning = 1;
+    du__scan_page(0);
+  }
+}
+
+static void du__deliver_row(const pgs_row_t *w) {
+  if (du__known(w->seq) || !cluster_serving(w->shard)) return;
+  known_t *k = du__known_new(w->seq);
+  etype_t *t = host_find_type(w->type, w->type_len);
+  int rpc = t && t->kind == DEF_ENTITY ? etype_find_rpc(t, w->rpc, w->rpc_len) : -1;
+  if (rpc < 0) { /* its type or RPC went away with a script change: retrying cannot help */
+    char text[512];
+    snprintf(text, sizeof text, "the stored message's %s %.*s%s%.*s no longer exists", t ? "RPC" : "entity type",
+             (int)(w->type_len > 100 ? 100 : w->type_len), w->type, t ? "." : "",
+             t ? (int)(w->rpc_len > 100 ? 100 : w->rpc_len) : 0, w->rpc);
+    size_t len;
+    char *body = reply_error_body(REPLY_DEFECT, NULL, text, &len);
+    du__store_reply(k, REPLY_DEFECT, body, len);
+    free(body);
+    return;
+  }
+  msg_t *m = msg_new(t, rpc, w->id, w->id_len, w->payload, w->payload_len, w->headers, w->headers_len);
+  m->flags = MSG_PERSISTED | MSG_DISCARD;
+  m->request_id = w->seq;
+  du__start(k, m);
+}
+
+static void du__scanned(void *ud, int ok, const pgs_row_t *rows, int nrows) {
+  (void)ud;
+  if (!du.on) return;
+  if (!ok) {
+    du.scanning = 0;
+    return; /* the next periodic scan tries again */
+  }
+  for (int i = 0; i < nrows; i++) du__deliver_row(&rows[i]);
+  if (nrows == DUR_SCAN_PAGE) du__scan_page(rows[nrows - 1].seq);
+  else du__scan_end();
+}
+
+static void du__scan_page(uint64_t after) {
+  uint32_t *shards = malloc(sizeof *shards * (du.n + 1));
+  int n = du__held(shards);
+  if (n == 0) {
+    free(shards);
+    du__scan_end();
+    return;
+  }
+  du.st.scans++;
+  pgs_scan(shards, n, sched_wall_ms(), after, DUR_SCAN_PAGE, du__scanned, NULL);
+  free(shards);
+}
+
+static void du__scan(void) {
+  if (!du.on) return;
+  if (du.scanning) {
+    du.rescan = 1;
+    return;
+  }
+  du.scanning = 1;
+  du__scan_page(0);
+}
+
+static void du__scan_item(sched_item_t *it) {
+  (void)it;
+  du__scan();
+}
+
+void durable_acquired(void) {
+  if (du.on && !du.scan_item.queued) sched_push(&du.scan_item, du__scan_item);
+}
+
+static void du__scan_fire(timer_entry_t *t) {
+  du__scan();
+  timer_add(t, sched_now() + DUR_SCAN_EVERY_MS);
+}
+
+static void du__due_fire(timer_entry_t *t) {
+  (void)t;
+  du.due_at = 0;
+  du__scan();
+}
+
+static void du__pruned(void *ud, int ok, uint64_t deleted) {
+  (void)ud;
+  if (!du.on) return;
+  timer_add(&du.prune_timer, sched_now() + (ok && deleted == DUR_PRUNE_BATCH ? 20 : DUR_PRUNE_EVERY_MS));
+}
+
+static void du__prune_fire(timer_entry_t *t) {
+  uint32_t *shards = malloc(sizeof *shards * (du.n + 1));
+  int n = du__held(shards);
+  uint64_t wall = sched_wall_ms();
+  if (n && wall > du.retention_ms) {
+    pgs_prune(shards, n, wall - du.retention_ms, DUR_PRUNE_BATCH, du__pruned, NULL);
+  } else {
+    timer_add(t, sched_now() + DUR_PRUNE_EVERY_MS);
+  }
+  free(shards);
+}
+
+/* ---------------------------------------------------------------------------
+ * Sender
+ * ------------------------------------------------------------------------- */
+
+static wait_t *du__wait_find(uint64_t seq) {
+  htab_node_t *n = htab_find(&du.waits, du__hash(seq), du__wait_eq, &seq, sizeof seq);
+  return n ? (wait_t *)((char *)n - offsetof(wait_t, node)) : NULL;
+}
+
+static void du__wait_free(wait_t *w) {
+  htab_remove(&du.waits, &w->node);
+  free(w);
+}
+
+/* c waits for message seq's reply, read from storage every DUR_POLL_MS from
+ * `due` (wall ms) on. */
+static void du__wait(uint64_t seq, uint64_t due, call_t *c) {
+  wait_t *w = du__wait_find(seq);
+  if (!w) {
+    w = calloc(1, sizeof *w);
+    w->seq = seq;
+    w->node.hash = du__hash(seq);
+    htab_insert(&du.waits, &w->node);
+  }
+  if (due > w->due) w->due = due;
+  c->request_id = seq;
+  du__list_add(&w->calls, c);
+  if (!timer_pending(&du.poll_timer)) timer_add(&du.poll_timer, sched_now() + DUR_POLL_MS);
+}
+
+static void du__polled(void *ud, int ok, uint64_t seq, int found, int done, int kind, const char *reply, size_t len,
+                       const char *err) {
+  wait_t *w = ud;
+  w->polling = 0;
+  if (!du.on) return;
+  if (ok && found && done) du__list_complete(&w->calls, seq, (reply_kind_t)kind, reply, len);
+  else if (ok && !found)
+    while (w->calls) call_fail(w->calls, REPLY_NOT_FOUND, "message %" PRIu64 " is no longer stored", seq);
+  if (!w->calls) du__wait_free(w);
+}
+
+static void du__poll_fire(timer_entry_t *t) {
+  uint64_t wall = sched_wall_ms();
+  size_t i;
+  htab_node_t *n = htab_first(&du.waits, &i);
+  while (n) {
+    htab_node_t *next = htab_next(&du.waits, n, &i);
+    wait_t *w = (wait_t *)((char *)n - offsetof(wait_t, node));
+    if (!w->calls && !w->polling) {
+      du__wait_free(w);
+    } else if (!w->polling && w->due <= wall) {
+      w->polling = 1;
+      du.st.retries_polled++;
+      pgs_state(w->seq, du__polled, w);
+    }
+    n = next;
+  }
+  if (du.waits.count) timer_add(t, sched_now() + DUR_POLL_MS);
+}
+
+static void du__stored(void *ud, pgs_put_status_t st, uint64_t seq, int kind, const char *reply, size_t len,
+                       const char *err) {
+  ticket_t *t = ud;
+  msg_t *m = t->m;
+  call_t *c = du__ticket_take(t);
+  uint64_t at = t->deliver_at;
+  free(t);
+  int discard = (m->flags & MSG_DISCARD) != 0;
+  if (c) c->request_id = seq;
+  switch (st) {
+  case PGS_FAILED:
+    call_fail(c, REPLY_UNAVAILABLE, "the persisted message was not stored: %s", err ? err : "?");
+    msg_free(m);
+    return;
+  case PGS_DONE: /* a duplicate of a message that has its reply */
+    if (discard) call_complete(c, REPLY_ACCEPTED, "", 0);
+    else call_complete(c, (reply_kind_t)kind, reply, len);
+    msg_free(m);
+    return;
+  case PGS_PENDING: /* a duplicate of a message not done yet: wait for the first's reply */
+    if (discard) call_complete(c, REPLY_ACCEPTED, "", 0);
+    else if (c) du__wait(seq, 0, c);
+    msg_free(m);
+    return;
+  case PGS_STORED: break;
+  }
+  m->request_id = seq;
+  m->deliver_at = at;
+  m->flags |= MSG_PERSISTED;
+  if (discard) {
+    call_complete(c, REPLY_ACCEPTED, "", 0);
+    c = NULL;
+  }
+  if (at > sched_wall_ms()) {
+    /* The owner learns when it is due; the caller reads the reply then. */
+    if (c) du__wait(seq, at, c);
+    c = NULL;
+    m->flags |= MSG_DISCARD;
+  }
+  if (c) msg_attach_call(m, c);
+  uint32_t shard = cluster_shard_of(m->id, m->id_len);
+  tp_peer_t *peer = NULL;
+  if (cluster_route(shard, &peer) == ROUTE_LOCAL && cluster_serving(shard)) m->flags |= MSG_FRESH;
+  router_route_stored(m);
+}
+
+/* Checks that a string can be stored as PostgreSQL text (UTF-8, no NUL). */
+static int du__utf8(const char *s, size_t n) {
+  const unsigned char *p = (const unsigned char *)s, *e = p + n;
+  while (p < e) {
+    unsigned c = *p;
+    if (c == 0) return 0;
+    if (c < 0x80) { p++; continue; }
+    int k = (c & 0xe0) == 0xc0 ? 1 : (c & 0xf0) == 0xe0 ? 2 : (c & 0xf8) == 0xf0 ? 3 : -1;
+    if (k < 0 || c == 0xc0 || c == 0xc1 || c > 0xf4 || e - p <= k) return 0;
+    unsigned v = c & (0x3f >> k);
+    for (int j = 1; j <= k; j++) {
+      if ((p[j] & 0xc0) != 0x80) return 0;
+      v = (v << 6) | (p[j] & 0x3f);
+    }
+    if ((k == 1 && v < 0x80) || (k == 2 && (v < 0x800 || (v >= 0xd800 && v <= 0xdfff))) ||
+        (k == 3 && (v < 0x10000 || v > 0x10ffff)))
+      return 0;
+    p += k + 1;
+  }
+  return 1;
+}
+
+/* The dedupe key: hex SHA-256 of type, id, RPC and primary key (NUL
+ * separated), so keys of any length fit one index entry. */
+static void du__dedupe(const msg_t *m, const char *pk, char out[PGS_DEDUPE_LEN + 1]) {
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  unsigned char md[32];
+  unsigned int mdlen = 0;
+  const etype_t *t = m->type;
+  EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+  EVP_DigestUpdate(ctx, t->name, t->name_len + 1);
+  EVP_DigestUpdate(ctx, m->id, m->id_len);
+  EVP_DigestUpdate(ctx, "", 1);
+  EVP_DigestUpdate(ctx, t->rpcs[m->rpc].tag, t->rpcs[m->rpc].tag_len + 1);
+  EVP_DigestUpdate(ctx, pk, strlen(pk));
+  EVP_DigestFinal_ex(ctx, md, &mdlen);
+  EVP_MD_CTX_free(ctx);
+  static const char hex[] = "0123456789abcdef";
+  for (int i = 0; i < 32; i++) {
+    out[2 * i] = hex[md[i] >> 4];
+    out[2 * i + 1] = hex[md[i] & 15];
+  }
+  out[PGS_DEDUPE_LEN] = '\0';
+}
+
+void durable_send(msg_t *m, call_t *call, const char *pk, uint64_t deliver_at) {
+  const char *bad = !du__utf8(m->id, m->id_len)            ? "id"
+                    : !du__utf8(m->payload, m->payload_len) ? "payload"
+                    : m->headers && !du__utf8(m->headers, m->headers_len) ? "headers"
+                                                                          : NULL;
+  if (bad) {
+    size_t len;
+    char *body = reply_error_body(REPLY_SCHEMA, bad, "a persisted message is stored as text: it must be valid UTF-8 "
+                                                     "without NUL bytes", &len);
+    call_complete(call, REPLY_SCHEMA, body, len);
+    free(body);
+    msg_free(m);
+    return;
+  }
+  if (!pgs_up()) {
+    call_fail(call, REPLY_UNAVAILABLE, "storage (PostgreSQL) is unavailable: the persisted message was not stored; "
+                                       "retry later");
+    msg_free(m);
+    return;
+  }
+  char key[PGS_DEDUPE_LEN + 1];
+  if (pk) du__dedupe(m, pk, key);
+  const rpc_def_t *r = &m->type->rpcs[m->rpc];
+  pgs_msg_t pm = {
+      .shard = cluster_shard_of(m->id, m->id_len),
+      .type = m->type->name,
+      .type_len = m->type->name_len,
+      .id = m->id,
+      .id_len = m->id_len,
+      .rpc = r->tag,
+      .rpc_len = r->tag_len,
+      .payload = m->payload,
+      .payload_len = m->payload_len,
+      .headers = m->headers,
+      .headers_len = m->headers_len,
+      .dedupe = pk ? key : NULL,
+      .deliver_at = deliver_at,
+  };
+  ticket_t *t = du__ticket(call);
+  t->m = m;
+  t->deliver_at = deliver_at;
+  pgs_put(&pm, du__stored, t);
+}
+
+/* ---------------------------------------------------------------------------
+ * Lookups and cron
+ * ------------------------------------------------------------------------- */
+
+static void du__looked_up(void *ud, int ok, uint64_t seq, int found, int done, int kind, const char *reply,
+                          size_t len, const char *err) {
+  ticket_t *t = ud;
+  call_t *c = du__ticket_take(t);
+  free(t);
+  if (!c) return;
+  c->request_id = seq;
+  if (!ok) call_fail(c, REPLY_UNAVAILABLE, "could not read the stored message: %s", err ? err : "?");
+  else if (!found) call_fail(c, REPLY_NOT_FOUND, "no stored message has request id %" PRIu64 " (or its reply was "
+                                                 "pruned)", seq);
+  else if (!done) call_complete(c, REPLY_ACCEPTED, "", 0);
+  else call_complete(c, (reply_kind_t)kind, reply, len);
+}
+
+void durable_lookup(uint64_t rid, call_t *c) {
+  if (!pgs_up()) {
+    call_fail(c, REPLY_UNAVAILABLE, "storage (PostgreSQL) is unavailable; retry later");
+    return;
+  }
+  pgs_state(rid, du__looked_up, du__ticket(c));
+}
+
+static void du__cron_done(void *ud, int ok, int64_t a, int64_t b, const char *err) {
+  ticket_t *t = ud;
+  call_t *c = du__ticket_take(t);
+  free(t);
+  if (!c) return;
+  if (!ok) {
+    call_fail(c, REPLY_UNAVAILABLE, "cron bookkeeping failed: %s", err ? err : "?");
+    return;
+  }
+  char body[64];
+  int n = snprintf(body, sizeof body, "%" PRId64 " %" PRId64, a, b);
+  call_complete(c, REPLY_OK, body, (size_t)n);
+}
+
+void durable_cron(int op, const char *name, uint64_t at, call_t *c) {
+  pgs_cron((pgs_cron_op_t)op, name, at, du__cron_done, du__ticket(c));
+}
+
+/* ---------------------------------------------------------------------------
+ * Life
+ * ------------------------------------------------------------------------- */
+
+int durable_init(uv_loop_t *loop, const char *conninfo, const char *prefix, uint32_t shards, uint64_t retention_ms) {
+  if (pgs_open(loop, conninfo, prefix) != 0) return -1;
+  du.n = shards;
+  du.retention_ms = retention_ms;
+  htab_init(&du.known);
+  htab_init(&du.waits);
+  timer_entry_init(&du.scan_timer, du__scan_fire);
+  timer_entry_init(&du.due_timer, du__due_fire);
+  timer_entry_init(&du.poll_timer, du__poll_fire);
+  timer_entry_init(&du.prune_timer, du__prune_fire);
+  timer_add(&du.scan_timer, sched_now() + DUR_SCAN_EVERY_MS);
+  timer_add(&du.prune_timer, sched_now() + DUR_PRUNE_EVERY_MS);
+  du.on = 1;
+  return 0;
+}
+
+void durable_close(void) {
+  if (!du.on) return;
+  /* Statements in flight answer now (unavailable); the callbacks see du.on. */
+  pgs_close();
+  du.on = 0;
+  timer_cancel(&du.scan_timer);
+  timer_cancel(&du.due_timer);
+  timer_cancel(&du.poll_timer);
+  timer_cancel(&du.prune_timer);
+  size_t i;
+  htab_node_t *n;
+  while ((n = htab_first(&du.waits, &i))) {
+    wait_t *w = (wait_t *)((char *)n - offsetof(wait_t, node));
+    du__list_fail(&w->calls, "the runner is shutting down");
+    du__wait_free(w);
+  }
+  while ((n = htab_first(&du.known, &i))) {
+    known_t *k = (known_t *)((char *)n - offsetof(known_t, node));
+    du__list_fail(&k->waiters, "the runner is shutting down");
+    if (k->checking) {
+      msg_t *m = k->checking;
+      k->checking = NULL;
+      msg_free(m);
+    }
+    du__known_free(k);
+  }
+  htab_free(&du.known);
+  htab_free(&du.waits);
+}

@@ -1,0 +1,588 @@
+/* pgstore.c - persisted messages in PostgreSQL: batched stores, state reads
+ * and replies over one pipelined connection (see pgstore.h). */
+#include "storage/pgstore.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/log.h"
+#include "core/buf.h"
+#include "entity/sched.h"
+#include "storage/pgconn.h"
+
+#define PGS_TIMEOUT_MS 5000
+#define PGS_MAX_INFLIGHT 2   /* statements of one kind in flight; the rest wait and batch */
+#define PGS_MAX_BATCH 1024   /* rows per statement */
+#define PGS_PUT_RETRIES 5    /* a key whose first store was not yet visible */
+
+/* One batched kind of statement. */
+typedef struct pgs_entry_s {
+  struct pgs_entry_s *next;
+  void *cb, *ud;
+  uint64_t seq;
+  int kind, retries;
+  pgs_msg_t m; /* PUT: the message, its strings in `data` */
+  char *data;
+} pgs_entry_t;
+
+typedef struct {
+  pgs_entry_t *head, *tail;
+  int n, inflight;
+} pgs_queue_t;
+
+typedef struct {
+  pgs_entry_t **e;
+  int n;
+} pgs_batch_t;
+
+static struct {
+  pgc_t *c;
+  char prefix[64];
+  char *sql_put, *sql_state, *sql_reply, *sql_scan, *sql_due, *sql_prune, *sql_cron[3];
+  pgs_queue_t put, state, reply;
+  sched_item_t flush;
+  int open;
+  pgs_stats_t st;
+} ps;
+
+static char *pgs__fmt(const char *fmt) {
+  buf_t b;
+  buf_init(&b);
+  buf_printf(&b, fmt, ps.prefix);
+  return buf_steal(&b, NULL);
+}
+
+int pgs_up(void) { return ps.open && pgc_up(ps.c); }
+const pgs_stats_t *pgs_stats(void) { return &ps.st; }
+
+int pgs_busy(void) {
+  if (!ps.open) return 0;
+  return ps.put.n + ps.put.inflight + ps.state.n + ps.state.inflight + ps.reply.n + ps.reply.inflight;
+}
+
+static void pgs__state(void *ud, int up, const char *why) {
+  if (!up) log_warn("storage: the messages connection is down (%s)", why ? why : "?");
+  else log_debug("storage: messages connection up");
+}
+
+int pgs_open(uv_loop_t *loop, const char *conninfo, const char *prefix) {
+  snprintf(ps.prefix, sizeof ps.prefix, "%s", prefix);
+  ps.sql_put = pgs__fmt(
+      "WITH ins AS (INSERT INTO %1$smessages"
+      " (shard, type, entity_id, rpc, dedupe, ref, payload, headers, deliver_at, created_at)"
+      " SELECT u.*, $10::bigint FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],"
+      " $7::text[], $8::text[], $9::bigint[]) AS u"
+      " ON CONFLICT (dedupe) WHERE dedupe IS NOT NULL DO NOTHING RETURNING seq, ref)"
+      " SELECT seq, ref, NULL::text, NULL::bigint, NULL::smallint, NULL::text FROM ins"
+      " UNION ALL SELECT m.seq, -1, m.dedupe, m.done_at, m.reply_kind, m.reply FROM %1$smessages m"
+      " WHERE m.dedupe = ANY($5::text[])");
+  ps.sql_state = pgs__fmt("SELECT seq, done_at, reply_kind, reply FROM %1$smessages WHERE seq = ANY($1::bigint[])");
+  ps.sql_reply = pgs__fmt(
+      "UPDATE %1$smessages m SET done_at = $4::bigint, reply_kind = u.k, reply = u.r"
+      " FROM unnest($1::bigint[], $2::smallint[], $3::text[]) AS u(seq, k, r)"
+      " WHERE m.seq = u.seq AND m.done_at IS NULL");
+  ps.sql_scan = pgs__fmt(
+      "SELECT seq, shard, type, entity_id, rpc, payload, headers, deliver_at FROM %1$smessages"
+      " WHERE shard = ANY($1::int[]) AND done_at IS NULL AND deliver_at <= $2::bigint AND seq > $3::bigint"
+      " ORDER BY seq LIMIT $4::int");
+  ps.sql_due = pgs__fmt(
+      "SELECT min(deliver_at) FROM %1$smessages"
+      " WHERE shard = ANY($1::int[]) AND done_at IS NULL AND deliver_at > $2::bigint");
+  ps.sql_prune = pgs__fmt(
+      "DELETE FROM %1$smessages WHERE seq IN (SELECT seq FROM %1$smessages"
+      " WHERE done_at < $1::bigint AND shard = ANY($2::int[]) LIMIT $3::int)");
+  ps.sql_cron[PGS_CRON_BEGIN] = pgs__fmt(
+      "INSERT INTO %1$scron (name, done_ms, claimed_ms) VALUES ($1, $2::bigint, $2::bigint)"
+      " ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING done_ms, claimed_ms");
+  ps.sql_cron[PGS_CRON_CLAIM] = pgs__fmt(
+      "UPDATE %1$scron SET claimed_ms = $2::bigint WHERE name = $1 AND done_ms < $2::bigint RETURNING 1, 0");
+  ps.sql_cron[PGS_CRON_DONE] = pgs__fmt(
+      "UPDATE %1$scron SET done_ms = $2::bigint, claimed_ms = greatest(claimed_ms, $2::bigint)"
+      " WHERE name = $1 AND done_ms < $2::bigint RETURNING 1, 0");
+  static const char *const on_connect[] = {"SET application_name = 'luster messages'", NULL};
+  pgc_opts_t o = {
+      .conninfo = conninfo,
+      .name = "messages",
+      .on_connect = on_connect,
+      .on_state = pgs__state,
+  };
+  ps.c = pgc_open(loop, &o);
+  if (!ps.c) return -1;
+  ps.open = 1;
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Array parameters
+ * ------------------------------------------------------------------------- */
+
+static void pgs__arr_sep(buf_t *b) {
+  if (b->len == 0) buf_addc(b, '{');
+  else buf_addc(b, ',');
+}
+
+static void pgs__arr_text(buf_t *b, const char *s, size_t n) {
+  pgs__arr_sep(b);
+  if (!s) {
+    buf_adds(b, "NULL");
+    return;
+  }
+  buf_reserve(b, n + 8);
+  buf_addc(b, '"');
+  size_t from = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '"' || s[i] == '\\') {
+      buf_add(b, s + from, i - from);
+      buf_addc(b, '\\');
+      from = i;
+    }
+  }
+  buf_add(b, s + from, n - from);
+  buf_addc(b, '"');
+}
+
+static void pgs__arr_int(buf_t *b, int64_t v) {
+  pgs__arr_sep(b);
+  buf_printf(b, "%" PRId64, v);
+}
+
+static const char *pgs__arr_end(buf_t *b) {
+  if (b->len == 0) buf_addc(b, '{');
+  buf_addc(b, '}');
+  return b->data;
+}
+
+static void pgs__shards(buf_t *b, const uint32_t *shards, int n) {
+  for (int i = 0; i < n; i++) pgs__arr_int(b, shards[i]);
+  pgs__arr_end(b);
+}
+
+/* ---------------------------------------------------------------------------
+ * Batches
+ * ------------------------------------------------------------------------- */
+
+static void pgs__flush(sched_item_t *it);
+
+static void pgs__enqueue(pgs_queue_t *q, pgs_entry_t *e) {
+  e->next = NULL;
+  if (q->tail) q->tail->next = e; else q->head = e;
+  q->tail = e;
+  q->n++;
+  if (!ps.flush.queued) sched_push(&ps.flush, pgs__flush);
+}
+
+/* Takes up to PGS_MAX_BATCH entries off q. */
+static pgs_batch_t *pgs__take(pgs_queue_t *q) {
+  int n = q->n < PGS_MAX_BATCH ? q->n : PGS_MAX_BATCH;
+  pgs_batch_t *b = malloc(sizeof *b + sizeof(pgs_entry_t *) * (size_t)n);
+  b->e = (pgs_entry_t **)(b + 1);
+  b->n = n;
+  for (int i = 0; i < n; i++) {
+    pgs_entry_t *e = q->head;
+    q->head = e->next;
+    b->e[i] = e;
+  }
+  if (!q->head) q->tail = NULL;
+  q->n -= n;
+  q->inflight++;
+  return b;
+}
+
+static void pgs__batch_done(pgs_queue_t *q, pgs_batch_t *b) {
+  for (int i = 0; i < b->n; i++) {
+    if (b->e[i]) {
+      free(b->e[i]->data);
+      free(b->e[i]);
+    }
+  }
+  free(b);
+  q->inflight--;
+  if (q->n && !ps.flush.queued && ps.open) sched_push(&ps.flush, pgs__flush);
+}
+
+static const char *pgs__why(pgc_status_t st, const char *err) {
+  switch (st) {
+  case PGC_TIMEOUT: return "PostgreSQL did not answer in time";
+  case PGC_UNAVAILABLE: return "PostgreSQL is unavailable";
+  default: return err ? err : "PostgreSQL refused the statement";
+  }
+}
+
+/* PUT ------------------------------------------------------------------- */
+
+static void pgs__put_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate);
+
+static void pgs__send_put(void) {
+  pgs_batch_t *b = pgs__take(&ps.put);
+  buf_t a[9];
+  for (int i = 0; i < 9; i++) buf_init(&a[i]);
+  for (int i = 0; i < b->n; i++) {
+    pgs_msg_t *m = &b->e[i]->m;
+    pgs__arr_int(&a[0], m->shard);
+    pgs__arr_text(&a[1], m->type, m->type_len);
+    pgs__arr_text(&a[2], m->id, m->id_len);
+    pgs__arr_text(&a[3], m->rpc, m->rpc_len);
+    pgs__arr_text(&a[4], m->dedupe, m->dedupe ? strlen(m->dedupe) : 0);
+    pgs__arr_int(&a[5], i);
+    pgs__arr_text(&a[6], m->payload, m->payload_len);
+    pgs__arr_text(&a[7], m->headers, m->headers_len);
+    pgs__arr_int(&a[8], (int64_t)m->deliver_at);
+  }
+  char now[24];
+  snprintf(now, sizeof now, "%" PRIu64, sched_wall_ms());
+  const char *v[10];
+  for (int i = 0; i < 9; i++) v[i] = pgs__arr_end(&a[i]);
+  v[9] = now;
+  ps.st.put_batches++;
+  pgc_query(ps.c, ps.sql_put, 10, v, NULL, PGS_TIMEOUT_MS, pgs__put_done, b);
+  for (int i = 0; i < 9; i++) buf_free(&a[i]);
+}
+
+static void pgs__put_answer(pgs_entry_t *e, pgs_put_status_t st, uint64_t seq, int kind, const char *reply,
+                            size_t len, const char *err) {
+  pgs_put_cb cb = (pgs_put_cb)e->cb;
+  cb(e->ud, st, seq, kind, reply, len, err);
+}
+
+static void pgs__put_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
+  pgs_batch_t *b = ud;
+  if (st != PGC_OK) {
+    const char *why = pgs__why(st, err);
+    ps.st.failures++;
+    for (int i = 0; i < b->n; i++) pgs__put_answer(b->e[i], PGS_FAILED, 0, 0, NULL, 0, why);
+    pgs__batch_done(&ps.put, b);
+    return;
+  }
+  char *answered = calloc((size_t)b->n + 1, 1);
+  int rows = PQntuples(res);
+  for (int r = 0; r < rows; r++) {
+    uint64_t seq = strtoull(PQgetvalue(res, r, 0), NULL, 10);
+    int ref = atoi(PQgetvalue(res, r, 1));
+    if (ref >= 0) {
+      if (ref < b->n && !answered[ref]) {
+        answered[ref] = 1;
+        ps.st.stored++;
+        pgs__put_answer(b->e[ref], PGS_STORED, seq, 0, NULL, 0, NULL);
+      }
+      continue;
+    }
+    const char *key = PQgetvalue(res, r, 2);
+    int done = !PQgetisnull(res, r, 3);
+    int kind = done ? atoi(PQgetvalue(res, r, 4)) : 0;
+    const char *reply = done ? PQgetvalue(res, r, 5) : NULL;
+    size_t len = done ? (size_t)PQgetlength(res, r, 5) : 0;
+    for (int i = 0; i < b->n; i++) {
+      if (answered[i] || !b->e[i]->m.dedupe || strcmp(b->e[i]->m.dedupe, key) != 0) continue;
+      answered[i] = 1;
+      ps.st.duplicates++;
+      pgs__put_answer(b->e[i], done ? PGS_DONE : PGS_PENDING, seq, kind, reply, len, NULL);
+    }
+  }
+  /* A key another session was storing at the same moment: its row was not
+   * visible to this statement. The next one sees it. */
+  for (int i = 0; i < b->n; i++) {
+    if (answered[i]) continue;
+    pgs_entry_t *e = b->e[i];
+    if (e->retries++ < PGS_PUT_RETRIES) {
+      b->e[i] = NULL;
+      pgs__enqueue(&ps.put, e);
+    } else {
+      pgs__put_answer(e, PGS_FAILED, 0, 0, NULL, 0, "the message's key could not be stored or found");
+    }
+  }
+  free(answered);
+  pgs__batch_done(&ps.put, b);
+}
+
+void pgs_put(const pgs_msg_t *m, pgs_put_cb cb, void *ud) {
+  pgs_entry_t *e = calloc(1, sizeof *e);
+  size_t dl = m->dedupe ? strlen(m->dedupe) + 1 : 0;
+  size_t n = m->type_len + m->id_len + m->rpc_len + m->payload_len + (m->headers ? m->headers_len : 0) + dl + 5;
+  char *p = e->data = malloc(n);
+  e->cb = (void *)cb;
+  e->ud = ud;
+  e->m = *m;
+#define PGS_COPY(f)                     \
+  do {                                  \
+    memcpy(p, m->f, m->f##_len);        \
+    e->m.f = p;                         \
+    p += m->f##_len;                    \
+    *p++ = '\0';                        \
+  } while (0)
+  PGS_COPY(type);
+  PGS_COPY(id);
+  PGS_COPY(rpc);
+  PGS_COPY(payload);
+  if (m->headers) PGS_COPY(headers);
+#undef PGS_COPY
+  if (m->dedupe) {
+    memcpy(p, m->dedupe, dl);
+    e->m.dedupe = p;
+  }
+  pgs__enqueue(&ps.put, e);
+}
+
+/* STATE ----------------------------------------------------------------- */
+
+static void pgs__state_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
+  pgs_batch_t *b = ud;
+  if (st != PGC_OK) {
+    const char *why = pgs__why(st, err);
+    ps.st.failures++;
+    for (int i = 0; i < b->n; i++) ((pgs_state_cb)b->e[i]->cb)(b->e[i]->ud, 0, b->e[i]->seq, 0, 0, 0, NULL, 0, why);
+    pgs__batch_done(&ps.state, b);
+    return;
+  }
+  char *answered = calloc((size_t)b->n + 1, 1);
+  int rows = PQntuples(res);
+  for (int r = 0; r < rows; r++) {
+    uint64_t seq = strtoull(PQgetvalue(res, r, 0), NULL, 10);
+    int done = !PQgetisnull(res, r, 1);
+    int kind = done ? atoi(PQgetvalue(res, r, 2)) : 0;
+    const char *reply = done ? PQgetvalue(res, r, 3) : NULL;
+    size_t len = done ? (size_t)PQgetlength(res, r, 3) : 0;
+    for (int i = 0; i < b->n; i++) {
+      if (answered[i] || b->e[i]->seq != seq) continue;
+      answered[i] = 1;
+      ((pgs_state_cb)b->e[i]->cb)(b->e[i]->ud, 1, seq, 1, done, kind, reply, len, NULL);
+    }
+  }
+  for (int i = 0; i < b->n; i++)
+    if (!answered[i]) ((pgs_state_cb)b->e[i]->cb)(b->e[i]->ud, 1, b->e[i]->seq, 0, 0, 0, NULL, 0, NULL);
+  free(answered);
+  pgs__batch_done(&ps.state, b);
+}
+
+static void pgs__send_state(void) {
+  pgs_batch_t *b = pgs__take(&ps.state);
+  buf_t a;
+  buf_init(&a);
+  for (int i = 0; i < b->n; i++) pgs__arr_int(&a, (int64_t)b->e[i]->seq);
+  const char *v[1] = {pgs__arr_end(&a)};
+  ps.st.read_batches++;
+  ps.st.reads += (uint64_t)b->n;
+  pgc_query(ps.c, ps.sql_state, 1, v, NULL, PGS_TIMEOUT_MS, pgs__state_done, b);
+  buf_free(&a);
+}
+
+void pgs_state(uint64_t seq, pgs_state_cb cb, void *ud) {
+  pgs_entry_t *e = calloc(1, sizeof *e);
+  e->cb = (void *)cb;
+  e->ud = ud;
+  e->seq = seq;
+  pgs__enqueue(&ps.state, e);
+}
+
+/* REPLY ----------------------------------------------------------------- */
+
+static void pgs__reply_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
+  pgs_batch_t *b = ud;
+  const char *why = st == PGC_OK ? NULL : pgs__why(st, err);
+  if (st != PGC_OK) ps.st.failures++;
+  else ps.st.replies += (uint64_t)b->n;
+  for (int i = 0; i < b->n; i++) {
+    pgs_entry_t *e = b->e[i];
+    if (e->cb) ((pgs_done_cb)e->cb)(e->ud, st == PGC_OK, why);
+  }
+  pgs__batch_done(&ps.reply, b);
+}
+
+static void pgs__send_reply(void) {
+  pgs_batch_t *b = pgs__take(&ps.reply);
+  buf_t a[3];
+  for (int i = 0; i < 3; i++) buf_init(&a[i]);
+  for (int i = 0; i < b->n; i++) {
+    pgs_entry_t *e = b->e[i];
+    pgs__arr_int(&a[0], (int64_t)e->seq);
+    pgs__arr_int(&a[1], e->kind);
+    pgs__arr_text(&a[2], e->data, e->m.payload_len);
+  }
+  char now[24];
+  snprintf(now, sizeof now, "%" PRIu64, sched_wall_ms());
+  const char *v[4] = {pgs__arr_end(&a[0]), pgs__arr_end(&a[1]), pgs__arr_end(&a[2]), now};
+  ps.st.reply_batches++;
+  pgc_query(ps.c, ps.sql_reply, 4, v, NULL, PGS_TIMEOUT_MS, pgs__reply_done, b);
+  for (int i = 0; i < 3; i++) buf_free(&a[i]);
+}
+
+void pgs_reply(uint64_t seq, int kind, const char *body, size_t len, pgs_done_cb cb, void *ud) {
+  pgs_entry_t *e = calloc(1, sizeof *e);
+  e->cb = (void *)cb;
+  e->ud = ud;
+  e->seq = seq;
+  e->kind = kind;
+  e->data = malloc(len + 1);
+  memcpy(e->data, body, len);
+  e->data[len] = '\0';
+  e->m.payload_len = len;
+  pgs__enqueue(&ps.reply, e);
+}
+
+static void pgs__flush(sched_item_t *it) {
+  if (!ps.open) return;
+  while (ps.put.n && ps.put.inflight < PGS_MAX_INFLIGHT) pgs__send_put();
+  while (ps.state.n && ps.state.inflight < PGS_MAX_INFLIGHT) pgs__send_state();
+  while (ps.reply.n && ps.reply.inflight < PGS_MAX_INFLIGHT) pgs__send_reply();
+}
+
+/* ---------------------------------------------------------------------------
+ * One-off statements
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+  void *cb, *ud;
+} pgs_req_t;
+
+static pgs_req_t *pgs__req(void *cb, void *ud) {
+  pgs_req_t *r = malloc(sizeof *r);
+  r->cb = cb;
+  r->ud = ud;
+  return r;
+}
+
+typedef void (*pgs_scan_cb)(void *ud, int ok, const pgs_row_t *rows, int nrows);
+
+static void pgs__scan_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
+  pgs_req_t *r = ud;
+  pgs_scan_cb cb = (pgs_scan_cb)r->cb;
+  if (st != PGC_OK) {
+    log_warn("storage: reading pending messages failed: %s", pgs__why(st, err));
+    cb(r->ud, 0, NULL, 0);
+    free(r);
+    return;
+  }
+  int n = PQntuples(res);
+  pgs_row_t *rows = calloc((size_t)n + 1, sizeof *rows);
+  for (int i = 0; i < n; i++) {
+    pgs_row_t *w = &rows[i];
+    w->seq = strtoull(PQgetvalue(res, i, 0), NULL, 10);
+    w->shard = (uint32_t)strtoul(PQgetvalue(res, i, 1), NULL, 10);
+#define PGS_COL(f, c)                         \
+  do {                                        \
+    w->f = PQgetvalue(res, i, c);             \
+    w->f##_len = (size_t)PQgetlength(res, i, c); \
+  } while (0)
+    PGS_COL(type, 2);
+    PGS_COL(id, 3);
+    PGS_COL(rpc, 4);
+    PGS_COL(payload, 5);
+    if (!PQgetisnull(res, i, 6)) PGS_COL(headers, 6);
+#undef PGS_COL
+    w->deliver_at = strtoull(PQgetvalue(res, i, 7), NULL, 10);
+  }
+  ps.st.scanned += (uint64_t)n;
+  cb(r->ud, 1, rows, n);
+  free(rows);
+  free(r);
+}
+
+void pgs_scan(const uint32_t *shards, int n, uint64_t now_ms, uint64_t after, int limit, pgs_scan_cb cb, void *ud) {
+  buf_t a;
+  buf_init(&a);
+  pgs__shards(&a, shards, n);
+  char now[24], aft[24], lim[16];
+  snprintf(now, sizeof now, "%" PRIu64, now_ms);
+  snprintf(aft, sizeof aft, "%" PRIu64, after);
+  snprintf(lim, sizeof lim, "%d", limit);
+  const char *v[4] = {a.data, now, aft, lim};
+  pgc_query(ps.c, ps.sql_scan, 4, v, NULL, PGS_TIMEOUT_MS, pgs__scan_done, pgs__req((void *)cb, ud));
+  buf_free(&a);
+}
+
+typedef void (*pgs_due_cb)(void *ud, int ok, uint64_t due);
+
+static void pgs__due_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
+  pgs_req_t *r = ud;
+  uint64_t due = 0;
+  int ok = st == PGC_OK && PQntuples(res) == 1;
+  if (ok && !PQgetisnull(res, 0, 0)) due = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+  ((pgs_due_cb)r->cb)(r->ud, ok, due);
+  free(r);
+}
+
+void pgs_next_due(const uint32_t *shards, int n, uint64_t now_ms, pgs_due_cb cb, void *ud) {
+  buf_t a;
+  buf_init(&a);
+  pgs__shards(&a, shards, n);
+  char now[24];
+  snprintf(now, sizeof now, "%" PRIu64, now_ms);
+  const char *v[2] = {a.data, now};
+  pgc_query(ps.c, ps.sql_due, 2, v, NULL, PGS_TIMEOUT_MS, pgs__due_done, pgs__req((void *)cb, ud));
+  buf_free(&a);
+}
+
+typedef void (*pgs_prune_cb)(void *ud, int ok, uint64_t deleted);
+
+static void pgs__prune_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
+  pgs_req_t *r = ud;
+  uint64_t n = st == PGC_OK ? strtoull(PQcmdTuples(res), NULL, 10) : 0;
+  ps.st.pruned += n;
+  ((pgs_prune_cb)r->cb)(r->ud, st == PGC_OK, n);
+  free(r);
+}
+
+void pgs_prune(const uint32_t *shards, int n, uint64_t cutoff_ms, int limit, pgs_prune_cb cb, void *ud) {
+  buf_t a;
+  buf_init(&a);
+  pgs__shards(&a, shards, n);
+  char cut[24], lim[16];
+  snprintf(cut, sizeof cut, "%" PRIu64, cutoff_ms);
+  snprintf(lim, sizeof lim, "%d", limit);
+  const char *v[3] = {cut, a.data, lim};
+  pgc_query(ps.c, ps.sql_prune, 3, v, NULL, PGS_TIMEOUT_MS, pgs__prune_done, pgs__req((void *)cb, ud));
+  buf_free(&a);
+}
+
+typedef void (*pgs_cron_cb)(void *ud, int ok, int64_t a, int64_t b, const char *err);
+
+static void pgs__cron_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
+  pgs_req_t *r = ud;
+  pgs_cron_cb cb = (pgs_cron_cb)r->cb;
+  if (st != PGC_OK) {
+    cb(r->ud, 0, 0, 0, pgs__why(st, err));
+  } else if (PQntuples(res) == 0) {
+    cb(r->ud, 1, 0, 0, NULL);
+  } else {
+    cb(r->ud, 1, strtoll(PQgetvalue(res, 0, 0), NULL, 10), strtoll(PQgetvalue(res, 0, 1), NULL, 10), NULL);
+  }
+  free(r);
+}
+
+void pgs_cron(pgs_cron_op_t op, const char *name, uint64_t at, pgs_cron_cb cb, void *ud) {
+  char t[24];
+  snprintf(t, sizeof t, "%" PRIu64, at);
+  const char *v[2] = {name, t};
+  pgc_query(ps.c, ps.sql_cron[op], 2, v, NULL, PGS_TIMEOUT_MS, pgs__cron_done, pgs__req((void *)cb, ud));
+}
+
+void pgs_close(void) {
+  if (!ps.open) return;
+  ps.open = 0;
+  /* Queued entries never went out: they fail now, like those in flight. */
+  pgs_queue_t *qs[3] = {&ps.put, &ps.state, &ps.reply};
+  for (int k = 0; k < 3; k++) {
+    pgs_queue_t *q = qs[k];
+    while (q->head) {
+      pgs_entry_t *e = q->head;
+      q->head = e->next;
+      if (q == &ps.put) pgs__put_answer(e, PGS_FAILED, 0, 0, NULL, 0, "the runner is shutting down");
+      else if (q == &ps.state) ((pgs_state_cb)e->cb)(e->ud, 0, e->seq, 0, 0, 0, NULL, 0, "the runner is shutting down");
+      else if (e->cb) ((pgs_done_cb)e->cb)(e->ud, 0, "the runner is shutting down");
+      free(e->data);
+      free(e);
+    }
+    q->tail = NULL;
+    q->n = 0;
+  }
+  pgc_close(ps.c);
+  ps.c = NULL;
+  free(ps.sql_put);
+  free(ps.sql_state);
+  free(ps.sql_reply);
+  free(ps.sql_scan);
+  free(ps.sql_due);
+  free(ps.sql_prune);
+  for (int i = 0; i < 3; i++) free(ps.sql_cron[i]);
+}
