@@ -725,6 +725,24 @@ describe("durable", function()
         end
       end)
     end)
+
+    it("prunes done messages after --retention: their replies are gone and their keys are new again", function()
+      in_cluster({ args = "--retention 1s" }, function(start, rec)
+        local r = start()
+        H.wait_cluster(r, 1)
+        local status, doc, headers = r:call("Journal", "kept", "Append", { key = "once" })
+        local rid = check_append_answer("once", status, doc, headers)
+        assert.equal(200, (request_status(r, rid)))
+        -- Pruned by the runner's retention pass (every few seconds, in batches).
+        H.wait_for("the done message to be pruned", 20, function() return request_status(r, rid) == 404 end, 0.2)
+        assert.equal(1, rec.counts("append")["once"])
+        -- Its key was forgotten with it: the same send is a new message.
+        status, doc, headers = r:call("Journal", "kept", "Append", { key = "once" })
+        local rid2 = check_append_answer("once", status, doc, headers)
+        assert.are_not.equal(rid, rid2)
+        assert.equal(2, rec.counts("append")["once"])
+      end)
+    end)
   end)
 
   describe("singletons and cron jobs", function()

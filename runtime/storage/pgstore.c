@@ -101,7 +101,11 @@ int pgs_open(uv_loop_t *loop, const char *conninfo, const char *prefix) {
   ps.sql_cron[PGS_CRON_DONE] = pgs__fmt(
       "UPDATE %1$scron SET done_ms = $2::bigint, claimed_ms = greatest(claimed_ms, $2::bigint)"
       " WHERE name = $1 AND done_ms < $2::bigint RETURNING 1, 0");
-  static const char *const on_connect[] = {"SET application_name = 'luster messages'", NULL};
+  /* Plans made for each execution: a generic plan fixed while the table was
+   * still empty (a fresh database, not analysed yet) reads the whole table
+   * for every batch once it has grown; a custom plan sees its real size. */
+  static const char *const on_connect[] = {"SET application_name = 'luster messages'",
+                                           "SET plan_cache_mode = force_custom_plan", NULL};
   pgc_opts_t o = {
       .conninfo = conninfo,
       .name = "messages",
