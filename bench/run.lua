@@ -609,35 +609,21 @@ for run = 1, RUNS do
       end
     end
   end
-  if want_peer_local then
-    log("run %d/%d: Effect peer, bench-local", run, RUNS)
-    local p = peer_local()
-    if p then
-      for id, v in pairs(p) do
-        peer_results[id] = peer_results[id] or {}
-        table.insert(peer_results[id], v)
-      end
-    end
-  end
-  if want_peer_cluster then
-    log("run %d/%d: Effect peer, bench-cluster", run, RUNS)
-    local ok, p = pcall(peer_cluster)
-    if not ok then log("  the peer's bench-cluster failed: %s", tostring(p)) end
-    if ok and p then
-      for id, v in pairs(p) do
-        peer_results[id] = peer_results[id] or {}
-        table.insert(peer_results[id], v)
-      end
-    end
-  end
-  if want_peer_persisted then
-    log("run %d/%d: Effect peer, bench-persisted", run, RUNS)
-    local ok, p = pcall(peer_persisted)
-    if not ok then log("  the peer's bench-persisted failed: %s", tostring(p)) end
-    if ok and p then
-      for id, v in pairs(p) do
-        peer_results[id] = peer_results[id] or {}
-        table.insert(peer_results[id], v)
+  for _, peer in ipairs {
+    { want_peer_local, "bench-local", peer_local },
+    { want_peer_cluster, "bench-cluster", peer_cluster },
+    { want_peer_persisted, "bench-persisted", peer_persisted },
+  } do
+    local want, name, fn = peer[1], peer[2], peer[3]
+    if want then
+      log("run %d/%d: Effect peer, %s", run, RUNS, name)
+      local ok, p = pcall(fn)
+      if not ok then log("  the peer's %s failed: %s", name, tostring(p)) end
+      if ok and p then
+        for id, v in pairs(p) do
+          peer_results[id] = peer_results[id] or {}
+          table.insert(peer_results[id], v)
+        end
       end
     end
   end
