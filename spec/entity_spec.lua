@@ -300,6 +300,51 @@ describe("persisted RPCs on embedded storage", function()
     assert.are.equal("1", headers["retry-after"])
   end)
 
+  it("answers with X-Request-Id, and GET /requests/{id} returns the stored reply", function()
+    local status, doc, headers = r:call("Ledger", "acct6", "Deposit", { key = "r1", amount = 3 })
+    assert.are.equal(200, status)
+    local rid = headers["x-request-id"]
+    assert.is_truthy(rid and rid:match("^%d+$"), "X-Request-Id: " .. tostring(rid))
+    local s2, d2 = r:request("GET", "/requests/" .. rid)
+    assert.are.equal(200, s2)
+    assert.are.same(doc.value, d2.value)
+    local s3, d3, h3 = r:call("Ledger", "acct6", "Deposit", { key = "r2", amount = 1 }, "?discard=1")
+    assert.are.equal(202, s3)
+    assert.are.equal(h3["x-request-id"], d3.request_id)
+    assert.are.equal(404, (r:request("GET", "/requests/1")))
+    assert.are.equal(400, (r:request("GET", "/requests/abc")))
+  end)
+
+  it("retries a persisted handler that raises, with backoff, before the entity's later messages", function()
+    -- Pipelined on one connection: the Flaky message arrives first.
+    local c = r:connect()
+    local b1, b2 = '{"key":"f1","fail":2}', '{"key":"after","amount":1}'
+    c:send("POST /entities/Ledger/acct7/Flaky HTTP/1.1\r\nHost: x\r\nContent-Length: " .. #b1 .. "\r\n\r\n" .. b1 ..
+      "POST /entities/Ledger/acct7/Deposit HTTP/1.1\r\nHost: x\r\nContent-Length: " .. #b2 .. "\r\n\r\n" .. b2)
+    local status, _, raw = H.read_response(c)
+    assert.are.equal(200, status, raw)
+    local v = require("cjson").decode(raw).value
+    assert.are.equal(3, v.tries)
+    -- 100 ms, then 200 ms between the runs.
+    assert.is_true(v.at[2] - v.at[1] >= 95 and v.at[3] - v.at[2] >= 195, "runs at " .. table.concat(v.at, ", "))
+    local s2, _, raw2 = H.read_response(c)
+    c:close()
+    assert.are.equal(200, s2, raw2)
+    -- The later message waited for the retries: it ran after the third run.
+    local _, ev = r:call("Ledger", "acct7", "Events", {})
+    assert.are.same({ "Flaky", "Flaky", "Flaky", "Deposit" }, ev.value)
+  end)
+
+  it("stores a defect after the fifth failed run of a persisted handler", function()
+    local t0 = socket.gettime()
+    local status, doc = r:call("Ledger", "acct8", "Flaky", { key = "f2", fail = 100 })
+    assert.are.equal(500, status)
+    assert.is_truthy(doc.error.message:match("^failed 5 times"), doc.error.message)
+    assert.is_true(socket.gettime() - t0 >= 1.45, "answered after " .. (socket.gettime() - t0) .. " s")
+    local again = select(2, r:call("Ledger", "acct8", "Flaky", { key = "f2", fail = 0 }))
+    assert.are.same(doc, again) -- the stored reply: the handler does not run again
+  end)
+
   it("rejects a persisted message with a bad payload before storing it", function()
     local status, doc = r:call("Ledger", "acct5", "Deposit", { key = 1, amount = 1 })
     assert.are.equal(400, status)
