@@ -62,6 +62,7 @@ static struct {
   sched_item_t scan_item;
   int scanning, rescan;
   uint64_t due_at; /* wall ms the due timer is set for, 0 = none */
+  uint32_t *held;  /* du__held's answer: the shards served here now */
   durable_stats_t st;
 } du;
 
@@ -89,23 +90,6 @@ static uint64_t du__hash(uint64_t seq) { return hash_bytes(&seq, sizeof seq); }
 /* ---------------------------------------------------------------------------
  * Lists of waiting calls
  * ------------------------------------------------------------------------- */
-
-static void du__list_unlink(call_t *c) {
-  call_t **head = c->holder;
-  if (c->wprev) c->wprev->wnext = c->wnext; else *head = c->wnext;
-  if (c->wnext) c->wnext->wprev = c->wprev;
-  c->wnext = c->wprev = NULL;
-}
-
-static void du__list_add(call_t **head, call_t *c) {
-  if (!c || c->done) return;
-  c->holder = head;
-  c->unlink = du__list_unlink;
-  c->wprev = NULL;
-  c->wnext = *head;
-  if (*head) (*head)->wprev = c;
-  *head = c;
-}
 
 static void du__list_complete(call_t **head, uint64_t seq, reply_kind_t kind, const char *body, size_t len) {
   while (*head) {
@@ -181,7 +165,7 @@ static void du__store_reply(known_t *k, reply_kind_t kind, const char *body, siz
 
 static void du__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller) {
   known_t *k = (known_t *)s;
-  du__list_add(&k->waiters, caller);
+  call_list_add(&k->waiters, caller);
   du__store_reply(k, kind, body, len);
 }
 
@@ -205,10 +189,7 @@ static known_t *du__known_new(uint64_t seq) {
 static void du__start(known_t *k, msg_t *m) {
   m->stored = &k->base;
   if (m->call && (m->flags & MSG_DISCARD)) { /* a forward that waits for nothing more */
-    call_t *c = m->call;
-    m->call = NULL;
-    c->unlink = NULL;
-    c->holder = NULL;
+    call_t *c = msg_detach_call(m);
     c->request_id = k->seq;
     call_complete(c, REPLY_ACCEPTED, "", 0);
   }
@@ -230,14 +211,10 @@ static void du__checked(void *ud, int ok, uint64_t seq, int found, int done, int
   msg_t *m = k->checking;
   k->checking = NULL;
   if (!du.on || !ok || !found || done) {
-    if (m && m->call) {
-      call_t *c = m->call;
-      m->call = NULL;
-      c->unlink = NULL;
-      c->holder = NULL;
-      du__list_add(&k->waiters, c);
+    if (m) {
+      call_list_add(&k->waiters, msg_detach_call(m));
+      msg_free(m);
     }
-    if (m) msg_free(m);
     if (!du.on) {
       du__list_fail(&k->waiters, "the runner is shutting down");
     } else if (!ok) {
@@ -278,15 +255,12 @@ void durable_deliver(msg_t *m) {
   known_t *k = du__known(seq);
   if (k) { /* delivered here already: wait for that run's reply */
     if (m->call) {
-      call_t *c = m->call;
-      m->call = NULL;
-      c->unlink = NULL;
-      c->holder = NULL;
+      call_t *c = msg_detach_call(m);
       if (m->flags & MSG_DISCARD) {
         c->request_id = seq;
         call_complete(c, REPLY_ACCEPTED, "", 0);
       } else {
-        du__list_add(&k->waiters, c);
+        call_list_add(&k->waiters, c);
       }
     }
     du.st.duplicates_skipped++;
@@ -308,10 +282,11 @@ void durable_deliver(msg_t *m) {
  * Owner: scans of pending messages
  * ------------------------------------------------------------------------- */
 
-static int du__held(uint32_t *out) {
+/* Fills du.held with the shards served here now; returns how many. */
+static int du__held(void) {
   int n = 0;
   for (uint32_t s = 1; s <= du.n; s++)
-    if (cluster_serving(s)) out[n++] = s;
+    if (cluster_serving(s)) du.held[n++] = s;
   return n;
 }
 
@@ -325,13 +300,10 @@ static void du__next_due(void *ud, int ok, uint64_t due) {
 
 static void du__scan_end(void) {
   du.scanning = 0;
-  uint32_t *shards = malloc(sizeof *shards * (du.n + 1));
-  int n = du__held(shards);
-  uint64_t wall = sched_wall_ms();
+  int n = du__held();
   du.due_at = 0;
   timer_cancel(&du.due_timer);
-  if (n) pgs_next_due(shards, n, wall, du__next_due, NULL);
-  free(shards);
+  if (n) pgs_next_due(du.held, n, sched_wall_ms(), du__next_due, NULL);
   if (du.rescan) {
     du.rescan = 0;
     du.scanning = 1;
@@ -374,16 +346,13 @@ static void du__scanned(void *ud, int ok, const pgs_row_t *rows, int nrows) {
 }
 
 static void du__scan_page(uint64_t after) {
-  uint32_t *shards = malloc(sizeof *shards * (du.n + 1));
-  int n = du__held(shards);
+  int n = du__held();
   if (n == 0) {
-    free(shards);
     du__scan_end();
     return;
   }
   du.st.scans++;
-  pgs_scan(shards, n, sched_wall_ms(), after, DUR_SCAN_PAGE, du__scanned, NULL);
-  free(shards);
+  pgs_scan(du.held, n, sched_wall_ms(), after, DUR_SCAN_PAGE, du__scanned, NULL);
 }
 
 static void du__scan(void) {
@@ -423,15 +392,10 @@ static void du__pruned(void *ud, int ok, uint64_t deleted) {
 }
 
 static void du__prune_fire(timer_entry_t *t) {
-  uint32_t *shards = malloc(sizeof *shards * (du.n + 1));
-  int n = du__held(shards);
+  int n = du__held();
   uint64_t wall = sched_wall_ms();
-  if (n && wall > du.retention_ms) {
-    pgs_prune(shards, n, wall - du.retention_ms, DUR_PRUNE_BATCH, du__pruned, NULL);
-  } else {
-    timer_add(t, sched_now() + DUR_PRUNE_EVERY_MS);
-  }
-  free(shards);
+  if (n && wall > du.retention_ms) pgs_prune(du.held, n, wall - du.retention_ms, DUR_PRUNE_BATCH, du__pruned, NULL);
+  else timer_add(t, sched_now() + DUR_PRUNE_EVERY_MS);
 }
 
 /* ---------------------------------------------------------------------------
@@ -460,7 +424,7 @@ static void du__wait(uint64_t seq, uint64_t due, call_t *c) {
   }
   if (due > w->due) w->due = due;
   c->request_id = seq;
-  du__list_add(&w->calls, c);
+  call_list_add(&w->calls, c);
   if (!timer_pending(&du.poll_timer)) timer_add(&du.poll_timer, sched_now() + DUR_POLL_MS);
 }
 
@@ -680,6 +644,7 @@ void durable_cron(int op, const char *name, uint64_t at, call_t *c) {
 int durable_init(uv_loop_t *loop, const char *conninfo, const char *prefix, uint32_t shards, uint64_t retention_ms) {
   if (pgs_open(loop, conninfo, prefix) != 0) return -1;
   du.n = shards;
+  du.held = malloc(sizeof *du.held * shards);
   du.retention_ms = retention_ms;
   htab_init(&du.known);
   htab_init(&du.waits);
@@ -721,4 +686,6 @@ void durable_close(void) {
   }
   htab_free(&du.known);
   htab_free(&du.waits);
+  free(du.held);
+  du.held = NULL;
 }

@@ -52,8 +52,7 @@ static void router__deliver(msg_t *m, call_t *call) {
     router__hold(cluster_shard_of(m->id, m->id_len), m);
     return;
   }
-  call_t *c = m->call ? m->call : call;
-  if (m->call) { m->call->unlink = NULL; m->call = NULL; }
+  call_t *c = m->call ? msg_detach_call(m) : call;
   if (rc == -EBUSY)
     call_fail(c, REPLY_MAILBOX_FULL, "the mailbox of %s/%.*s is full (%u messages waiting); retry later",
               m->type->name, (int)(m->id_len > 64 ? 64 : m->id_len), m->id, m->type->mailbox);
@@ -227,15 +226,7 @@ static void router__local_call(msg_t *m, call_t *call) {
   }
 }
 
-static void router__local(msg_t *m) {
-  call_t *call = m->call;
-  if (call) {
-    m->call = NULL;
-    call->unlink = NULL;
-    call->holder = NULL;
-  }
-  router__local_call(m, call);
-}
+static void router__local(msg_t *m) { router__local_call(m, msg_detach_call(m)); }
 
 static void router__arm_retry(void) {
   if (!timer_pending(&rt.retry)) timer_add(&rt.retry, sched_now() + 100);

@@ -591,6 +591,7 @@ void em_type_free(etype_t *t) {
     inst_t *i = (inst_t *)n;
     n = htab_next(&t->instances, n, &it);
     em__drop_mailbox(i);
+    em__backoff_end(i);
     if (em_counts && i->shard <= em_shards && em_counts[i->shard]) em_counts[i->shard]--;
     free(i->snapshot);
     free(i);

@@ -143,6 +143,33 @@ void msg_attach_call(msg_t *m, call_t *c) {
   c->unlink = msg__unlink_call;
 }
 
+call_t *msg_detach_call(msg_t *m) {
+  call_t *c = m->call;
+  if (c) {
+    c->unlink = NULL;
+    c->holder = NULL;
+    m->call = NULL;
+  }
+  return c;
+}
+
+static void call__list_unlink(call_t *c) {
+  call_t **head = c->holder;
+  if (c->wprev) c->wprev->wnext = c->wnext; else *head = c->wnext;
+  if (c->wnext) c->wnext->wprev = c->wprev;
+  c->wnext = c->wprev = NULL;
+}
+
+void call_list_add(call_t **head, call_t *c) {
+  if (!c || c->done) return;
+  c->holder = head;
+  c->unlink = call__list_unlink;
+  c->wprev = NULL;
+  c->wnext = *head;
+  if (*head) (*head)->wprev = c;
+  *head = c;
+}
+
 int msg_abandoned(const msg_t *m) {
   return !(m->flags & (MSG_DISCARD | MSG_PERSISTED)) && m->call == NULL;
 }
@@ -159,13 +186,7 @@ void msg_finish(msg_t *m, reply_kind_t kind, const char *body, size_t len) {
   if (s) {
     m->stored = NULL;
     if (msg__final(kind)) {
-      call_t *c = m->call;
-      if (c) {
-        c->unlink = NULL;
-        c->holder = NULL;
-        m->call = NULL;
-      }
-      s->reply(s, kind, body, len, c);
+      s->reply(s, kind, body, len, msg_detach_call(m));
     } else {
       s->drop(s);
     }
@@ -180,11 +201,7 @@ void msg_free(msg_t *m) {
     m->stored = NULL;
     s->drop(s);
   }
-  if (m->call) {
-    m->call->unlink = NULL;
-    m->call->holder = NULL;
-    call_fail(m->call, REPLY_UNAVAILABLE, "the message was dropped before it ran");
-  }
+  if (m->call) call_fail(msg_detach_call(m), REPLY_UNAVAILABLE, "the message was dropped before it ran");
   msg_set_type(m, NULL);
   free(m);
 }

@@ -64,6 +64,11 @@ void call_fail(call_t *c, reply_kind_t kind, const char *fmt, ...) __attribute__
  * queued callback would have run. */
 void call_cancel(call_t *c);
 
+/* Adds c to a list of calls waiting for one answer (a stored message's
+ * reply); a call that completes some other way (deadline, caller gone)
+ * leaves the list by itself. A call already done is not added. */
+void call_list_add(call_t **head, call_t *c);
+
 /* Builds the JSON error body {"kind":K,"message":M[,"path":P]} into a malloc'd
  * string. */
 char *reply_error_body(reply_kind_t kind, const char *path, const char *msg, size_t *len);
@@ -108,6 +113,9 @@ struct msg_s {
 msg_t *msg_new(struct etype_s *type, int rpc, const char *id, size_t id_len, const char *payload,
                size_t payload_len, const char *headers, size_t headers_len);
 void msg_attach_call(msg_t *m, call_t *c);
+/* Takes m's waiting caller off it (NULL when none): the caller's answer is
+ * now the taker's to give. */
+call_t *msg_detach_call(msg_t *m);
 /* Sends the reply to whoever waits and frees the message. */
 void msg_finish(msg_t *m, reply_kind_t kind, const char *body, size_t len);
 void msg_free(msg_t *m);

@@ -94,7 +94,7 @@ static int32_t coord__namespace(const char *prefix) {
   return (int32_t)(hash_bytes(prefix, strlen(prefix)) & 0x3fffffff) + 1;
 }
 
-static char *coord__fmt(const char *fmt, const char *prefix) {
+char *coord_sql(const char *fmt, const char *prefix) {
   buf_t b;
   buf_init(&b);
 #pragma GCC diagnostic push
@@ -139,11 +139,11 @@ static int coord__migrate(PGconn *c, char *err, size_t errlen) {
   if (coord__exec(c, "BEGIN", 0, NULL, NULL, err, errlen)) return -1;
   const char *k[1] = {co.ns_shard};
   if (coord__exec(c, "SELECT pg_advisory_xact_lock($1::int, 0)", 1, k, NULL, err, errlen)) goto out;
-  sql = coord__fmt("CREATE TABLE IF NOT EXISTS %1$sschema_version (version integer PRIMARY KEY,"
+  sql = coord_sql("CREATE TABLE IF NOT EXISTS %1$sschema_version (version integer PRIMARY KEY,"
                    " applied_at timestamptz NOT NULL DEFAULT now())", co.prefix);
   if (coord__exec(c, sql, 0, NULL, NULL, err, errlen)) goto out;
   free(sql);
-  sql = coord__fmt("SELECT coalesce(max(version), 0) FROM %1$sschema_version", co.prefix);
+  sql = coord_sql("SELECT coalesce(max(version), 0) FROM %1$sschema_version", co.prefix);
   if (coord__exec(c, sql, 0, NULL, &r, err, errlen)) goto out;
   int have = atoi(PQgetvalue(r, 0, 0));
   PQclear(r);
@@ -155,10 +155,10 @@ static int coord__migrate(PGconn *c, char *err, size_t errlen) {
   }
   for (int v = have + 1; v <= COORD_NMIGRATIONS; v++) {
     free(sql);
-    sql = coord__fmt(coord_migrations[v - 1], co.prefix);
+    sql = coord_sql(coord_migrations[v - 1], co.prefix);
     if (coord__exec(c, sql, 0, NULL, NULL, err, errlen)) goto out;
     free(sql);
-    sql = coord__fmt("INSERT INTO %1$sschema_version (version) VALUES ($1::int)", co.prefix);
+    sql = coord_sql("INSERT INTO %1$sschema_version (version) VALUES ($1::int)", co.prefix);
     char vs[16];
     snprintf(vs, sizeof vs, "%d", v);
     const char *p[1] = {vs};
@@ -200,7 +200,7 @@ int coord_bootstrap(const coord_config_t *cfg, int64_t *self_id, char *err, size
   /* Every live runner must agree on the shard count (it decides where every
    * id lives) and on the lease (a runner waits one lease for locks a
    * restarted server may have dropped). */
-  sql = coord__fmt("SELECT r.address, r.shards, r.lease_ms FROM %1$srunners r JOIN pg_locks m ON " COORD_MEMBER_LOCK
+  sql = coord_sql("SELECT r.address, r.shards, r.lease_ms FROM %1$srunners r JOIN pg_locks m ON " COORD_MEMBER_LOCK
                    " WHERE r.shards <> $2::int OR r.lease_ms <> $3::bigint ORDER BY r.id LIMIT 1", co.prefix);
   char shards[16], weight[16], lease[24];
   snprintf(shards, sizeof shards, "%u", cfg->shards);
@@ -223,12 +223,12 @@ int coord_bootstrap(const coord_config_t *cfg, int64_t *self_id, char *err, size
   r = NULL;
   free(sql);
   /* Rows of runners that died long ago (no lock, no heartbeat). */
-  sql = coord__fmt("DELETE FROM %1$srunners r WHERE r.heartbeat_at < now() - interval '10 minutes'"
+  sql = coord_sql("DELETE FROM %1$srunners r WHERE r.heartbeat_at < now() - interval '10 minutes'"
                    " AND NOT EXISTS (SELECT 1 FROM pg_locks m WHERE " COORD_MEMBER_LOCK ")", co.prefix);
   const char *p1[1] = {co.ns_member};
   if (coord__exec(c, sql, 1, p1, NULL, err, errlen)) goto out;
   free(sql);
-  sql = coord__fmt("INSERT INTO %1$srunners (address, http, weight, shards, lease_ms)"
+  sql = coord_sql("INSERT INTO %1$srunners (address, http, weight, shards, lease_ms)"
                    " VALUES ($1, $2, $3::int, $4::int, $5::bigint) RETURNING id", co.prefix);
   const char *p5[5] = {cfg->address, cfg->http ? cfg->http : "", weight, shards, lease};
   if (coord__exec(c, sql, 5, p5, &r, err, errlen)) goto out;
@@ -274,7 +274,7 @@ int coord_open(uv_loop_t *loop, const coord_config_t *cfg, int64_t self_id) {
   snprintf(co.listen_sql, sizeof co.listen_sql, "LISTEN %s", co.channel);
   co.on_connect_main[0] = co.listen_sql;
   co.on_connect_main[1] = NULL;
-  co.sql_members = coord__fmt(
+  co.sql_members = coord_sql(
       "SELECT r.id, r.address, r.http, r.weight, r.shards, r.stopping,"
       " (extract(epoch from (now() - r.heartbeat_at)) * 1000)::bigint,"
       " (SELECT count(*) FROM pg_locks s WHERE s.locktype = 'advisory' AND s.classid = $2::oid"
@@ -283,14 +283,14 @@ int coord_open(uv_loop_t *loop, const coord_config_t *cfg, int64_t self_id) {
       co.prefix);
   /* An upsert: a runner frozen long enough for its row to be cleaned away
    * comes back with the same id. */
-  co.sql_heartbeat = coord__fmt(
+  co.sql_heartbeat = coord_sql(
       "INSERT INTO %1$srunners (id, address, http, weight, shards, stopping, held, scripts, lease_ms)"
       " VALUES ($1::bigint, $2, $3, $4::int, $5::int, $6::boolean, $7::int, $8, $9::bigint)"
       " ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopping = EXCLUDED.stopping, held = EXCLUDED.held,"
       " scripts = EXCLUDED.scripts",
       co.prefix);
-  co.sql_unregister = coord__fmt("DELETE FROM %1$srunners WHERE id = $1::bigint", co.prefix);
-  co.sql_cleanup = coord__fmt("DELETE FROM %1$srunners r WHERE r.heartbeat_at < now() - interval '10 minutes'"
+  co.sql_unregister = coord_sql("DELETE FROM %1$srunners WHERE id = $1::bigint", co.prefix);
+  co.sql_cleanup = coord_sql("DELETE FROM %1$srunners r WHERE r.heartbeat_at < now() - interval '10 minutes'"
                               " AND NOT EXISTS (SELECT 1 FROM pg_locks m WHERE " COORD_MEMBER_LOCK ")",
                               co.prefix);
   pgc_opts_t lo = {

@@ -50,6 +50,8 @@ typedef struct {
 
 /* 0 when prefix is a valid table prefix. */
 int coord_valid_prefix(const char *prefix);
+/* SQL text with "%1$s" replaced by the table prefix (malloc'd). */
+char *coord_sql(const char *fmt, const char *prefix);
 /* Blocking, before the loop runs: connects (bounded), applies migrations
  * under a transaction lock, refuses a shard count that differs from a live
  * runner's, and registers this runner. Returns 0 with *self_id, or -1 with a

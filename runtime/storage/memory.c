@@ -132,13 +132,6 @@ pmsg_t *storage_put(const msg_t *m, const char *pk, store_status_t *status) {
   return p;
 }
 
-static void mem__unlink_waiter(call_t *c) {
-  pmsg_t *p = c->holder;
-  if (c->wprev) c->wprev->wnext = c->wnext; else p->waiters = c->wnext;
-  if (c->wnext) c->wnext->wprev = c->wprev;
-  c->wnext = c->wprev = NULL;
-}
-
 void storage_wait(pmsg_t *p, call_t *c) {
   if (!c || c->done) return;
   c->request_id = p->rid;
@@ -146,12 +139,7 @@ void storage_wait(pmsg_t *p, call_t *c) {
     call_complete(c, p->kind, p->reply, p->reply_len);
     return;
   }
-  c->holder = p;
-  c->unlink = mem__unlink_waiter;
-  c->wprev = NULL;
-  c->wnext = p->waiters;
-  if (p->waiters) p->waiters->wprev = c;
-  p->waiters = c;
+  call_list_add(&p->waiters, c);
 }
 
 void storage_get(uint64_t rid, call_t *c) {

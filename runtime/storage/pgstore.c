@@ -10,6 +10,7 @@
 #include "cli/log.h"
 #include "core/buf.h"
 #include "entity/sched.h"
+#include "storage/coord.h"
 #include "storage/pgconn.h"
 
 #define PGS_TIMEOUT_MS 5000
@@ -39,20 +40,12 @@ typedef struct {
 
 static struct {
   pgc_t *c;
-  char prefix[64];
   char *sql_put, *sql_state, *sql_reply, *sql_scan, *sql_due, *sql_prune, *sql_cron[3];
   pgs_queue_t put, state, reply;
   sched_item_t flush;
   int open;
   pgs_stats_t st;
 } ps;
-
-static char *pgs__fmt(const char *fmt) {
-  buf_t b;
-  buf_init(&b);
-  buf_printf(&b, fmt, ps.prefix);
-  return buf_steal(&b, NULL);
-}
 
 int pgs_up(void) { return ps.open && pgc_up(ps.c); }
 const pgs_stats_t *pgs_stats(void) { return &ps.st; }
@@ -68,8 +61,7 @@ static void pgs__state(void *ud, int up, const char *why) {
 }
 
 int pgs_open(uv_loop_t *loop, const char *conninfo, const char *prefix) {
-  snprintf(ps.prefix, sizeof ps.prefix, "%s", prefix);
-  ps.sql_put = pgs__fmt(
+  ps.sql_put = coord_sql(
       "WITH ins AS (INSERT INTO %1$smessages"
       " (shard, type, entity_id, rpc, dedupe, ref, payload, headers, deliver_at, created_at)"
       " SELECT u.*, $10::bigint FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],"
@@ -77,30 +69,31 @@ int pgs_open(uv_loop_t *loop, const char *conninfo, const char *prefix) {
       " ON CONFLICT (dedupe) WHERE dedupe IS NOT NULL DO NOTHING RETURNING seq, ref)"
       " SELECT seq, ref, NULL::text, NULL::bigint, NULL::smallint, NULL::text FROM ins"
       " UNION ALL SELECT m.seq, -1, m.dedupe, m.done_at, m.reply_kind, m.reply FROM %1$smessages m"
-      " WHERE m.dedupe = ANY($5::text[])");
-  ps.sql_state = pgs__fmt("SELECT seq, done_at, reply_kind, reply FROM %1$smessages WHERE seq = ANY($1::bigint[])");
-  ps.sql_reply = pgs__fmt(
+      " WHERE m.dedupe = ANY($5::text[])", prefix);
+  ps.sql_state =
+      coord_sql("SELECT seq, done_at, reply_kind, reply FROM %1$smessages WHERE seq = ANY($1::bigint[])", prefix);
+  ps.sql_reply = coord_sql(
       "UPDATE %1$smessages m SET done_at = $4::bigint, reply_kind = u.k, reply = u.r"
       " FROM unnest($1::bigint[], $2::smallint[], $3::text[]) AS u(seq, k, r)"
-      " WHERE m.seq = u.seq AND m.done_at IS NULL");
-  ps.sql_scan = pgs__fmt(
+      " WHERE m.seq = u.seq AND m.done_at IS NULL", prefix);
+  ps.sql_scan = coord_sql(
       "SELECT seq, shard, type, entity_id, rpc, payload, headers, deliver_at FROM %1$smessages"
       " WHERE shard = ANY($1::int[]) AND done_at IS NULL AND deliver_at <= $2::bigint AND seq > $3::bigint"
-      " ORDER BY seq LIMIT $4::int");
-  ps.sql_due = pgs__fmt(
+      " ORDER BY seq LIMIT $4::int", prefix);
+  ps.sql_due = coord_sql(
       "SELECT min(deliver_at) FROM %1$smessages"
-      " WHERE shard = ANY($1::int[]) AND done_at IS NULL AND deliver_at > $2::bigint");
-  ps.sql_prune = pgs__fmt(
+      " WHERE shard = ANY($1::int[]) AND done_at IS NULL AND deliver_at > $2::bigint", prefix);
+  ps.sql_prune = coord_sql(
       "DELETE FROM %1$smessages WHERE seq IN (SELECT seq FROM %1$smessages"
-      " WHERE done_at < $1::bigint AND shard = ANY($2::int[]) LIMIT $3::int)");
-  ps.sql_cron[PGS_CRON_BEGIN] = pgs__fmt(
+      " WHERE done_at < $1::bigint AND shard = ANY($2::int[]) LIMIT $3::int)", prefix);
+  ps.sql_cron[PGS_CRON_BEGIN] = coord_sql(
       "INSERT INTO %1$scron (name, done_ms, claimed_ms) VALUES ($1, $2::bigint, $2::bigint)"
-      " ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING done_ms, claimed_ms");
-  ps.sql_cron[PGS_CRON_CLAIM] = pgs__fmt(
-      "UPDATE %1$scron SET claimed_ms = $2::bigint WHERE name = $1 AND done_ms < $2::bigint RETURNING 1, 0");
-  ps.sql_cron[PGS_CRON_DONE] = pgs__fmt(
+      " ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING done_ms, claimed_ms", prefix);
+  ps.sql_cron[PGS_CRON_CLAIM] = coord_sql(
+      "UPDATE %1$scron SET claimed_ms = $2::bigint WHERE name = $1 AND done_ms < $2::bigint RETURNING 1, 0", prefix);
+  ps.sql_cron[PGS_CRON_DONE] = coord_sql(
       "UPDATE %1$scron SET done_ms = $2::bigint, claimed_ms = greatest(claimed_ms, $2::bigint)"
-      " WHERE name = $1 AND done_ms < $2::bigint RETURNING 1, 0");
+      " WHERE name = $1 AND done_ms < $2::bigint RETURNING 1, 0", prefix);
   /* Plans made for each execution: a generic plan fixed while the table was
    * still empty (a fresh database, not analysed yet) reads the whole table
    * for every batch once it has grown; a custom plan sees its real size. */
@@ -250,12 +243,19 @@ static void pgs__put_answer(pgs_entry_t *e, pgs_put_status_t st, uint64_t seq, i
   cb(e->ud, st, seq, kind, reply, len, err);
 }
 
+/* Answers an entry of queue q that will not be carried out. */
+static void pgs__fail(pgs_queue_t *q, pgs_entry_t *e, const char *why) {
+  if (q == &ps.put) pgs__put_answer(e, PGS_FAILED, 0, 0, NULL, 0, why);
+  else if (q == &ps.state) ((pgs_state_cb)e->cb)(e->ud, 0, e->seq, 0, 0, 0, NULL, 0, why);
+  else if (e->cb) ((pgs_done_cb)e->cb)(e->ud, 0, why);
+}
+
 static void pgs__put_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
   pgs_batch_t *b = ud;
   if (st != PGC_OK) {
     const char *why = pgs__why(st, err);
     ps.st.failures++;
-    for (int i = 0; i < b->n; i++) pgs__put_answer(b->e[i], PGS_FAILED, 0, 0, NULL, 0, why);
+    for (int i = 0; i < b->n; i++) pgs__fail(&ps.put, b->e[i], why);
     pgs__batch_done(&ps.put, b);
     return;
   }
@@ -293,7 +293,7 @@ static void pgs__put_done(void *ud, pgc_status_t st, PGresult *res, const char *
       b->e[i] = NULL;
       pgs__enqueue(&ps.put, e);
     } else {
-      pgs__put_answer(e, PGS_FAILED, 0, 0, NULL, 0, "the message's key could not be stored or found");
+      pgs__fail(&ps.put, e, "the message's key could not be stored or found");
     }
   }
   free(answered);
@@ -335,7 +335,7 @@ static void pgs__state_done(void *ud, pgc_status_t st, PGresult *res, const char
   if (st != PGC_OK) {
     const char *why = pgs__why(st, err);
     ps.st.failures++;
-    for (int i = 0; i < b->n; i++) ((pgs_state_cb)b->e[i]->cb)(b->e[i]->ud, 0, b->e[i]->seq, 0, 0, 0, NULL, 0, why);
+    for (int i = 0; i < b->n; i++) pgs__fail(&ps.state, b->e[i], why);
     pgs__batch_done(&ps.state, b);
     return;
   }
@@ -571,9 +571,7 @@ void pgs_close(void) {
     while (q->head) {
       pgs_entry_t *e = q->head;
       q->head = e->next;
-      if (q == &ps.put) pgs__put_answer(e, PGS_FAILED, 0, 0, NULL, 0, "the runner is shutting down");
-      else if (q == &ps.state) ((pgs_state_cb)e->cb)(e->ud, 0, e->seq, 0, 0, 0, NULL, 0, "the runner is shutting down");
-      else if (e->cb) ((pgs_done_cb)e->cb)(e->ud, 0, "the runner is shutting down");
+      pgs__fail(q, e, "the runner is shutting down");
       free(e->data);
       free(e);
     }
