@@ -13,6 +13,7 @@ local socket = require "socket"
 
 local RUNS = tonumber(os.getenv("RUNS") or "3")
 local PEER = os.getenv("PEER")
+if PEER == "" then PEER = nil end
 local ROOT = H.root
 local LOCAL_DIR = ROOT .. "/bench/scenarios/local"
 local RUNNER_ARGS = "--instruction-budget 100000000000 --max-idle 10m --call-timeout 120s"

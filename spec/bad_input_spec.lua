@@ -203,6 +203,18 @@ describe("a runner given bad input", function()
       assert.are.same({ 200, { value = "pong" } }, answer(r:call("Misbehave", "m", "Ping")))
     end)
 
+    it("stops a handler that loops forever inside a coroutine it created, with create and with wrap", function()
+      for _, wrap in ipairs { false, true } do
+        local t0 = H.now()
+        local status, doc = r:call("Misbehave", "m", "SpinNested", { wrap = wrap })
+        assert.is_true(H.now() - t0 < 5 * H.slow, "the loop ran for " .. (H.now() - t0) .. "s")
+        assert.are.equal(500, status)
+        assert.are.equal("defect", doc.error.kind)
+        assert.matches("instruction budget exceeded", doc.error.message, 1, true)
+      end
+      assert.are.same({ 200, { value = "pong" } }, answer(r:call("Misbehave", "m", "Ping")))
+    end)
+
     it("stops a handler that allocates without bound with 500 defect naming the memory limit, then serves", function()
       local status, doc = r:call("Misbehave", "m", "Hog")
       assert.are.equal(500, status)

@@ -7,11 +7,15 @@
  * thread is always idle when C uses it. */
 #include "host/host_int.h"
 
+#include <errno.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli/log.h"
 #include "cluster/cluster.h"
@@ -22,8 +26,69 @@
  * handler which catches the budget error with pcall is stopped again almost
  * at once; large enough that the hook costs well under 1% of run time. */
 #define HOST_HOOK_EVERY 2000
+/* CPU time of the main thread between two looks at the running task. */
+#define HOST_WATCH_NS 10000000L
 
 static task_t *host_tasks;
+
+/* The instruction budget and what it costs. While a count hook is set, Lua
+ * 5.4 traps every VM instruction (to count it), which makes Lua code run
+ * about half as fast, however rarely the hook itself fires. So a task's
+ * coroutine runs unhooked until it has shown it may run long: a timer on the
+ * main thread's CPU time raises SIGPROF every HOST_WATCH_NS, and the task
+ * running then is charged one tick. Once its ticks add up to the budget read
+ * as nanoseconds (as if the VM ran one instruction per nanosecond, faster
+ * than it goes), the task's coroutine gets the count hook ("armed", for the
+ * rest of its invocation, waits included) and from then on every instruction
+ * counts. A handler that loops, between waits or not, is armed after a few
+ * ticks and stopped once the counted instructions pass the budget; "ran more
+ * than N" stays true, as only instructions after the arming are counted.
+ * Coroutines a script creates itself are counted from their start. Setting a
+ * hook from a signal handler is what the Lua interpreter itself does to stop
+ * a script on Ctrl-C; the VM re-reads its trap at every jump and call.
+ * Without the timer (timer_create failed) every run is counted from its
+ * start. */
+static task_t *volatile host_sig_task; /* the task being resumed now */
+static int host_lazy_budget;            /* the CPU timer runs */
+
+static void host__hook(lua_State *L, lua_Debug *ar);
+
+static void host__sigprof(int sig) {
+  (void)sig;
+  task_t *t = host_sig_task;
+  if (t && (uint64_t)++t->ticks * HOST_WATCH_NS >= t->script->budget)
+    lua_sethook(t->co, host__hook, LUA_MASKCOUNT, HOST_HOOK_EVERY);
+}
+
+static void host__watch_start(void) {
+  static int tried;
+  if (tried) return;
+  tried = 1;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = host__sigprof;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  struct sigevent sev;
+  memset(&sev, 0, sizeof sev);
+  sev.sigev_notify = SIGEV_THREAD_ID;
+  sev.sigev_signo = SIGPROF;
+  sev._sigev_un._tid = gettid(); /* the main thread, which runs every Lua state */
+  timer_t timer;
+  struct itimerspec every = {{0, HOST_WATCH_NS}, {0, HOST_WATCH_NS}};
+  if (sigaction(SIGPROF, &sa, NULL) != 0 || timer_create(CLOCK_THREAD_CPUTIME_ID, &sev, &timer) != 0) {
+    log_warn("no CPU-time timer (%s): every handler run is counted against --instruction-budget from its start, "
+             "which slows Lua code down", strerror(errno));
+    return;
+  }
+  if (timer_settime(timer, 0, &every, NULL) != 0) {
+    log_warn("no CPU-time timer (%s): every handler run is counted against --instruction-budget from its start",
+             strerror(errno));
+    timer_delete(timer);
+    return;
+  }
+  host_lazy_budget = 1;
+}
 
 script_t *host__script(lua_State *L) { return *(script_t **)lua_getextraspace(L); }
 
@@ -69,6 +134,38 @@ static void host__budget_reset(script_t *s, lua_State *th) {
   lua_sethook(th, host__hook, LUA_MASKCOUNT, HOST_HOOK_EVERY);
 }
 
+/* Coroutines a script creates itself are counted from their start: the timer
+ * only ever arms the task's own coroutine. */
+static int host__co_create(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  lua_State *co = lua_tothread(L, -1);
+  if (co) lua_sethook(co, host__hook, LUA_MASKCOUNT, HOST_HOOK_EVERY);
+  return 1;
+}
+
+static int host__co_wrap(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  if (lua_getupvalue(L, -1, 1) && lua_type(L, -1) == LUA_TTHREAD)
+    lua_sethook(lua_tothread(L, -1), host__hook, LUA_MASKCOUNT, HOST_HOOK_EVERY);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static void host__wrap_coroutines(lua_State *L) {
+  lua_getglobal(L, "coroutine");
+  lua_getfield(L, -1, "create");
+  lua_pushcclosure(L, host__co_create, 1);
+  lua_setfield(L, -2, "create");
+  lua_getfield(L, -1, "wrap");
+  lua_pushcclosure(L, host__co_wrap, 1);
+  lua_setfield(L, -2, "wrap");
+  lua_pop(L, 1);
+}
+
 static int host__panic(lua_State *L) {
   const char *msg = lua_tostring(L, -1);
   log_error("unprotected Lua error, the runner cannot continue: %s", msg ? msg : "?");
@@ -106,7 +203,9 @@ lua_State *host__state_new(script_t *s) {
   lua_atpanic(L, host__panic);
   lua_sethook(L, host__hook, LUA_MASKCOUNT, HOST_HOOK_EVERY);
   luaL_openlibs(L);
+  host__wrap_coroutines(L);
   host__preload(L);
+  host__watch_start();
   /* Most of what a message allocates (payload tables, requests, strings) dies
    * with it; the generational collector handles that young garbage without
    * sweeping the long-lived instance state each cycle. */
@@ -193,16 +292,24 @@ static void task_resume(task_t *t, int nargs) {
   script_t *s = t->script;
   int nres = 0;
   s->current = t;
-  host__budget_reset(s, t->co);
   /* A handler's budget covers its whole invocation, waits included; a
    * singleton or cron job runs forever, so its budget covers one run
    * between two waits. */
   int cumulative = t->kind == TASK_HANDLE || t->kind == TASK_ACTIVATE;
-  if (cumulative) s->slice = t->used;
+  s->slice = cumulative ? t->used : 0;
+  if (!cumulative) {
+    t->ticks = 0;
+    t->armed = 0;
+  }
+  if (t->armed || !host_lazy_budget) lua_sethook(t->co, host__hook, LUA_MASKCOUNT, HOST_HOOK_EVERY);
+  else lua_sethook(t->co, NULL, 0, 0);
   t->waiting = 0;
   host_enforce_depth++;
+  host_sig_task = t;
   int st = lua_resume(t->co, NULL, nargs, &nres);
+  host_sig_task = NULL;
   host_enforce_depth--;
+  if (lua_gethook(t->co)) t->armed = 1;
   s->current = NULL;
   if (cumulative) t->used = s->slice;
   if (st == LUA_YIELD && t->waiting) {

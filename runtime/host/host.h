@@ -105,6 +105,8 @@ struct task_s {
   int freed;    /* released while queued; the queue frees the struct */
   int waiting;  /* yielded by luster (a call or a sleep), not by the script */
   uint64_t used; /* instructions this handler or activation ran so far, across its waits */
+  int armed;     /* counted by the budget hook (see host.c) */
+  volatile int ticks; /* CPU-timer ticks that found it running (see host.c) */
 };
 
 typedef struct host_config_s {
