@@ -47,10 +47,10 @@ $(BUILD)/obj/lua_embed.o: $(BUILD)/gen/lua_embed.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -c -o $@ $<
 
-# The pure C core as a Lua module, for the specs.
-$(BUILD)/luster_core.so: spec/support/luster_core.c $(CORE_SRC) $(wildcard runtime/core/*.h)
+# The pure C core (and the JSON codec of host/json.c) as a Lua module, for the specs.
+$(BUILD)/luster_core.so: spec/support/luster_core.c $(CORE_SRC) runtime/host/json.c $(wildcard runtime/core/*.h) runtime/host/json.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ spec/support/luster_core.c $(CORE_SRC)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ spec/support/luster_core.c $(CORE_SRC) runtime/host/json.c
 
 # storage/pgconn.c on its own against a real server, for spec/pgconn_spec.lua.
 PGCHECK_SRC := spec/support/pgconn_check.c runtime/storage/pgconn.c runtime/cli/log.c \

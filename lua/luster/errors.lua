@@ -16,7 +16,7 @@ Error.__name = "luster.error"
 
 function Error.__tostring(e)
   if e.kind == "failure" then
-    local ok, text = pcall(cjson.encode, e.value)
+    local ok, text = pcall(json.encode, e.value)
     return "failure: " .. (ok and text or tostring(e.value))
   end
   if e.path and e.path ~= "" and e.message and e.message:sub(1, #e.path + 1) ~= e.path .. ":" then

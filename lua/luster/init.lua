@@ -163,6 +163,7 @@ local Client = { __name = "luster.client" }
 local CLIENT_OPTIONS = { timeout = true, discard = true }
 
 local tonumber, math_type, tointeger = tonumber, math.type, math.tointeger
+local json_encode = json.encode
 
 local function decode_value(body)
   -- A bare number is the commonest reply; tonumber reads a JSON number as
@@ -182,7 +183,7 @@ local function invoke(c, tag, payload, opts)
     fail(3, "%s: call it with ':' (client:%s{...})", tag, tag)
   end
   if opts ~= nil then opts = check_options("client:" .. tag, opts, CLIENT_OPTIONS) else opts = NO_OPTIONS end
-  local ok, body = pcall(cjson.encode, payload == nil and cjson.null or payload)
+  local ok, body = pcall(json_encode, payload)
   if not ok then fail(3, "client:%s: payload cannot be encoded as JSON: %s", tag, body) end
   local timeout = opts.timeout or c[3].timeout or 0
   if type(timeout) ~= "number" or timeout < 0 then fail(3, "client:%s: timeout must be a number of ms", tag) end

@@ -17,7 +17,7 @@ local math_type, huge, tointeger = math.type, math.huge, math.tointeger
 local format, find, sub, gsub, byte = string.format, string.find, string.sub, string.gsub, string.byte
 local concat, sort = table.concat, table.sort
 local ulen, uoffset = utf8.len, utf8.offset
-local cjson_encode = cjson.encode
+local json_encode = require("luster.json").encode -- JSON text of a value
 local null = cjson.null
 
 local S = {}
@@ -881,12 +881,12 @@ function S.validate(s, value)
   }, SchemaError)
 end
 
--- cjson 2.1.0 writes every empty table as {}: walk the value alongside the
--- schema, but only through the parts of the schema that contain arrays,
--- and hand every array-free subtree to cjson whole.
+-- The encoder (like cjson 2.1.0) writes every empty table as {}: walk the
+-- value alongside the schema, but only through the parts of the schema that
+-- contain arrays, and hand every array-free subtree to the encoder whole.
 local function encode_into(r, v, buf)
   if not r.has_array then
-    buf[#buf + 1] = cjson_encode(v)
+    buf[#buf + 1] = json_encode(v)
     return
   end
   local kind = r.kind
@@ -897,15 +897,15 @@ local function encode_into(r, v, buf)
     for _, b in ipairs(r.params.branches) do
       if b.ok(v) then encode_into(b, v, buf) return end
     end
-    buf[#buf + 1] = cjson_encode(v)
+    buf[#buf + 1] = json_encode(v)
   elseif type(v) ~= "table" then
-    buf[#buf + 1] = cjson_encode(v)
+    buf[#buf + 1] = json_encode(v)
   elseif kind == "array" then
     local elem, n = r.params.elem, rawlen(v)
     if n == 0 and next(v) == nil then
       buf[#buf + 1] = "[]"
     elseif not elem.has_array then
-      buf[#buf + 1] = cjson_encode(v)
+      buf[#buf + 1] = json_encode(v)
     else
       buf[#buf + 1] = "["
       for i = 1, n do
@@ -930,7 +930,7 @@ local function encode_into(r, v, buf)
       if e ~= nil then
         if not first then buf[#buf + 1] = "," end
         first = false
-        buf[#buf + 1] = cjson_encode(k)
+        buf[#buf + 1] = json_encode(k)
         buf[#buf + 1] = ":"
         encode_into(fields and fields[k] or elem, e, buf)
       end
@@ -942,10 +942,7 @@ end
 -- JSON text of a value that validated against s.
 function S.encode(s, value)
   local r = recs[s] or rec_of(s, 3)
-  -- Whole numbers are the commonest reply; tostring writes them faster than
-  -- cjson's "%.14g" (and exactly, beyond 14 digits).
-  if math_type(value) == "integer" then return tostring(value) end
-  if not r.has_array then return cjson_encode(value) end
+  if not r.has_array then return json_encode(value) end
   local buf = {}
   encode_into(r, value, buf)
   return concat(buf)

@@ -14,6 +14,7 @@
 #include "cluster/durable.h"
 #include "cluster/router.h"
 #include "entity/entity.h"
+#include "host/json.h"
 
 
 static task_t *core__task(lua_State *L, const char *what) {
@@ -154,7 +155,7 @@ static int core_cron_catch_up(lua_State *L) {
 int host__open_core(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"call", core_call}, {"sleep", core_sleep}, {"keep_alive", core_keep_alive}, {"runner", core_runner},
-      {"wall", core_wall}, {"now", core_wall}, {"clock", core_clock}, {"intify", core_intify},     {"log", core_log},
+      {"wall", core_wall}, {"now", core_wall}, {"clock", core_clock}, {"intify", core_intify}, {"json_encode", json_lua_encode}, {"json_decode", json_lua_decode},     {"log", core_log},
       {"cron", core_cron}, {"cron_catch_up", core_cron_catch_up}, {NULL, NULL},
   };
   luaL_newlib(L, fns);

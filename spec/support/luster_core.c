@@ -13,6 +13,7 @@
 #include "core/parse.h"
 #include "core/ring.h"
 #include "core/url.h"
+#include "host/json.h"
 
 /* Keeps the owner array and the member copy of ring_assign bounded: the
  * specs never need more, and a typo should not allocate gigabytes. */
@@ -383,6 +384,8 @@ static const luaL_Reg core_funcs[] = {
   {"frame_encode_auth", core_frame_encode_auth},
   {"frame_encode_auth_ok", core_frame_encode_auth_ok},
   {"frame_decode", core_frame_decode},
+  {"json_encode", json_lua_encode},
+  {"json_decode", json_lua_decode},
   {NULL, NULL},
 };
 
