@@ -161,36 +161,29 @@ function M.is_definition(x) return getmetatable(x) == Definition end
 ---------------------------------------------------------------------------
 local Client = { __name = "luster.client" }
 local CLIENT_OPTIONS = { timeout = true, discard = true }
+local CLIENT_NEW_OPTIONS = { timeout = true }
 
-local tonumber, math_type, tointeger = tonumber, math.type, math.tointeger
-local json_encode = json.encode
+local floor = math.floor
+local core_call = has_core and core.call
 
-local function decode_value(body)
-  -- A bare number is the commonest reply; tonumber reads a JSON number as
-  -- cjson would, without building a decoder state.
-  local n = tonumber(body)
-  if n then
-    if math_type(n) == "float" and n > -2 ^ 53 and n < 2 ^ 53 then return tointeger(n) or n end
-    return n
-  end
-  local v = json.decode(body)
-  if v == cjson.null then return nil end
-  return v
-end
-
+-- core.call encodes the payload, and decodes an "ok" reply, in C.
 local function invoke(c, tag, payload, opts)
   if getmetatable(c) ~= Client then
     fail(3, "%s: call it with ':' (client:%s{...})", tag, tag)
   end
-  if opts ~= nil then opts = check_options("client:" .. tag, opts, CLIENT_OPTIONS) else opts = NO_OPTIONS end
-  local ok, body = pcall(json_encode, payload)
-  if not ok then fail(3, "client:%s: payload cannot be encoded as JSON: %s", tag, body) end
-  local timeout = opts.timeout or c[3].timeout or 0
-  if type(timeout) ~= "number" or timeout < 0 then fail(3, "client:%s: timeout must be a number of ms", tag) end
-  local kind, rbody = core.call(c[1], c[2], tag, body, math.floor(timeout), opts.discard == true)
-  if kind == "ok" then return decode_value(rbody) end
+  local timeout, discard = c[4], false
+  if opts ~= nil or not timeout then
+    if opts ~= nil then opts = check_options("client:" .. tag, opts, CLIENT_OPTIONS) else opts = NO_OPTIONS end
+    timeout = opts.timeout or c[3].timeout or 0
+    if type(timeout) ~= "number" or timeout < 0 then fail(3, "client:%s: timeout must be a number of ms", tag) end
+    timeout = floor(timeout)
+    discard = opts.discard == true
+  end
+  local kind, v = (core_call or core.call)(c[1], c[2], tag, payload, timeout, discard)
+  if kind == nil then return v end
   if kind == "accepted" then return true end
-  return nil, errors.from_reply(kind, rbody)
+  if kind == "encode" then fail(3, "client:%s: payload cannot be encoded as JSON: %s", tag, v) end
+  return nil, errors.from_reply(kind, v)
 end
 
 -- One method closure per RPC tag, shared by every proxy (each proxy caches
@@ -214,8 +207,11 @@ function M.client(type_name, id, opts)
     if math.type(id) == "integer" then id = tostring(id) else fail(2, "luster.client: id must be a string, got %s", type(id)) end
   end
   if id == "" then fail(2, "luster.client(%s): id must not be empty", type_name) end
-  opts = check_options("luster.client", opts, { timeout = true })
-  return setmetatable({ type_name, id, opts }, Client)
+  opts = check_options("luster.client", opts, CLIENT_NEW_OPTIONS)
+  -- [4]: the timeout of calls without options, when it is a valid one.
+  local timeout = opts.timeout or 0
+  if type(timeout) == "number" and timeout >= 0 then timeout = floor(timeout) else timeout = nil end
+  return setmetatable({ type_name, id, opts, timeout }, Client)
 end
 
 function M.sleep(ms)

@@ -142,18 +142,25 @@ Req.__index = function(t, k)
 end
 
 -- Runs one message: returns kind ("ok", "failure", "schema") and the JSON
--- body; anything raised is a defect, reported by the runner.
+-- body; anything raised is a defect, reported by the runner. The payload is
+-- the decoded value (the runner decodes it, and answers invalid JSON
+-- itself), or for a persisted message its stored JSON text.
 function M.handle(def, handlers, ctx, tag, payload, request_id, headers, persisted)
   local rpc = def.by_tag[tag]
-  local value, bad = decode_payload(rpc, payload)
-  if bad then
-    if persisted then
+  local value
+  if persisted then
+    local bad
+    value, bad = decode_payload(rpc, payload)
+    if bad then
       -- Stored under an earlier version of the script: retrying cannot help.
       local err = decode(bad)
       return "defect", error_body("defect", err.path or "",
         fmt("the stored %s.%s message no longer matches its payload schema: %s", def.name, tag, err.message))
     end
-    return "schema", bad
+  else
+    if payload ~= null then value = payload end
+    local ok, err = validate(rpc.payload, value)
+    if not ok then return "schema", error_body("schema", err.path, err.message) end
   end
   local req = setmetatable({ tag = tag, payload = value, headers, request_id }, Req)
   local result, failure = handlers[tag](req, ctx)

@@ -26,12 +26,48 @@ static task_t *core__task(lua_State *L, const char *what) {
   return t;
 }
 
+/* Where a task's yield for a call_t (host__task_call_cb) goes on: it was
+ * handed the reply's kind, body pointer and length, valid during this
+ * resume. Returns (kind, body). */
+static int core__reply_k(lua_State *L, int status, lua_KContext kctx) {
+  (void)status;
+  (void)kctx;
+  int top = lua_gettop(L);
+  lua_pushstring(L, reply_kind_name((reply_kind_t)lua_tointeger(L, top - 2)));
+  lua_pushlstring(L, lua_touserdata(L, top - 1), (size_t)lua_tointeger(L, top));
+  return 2;
+}
+
+/* Where core.call goes on when its reply comes. An "ok" reply is decoded
+ * here, straight from the reply's bytes: (nil, value). Any other: (kind,
+ * body). */
+static int core__call_k(lua_State *L, int status, lua_KContext kctx) {
+  (void)status;
+  (void)kctx;
+  int top = lua_gettop(L);
+  reply_kind_t kind = (reply_kind_t)lua_tointeger(L, top - 2);
+  const char *body = lua_touserdata(L, top - 1);
+  size_t len = (size_t)lua_tointeger(L, top);
+  if (kind == REPLY_OK) {
+    lua_pushnil(L);
+    json_push_decoded(L, body, len);
+    if (lua_islightuserdata(L, -1) && !lua_touserdata(L, -1)) { /* null */
+      lua_pop(L, 1);
+      lua_pushnil(L);
+    }
+    return 2;
+  }
+  return core__reply_k(L, status, kctx);
+}
+
+/* core.call(type, id, tag, payload, timeout_ms, discard): the payload is any
+ * value, encoded here; returns as core__call_k does, or ("encode", why)
+ * when the payload cannot be encoded. */
 static int core_call(lua_State *L) {
   size_t tl, il, gl, pl;
   const char *type = luaL_checklstring(L, 1, &tl);
   const char *id = luaL_checklstring(L, 2, &il);
   const char *tag = luaL_checklstring(L, 3, &gl);
-  const char *payload = luaL_checklstring(L, 4, &pl);
   lua_Integer timeout = luaL_optinteger(L, 5, 0);
   int discard = lua_toboolean(L, 6);
   task_t *t = core__task(L, "calling an entity");
@@ -51,12 +87,19 @@ static int core_call(lua_State *L) {
     free(body);
     return 2;
   }
+  const char *why = NULL;
+  const char *payload = json_encode_value(L, 4, &pl, &why);
+  if (!payload) {
+    lua_pushliteral(L, "encode");
+    lua_pushstring(L, why);
+    return 2;
+  }
   uint64_t tmo = timeout > 0 ? (uint64_t)timeout : host__cfg.call_timeout_ms;
   call_t *c = call_new(host__task_call_cb, t, tmo);
   t->call = c;
   router_send(type, tl, id, il, tag, gl, payload, pl, NULL, 0, discard ? MSG_DISCARD : 0, c);
   t->waiting = 1;
-  return lua_yield(L, 0);
+  return lua_yieldk(L, 0, 0, core__call_k);
 }
 
 static int core_sleep(lua_State *L) {
@@ -144,7 +187,7 @@ static int core_cron(lua_State *L) {
   t->call = c;
   durable_cron((int)op, name, at > 0 ? (uint64_t)at : 0, c);
   t->waiting = 1;
-  return lua_yield(L, 0);
+  return lua_yieldk(L, 0, 0, core__reply_k);
 }
 
 static int core_cron_catch_up(lua_State *L) {

@@ -21,6 +21,7 @@
 #include "cluster/cluster.h"
 #include "core/buf.h"
 #include "entity/entity.h"
+#include "host/json.h"
 
 /* How often (in VM instructions) the budget hook runs. Small enough that a
  * handler which catches the budget error with pcall is stopped again almost
@@ -346,9 +347,11 @@ static void task__resume_item(sched_item_t *it) {
 void host__task_call_cb(call_t *c, reply_kind_t kind, const char *body, size_t len) {
   task_t *t = c->ud;
   t->call = NULL;
-  lua_pushstring(t->co, reply_kind_name(kind));
-  lua_pushlstring(t->co, body, len);
-  task_resume(t, 2);
+  /* core.call's continuation reads the body from here, during the resume. */
+  lua_pushinteger(t->co, kind);
+  lua_pushlightuserdata(t->co, (void *)body);
+  lua_pushinteger(t->co, (lua_Integer)len);
+  task_resume(t, 3);
 }
 
 /* The text of a raised error, for the defect reply; the traceback goes to
@@ -501,6 +504,11 @@ void host_activate(inst_t *inst, const char *snapshot, size_t snapshot_len) {
   task_resume(t, 4);
 }
 
+static int host__decode(lua_State *L) {
+  json_push_decoded(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
+  return 1;
+}
+
 void host_handle(inst_t *inst, msg_t *msg) {
   etype_t *ty = inst->type;
   script_t *s = ty->script;
@@ -515,7 +523,27 @@ void host_handle(inst_t *inst, msg_t *msg) {
   lua_rawgeti(co, LUA_REGISTRYINDEX, inst->handlers_ref);
   lua_rawgeti(co, LUA_REGISTRYINDEX, inst->ctx_ref);
   lua_pushlstring(co, r->tag, r->tag_len);
-  lua_pushlstring(co, msg->payload, msg->payload_len);
+  if (msg->flags & MSG_PERSISTED) {
+    /* The stored text: runtime.handle tells a payload that no longer
+     * matches apart from one that never did. */
+    lua_pushlstring(co, msg->payload, msg->payload_len);
+  } else if (msg->payload_len == 0) {
+    lua_pushnil(co);
+  } else {
+    /* Decoded straight from the message's bytes. */
+    lua_pushcfunction(co, host__decode);
+    lua_pushlightuserdata(co, msg->payload);
+    lua_pushinteger(co, (lua_Integer)msg->payload_len);
+    if (lua_pcall(co, 2, 1, 0) != LUA_OK) {
+      char text[300];
+      snprintf(text, sizeof text, "invalid JSON: %s",
+               lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1) : "not enough memory");
+      lua_settop(co, 0);
+      t->reusable = 1;
+      task__end_handle(t, REPLY_SCHEMA, text);
+      return;
+    }
+  }
   lua_pushinteger(co, (lua_Integer)msg->request_id);
   if (msg->headers) lua_pushlstring(co, msg->headers, msg->headers_len);
   else lua_pushnil(co);

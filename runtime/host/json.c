@@ -9,6 +9,8 @@
 
 #include <lauxlib.h>
 #include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +30,21 @@ typedef struct {
 
 static out_t json_out;
 
+/* Where an encode error goes: json_encode_value's caller, or a Lua error. */
+static jmp_buf *json_enc_jmp;
+static char json_enc_err[160];
+
+static void enc_fail(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+static void enc_fail(lua_State *L, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(json_enc_err, sizeof json_enc_err, fmt, ap);
+  va_end(ap);
+  if (json_enc_jmp) longjmp(*json_enc_jmp, 1);
+  luaL_error(L, "%s", json_enc_err);
+  abort(); /* luaL_error does not return */
+}
+
 /* Larger buffers are given back after the encode that grew them. */
 #define JSON_KEEP_BYTES (64 * 1024)
 
@@ -35,7 +52,7 @@ static void out_grow(lua_State *L, out_t *o, size_t more) {
   size_t cap = o->cap ? o->cap : 256;
   while (cap - o->len < more) cap *= 2;
   char *p = realloc(o->p, cap);
-  if (!p) luaL_error(L, "not enough memory to encode JSON");
+  if (!p) enc_fail(L, "not enough memory to encode JSON");
   o->p = p;
   o->cap = cap;
 }
@@ -86,7 +103,7 @@ static void encode_number(lua_State *L, out_t *o, int idx) {
     n = fmt_int(num, (long long)lua_tointeger(L, idx));
   } else {
     double d = lua_tonumber(L, idx);
-    if (!isfinite(d)) luaL_error(L, "Cannot serialise number: must not be NaN or Inf");
+    if (!isfinite(d)) enc_fail(L, "Cannot serialise number: must not be NaN or Inf");
     n = fmt_double(num, d);
   }
   out_add(L, o, num, n);
@@ -149,7 +166,7 @@ static lua_Integer array_length(lua_State *L, int idx) {
     if (k > max) max = k;
     items++;
   }
-  if (max > 10 && max > items * 2) luaL_error(L, "Cannot serialise table: excessively sparse array");
+  if (max > 10 && max > items * 2) enc_fail(L, "Cannot serialise table: excessively sparse array");
   return max;
 }
 
@@ -157,7 +174,7 @@ static void encode_value(lua_State *L, out_t *o, int idx, int depth);
 
 static void encode_table(lua_State *L, out_t *o, int idx, int depth) {
   if (depth > JSON_MAX_DEPTH || !lua_checkstack(L, 4))
-    luaL_error(L, "Cannot serialise, excessive nesting (%d)", depth);
+    enc_fail(L, "Cannot serialise, excessive nesting (%d)", depth);
   lua_Integer n = array_length(L, idx);
   if (n > 0) {
     out_char(L, o, '[');
@@ -186,7 +203,7 @@ static void encode_table(lua_State *L, out_t *o, int idx, int depth) {
       encode_number(L, o, lua_gettop(L) - 1);
       out_char(L, o, '"');
     } else {
-      luaL_error(L, "Cannot serialise %s: table key must be a number or string", lua_typename(L, kt));
+      enc_fail(L, "Cannot serialise %s: table key must be a number or string", lua_typename(L, kt));
     }
     out_char(L, o, ':');
     encode_value(L, o, lua_gettop(L), depth);
@@ -218,26 +235,45 @@ static void encode_value(lua_State *L, out_t *o, int idx, int depth) {
     break;
   default: break;
   }
-  luaL_error(L, "Cannot serialise %s: type not supported", luaL_typename(L, idx));
+  enc_fail(L, "Cannot serialise %s: type not supported", luaL_typename(L, idx));
 }
 
-int json_lua_encode(lua_State *L) {
+const char *json_encode_value(lua_State *L, int idx, size_t *len, const char **error) {
   out_t *o = &json_out;
-  lua_settop(L, 1);
-  /* The commonest payloads and replies: a whole number, a short string. */
-  if (lua_isinteger(L, 1)) {
-    char num[24];
-    lua_pushlstring(L, num, fmt_int(num, (long long)lua_tointeger(L, 1)));
-    return 1;
+  const int at = lua_absindex(L, idx);
+  /* The commonest payloads and replies: a whole number. */
+  if (lua_isinteger(L, at)) {
+    static char num[24];
+    *len = fmt_int(num, (long long)lua_tointeger(L, at));
+    return num;
   }
-  o->len = 0;
-  encode_value(L, o, 1, 0);
-  lua_pushlstring(L, o->p, o->len);
-  if (o->cap > JSON_KEEP_BYTES) {
+  if (o->cap > JSON_KEEP_BYTES) { /* the last encode grew it: give it back */
     free(o->p);
     o->p = NULL;
     o->cap = 0;
   }
+  /* Nothing an encode runs can raise a Lua error or start another encode. */
+  jmp_buf here;
+  json_enc_jmp = &here;
+  if (setjmp(here)) {
+    json_enc_jmp = NULL;
+    *error = json_enc_err;
+    return NULL;
+  }
+  o->len = 0;
+  encode_value(L, o, at, 0);
+  json_enc_jmp = NULL;
+  *len = o->len;
+  return o->p;
+}
+
+int json_lua_encode(lua_State *L) {
+  size_t len;
+  const char *err = NULL;
+  lua_settop(L, 1);
+  const char *text = json_encode_value(L, 1, &len, &err);
+  if (!text) return luaL_error(L, "%s", err);
+  lua_pushlstring(L, text, len);
   return 1;
 }
 
@@ -516,21 +552,25 @@ static void decode_value(dec_t *d, int depth) {
 
 static dec_t json_dec;
 
-int json_lua_decode(lua_State *L) {
-  size_t n;
-  const char *s = luaL_checklstring(L, 1, &n);
-  lua_settop(L, 1);
+void json_push_decoded(lua_State *L, const char *s, size_t n) {
   dec_t *d = &json_dec; /* its scratch buffer is kept for the next decode */
+  if (d->scratch.cap > JSON_KEEP_BYTES) {
+    free(d->scratch.p);
+    d->scratch.p = NULL;
+    d->scratch.cap = 0;
+  }
   d->L = L;
   d->s = d->p = s;
   d->end = s + n;
   decode_value(d, 0);
   skip_ws(d);
   if (d->p < d->end) dec_fail(d, "expected the end of the input");
-  if (d->scratch.cap > JSON_KEEP_BYTES) {
-    free(d->scratch.p);
-    d->scratch.p = NULL;
-    d->scratch.cap = 0;
-  }
+}
+
+int json_lua_decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lua_settop(L, 1);
+  json_push_decoded(L, s, n);
   return 1;
 }

@@ -19,6 +19,14 @@
 
 #define JSON_MAX_DEPTH 1000
 
+/* The JSON text of the value at idx, in a buffer valid until the next
+ * encode; NULL with *error (valid as long) naming what cannot be encoded.
+ * Never raises, except a Lua memory error. */
+const char *json_encode_value(lua_State *L, int idx, size_t *len, const char **error);
+/* Pushes the value of the JSON text s; raises "... at character N" on bad
+ * input (so call it protected). */
+void json_push_decoded(lua_State *L, const char *s, size_t n);
+
 /* json_encode(value) -> string; raises naming what cannot be encoded. */
 int json_lua_encode(lua_State *L);
 /* json_decode(string) -> value; raises "... at character N" on bad input. */

@@ -76,8 +76,30 @@ function M.script_dir(files)
   return d
 end
 
--- A loopback TCP port that was free a moment ago.
+-- A loopback TCP port that was free a moment ago. It is picked below the
+-- kernel's ephemeral range, which outgoing connections (HTTP clients,
+-- runners dialling each other, PostgreSQL clients) draw their local ports
+-- from: a port from that range could be taken by one of them before the
+-- runner it was picked for binds it.
+local ephemeral_low = 32768
+do
+  local f = io.open("/proc/sys/net/ipv4/ip_local_port_range")
+  if f then
+    ephemeral_low = tonumber(f:read("*n")) or ephemeral_low
+    f:close()
+  end
+end
+local port_rng = math.random
 function M.free_port()
+  local lo, hi = 10000, math.max(10100, ephemeral_low - 1)
+  for _ = 1, 200 do
+    local port = port_rng(lo, hi)
+    local s = socket.tcp()
+    s:setoption("reuseaddr", false)
+    local ok = s:bind("127.0.0.1", port)
+    s:close()
+    if ok then return port end
+  end
   local s = assert(socket.bind("127.0.0.1", 0))
   local _, port = s:getsockname()
   s:close()
