@@ -100,6 +100,16 @@ describe("the entity runtime", function()
     assert.matches("amount: expected number, got string", doc.value.message, 1, true)
   end)
 
+  it("raises at the call site when a payload cannot be encoded as JSON", function()
+    local status, doc = r:call("Caller", "c5u", "CallUnencodable", {})
+    assert.are.equal(200, status)
+    assert.is_false(doc.value.ok)
+    assert.matches("probe.lua:%d+: client:Increment: payload cannot be encoded as JSON: "
+      .. "Cannot serialise function: type not supported$", doc.value.err)
+    assert.is_true(doc.value.appended)
+    assert.are.equal("table", doc.value.info_type)
+  end)
+
   it("fails a call with timeout when the callee does not answer in time", function()
     local t0 = H.now()
     local _, doc = r:call("Caller", "c6", "CallSleeper", { ms = 2000, timeout = 100 })
