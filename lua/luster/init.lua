@@ -186,19 +186,23 @@ local function invoke(c, tag, payload, opts)
   return nil, errors.from_reply(kind, v)
 end
 
--- One method closure per RPC tag, shared by every proxy (each proxy caches
--- it in a field for its next calls).
-local methods = setmetatable({}, { __mode = "v" })
-Client.__index = function(self, tag)
-  if type(tag) ~= "string" then return nil end
-  local f = methods[tag]
-  if not f then
-    f = function(c, payload, opts) return invoke(c, tag, payload, opts) end
-    methods[tag] = f
-  end
-  rawset(self, tag, f) -- later calls on this proxy skip the metamethod
-  return f
-end
+-- One method closure per RPC tag, shared by every proxy: a proxy holds only
+-- its type, id and options, and c:Tag finds the method in this table (made
+-- on first use of the tag) without a metamethod call or a field of its own.
+local methods, nmethods = nil, 0
+methods = setmetatable({}, {
+  __index = function(self, tag)
+    if type(tag) ~= "string" then return nil end
+    local f = function(c, payload, opts) return invoke(c, tag, payload, opts) end
+    -- Kept (a script names a bounded set of RPCs); past that, made per use.
+    if nmethods < 4096 then
+      nmethods = nmethods + 1
+      rawset(self, tag, f)
+    end
+    return f
+  end,
+})
+Client.__index = methods
 Client.__tostring = function(c) return string.format("luster.client(%s, %s)", c[1], c[2]) end
 
 function M.client(type_name, id, opts)
@@ -207,6 +211,7 @@ function M.client(type_name, id, opts)
     if math.type(id) == "integer" then id = tostring(id) else fail(2, "luster.client: id must be a string, got %s", type(id)) end
   end
   if id == "" then fail(2, "luster.client(%s): id must not be empty", type_name) end
+  if opts == nil then return setmetatable({ type_name, id, NO_OPTIONS, 0 }, Client) end
   opts = check_options("luster.client", opts, CLIENT_NEW_OPTIONS)
   -- [4]: the timeout of calls without options, when it is a valid one.
   local timeout = opts.timeout or 0

@@ -85,24 +85,33 @@ Ctx.__index = function(t, k)
   return ctx_methods[k]
 end
 
-function M.new_ctx(name, id, shard)
+local function new_ctx(name, id, shard)
   return setmetatable({ type = name, id = id, shard = shard }, Ctx)
 end
+M.new_ctx = new_ctx
 
 ---------------------------------------------------------------------------
 -- activation and dispatch
 ---------------------------------------------------------------------------
+local rpc_tags = setmetatable({}, { __mode = "k" }) -- def -> its RPC tags, in order
+
 function M.activate(def, id, shard, snapshot_json)
-  local ctx = M.new_ctx(def.name, id, shard)
+  local ctx = new_ctx(def.name, id, shard)
   local snapshot
   if snapshot_json then snapshot = decode(snapshot_json) end
   local h = def.activate(ctx, snapshot)
   if type(h) ~= "table" then
     error(fmt("%s: activate must return a table of handlers, it returned %s", def.name, describe(h)), 0)
   end
-  for _, r in ipairs(def.rpcs) do
-    if type(h[r.tag]) ~= "function" then
-      error(fmt("%s: activate returned no handler function for RPC '%s'", def.name, r.tag), 0)
+  local tags = rpc_tags[def]
+  if not tags then
+    tags = {}
+    for i, r in ipairs(def.rpcs) do tags[i] = r.tag end
+    rpc_tags[def] = tags
+  end
+  for i = 1, #tags do
+    if type(h[tags[i]]) ~= "function" then
+      error(fmt("%s: activate returned no handler function for RPC '%s'", def.name, tags[i]), 0)
     end
   end
   return h, ctx
