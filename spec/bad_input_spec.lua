@@ -348,3 +348,19 @@ end)
     assert.matches("already defined by twin_a%.lua", text)
   end)
 end)
+
+describe("a runner that crashes", function()
+  it("names the signal and prints its stack in its log", function()
+    local r = H.start(HANDLERS)
+    r:kill("SEGV")
+    H.wait_for("the runner to exit", 10, function() return not H.alive(r.pid) end)
+    local text = r:log_text()
+    if os.getenv("LUSTER_ASAN") then
+      -- The sanitizer build keeps the sanitizer's own report.
+      assert.matches("AddressSanitizer", text, 1, true)
+    else
+      assert.matches("luster: fatal signal 11 (Segmentation fault); stack:", text, 1, true)
+      assert.matches("uv_run", text, 1, true)
+    end
+  end)
+end)
