@@ -27,6 +27,7 @@
 /* A runner that crashes says so, with the stack, on stderr (its log), before
  * the signal's default action ends it. Sanitizer builds keep their own
  * reports. */
+#if !defined(__SANITIZE_ADDRESS__)
 static void main__fatal(int sig) {
   char head[96];
   int n = snprintf(head, sizeof head, "luster: fatal signal %d (%s); stack:\n", sig, strsignal(sig));
@@ -37,6 +38,7 @@ static void main__fatal(int sig) {
   signal(sig, SIG_DFL);
   raise(sig);
 }
+#endif
 
 static void main__fatal_handlers(void) {
 #if !defined(__SANITIZE_ADDRESS__)

@@ -278,7 +278,9 @@ static void em__reroute_mailbox(inst_t *i) {
 static void em__evict(inst_t *i) {
   em__reroute_mailbox(i);
   em__idle_remove(i);
-  if (i->running == 0 && i->state != INST_ACTIVATING) {
+  /* An instance still on the ready queue is left for its pump to retire:
+   * freeing it here would leave the queue linked through freed memory. */
+  if (i->running == 0 && i->state != INST_ACTIVATING && !i->ready.queued) {
     if (i->predecessor || i->successor) { i->retiring = 1; i->handoff = 2; em__retire(i); }
     else em__destroy(i);
   } else {
