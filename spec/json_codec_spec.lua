@@ -42,6 +42,12 @@ local function random_value(rnd, depth)
   return t
 end
 
+-- Calls f with a thousand random values, the same ones for the same seed.
+local function each_random_value(seed, f)
+  math.randomseed(seed)
+  for _ = 1, 1000 do f(random_value(math.random, 0)) end
+end
+
 -- Deep equality that reads cjson's floats and our integers as equal numbers.
 local function same_value(a, b)
   if type(a) == "number" and type(b) == "number" then return a == b end
@@ -68,13 +74,8 @@ describe("json_encode", function()
   end)
 
   it("matches cjson on a thousand random values of integers, short decimals, strings and nesting", function()
-    math.randomseed(20261125)
-    local rnd = math.random
-    for _ = 1, 1000 do
-      local v = random_value(rnd, 0)
-      -- Key order is lua_next's for both, so the texts compare whole.
-      assert.are.equal(cjson.encode(v), encode(v))
-    end
+    -- Key order is lua_next's for both, so the texts compare whole.
+    each_random_value(20261125, function(v) assert.are.equal(cjson.encode(v), encode(v)) end)
   end)
 
   it("writes integers exactly and floats in the fewest digits that read back the same, where cjson keeps 14", function()
@@ -142,15 +143,12 @@ describe("json_decode", function()
   end)
 
   it("reads back what it writes, for a thousand random values", function()
-    math.randomseed(42)
-    local rnd = math.random
-    for _ = 1, 1000 do
-      local v = random_value(rnd, 0)
+    each_random_value(42, function(v)
       local text = encode(v)
       local back = decode(text)
       assert.is_true(same_value(back, decode(encode(back))), text)
       assert.is_true(same_value(cjson.decode(text), back), text)
-    end
+    end)
   end)
 
   it("refuses what is not JSON, naming the character", function()

@@ -405,6 +405,16 @@ static void decode_string(dec_t *d) {
   lua_pushlstring(d->L, o->p, o->len);
 }
 
+/* At least one digit at p, or the error `what`; returns the end of the run. */
+static const char *decode_digits(dec_t *d, const char *p, const char *what) {
+  if (p >= d->end || *p < '0' || *p > '9') {
+    d->p = p;
+    dec_fail(d, what);
+  }
+  while (p < d->end && *p >= '0' && *p <= '9') p++;
+  return p;
+}
+
 static void decode_number(dec_t *d) {
   const char *p = d->p, *start = p;
   int neg = 0;
@@ -431,22 +441,13 @@ static void decode_number(dec_t *d) {
   int whole = 1;
   if (p < d->end && *p == '.') {
     whole = 0;
-    p++;
-    if (p >= d->end || *p < '0' || *p > '9') {
-      d->p = p;
-      dec_fail(d, "expected a digit after the decimal point");
-    }
-    while (p < d->end && *p >= '0' && *p <= '9') p++;
+    p = decode_digits(d, p + 1, "expected a digit after the decimal point");
   }
   if (p < d->end && (*p == 'e' || *p == 'E')) {
     whole = 0;
     p++;
     if (p < d->end && (*p == '+' || *p == '-')) p++;
-    if (p >= d->end || *p < '0' || *p > '9') {
-      d->p = p;
-      dec_fail(d, "expected a digit in the exponent");
-    }
-    while (p < d->end && *p >= '0' && *p <= '9') p++;
+    p = decode_digits(d, p, "expected a digit in the exponent");
   }
   d->p = p;
   if (whole && !overflow && v < (1ULL << 53)) {
