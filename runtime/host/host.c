@@ -57,7 +57,8 @@ static void host__hook(lua_State *L, lua_Debug *ar);
 static void host__sigprof(int sig) {
   (void)sig;
   task_t *t = host_sig_task;
-  if (t && (uint64_t)++t->ticks * HOST_WATCH_NS >= t->script->budget)
+  /* Armed once: the hook may since run at every instruction (budget spent). */
+  if (t && (uint64_t)++t->ticks * HOST_WATCH_NS >= t->script->budget && !lua_gethookmask(t->co))
     lua_sethook(t->co, host__hook, LUA_MASKCOUNT, HOST_HOOK_EVERY);
 }
 
