@@ -201,7 +201,6 @@ local function durable_pg()
 end
 local CLUSTER_DIR = ROOT .. "/bench/scenarios/cluster"
 
-local free_port = H.free_port
 
 -- Starts n runners in a fresh database; fn(runners, start_one) runs with
 -- them; every runner started is stopped afterwards. opts.dirs: the
@@ -218,23 +217,13 @@ local function with_cluster(n, args, fn, opts)
   for _, d in ipairs(opts.dirs or { LOCAL_DIR, CLUSTER_DIR }) do
     os.execute(string.format("cp -L %s/*.lua %s/", d, dir))
   end
-  local started = {}
-  local function start_one(extra)
-    local port = free_port()
-    local r = H.start(dir, { args = string.format("%s --storage %s --listen 127.0.0.1:%d %s %s", RUNNER_ARGS, url,
-      port, args or "", extra or "") })
-    r.address = "127.0.0.1:" .. port
-    started[#started + 1] = r
-    return r
-  end
+  local start, stop_all, started = H.cluster_runners(url, { dir = dir, args = RUNNER_ARGS .. " " .. (args or "") })
+  local function start_one(extra) return start({ args = extra }) end
   local rs = {}
   for i = 1, n do rs[i] = start_one() end
   H.wait_cluster(rs[1], #started, 30)
   local ok, res = pcall(fn, rs, start_one, started)
-  for _, r in ipairs(started) do
-    r:kill("CONT")
-    r:stop()
-  end
+  stop_all()
   H.rmdir(dir)
   if not ok then error(res, 0) end
   return res

@@ -13,7 +13,6 @@ local LEASE = "2s"
 local pg
 local dbs = 0
 
-local free_port = H.free_port
 
 -- A fresh cluster: a database of its own. Returns a function that starts a
 -- runner in it.
@@ -21,26 +20,8 @@ local function new_cluster(opts)
   opts = opts or {}
   dbs = dbs + 1
   local url = pg:create_db("c" .. dbs)
-  local started = {}
-  local function start(extra)
-    extra = extra or {}
-    local port = free_port()
-    local args = string.format("--storage %s --listen 127.0.0.1:%d --shards %d --lease %s --max-idle 60s %s %s",
-      url, port, extra.shards or opts.shards or SHARDS, extra.lease or opts.lease or LEASE, opts.args or "",
-      extra.args or "")
-    local r = H.start(extra.dir or FIXTURES, { args = args, env = extra.env or opts.env, wait = extra.wait })
-    r.address = "127.0.0.1:" .. port
-    started[#started + 1] = r
-    return r
-  end
-  local function stop_all()
-    for _, r in ipairs(started) do
-      if r.pid and H.alive(r.pid) then
-        r:kill("CONT")
-        r:stop(5)
-      end
-    end
-  end
+  local start, stop_all = H.cluster_runners(url, { dir = FIXTURES, shards = opts.shards or SHARDS,
+    lease = opts.lease or LEASE, args = "--max-idle 60s " .. (opts.args or ""), env = opts.env })
   return start, stop_all, url
 end
 

@@ -115,25 +115,8 @@ local function new_cluster(opts)
   local rec = recorder(dir .. "/record")
   local env = { DURABLE_RECORD = rec.path }
   for k, v in pairs(opts.env or {}) do env[k] = v end
-  local started = {}
-  local function start(extra)
-    extra = extra or {}
-    local port = H.free_port()
-    local args = string.format("--storage %s --listen 127.0.0.1:%d --shards %d --lease %s --max-idle 60s %s %s",
-      url, port, SHARDS, LEASE, opts.args or "", extra.args or "")
-    local r = H.start(extra.dir or opts.dir or FIXTURES, { args = args, env = env, wait = extra.wait })
-    r.address = "127.0.0.1:" .. port
-    started[#started + 1] = r
-    return r
-  end
-  local function stop_all()
-    for _, r in ipairs(started) do
-      if r.pid and H.alive(r.pid) then
-        r:kill("CONT")
-        r:stop(5)
-      end
-    end
-  end
+  local start, stop_all, started = H.cluster_runners(url, { dir = opts.dir or FIXTURES, shards = SHARDS,
+    lease = LEASE, args = "--max-idle 60s " .. (opts.args or ""), env = env })
   local function logs()
     local t = {}
     for _, r in ipairs(started) do t[#t + 1] = (r.address or "?") .. " " .. r.log end

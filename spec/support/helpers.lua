@@ -106,6 +106,36 @@ function M.free_port()
   return tonumber(port)
 end
 
+-- Runners of one cluster on the database at url. Returns start(extra), which
+-- starts one more (extra.dir, .args, .shards, .lease, .env, .wait override
+-- the defaults given here; without shards or lease the runner's own
+-- defaults hold), stop_all(), which stops every runner start started
+-- (waking frozen ones first), and the list of them.
+function M.cluster_runners(url, defaults)
+  local started = {}
+  local function start(extra)
+    extra = extra or {}
+    local port = M.free_port()
+    local shards, lease = extra.shards or defaults.shards, extra.lease or defaults.lease
+    local args = string.format("--storage %s --listen 127.0.0.1:%d%s%s %s %s", url, port,
+      shards and " --shards " .. shards or "", lease and " --lease " .. lease or "", defaults.args or "",
+      extra.args or "")
+    local r = M.start(extra.dir or defaults.dir, { args = args, env = extra.env or defaults.env, wait = extra.wait })
+    r.address = "127.0.0.1:" .. port
+    started[#started + 1] = r
+    return r
+  end
+  local function stop_all()
+    for _, r in ipairs(started) do
+      if r.pid and M.alive(r.pid) then
+        r:kill("CONT")
+        r:stop(5)
+      end
+    end
+  end
+  return start, stop_all, started
+end
+
 -- Waits until runner r sees n live runners, each holding exactly the shards
 -- assigned to it and all of them together every shard; returns r's /cluster.
 function M.wait_cluster(r, n, timeout)
