@@ -164,7 +164,7 @@ local CLIENT_OPTIONS = { timeout = true, discard = true }
 local CLIENT_NEW_OPTIONS = { timeout = true }
 
 local floor = math.floor
-local core_call = has_core and core.call
+local core_call = core.call -- without a runner: the function that says one is needed
 
 -- core.call encodes the payload, and decodes an "ok" reply, in C.
 local function invoke(c, tag, payload, opts)
@@ -179,7 +179,7 @@ local function invoke(c, tag, payload, opts)
     timeout = floor(timeout)
     discard = opts.discard == true
   end
-  local kind, v = (core_call or core.call)(c[1], c[2], tag, payload, timeout, discard)
+  local kind, v = core_call(c[1], c[2], tag, payload, timeout, discard)
   if kind == nil then return v end
   if kind == "accepted" then return true end
   if kind == "encode" then fail(3, "client:%s: payload cannot be encoded as JSON: %s", tag, v) end

@@ -135,35 +135,6 @@ static int core_clock(lua_State *L) {
   return 1;
 }
 
-/* Turns whole-number floats (|v| < 2^53) into integers, in place, at any
- * depth (bounded): lua-cjson reads every JSON number as a float. In C
- * because it runs on every payload and reply. */
-static void core__intify(lua_State *L, int idx, int depth) {
-  if (depth > 200 || !lua_checkstack(L, 4)) return;
-  lua_pushnil(L);
-  while (lua_next(L, idx) != 0) {
-    int t = lua_type(L, -1);
-    if (t == LUA_TNUMBER && !lua_isinteger(L, -1)) {
-      lua_Number v = lua_tonumber(L, -1);
-      lua_Integer i;
-      if (v > -9007199254740992.0 && v < 9007199254740992.0 && lua_numbertointeger(v, &i) && (lua_Number)i == v) {
-        lua_pushvalue(L, -2);
-        lua_pushinteger(L, i);
-        lua_rawset(L, idx);
-      }
-    } else if (t == LUA_TTABLE) {
-      core__intify(L, lua_gettop(L), depth + 1);
-    }
-    lua_pop(L, 1);
-  }
-}
-
-static int core_intify(lua_State *L) {
-  if (lua_type(L, 1) == LUA_TTABLE) core__intify(L, 1, 0);
-  lua_settop(L, 1);
-  return 1;
-}
-
 static int core_log(lua_State *L) {
   const char *level = luaL_checkstring(L, 1);
   const char *msg = luaL_checkstring(L, 2);
@@ -198,7 +169,8 @@ static int core_cron_catch_up(lua_State *L) {
 int host__open_core(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"call", core_call}, {"sleep", core_sleep}, {"keep_alive", core_keep_alive}, {"runner", core_runner},
-      {"wall", core_wall}, {"now", core_wall}, {"clock", core_clock}, {"intify", core_intify}, {"json_encode", json_lua_encode}, {"json_decode", json_lua_decode},     {"log", core_log},
+      {"wall", core_wall}, {"now", core_wall}, {"clock", core_clock}, {"log", core_log},
+      {"json_encode", json_lua_encode}, {"json_decode", json_lua_decode},
       {"cron", core_cron}, {"cron_catch_up", core_cron_catch_up}, {NULL, NULL},
   };
   luaL_newlib(L, fns);

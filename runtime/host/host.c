@@ -138,32 +138,27 @@ static void host__budget_reset(script_t *s, lua_State *th) {
 
 /* Coroutines a script creates itself are counted from their start: the timer
  * only ever arms the task's own coroutine. */
-static int host__co_create(lua_State *L) {
-  lua_pushvalue(L, lua_upvalueindex(1));
+static int host__co_counted(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1)); /* the library's create or wrap */
   lua_insert(L, 1);
   lua_call(L, lua_gettop(L) - 1, 1);
+  /* create returns the coroutine; wrap a function holding it as upvalue 1. */
   lua_State *co = lua_tothread(L, -1);
+  if (!co && lua_getupvalue(L, -1, 1)) {
+    co = lua_tothread(L, -1);
+    lua_pop(L, 1);
+  }
   if (co) lua_sethook(co, host__hook, LUA_MASKCOUNT, HOST_HOOK_EVERY);
-  return 1;
-}
-
-static int host__co_wrap(lua_State *L) {
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, 1);
-  if (lua_getupvalue(L, -1, 1) && lua_type(L, -1) == LUA_TTHREAD)
-    lua_sethook(lua_tothread(L, -1), host__hook, LUA_MASKCOUNT, HOST_HOOK_EVERY);
-  lua_settop(L, 1);
   return 1;
 }
 
 static void host__wrap_coroutines(lua_State *L) {
   lua_getglobal(L, "coroutine");
   lua_getfield(L, -1, "create");
-  lua_pushcclosure(L, host__co_create, 1);
+  lua_pushcclosure(L, host__co_counted, 1);
   lua_setfield(L, -2, "create");
   lua_getfield(L, -1, "wrap");
-  lua_pushcclosure(L, host__co_wrap, 1);
+  lua_pushcclosure(L, host__co_counted, 1);
   lua_setfield(L, -2, "wrap");
   lua_pop(L, 1);
 }

@@ -45,8 +45,16 @@ static void enc_fail(lua_State *L, const char *fmt, ...) {
   abort(); /* luaL_error does not return */
 }
 
-/* Larger buffers are given back after the encode that grew them. */
+/* A buffer larger than this, grown by one big value, is given back before
+ * the next use. */
 #define JSON_KEEP_BYTES (64 * 1024)
+
+static void out_trim(out_t *o) {
+  if (o->cap <= JSON_KEEP_BYTES) return;
+  free(o->p);
+  o->p = NULL;
+  o->cap = 0;
+}
 
 static void out_grow(lua_State *L, out_t *o, size_t more) {
   size_t cap = o->cap ? o->cap : 256;
@@ -247,11 +255,7 @@ const char *json_encode_value(lua_State *L, int idx, size_t *len, const char **e
     *len = fmt_int(num, (long long)lua_tointeger(L, at));
     return num;
   }
-  if (o->cap > JSON_KEEP_BYTES) { /* the last encode grew it: give it back */
-    free(o->p);
-    o->p = NULL;
-    o->cap = 0;
-  }
+  out_trim(o);
   /* Nothing an encode runs can raise a Lua error or start another encode. */
   jmp_buf here;
   json_enc_jmp = &here;
@@ -555,11 +559,7 @@ static dec_t json_dec;
 
 void json_push_decoded(lua_State *L, const char *s, size_t n) {
   dec_t *d = &json_dec; /* its scratch buffer is kept for the next decode */
-  if (d->scratch.cap > JSON_KEEP_BYTES) {
-    free(d->scratch.p);
-    d->scratch.p = NULL;
-    d->scratch.cap = 0;
-  }
+  out_trim(&d->scratch);
   d->L = L;
   d->s = d->p = s;
   d->end = s + n;
