@@ -49,6 +49,20 @@ describe("a runner given bad input", function()
       still_serves(r)
     end)
 
+    it("decodes a string that starts with an escape, before and after a string over 64 KiB, then serves", function()
+      -- The decoder's scratch buffer is unallocated at first and given back
+      -- after a string over 64 KiB: adding the empty run before the escape
+      -- must not touch it (make asan aborts the runner if it does).
+      local big = '{"amount":"\\n' .. string.rep("x", 70 * 1024) .. '"}'
+      for _, body in ipairs { '{"amount":"\\n"}', big, '{"amount":"\\n"}', '{"amount":"\\u00e9"}' } do
+        local status, doc = r:call("Counter", "c", "Increment", body)
+        assert.are.equal(400, status, r:log_text())
+        assert.are.same({ error = { kind = "schema", path = "amount",
+                                    message = "amount: expected number, got string" } }, doc)
+      end
+      still_serves(r)
+    end)
+
     it("answers a payload field of the wrong type with 400 schema naming the path, then serves", function()
       local status, doc = r:call("Counter", "c", "Increment", { amount = { 1, 2 } })
       assert.are.equal(400, status)
