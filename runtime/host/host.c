@@ -547,11 +547,42 @@ void host_handle(inst_t *inst, msg_t *msg) {
   task_resume(t, 8);
 }
 
+/* What released instances leave behind. An instance's state has usually
+ * grown old in the generational collector, and only a major collection
+ * frees old objects; the collector runs only as the state allocates, so a
+ * runner that passivates many instances and then goes quiet would keep
+ * their memory until traffic returns. So a release arms a timer, and when
+ * it fires (HOST_GC_DELAY_MS later, batching every release meanwhile) the
+ * state gets a full collection. A full collection costs time in proportion
+ * to the live heap: the next one waits at least HOST_GC_COST_FACTOR times
+ * as long as the last took, which keeps this under a tenth of the runner's
+ * time however large the heap. */
+#define HOST_GC_DELAY_MS 1000
+#define HOST_GC_COST_FACTOR 10
+
+void host__gc_fire(timer_entry_t *te) {
+  script_t *s = (script_t *)((char *)te - offsetof(script_t, gc_timer));
+  if (!s->L || !s->gc_freed) return;
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  s->slice = 0; /* a __gc metamethod runs on a fresh budget */
+  lua_gc(s->L, LUA_GCCOLLECT);
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  s->gc_cost_ms = (uint64_t)((b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000);
+  s->gc_freed = 0;
+}
+
 void host_release_instance(inst_t *inst) {
-  lua_State *L = inst->type->script->L;
+  script_t *s = inst->type->script;
+  lua_State *L = s->L;
   luaL_unref(L, LUA_REGISTRYINDEX, inst->handlers_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, inst->ctx_ref);
   inst->handlers_ref = inst->ctx_ref = LUA_NOREF;
+  s->gc_freed++;
+  if (!timer_pending(&s->gc_timer)) {
+    uint64_t wait = s->gc_cost_ms * HOST_GC_COST_FACTOR;
+    timer_add(&s->gc_timer, sched_now() + (wait > HOST_GC_DELAY_MS ? wait : HOST_GC_DELAY_MS));
+  }
 }
 
 char *host_snapshot(inst_t *inst, size_t *len) {

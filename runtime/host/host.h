@@ -83,6 +83,10 @@ struct script_s {
   lua_State *pool_co[HOST_THREAD_POOL];
   int pool_ref[HOST_THREAD_POOL];
   int pool_n;
+  /* A full collection after instances were released (see host.c). */
+  timer_entry_t gc_timer;
+  uint64_t gc_freed;   /* instances released since the last one */
+  uint64_t gc_cost_ms; /* how long the last one took */
 };
 
 typedef enum { TASK_ACTIVATE, TASK_HANDLE, TASK_SINGLETON, TASK_CRON } task_kind_t;

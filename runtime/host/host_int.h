@@ -24,6 +24,8 @@ lua_State *host__state_new(script_t *s);
 /* lua_pcall under the script's memory cap, with a fresh instruction budget. */
 int host__pcall(script_t *s, lua_State *L, int nargs, int nres, int msgh);
 void host__task_free(task_t *t);
+/* The gc_timer of a script: a full collection after instances were released. */
+void host__gc_fire(timer_entry_t *te);
 void host__task_call_cb(call_t *c, reply_kind_t kind, const char *body, size_t len);
 /* luaopen for luster.core (core_api.c). */
 int host__open_core(lua_State *L);

@@ -149,6 +149,7 @@ static void script_close(script_t *s) {
     ty = next;
   }
   s->types = NULL;
+  timer_cancel(&s->gc_timer);
   if (s->L) lua_close(s->L);
   s->L = NULL;
 }
@@ -289,6 +290,7 @@ static script_t *script__new(const char *file) {
   s->file = strdup(file);
   s->mem_limit = host__cfg.memory_limit;
   s->budget = host__cfg.instruction_budget;
+  timer_entry_init(&s->gc_timer, host__gc_fire);
   return s;
 }
 
