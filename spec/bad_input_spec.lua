@@ -319,6 +319,43 @@ describe("a script directory with a script that does not compile", function()
   end)
 end)
 
+describe("a script directory with a typo in a schema name", function()
+  local r, dir
+  after_each(function()
+    if r then r:stop() end
+    r = nil
+    H.rmdir(dir)
+  end)
+
+  before_each(function()
+    dir = H.script_dir {
+      ["counter.lua"] = COUNTER_SRC,
+      ["typo.lua"] = 'local luster = require "luster"\nlocal S = luster.schema\n'
+        .. 'local Set = luster.rpc("Set", {\n  payload = { n = S.integr },\n  success = S.integer,\n})\n'
+        .. 'return luster.entity("Typo", { Set }):handlers(function() return { Set = function() return 1 end } end)\n',
+    }
+  end)
+
+  it("refuses that script at load naming the name, the file and line, and serves the others", function()
+    r = H.start(dir)
+    local doc = r:cluster()
+    assert.are.equal(1, #doc.errors)
+    assert.are.equal("typo.lua", doc.errors[1].file)
+    assert.matches("^typo%.lua:4: unknown schema type 'integr' %(did you mean 'integer'%?%)", doc.errors[1].message)
+    assert.matches("typo%.lua:4: unknown schema type 'integr' %(did you mean 'integer'%?%)", r:log_text())
+    still_serves(r)
+  end)
+
+  it("makes `luster check DIR` exit non-zero naming the file and line", function()
+    local code, out, err = H.cli("check " .. H.sh_quote(dir))
+    assert.are_not.equal(0, code)
+    local text = out .. err
+    assert.matches("FAIL typo%.lua", text)
+    assert.matches("typo%.lua:4: unknown schema type 'integr' %(did you mean 'integer'%?%)", text)
+    assert.matches("ok   counter%.lua", text)
+  end)
+end)
+
 describe("a script directory where two scripts define the same type", function()
   local r, dir
   local function twin(answer)

@@ -530,6 +530,28 @@ describe("luster.schema", function()
     end)
   end)
 
+  describe("unknown names", function()
+    it("raise at the line that names them, suggesting the closest known name", function()
+      local line = debug.getinfo(1, "l").currentline + 1
+      local ok, err = pcall(function() return { n = S.integr } end)
+      assert.is_false(ok)
+      assert.are.equal(("spec/schema_spec.lua:%d: unknown schema type 'integr' (did you mean 'integer'?)"):format(line),
+        err)
+      assert.matches(":%d+: unknown schema type 'strnig' %(did you mean 'string'%?%)$",
+        raised(function() return S.strnig end))
+      assert.matches(":%d+: unknown schema type 'optinal' %(did you mean 'optional'%?%)$",
+        raised(function() return S.optinal(S.string) end))
+      assert.matches(":%d+: unknown schema type 'uuid'$", raised(function() return S.uuid end))
+      assert.matches(":%d+: unknown schema type 1$", raised(function() return S[1] end))
+    end)
+
+    it("leave the known ones as they are", function()
+      assert.is_true(S.is(S.integer))
+      assert.are.equal(cjson.null, S.null_value)
+      assert.is_function(S.optional)
+    end)
+  end)
+
   describe("S.of and S.is", function()
     it("passes schemas through and turns plain tables into structs", function()
       assert.equal(S.number, S.of(S.number))

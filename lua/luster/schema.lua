@@ -540,7 +540,7 @@ end
 local function given(x)
   local t = type(x)
   if t == "string" then
-    local hint = recs[S[x]] and format(" (did you mean S.%s?)", x) or ""
+    local hint = recs[rawget(S, x)] and format(" (did you mean S.%s?)", x) or ""
     return "string " .. quote(x) .. hint
   elseif t == "number" or t == "boolean" then
     return t .. " " .. show(x)
@@ -861,6 +861,49 @@ end
 function S.describe(s)
   return rec_of(s, 3).desc
 end
+
+---------------------------------------------------------------------------
+-- Unknown names: `S.integr` is a typo, not nil. A nil schema would vanish
+-- from a struct (`{ n = nil }` has no field n, so every payload with n is
+-- refused) or from an RPC's options (`success = nil` accepts anything), and
+-- nothing later could tell it was meant; so it raises where it was written.
+
+-- Edit distance of two short names (the classic two-row table).
+local function distance(a, b)
+  local prev, cur = {}, {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    cur[0] = i
+    for j = 1, #b do
+      local cost = byte(a, i) == byte(b, j) and 0 or 1
+      local d = prev[j - 1] + cost
+      if prev[j] + 1 < d then d = prev[j] + 1 end
+      if cur[j - 1] + 1 < d then d = cur[j - 1] + 1 end
+      cur[j] = d
+    end
+    prev, cur = cur, prev
+  end
+  return prev[#b]
+end
+
+-- The closest known name, when it is close enough to be the one meant: at
+-- most a third of the name's letters wrong (two for "strnig", one for "nul").
+local function closest(name)
+  local best, best_d
+  for known in next, S do
+    local d = distance(name, known)
+    if not best_d or d < best_d or (d == best_d and known < best) then best, best_d = known, d end
+  end
+  if best and best_d <= (#name + 2) // 3 then return best end
+end
+
+setmetatable(S, {
+  __index = function(_, k)
+    local hint = type(k) == "string" and closest(k)
+    error(format("unknown schema type %s%s", type(k) == "string" and "'" .. k .. "'" or show(k),
+      hint and format(" (did you mean '%s'?)", hint) or ""), 2)
+  end,
+})
 
 local SchemaError = { __name = "luster.schema.error" }
 SchemaError.__tostring = function(e) return "schema error: " .. e.message end
