@@ -196,6 +196,44 @@ describe("a runner given bad input", function()
       still_serves(r)
     end)
 
+    it("logs a defect naming type/id, RPC, request id and the user's line first, without luster's frames", function()
+      -- The log entry of the defect whose first line matches `first`: that
+      -- line and its traceback, up to the next log line.
+      local function entry(first)
+        return H.wait_for("a log line matching " .. first, 5, function()
+          local text = r:log_text()
+          local s = text:find(first)
+          if not s then return nil end
+          local e = text:find("\n%d%d%d%d%-", s) or #text + 1
+          return text:sub(s, e - 1)
+        end)
+      end
+      local status, doc = r:call("Misbehave", "logged", "IndexNil")
+      assert.are.equal(500, status)
+      assert.matches("^misbehave%.lua:%d+: attempt to index a nil value %(local 'order'%)$", doc.error.message)
+      local e = entry("defect Misbehave/logged IndexNil request=%d+: misbehave%.lua:%d+: attempt to index a nil value")
+      assert.matches("\n\tmisbehave%.lua:%d+: in function <misbehave%.lua:%d+>", e)
+      assert.is_nil(e:find("luster/", 1, true), e)
+      assert.is_nil(e:find("'?'", 1, true), e)
+
+      status, doc = r:call("Misbehave", "logged", "Spin")
+      assert.are.equal(500, status)
+      assert.matches("^misbehave%.lua:%d+: instruction budget exceeded: the handler ran more", doc.error.message)
+      e = entry("defect Misbehave/logged Spin request=%d+: misbehave%.lua:%d+: instruction budget exceeded")
+      assert.is_nil(e:find("luster/", 1, true), e)
+
+      status, doc = r:call("Misbehave", "logged", "RaiseTable")
+      assert.are.equal(500, status)
+      assert.matches('^misbehave%.lua:%d+: {"code":42}$', doc.error.message)
+      entry('defect Misbehave/logged RaiseTable request=%d+: misbehave%.lua:%d+: {"code":42}\n')
+
+      status, doc = r:call("Misbehave", "logged", "RaiseNull", { gone = cjson.null })
+      assert.are.equal(500, status)
+      assert.matches("^misbehave%.lua:%d+: null$", doc.error.message)
+      entry("defect Misbehave/logged RaiseNull request=%d+: misbehave%.lua:%d+: null\n")
+      still_serves(r)
+    end)
+
     it("stops a handler that loops forever with 500 defect naming the instruction budget, then serves", function()
       local t0 = H.now()
       local status, doc = r:call("Misbehave", "m", "Spin")

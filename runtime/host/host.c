@@ -123,10 +123,16 @@ static void host__hook(lua_State *L, lua_Debug *ar) {
      * error with pcall and carries on is stopped at its next instruction. */
     lua_sethook(L, host__hook, LUA_MASKCOUNT, 1);
     task_t *t = s->current;
-    luaL_error(L, "instruction budget exceeded: %s ran more than %I Lua VM instructions%s; see --instruction-budget",
-               !t ? "the script" : t->kind == TASK_HANDLE ? "the handler" : t->kind == TASK_ACTIVATE ? "activate" : "the job",
-               (lua_Integer)s->budget,
-               !t || t->kind == TASK_HANDLE || t->kind == TASK_ACTIVATE ? "" : " without waiting");
+    /* At the user's line: level 1 here is whatever called the looping
+     * function, luster's runtime.lua for a handler. */
+    char where[256];
+    host__user_where(L, where, sizeof where);
+    lua_pushfstring(L, "%s%sinstruction budget exceeded: %s ran more than %I Lua VM instructions%s; see --instruction-budget",
+                    where, *where ? " " : "",
+                    !t ? "the script" : t->kind == TASK_HANDLE ? "the handler" : t->kind == TASK_ACTIVATE ? "activate" : "the job",
+                    (lua_Integer)s->budget,
+                    !t || t->kind == TASK_HANDLE || t->kind == TASK_ACTIVATE ? "" : " without waiting");
+    lua_error(L);
   }
 }
 
@@ -193,6 +199,24 @@ static void host__preload(lua_State *L) {
   lua_pop(L, 1);
 }
 
+/* tostring of JSON null (the light userdata NULL) is "null", in messages,
+ * logs and error texts alike; any other light userdata prints as Lua's own. */
+static int host__lightud_tostring(lua_State *L) {
+  void *p = lua_touserdata(L, 1);
+  if (p) lua_pushfstring(L, "userdata: %p", p);
+  else lua_pushliteral(L, "null");
+  return 1;
+}
+
+static void host__null_tostring(lua_State *L) {
+  lua_pushlightuserdata(L, NULL);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, host__lightud_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_setmetatable(L, -2); /* light userdata share one metatable */
+  lua_pop(L, 1);
+}
+
 lua_State *host__state_new(script_t *s) {
   lua_State *L = lua_newstate(host__alloc, s);
   if (!L) return NULL;
@@ -201,6 +225,7 @@ lua_State *host__state_new(script_t *s) {
   lua_sethook(L, host__hook, LUA_MASKCOUNT, HOST_HOOK_EVERY);
   luaL_openlibs(L);
   host__wrap_coroutines(L);
+  host__null_tostring(L);
   host__preload(L);
   host__watch_start();
   /* Most of what a message allocates (payload tables, requests, strings) dies
@@ -350,28 +375,34 @@ void host__task_call_cb(call_t *c, reply_kind_t kind, const char *body, size_t l
   task_resume(t, 3);
 }
 
-/* The text of a raised error, for the defect reply; the traceback goes to
- * the log. */
+/* The text of a raised error, for the defect reply; the log line names the
+ * task (type/id, RPC and request id of a handler) and adds the traceback. */
 static char *task__error_text(task_t *t, int status) {
   script_t *s = t->script;
+  char *text;
+  if (status == LUA_ERRMEM) {
+    buf_t m;
+    buf_init(&m);
+    buf_printf(&m, "memory limit exceeded: the Lua state of %s is capped at %zu bytes (--memory-limit)", s->file,
+               s->mem_limit);
+    text = buf_steal(&m, NULL);
+  } else {
+    text = host__error_text(s->L, t->co);
+  }
   buf_t b;
   buf_init(&b);
-  if (status == LUA_ERRMEM) {
-    buf_printf(&b, "memory limit exceeded: the Lua state of %s is capped at %zu bytes (--memory-limit)", s->file,
-               s->mem_limit);
-  } else if (lua_type(t->co, -1) == LUA_TSTRING) {
-    buf_adds(&b, lua_tostring(t->co, -1));
-  } else {
-    buf_printf(&b, "(error object is a %s value)", luaL_typename(t->co, -1));
-  }
-  if (status != LUA_ERRMEM) {
-    luaL_traceback(s->L, t->co, NULL, 0);
-    log_warn("%s: %s\n%s", s->file, b.data, lua_tostring(s->L, -1));
-    lua_pop(s->L, 1);
-  } else {
-    log_warn("%s: %s", s->file, b.data);
-  }
-  return buf_steal(&b, NULL);
+  if (t->inst) buf_printf(&b, "defect %s/%.*s ", t->type->name, (int)(t->inst->id_len > 64 ? 64 : t->inst->id_len),
+                          t->inst->id);
+  else buf_printf(&b, "defect %s %s ", t->kind == TASK_CRON ? "cron job" : "singleton", t->type->name);
+  if (t->kind == TASK_HANDLE && t->msg)
+    buf_printf(&b, "%s request=%llu", t->type->rpcs[t->msg->rpc].tag, (unsigned long long)t->msg->request_id);
+  else if (t->kind == TASK_ACTIVATE) buf_adds(&b, "activate");
+  else buf_printf(&b, "(%s)", s->file);
+  buf_printf(&b, ": %s", text);
+  if (status != LUA_ERRMEM) host__traceback(t->co, 0, &b);
+  log_warn("%s", b.data);
+  buf_free(&b);
+  return text;
 }
 
 static void task__restart_background(task_t *t);
@@ -626,7 +657,11 @@ reply_kind_t host_persist_info(etype_t *ty, int rpc, const char *payload, size_t
     if (st == LUA_ERRMEM)
       snprintf(msg, sizeof msg, "memory limit exceeded in %s while reading the persisted message", s->file);
     else
-      snprintf(msg, sizeof msg, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "(error object is not a string)");
+    {
+      char *text = host__error_text(L, L);
+      snprintf(msg, sizeof msg, "%s", text);
+      free(text);
+    }
     lua_pop(L, 1);
     *err = reply_error_body(REPLY_DEFECT, NULL, msg, err_len);
     return REPLY_DEFECT;

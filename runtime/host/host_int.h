@@ -27,6 +27,16 @@ void host__task_free(task_t *t);
 /* The gc_timer of a script: a full collection after instances were released. */
 void host__gc_fire(timer_entry_t *te);
 void host__task_call_cb(call_t *c, reply_kind_t kind, const char *body, size_t len);
+/* Defects (defect.c). The user's innermost file:line in co ("f.lua:3:"),
+ * skipping luster's own frames; -1 (and "") when there is none. */
+int host__user_where(lua_State *co, char *out, size_t n);
+/* Appends "\nstack traceback:" and co's frames from `level` up, without
+ * luster's own, or nothing when no frame is left. */
+void host__traceback(lua_State *co, int level, buf_t *b);
+/* The text of the error value on top of co (left there), worked out in L:
+ * strings as they are, tables as JSON (or by their __tostring), null as
+ * null, each with the user's file:line first. Malloc'd. */
+char *host__error_text(lua_State *L, lua_State *co);
 /* luaopen for luster.core (core_api.c). */
 int host__open_core(lua_State *L);
 

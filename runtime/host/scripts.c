@@ -26,10 +26,18 @@ script_t *host_scripts(void) { return host__script_list; }
 etype_t *host_types(void) { return host__type_list; }
 
 
+/* A load error as defects read: the error's text, then the traceback
+ * without luster's own frames. */
 static int host__msgh(lua_State *L) {
-  const char *msg = lua_tostring(L, 1);
-  if (!msg) msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  luaL_traceback(L, L, msg, 1);
+  lua_settop(L, 1);
+  char *text = host__error_text(L, L);
+  buf_t b;
+  buf_init(&b);
+  buf_adds(&b, text);
+  free(text);
+  host__traceback(L, 1, &b);
+  lua_pushlstring(L, b.data, b.len);
+  buf_free(&b);
   return 1;
 }
 
