@@ -231,6 +231,7 @@ describe("a runner given bad input", function()
       assert.are.equal(500, status)
       assert.matches("^misbehave%.lua:%d+: null$", doc.error.message)
       entry("defect Misbehave/logged RaiseNull request=%d+: misbehave%.lua:%d+: null\n")
+      entry("%[Misbehave/logged%] gone is null\n") -- ctx.log's tostring, too
       still_serves(r)
     end)
 
