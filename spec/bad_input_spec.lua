@@ -232,6 +232,10 @@ describe("a runner given bad input", function()
       assert.matches("^misbehave%.lua:%d+: null$", doc.error.message)
       entry("defect Misbehave/logged RaiseNull request=%d+: misbehave%.lua:%d+: null\n")
       entry("%[Misbehave/logged%] gone is null\n") -- ctx.log's tostring, too
+
+      status, doc = r:call("Misbehave", "logged", "RaiseBare")
+      assert.are.equal(500, status)
+      assert.matches("^misbehave%.lua:%d+: no position of its own$", doc.error.message)
       still_serves(r)
     end)
 

@@ -57,22 +57,31 @@ void host__traceback(lua_State *co, int level, buf_t *b) {
   }
 }
 
-/* A string error that luster's own code raised at level 1 carries luster's
- * position ("luster/runtime.lua:175: "): the user's replaces it. */
-static void defect__string(buf_t *b, const char *msg, const char *where) {
+/* Whether msg starts with a position, "file:line: ". */
+static int defect__has_position(const char *msg) {
   const char *p = msg;
-  if (strncmp(p, "luster/", 7) == 0) {
-    p = strchr(p, ':');
-    if (p && p[1] >= '0' && p[1] <= '9') {
-      p++;
-      while (*p >= '0' && *p <= '9') p++;
-      if (p[0] == ':' && p[1] == ' ' && *where) {
-        buf_printf(b, "%s %s", where, p + 2);
-        return;
-      }
-    }
+  while (*p && *p != ':' && *p != '\n') p++;
+  if (p == msg || *p != ':' || p[1] < '0' || p[1] > '9') return 0;
+  p++;
+  while (*p >= '0' && *p <= '9') p++;
+  return p[0] == ':' && p[1] == ' ';
+}
+
+/* A string error starts at the user's line: one that luster's own code
+ * raised at level 1 carries luster's position ("luster/runtime.lua:175: "),
+ * which the user's replaces; one raised without a position (error(s, 0),
+ * or by the runner itself) gets the user's, when a frame of theirs is on
+ * the stack. */
+static void defect__string(buf_t *b, const char *msg, const char *where) {
+  if (!*where) {
+    buf_adds(b, msg);
+  } else if (!defect__has_position(msg)) {
+    buf_printf(b, "%s %s", where, msg);
+  } else if (strncmp(msg, "luster/", 7) == 0) {
+    buf_printf(b, "%s %s", where, strstr(msg, ": ") + 2);
+  } else {
+    buf_adds(b, msg);
   }
-  buf_adds(b, msg);
 }
 
 char *host__error_text(lua_State *L, lua_State *co) {
