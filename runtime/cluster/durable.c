@@ -50,6 +50,7 @@ typedef struct {
   call_t *call;
   msg_t *m;
   uint64_t deliver_at;
+  char *pk; /* a store's primary key, named if it conflicts */
   int op;
 } ticket_t;
 
@@ -464,14 +465,23 @@ static void du__stored(void *ud, pgs_put_status_t st, uint64_t seq, int kind, co
   msg_t *m = t->m;
   call_t *c = du__ticket_take(t);
   uint64_t at = t->deliver_at;
+  char *pk = t->pk;
   free(t);
   int discard = (m->flags & MSG_DISCARD) != 0;
+  if (st == PGS_CONFLICT) { /* answered without the stored message's id: it is another caller's */
+    router_conflict(c, m, pk);
+    free(pk);
+    msg_free(m);
+    return;
+  }
+  free(pk);
   if (c) c->request_id = seq;
   switch (st) {
   case PGS_FAILED:
     call_fail(c, REPLY_UNAVAILABLE, "the persisted message was not stored: %s", err ? err : "?");
     msg_free(m);
     return;
+  case PGS_CONFLICT: break; /* answered above */
   case PGS_DONE: /* a duplicate of a message that has its reply */
     if (discard) call_complete(c, REPLY_ACCEPTED, "", 0);
     else call_complete(c, (reply_kind_t)kind, reply, len);
@@ -590,6 +600,7 @@ void durable_send(msg_t *m, call_t *call, const char *pk, uint64_t deliver_at) {
   ticket_t *t = du__ticket(call);
   t->m = m;
   t->deliver_at = deliver_at;
+  t->pk = pk ? strdup(pk) : NULL;
   pgs_put(&pm, du__stored, t);
 }
 

@@ -62,6 +62,28 @@ static void router__deliver(msg_t *m, call_t *call) {
   msg_free(m);
 }
 
+#define ROUTER_KEY_SHOWN 200 /* bytes of a primary key quoted in a conflict */
+
+void router_conflict(call_t *c, const msg_t *m, const char *pk) {
+  size_t n = strlen(pk);
+  int cut = n > ROUTER_KEY_SHOWN;
+  if (cut) { /* cut before a UTF-8 sequence, never inside one */
+    n = ROUTER_KEY_SHOWN;
+    while (n > 0 && ((unsigned char)pk[n] & 0xc0) == 0x80) n--;
+  }
+  buf_t text;
+  buf_init(&text);
+  buf_printf(&text, "primary key '%.*s%s' of %s.%s was sent before with a different payload; a retry must send the "
+             "same payload, another message needs another key", (int)n, pk, cut ? "..." : "", m->type->name,
+             m->type->rpcs[m->rpc].tag);
+  buf_addc(&text, '\0');
+  size_t len;
+  char *body = reply_error_body(REPLY_CONFLICT, NULL, text.data, &len);
+  call_complete(c, REPLY_CONFLICT, body, len);
+  free(body);
+  buf_free(&text);
+}
+
 static void router__due(timer_entry_t *t) {
   persist_job_t *j = (persist_job_t *)((char *)t - offsetof(persist_job_t, due));
   msg_t *m = j->msg;
@@ -93,13 +115,15 @@ static void router__persist(sched_item_t *it) {
   }
   store_status_t st;
   pmsg_t *rec = storage_put(m, pk, &st);
-  free(pk);
-  if (!rec) {
-    call_fail(call, REPLY_UNAVAILABLE, "storage is out of memory");
+  if (!rec || st == STORE_CONFLICT) {
+    if (rec) router_conflict(call, m, pk);
+    else call_fail(call, REPLY_UNAVAILABLE, "storage is out of memory");
+    free(pk);
     msg_free(m);
     free(j);
     return;
   }
+  free(pk);
   int discard = (m->flags & MSG_DISCARD) != 0;
   if (discard) {
     call->request_id = rec->rid;
