@@ -63,6 +63,7 @@ static struct {
   sched_item_t scan_item;
   int scanning, rescan;
   uint64_t due_at; /* wall ms the due timer is set for, 0 = none */
+  uint64_t scan_from; /* wall ms the current scan delivers up to */
   uint32_t *held;  /* du__held's answer: the shards served here now */
   durable_stats_t st;
 } du;
@@ -304,7 +305,9 @@ static void du__scan_end(void) {
   int n = du__held();
   du.due_at = 0;
   timer_cancel(&du.due_timer);
-  if (n) pgs_next_due(du.held, n, sched_wall_ms(), du__next_due, NULL);
+  /* From the scan's own instant, not now: a message that fell due while the
+   * scan ran was not in it, and must arm the timer (at once) all the same. */
+  if (n) pgs_next_due(du.held, n, du.scan_from, du__next_due, NULL);
   if (du.rescan) {
     du.rescan = 0;
     du.scanning = 1;
@@ -353,7 +356,8 @@ static void du__scan_page(uint64_t after) {
     return;
   }
   du.st.scans++;
-  pgs_scan(du.held, n, sched_wall_ms(), after, DUR_SCAN_PAGE, du__scanned, NULL);
+  if (after == 0) du.scan_from = sched_wall_ms();
+  pgs_scan(du.held, n, du.scan_from, after, DUR_SCAN_PAGE, du__scanned, NULL);
 }
 
 static void du__scan(void) {
