@@ -485,7 +485,7 @@ static void du__stored(void *ud, pgs_put_status_t st, uint64_t seq, int kind, co
     call_fail(c, REPLY_UNAVAILABLE, "the persisted message was not stored: %s", err ? err : "?");
     msg_free(m);
     return;
-  case PGS_CONFLICT: break; /* answered above */
+  case PGS_CONFLICT: return; /* answered above */
   case PGS_DONE: /* a duplicate of a message that has its reply */
     if (discard) call_complete(c, REPLY_ACCEPTED, "", 0);
     else call_complete(c, (reply_kind_t)kind, reply, len);
