@@ -103,7 +103,7 @@ describe("a runner given bad input", function()
     it("answers an unknown RPC with 404 not_found, then serves", function()
       local status, doc = r:call("Counter", "c", "Explode", {})
       assert.are.equal(404, status)
-      assert.are.same({ error = { kind = "not_found", message = "entity type 'Counter' has no RPC 'Explode'" } }, doc)
+      assert.are.same({ error = { kind = "not_found", message = "unknown rpc 'Explode' on Counter; its rpcs are: Increment" } }, doc)
       still_serves(r)
     end)
 

@@ -631,3 +631,47 @@ describe("frame", function()
     end
   end)
 end)
+
+describe("json_canonical", function()
+  local function canon(s)
+    local out, ok = core.json_canonical(s)
+    assert.is_true(ok, "not canonicalised: " .. s)
+    return out
+  end
+
+  it("drops whitespace and sorts object members by key, at every depth", function()
+    assert.are.equal('{"a":1,"b":[true,null,{"x":"y","z":2}]}',
+      canon(' {\n "b" : [ true , null , { "z":2, "x":"y" } ] ,\t"a": 1 } '))
+    assert.are.equal(canon('{"amount":10,"key":"k"}'), canon('{"key":"k","amount":10}'))
+    assert.are.equal('{"a":1,"ab":2,"b":3}', canon('{"b":3,"ab":2,"a":1}'))
+  end)
+
+  it("keeps array order, members with the same key in their order, and numbers as written", function()
+    assert.are.equal("[3,1,2]", canon("[3, 1, 2]"))
+    assert.are.equal('{"a":2,"a":1}', canon('{"a":2,"a":1}'))
+    assert.are_not.equal(canon("1"), canon("1.0"))
+    assert.are.equal("-1.5e+10", canon(" -1.5e+10 "))
+    assert.are.equal("{}", canon("{ }"))
+    assert.are.equal("[]", canon("[ ]"))
+  end)
+
+  it("decodes string escapes and escapes only quotes, backslashes and control characters", function()
+    assert.are.equal(canon('"A/é"'), canon('"\\u0041\\/é"'))
+    assert.are.equal('"\\"\\\\\\u000a\\u0001"', canon('"\\u0022\\\\\\u000a\\u0001"'))
+    assert.are.equal('"😀"', canon('"\\ud83d\\ude00"'))
+    -- Keys are compared after unescaping too.
+    assert.are.equal(canon('{"b":1,"a":2}'), canon('{"\\u0062":1,"a":2}'))
+  end)
+
+  it("gives anything that is not JSON, or nests too deep, back as written", function()
+    for _, s in ipairs { "", "{", '{"a":}', '{"a":1', "[1,]x", '"\\x"', '"unterminated', "{} []", "nul" } do
+      local out, ok = core.json_canonical(s)
+      assert.is_false(ok, s)
+      assert.are.equal(s, out)
+    end
+    local deep = string.rep("[", 65) .. string.rep("]", 65)
+    assert.are.same({ deep, false }, { core.json_canonical(deep) })
+    local ok_deep = string.rep("[", 64) .. string.rep("]", 64)
+    assert.are.same({ ok_deep, true }, { core.json_canonical(ok_deep) })
+  end)
+end)

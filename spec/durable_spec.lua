@@ -456,6 +456,36 @@ describe("durable", function()
       end)
     end)
 
+    it("refuses a primary key reused with a different payload through any runner, pending or done (409 conflict naming the key); a reordered same payload is a retry", function()
+      in_cluster({ args = "--call-timeout 20s" }, function(start, rec)
+        local rs = { start(), start() }
+        H.wait_cluster(rs[1], 2)
+        local conflict = { error = { kind = "conflict", message = "primary key 'k1' of Journal.Append was sent " ..
+          "before with a different payload; a retry must send the same payload, another message needs another key" } }
+        local function refused(r, body, query)
+          local status, doc, headers = r:call("Journal", "cf", "Append", body, query)
+          assert(status == 409, body .. " answered " .. tostring(status) .. " " .. encode(doc))
+          assert.are.same(conflict, doc)
+          assert.is_nil(headers["x-request-id"])
+        end
+        local first = send(rs[1], "POST", "/entities/Journal/cf/Append?timeout=20000", '{"key":"k1","sleep":500}')
+        H.wait_for("the first send to run", 10, function() return rec.counts("append")["k1"] == 1 end, 0.01)
+        refused(rs[2], '{"key":"k1","sleep":1}') -- while the first is pending
+        local status, doc, headers = receive(first)
+        local rid = check_append_answer("k1", status, doc, headers)
+        refused(rs[2], '{"key":"k1"}') -- once it is done
+        refused(rs[1], '{"key":"k1","sleep":1}', "?discard=1")
+        local s2, d2, h2 = rs[2]:call("Journal", "cf", "Append", ' {"sleep": 500, "key": "k1"}')
+        assert.are.equal(rid, check_append_answer("k1", s2, d2, h2, "the reordered retry"))
+        assert.are.same(doc, d2)
+        assert.equal(1, rec.counts("append")["k1"], "runs:\n" .. show(rec.read("append")))
+        -- An unknown RPC is named as on one runner, whichever runner is asked.
+        local s3, d3 = rs[2]:call("Journal", "cf", "Apend", {})
+        assert.are.equal(404, s3)
+        assert.are.equal("unknown rpc 'Apend' on Journal; its rpcs are: Append, Where", d3.error.message)
+      end)
+    end)
+
     it("stores persisted messages for a shard no runner serves, and delivers them in order once one does", function()
       in_cluster({ args = "--call-timeout 20s" }, function(start, rec)
         local rs = { start(), start() }

@@ -85,12 +85,12 @@ describe("the entity runtime", function()
     assert.are.equal(3, v)
   end)
 
-  it("returns not_found errors for unknown types and RPCs to a calling entity", function()
+  it("returns not_found errors for unknown types and RPCs (naming the type's RPCs) to a calling entity", function()
     local _, doc = r:call("Caller", "c4", "CallMissing", {})
     assert.are.equal("not_found", doc.value.type.kind)
     assert.matches("unknown entity type 'NoSuchType'", doc.value.type.message, 1, true)
     assert.are.equal("not_found", doc.value.rpc.kind)
-    assert.matches("has no RPC 'NoSuchRpc'", doc.value.rpc.message, 1, true)
+    assert.are.equal("unknown rpc 'NoSuchRpc' on Counter; its rpcs are: Increment, Get", doc.value.rpc.message)
     assert.matches("^not_found: ", doc.value.rpc.text)
   end)
 
@@ -283,6 +283,40 @@ describe("persisted RPCs on embedded storage", function()
     assert.are.same({ balance = 1, runs = 1 }, again.value)
   end)
 
+  it("refuses a primary key reused with a different payload: 409 conflict naming the key, nothing runs", function()
+    local s1, d1, h1 = r:call("Ledger", "acct10", "Deposit", '{"key":"order-7","amount":10}')
+    assert.are.equal(200, s1)
+    assert.are.same({ balance = 10, runs = 1 }, d1.value)
+    -- Another user's order under the same key: refused, not the first reply.
+    local s2, d2, h2 = r:call("Ledger", "acct10", "Deposit", '{"key":"order-7","amount":99}')
+    assert.are.equal(409, s2)
+    assert.are.same({ error = { kind = "conflict", message = "primary key 'order-7' of Ledger.Deposit was sent " ..
+      "before with a different payload; a retry must send the same payload, another message needs another key" } }, d2)
+    assert.is_nil(h2["x-request-id"])
+    -- So is a discarded send.
+    assert.are.equal(409, (r:call("Ledger", "acct10", "Deposit", '{"key":"order-7","amount":99}', "?discard=1")))
+    -- The same payload is a retry, whatever its formatting and member order:
+    -- the stored reply and request id, as before.
+    for _, body in ipairs { '{"key":"order-7","amount":10}', ' { "amount" : 10, "key": "order\\u002d7" }\n' } do
+      local s3, d3, h3 = r:call("Ledger", "acct10", "Deposit", body)
+      assert.are.equal(200, s3, body)
+      assert.are.same(d1.value, d3.value)
+      assert.are.equal(h1["x-request-id"], h3["x-request-id"])
+    end
+    assert.are.equal(1, select(2, r:call("Ledger", "acct10", "Runs", {})).value)
+  end)
+
+  it("gives an entity that reuses a primary key with a different payload err.kind conflict", function()
+    local status, doc = r:call("Caller", "c8", "CallDeposits", { id = "acct9", key = "k9", amounts = { 5, 5, 6 } })
+    assert.are.equal(200, status)
+    assert.are.same({ balance = 5, runs = 1 }, doc.value[1].value)
+    assert.are.same(doc.value[1], doc.value[2])
+    local e = doc.value[3]
+    assert.are.equal("conflict", e.kind)
+    assert.matches("primary key 'k9' of Ledger.Deposit was sent before with a different payload", e.message, 1, true)
+    assert.matches("^conflict: ", e.text)
+  end)
+
   it("delivers a deliver_at message on time, by timer", function()
     local now_ms = math.floor(socket.gettime() * 1000)
     local at = now_ms + 300
@@ -347,11 +381,11 @@ describe("persisted RPCs on embedded storage", function()
 
   it("stores a defect after the fifth failed run of a persisted handler", function()
     local t0 = socket.gettime()
-    local status, doc = r:call("Ledger", "acct8", "Flaky", { key = "f2", fail = 100 })
+    local status, doc = r:call("Ledger", "acct8", "Flaky", '{"key":"f2","fail":100}')
     assert.are.equal(500, status)
     assert.is_truthy(doc.error.message:match("^failed 5 times"), doc.error.message)
     assert.is_true(socket.gettime() - t0 >= 1.45, "answered after " .. (socket.gettime() - t0) .. " s")
-    local again = select(2, r:call("Ledger", "acct8", "Flaky", { key = "f2", fail = 0 }))
+    local again = select(2, r:call("Ledger", "acct8", "Flaky", '{"key":"f2","fail":100}'))
     assert.are.same(doc, again) -- the stored reply: the handler does not run again
   end)
 

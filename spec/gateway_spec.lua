@@ -104,10 +104,11 @@ describe("the HTTP gateway", function()
       assert.are.same({ error = { kind = "not_found", message = "unknown entity type 'Nope'" } }, doc)
     end)
 
-    it("answers 404 not_found for an unknown RPC", function()
+    it("answers 404 not_found for an unknown RPC, naming the type's RPCs", function()
       local status, doc = r:call("Counter", "x", "Decrement", { amount = 1 })
       assert.are.equal(404, status)
-      assert.are.same({ error = { kind = "not_found", message = "entity type 'Counter' has no RPC 'Decrement'" } }, doc)
+      assert.are.same({ error = { kind = "not_found",
+                                  message = "unknown rpc 'Decrement' on Counter; its rpcs are: Increment" } }, doc)
     end)
 
     it("answers 404 not_found for a path that is no route", function()

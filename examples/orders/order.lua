@@ -20,7 +20,8 @@ local Place = luster.rpc("Place", {
   success = shop.order,
   persisted = true,   -- stored before it is acknowledged; re-delivered if its runner dies
   -- The entity id is the order number, so one constant key means one Place per
-  -- order: a duplicate, from any runner, gets the first reply and never runs.
+  -- order: a duplicate, from any runner, gets the first reply and never runs;
+  -- another Place for the same number (another cart) is refused (conflict, 409).
   primary_key = function(p) return "place" end,
 })
 
@@ -80,7 +81,11 @@ return luster.entity("Order", { Place, Pay, Expire, Ship, Status }):handlers(fun
       track("placed")
       local _, err = luster.client("Order", ctx.id):Expire(
         { at = luster.now() + (p.pay_within or 30) * 1000 }, { discard = true })
-      if err then error("scheduling the expiry of order " .. ctx.id .. ": " .. tostring(err)) end
+      -- A conflict: an earlier run of this Place stored its Expire (with
+      -- another `at`) under the same key. The order expires once, at that time.
+      if err and err.kind ~= "conflict" then
+        error("scheduling the expiry of order " .. ctx.id .. ": " .. tostring(err))
+      end
       order = { customer = p.customer, items = p.items, total = p.total }
       set_status("placed")
       ctx.log.info("placed for", p.customer, "total", p.total)

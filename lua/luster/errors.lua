@@ -6,7 +6,7 @@ local M = {}
 
 local KINDS = {
   failure = true, defect = true, schema = true, not_found = true,
-  timeout = true, unavailable = true, mailbox_full = true,
+  timeout = true, unavailable = true, mailbox_full = true, conflict = true,
 }
 M.KINDS = KINDS
 

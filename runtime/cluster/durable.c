@@ -50,6 +50,7 @@ typedef struct {
   call_t *call;
   msg_t *m;
   uint64_t deliver_at;
+  char *pk; /* a store's primary key, named if it conflicts */
   int op;
 } ticket_t;
 
@@ -62,6 +63,7 @@ static struct {
   sched_item_t scan_item;
   int scanning, rescan;
   uint64_t due_at; /* wall ms the due timer is set for, 0 = none */
+  uint64_t scan_from; /* wall ms the current scan delivers up to */
   uint32_t *held;  /* du__held's answer: the shards served here now */
   durable_stats_t st;
 } du;
@@ -303,7 +305,9 @@ static void du__scan_end(void) {
   int n = du__held();
   du.due_at = 0;
   timer_cancel(&du.due_timer);
-  if (n) pgs_next_due(du.held, n, sched_wall_ms(), du__next_due, NULL);
+  /* From the scan's own instant, not now: a message that fell due while the
+   * scan ran was not in it, and must arm the timer (at once) all the same. */
+  if (n) pgs_next_due(du.held, n, du.scan_from, du__next_due, NULL);
   if (du.rescan) {
     du.rescan = 0;
     du.scanning = 1;
@@ -352,7 +356,8 @@ static void du__scan_page(uint64_t after) {
     return;
   }
   du.st.scans++;
-  pgs_scan(du.held, n, sched_wall_ms(), after, DUR_SCAN_PAGE, du__scanned, NULL);
+  if (after == 0) du.scan_from = sched_wall_ms();
+  pgs_scan(du.held, n, du.scan_from, after, DUR_SCAN_PAGE, du__scanned, NULL);
 }
 
 static void du__scan(void) {
@@ -464,14 +469,23 @@ static void du__stored(void *ud, pgs_put_status_t st, uint64_t seq, int kind, co
   msg_t *m = t->m;
   call_t *c = du__ticket_take(t);
   uint64_t at = t->deliver_at;
+  char *pk = t->pk;
   free(t);
   int discard = (m->flags & MSG_DISCARD) != 0;
+  if (st == PGS_CONFLICT) { /* answered without the stored message's id: it is another caller's */
+    router_conflict(c, m, pk);
+    free(pk);
+    msg_free(m);
+    return;
+  }
+  free(pk);
   if (c) c->request_id = seq;
   switch (st) {
   case PGS_FAILED:
     call_fail(c, REPLY_UNAVAILABLE, "the persisted message was not stored: %s", err ? err : "?");
     msg_free(m);
     return;
+  case PGS_CONFLICT: return; /* answered above */
   case PGS_DONE: /* a duplicate of a message that has its reply */
     if (discard) call_complete(c, REPLY_ACCEPTED, "", 0);
     else call_complete(c, (reply_kind_t)kind, reply, len);
@@ -590,6 +604,7 @@ void durable_send(msg_t *m, call_t *call, const char *pk, uint64_t deliver_at) {
   ticket_t *t = du__ticket(call);
   t->m = m;
   t->deliver_at = deliver_at;
+  t->pk = pk ? strdup(pk) : NULL;
   pgs_put(&pm, du__stored, t);
 }
 

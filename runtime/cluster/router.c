@@ -17,6 +17,7 @@
 #include "cli/log.h"
 #include "cluster/cluster.h"
 #include "cluster/durable.h"
+#include "core/buf.h"
 #include "entity/entity.h"
 #include "host/host.h"
 #include "storage/storage.h"
@@ -61,6 +62,28 @@ static void router__deliver(msg_t *m, call_t *call) {
   msg_free(m);
 }
 
+#define ROUTER_KEY_SHOWN 200 /* bytes of a primary key quoted in a conflict */
+
+void router_conflict(call_t *c, const msg_t *m, const char *pk) {
+  size_t n = strlen(pk);
+  int cut = n > ROUTER_KEY_SHOWN;
+  if (cut) { /* cut before a UTF-8 sequence, never inside one */
+    n = ROUTER_KEY_SHOWN;
+    while (n > 0 && ((unsigned char)pk[n] & 0xc0) == 0x80) n--;
+  }
+  buf_t text;
+  buf_init(&text);
+  buf_printf(&text, "primary key '%.*s%s' of %s.%s was sent before with a different payload; a retry must send the "
+             "same payload, another message needs another key", (int)n, pk, cut ? "..." : "", m->type->name,
+             m->type->rpcs[m->rpc].tag);
+  buf_addc(&text, '\0');
+  size_t len;
+  char *body = reply_error_body(REPLY_CONFLICT, NULL, text.data, &len);
+  call_complete(c, REPLY_CONFLICT, body, len);
+  free(body);
+  buf_free(&text);
+}
+
 static void router__due(timer_entry_t *t) {
   persist_job_t *j = (persist_job_t *)((char *)t - offsetof(persist_job_t, due));
   msg_t *m = j->msg;
@@ -92,13 +115,15 @@ static void router__persist(sched_item_t *it) {
   }
   store_status_t st;
   pmsg_t *rec = storage_put(m, pk, &st);
-  free(pk);
-  if (!rec) {
-    call_fail(call, REPLY_UNAVAILABLE, "storage is out of memory");
+  if (!rec || st == STORE_CONFLICT) {
+    if (rec) router_conflict(call, m, pk);
+    else call_fail(call, REPLY_UNAVAILABLE, "storage is out of memory");
+    free(pk);
     msg_free(m);
     free(j);
     return;
   }
+  free(pk);
   int discard = (m->flags & MSG_DISCARD) != 0;
   if (discard) {
     call->request_id = rec->rid;
@@ -127,6 +152,28 @@ static void router__persist(sched_item_t *it) {
   router__deliver(m, NULL);
 }
 
+/* Answers a call for an RPC the type does not have, naming the ones it has
+ * (in declaration order) so a typo is fixed without reading the script. The
+ * same text reaches HTTP callers (404) and entities (not_found), on the
+ * runner that checks it: the sender's, or the owner's for a forwarded one. */
+static void router__unknown_rpc(const etype_t *t, const char *tag, size_t tag_len, call_t *call) {
+  buf_t text;
+  buf_init(&text);
+  buf_printf(&text, "unknown rpc '%.*s' on %s; ", (int)(tag_len > 128 ? 128 : tag_len), tag, t->name);
+  if (t->nrpcs == 0) buf_adds(&text, "it has no rpcs");
+  else buf_adds(&text, "its rpcs are: ");
+  for (int i = 0; i < t->nrpcs; i++) {
+    if (i) buf_adds(&text, ", ");
+    buf_add(&text, t->rpcs[i].tag, t->rpcs[i].tag_len);
+  }
+  buf_addc(&text, '\0');
+  size_t len;
+  char *body = reply_error_body(REPLY_NOT_FOUND, NULL, text.data, &len);
+  call_complete(call, REPLY_NOT_FOUND, body, len);
+  free(body);
+  buf_free(&text);
+}
+
 /* Checks type, RPC and id and makes the message, or completes `call` with
  * the reason and returns NULL. The call is not attached to the message. */
 static msg_t *router__new_msg(const char *type, size_t type_len, const char *id, size_t id_len, const char *tag,
@@ -139,8 +186,7 @@ static msg_t *router__new_msg(const char *type, size_t type_len, const char *id,
   }
   int rpc = etype_find_rpc(t, tag, tag_len);
   if (rpc < 0) {
-    call_fail(call, REPLY_NOT_FOUND, "entity type '%s' has no RPC '%.*s'", t->name,
-              (int)(tag_len > 128 ? 128 : tag_len), tag);
+    router__unknown_rpc(t, tag, tag_len, call);
     return NULL;
   }
   if (id_len == 0 || id_len > ROUTER_MAX_ID) {

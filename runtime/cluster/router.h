@@ -27,6 +27,10 @@ void router_lookup(uint64_t request_id, call_t *c);
 void router_deliver_stored(msg_t *m);
 void router_route_stored(msg_t *m);
 
+/* Refuses a persisted send whose primary key pk was stored before with a
+ * different payload: `conflict` (HTTP 409), naming the key. */
+void router_conflict(call_t *c, const msg_t *m, const char *pk);
+
 /* Drops messages waiting for their deliver_at or for an owner (shutdown). */
 void router_shutdown(void);
 

@@ -12,6 +12,7 @@
 
 static const char *const reply_names[REPLY__COUNT] = {
     "ok", "failure", "defect", "schema", "not_found", "timeout", "unavailable", "mailbox_full", "accepted",
+    "conflict",
 };
 
 const char *reply_kind_name(reply_kind_t k) { return k < REPLY__COUNT ? reply_names[k] : "defect"; }

@@ -22,6 +22,7 @@ typedef enum {
   REPLY_UNAVAILABLE,
   REPLY_MAILBOX_FULL,
   REPLY_ACCEPTED, /* stored or queued, reply not awaited (discard) */
+  REPLY_CONFLICT, /* a persisted send reused a primary key with another payload */
   REPLY__COUNT
 } reply_kind_t;
 

@@ -55,6 +55,7 @@ static int gw__status(reply_kind_t k) {
   case REPLY_FAILURE: return 422;
   case REPLY_SCHEMA: return 400;
   case REPLY_NOT_FOUND: return 404;
+  case REPLY_CONFLICT: return 409;
   case REPLY_TIMEOUT: return 504;
   case REPLY_UNAVAILABLE:
   case REPLY_MAILBOX_FULL: return 503;

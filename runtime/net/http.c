@@ -70,6 +70,7 @@ static const char *http__reason(int status) {
   case 404: return "Not Found";
   case 405: return "Method Not Allowed";
   case 408: return "Request Timeout";
+  case 409: return "Conflict";
   case 413: return "Payload Too Large";
   case 414: return "URI Too Long";
   case 422: return "Unprocessable Entity";

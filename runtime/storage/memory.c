@@ -2,12 +2,14 @@
  * this process's memory, pruned after the retention period. */
 #include "storage/storage.h"
 
+#include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/log.h"
 #include "core/buf.h"
 #include "core/hash.h"
+#include "core/jsoncanon.h"
 #include "host/host.h"
 
 /* Done records wait in two queues, each in done order: keyed ones for the
@@ -90,7 +92,20 @@ size_t storage_count(void) { return mem_count; }
 static void mem__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller);
 static void mem__drop(stored_t *s) { (void)s; /* stays pending: nothing delivers it again in one process */ }
 
+/* The payload's fingerprint: SHA-256 of its canonical JSON text (so a retry
+ * formatted or ordered differently is still a retry), a cryptographic hash so
+ * that payloads made to collide cannot pass for another caller's message. */
+static void mem__fingerprint(const msg_t *m, unsigned char fp[STORAGE_FP_LEN]) {
+  buf_t canon;
+  buf_init(&canon);
+  json_canonical(m->payload, m->payload_len, &canon);
+  unsigned int n = 0;
+  EVP_Digest(canon.data ? canon.data : "", canon.len, fp, &n, EVP_sha256(), NULL);
+  buf_free(&canon);
+}
+
 pmsg_t *storage_put(const msg_t *m, const char *pk, store_status_t *status) {
+  unsigned char fp[STORAGE_FP_LEN];
   buf_t key;
   buf_init(&key);
   if (pk) {
@@ -104,10 +119,11 @@ pmsg_t *storage_put(const msg_t *m, const char *pk, store_status_t *status) {
     buf_adds(&key, pk);
     uint64_t h = hash_bytes(key.data, key.len);
     htab_node_t *n = htab_find(&mem_keys, h, mem__eq, key.data, key.len);
+    mem__fingerprint(m, fp);
     if (n) {
       pmsg_t *p = (pmsg_t *)((char *)n - offsetof(pmsg_t, node));
       buf_free(&key);
-      *status = p->done ? STORE_DONE : STORE_PENDING;
+      *status = memcmp(p->fp, fp, STORAGE_FP_LEN) != 0 ? STORE_CONFLICT : p->done ? STORE_DONE : STORE_PENDING;
       return p;
     }
   }
@@ -122,6 +138,7 @@ pmsg_t *storage_put(const msg_t *m, const char *pk, store_status_t *status) {
     p->key = buf_steal(&key, &p->key_len);
     p->node.hash = hash_bytes(p->key, p->key_len);
     p->keyed = 1;
+    memcpy(p->fp, fp, STORAGE_FP_LEN);
     htab_insert(&mem_keys, &p->node);
   }
   p->anext = mem_all;

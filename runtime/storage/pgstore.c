@@ -9,6 +9,7 @@
 
 #include "cli/log.h"
 #include "core/buf.h"
+#include "core/jsoncanon.h"
 #include "entity/sched.h"
 #include "storage/coord.h"
 #include "storage/pgconn.h"
@@ -67,9 +68,10 @@ int pgs_open(uv_loop_t *loop, const char *conninfo, const char *prefix) {
       " SELECT u.*, $10::bigint FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],"
       " $7::text[], $8::text[], $9::bigint[]) AS u"
       " ON CONFLICT (dedupe) WHERE dedupe IS NOT NULL DO NOTHING RETURNING seq, ref)"
-      " SELECT seq, ref, NULL::text, NULL::bigint, NULL::smallint, NULL::text FROM ins"
-      " UNION ALL SELECT m.seq, -1, m.dedupe, m.done_at, m.reply_kind, m.reply FROM %1$smessages m"
-      " WHERE m.dedupe = ANY($5::text[])", prefix);
+      " SELECT seq, ref, false, NULL::text, NULL::bigint, NULL::smallint, NULL::text FROM ins"
+      " UNION ALL SELECT m.seq, u.ref, true, m.payload, m.done_at, m.reply_kind, m.reply"
+      " FROM unnest($5::text[], $6::int[], $7::text[]) AS u(dedupe, ref, payload)"
+      " JOIN %1$smessages m ON m.dedupe = u.dedupe AND m.dedupe IS NOT NULL", prefix);
   ps.sql_state =
       coord_sql("SELECT seq, done_at, reply_kind, reply FROM %1$smessages WHERE seq = ANY($1::bigint[])", prefix);
   ps.sql_reply = coord_sql(
@@ -250,6 +252,22 @@ static void pgs__fail(pgs_queue_t *q, pgs_entry_t *e, const char *why) {
   else if (e->cb) ((pgs_done_cb)e->cb)(e->ud, 0, why);
 }
 
+/* Whether a send's payload is the one stored under its key: the same bytes,
+ * or the same canonical JSON (a retry encoded elsewhere, members reordered).
+ * Compared here, not in SQL, so that embedded storage and PostgreSQL agree. */
+static int pgs__same_payload(const pgs_msg_t *m, const char *stored, size_t len) {
+  if (len == m->payload_len && memcmp(stored, m->payload, len) == 0) return 1;
+  buf_t a, b;
+  buf_init(&a);
+  buf_init(&b);
+  json_canonical(stored, len, &a);
+  json_canonical(m->payload, m->payload_len, &b);
+  int same = a.len == b.len && (a.len == 0 || memcmp(a.data, b.data, a.len) == 0);
+  buf_free(&a);
+  buf_free(&b);
+  return same;
+}
+
 static void pgs__put_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
   pgs_batch_t *b = ud;
   if (st != PGC_OK) {
@@ -261,28 +279,29 @@ static void pgs__put_done(void *ud, pgc_status_t st, PGresult *res, const char *
   }
   char *answered = calloc((size_t)b->n + 1, 1);
   int rows = PQntuples(res);
+  /* Rows: (seq, ref, false, ...) for each entry stored now; (seq, ref, true,
+   * stored payload, done_at, kind, reply) for each entry whose key was stored
+   * before this statement. */
   for (int r = 0; r < rows; r++) {
     uint64_t seq = strtoull(PQgetvalue(res, r, 0), NULL, 10);
     int ref = atoi(PQgetvalue(res, r, 1));
-    if (ref >= 0) {
-      if (ref < b->n && !answered[ref]) {
-        answered[ref] = 1;
-        ps.st.stored++;
-        pgs__put_answer(b->e[ref], PGS_STORED, seq, 0, NULL, 0, NULL);
-      }
+    if (ref < 0 || ref >= b->n || answered[ref]) continue;
+    answered[ref] = 1;
+    if (PQgetvalue(res, r, 2)[0] != 't') {
+      ps.st.stored++;
+      pgs__put_answer(b->e[ref], PGS_STORED, seq, 0, NULL, 0, NULL);
       continue;
     }
-    const char *key = PQgetvalue(res, r, 2);
-    int done = !PQgetisnull(res, r, 3);
-    int kind = done ? atoi(PQgetvalue(res, r, 4)) : 0;
-    const char *reply = done ? PQgetvalue(res, r, 5) : NULL;
-    size_t len = done ? (size_t)PQgetlength(res, r, 5) : 0;
-    for (int i = 0; i < b->n; i++) {
-      if (answered[i] || !b->e[i]->m.dedupe || strcmp(b->e[i]->m.dedupe, key) != 0) continue;
-      answered[i] = 1;
-      ps.st.duplicates++;
-      pgs__put_answer(b->e[i], done ? PGS_DONE : PGS_PENDING, seq, kind, reply, len, NULL);
+    ps.st.duplicates++;
+    if (!pgs__same_payload(&b->e[ref]->m, PQgetvalue(res, r, 3), (size_t)PQgetlength(res, r, 3))) {
+      pgs__put_answer(b->e[ref], PGS_CONFLICT, seq, 0, NULL, 0, NULL);
+      continue;
     }
+    int done = !PQgetisnull(res, r, 4);
+    int kind = done ? atoi(PQgetvalue(res, r, 5)) : 0;
+    const char *reply = done ? PQgetvalue(res, r, 6) : NULL;
+    size_t len = done ? (size_t)PQgetlength(res, r, 6) : 0;
+    pgs__put_answer(b->e[ref], done ? PGS_DONE : PGS_PENDING, seq, kind, reply, len, NULL);
   }
   /* A key another session was storing at the same moment: its row was not
    * visible to this statement. The next one sees it. */

@@ -30,6 +30,7 @@ typedef enum {
   PGS_STORED,  /* new: stored under seq */
   PGS_PENDING, /* the key was stored before (seq), no reply yet */
   PGS_DONE,    /* the key was stored before and has its reply */
+  PGS_CONFLICT, /* the key was stored before (seq) with a different payload */
   PGS_FAILED,  /* not stored: err says why */
 } pgs_put_status_t;
 
@@ -58,7 +59,8 @@ int pgs_open(uv_loop_t *loop, const char *conninfo, const char *prefix);
 void pgs_close(void);
 int pgs_up(void);
 
-/* Stores m (copied) or finds the message stored under its dedupe key. */
+/* Stores m (copied) or finds the message stored under its dedupe key,
+ * comparing that message's payload with m's (PGS_CONFLICT when they differ). */
 void pgs_put(const pgs_msg_t *m, pgs_put_cb cb, void *ud);
 /* Reads whether message seq is pending or done (and its reply). */
 void pgs_state(uint64_t seq, pgs_state_cb cb, void *ud);

@@ -3,7 +3,10 @@
  *
  * The embedded backend keeps them in this process (the contract holds until
  * the process exits). A stored message is found again by its deduplication
- * key (type, id, rpc, primary key) and by its request id; its reply is kept
+ * key (type, id, rpc, primary key) and by its request id; a keyed record
+ * keeps the SHA-256 of its payload's canonical JSON (core/jsoncanon.h), so a
+ * send that reuses the key with another payload is told apart from a retry
+ * (STORE_CONFLICT); its reply is kept
  * for the retention period (at most STORAGE_UNKEYED_MS for messages without
  * a primary key, which nothing but GET /requests/{id} can ask for again). */
 #ifndef LUSTER_STORAGE_H
@@ -17,7 +20,10 @@
 
 #define STORAGE_UNKEYED_MS 60000
 
-typedef enum { STORE_NEW = 0, STORE_PENDING, STORE_DONE } store_status_t;
+#define STORAGE_FP_LEN 32 /* SHA-256 of a keyed message's canonical payload */
+
+/* CONFLICT: the key is stored with a different payload; nothing is stored. */
+typedef enum { STORE_NEW = 0, STORE_PENDING, STORE_DONE, STORE_CONFLICT } store_status_t;
 
 typedef struct pmsg_s {
   stored_t base;       /* what its message calls when it ends */
@@ -28,6 +34,7 @@ typedef struct pmsg_s {
   uint64_t rid;
   char *key;
   size_t key_len;
+  unsigned char fp[STORAGE_FP_LEN]; /* payload fingerprint, when keyed */
   int keyed;
   int done;
   reply_kind_t kind;
@@ -42,7 +49,8 @@ int storage_init_memory(uint64_t retention_ms);
  * queue) and frees every record. */
 void storage_close(void);
 /* Stores m's record (under m->request_id), or finds the one stored under the
- * same key. */
+ * same key: *status says which, and STORE_CONFLICT when that one's payload
+ * differs from m's. */
 pmsg_t *storage_put(const msg_t *m, const char *pk, store_status_t *status);
 /* Adds a caller waiting for the reply (completed at once when it is known);
  * a call that already finished (timed out, caller gone) is not added. */

@@ -10,6 +10,7 @@
 
 #include "core/frame.h"
 #include "core/hash.h"
+#include "core/jsoncanon.h"
 #include "core/parse.h"
 #include "core/ring.h"
 #include "core/url.h"
@@ -368,7 +369,22 @@ static int core_frame_decode(lua_State *L) {
   return 3;
 }
 
+/* json_canonical(s) -> canonical text, true | s itself, false (not JSON,
+ * or nested too deep). */
+static int core_json_canonical(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  buf_t out;
+  buf_init(&out);
+  int rc = json_canonical(s, n, &out);
+  lua_pushlstring(L, out.data ? out.data : "", out.len);
+  lua_pushboolean(L, rc == 0);
+  buf_free(&out);
+  return 2;
+}
+
 static const luaL_Reg core_funcs[] = {
+  {"json_canonical", core_json_canonical},
   {"hash", core_hash},
   {"shard", core_shard},
   {"parse_duration", core_parse_duration},
