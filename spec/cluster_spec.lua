@@ -251,6 +251,52 @@ describe("cluster", function()
     end)
   end)
 
+  it("keeps handed-over state of ids never messaged through stop-start cycles, a reload and a third move", function()
+    local dir = H.tmpdir()
+    os.execute(string.format("cp %s/*.lua %s/", FIXTURES, dir))
+    in_cluster({ cleanup = function() H.rmdir(dir) end }, function(start)
+      local a = start({ dir = dir })
+      local b = start()
+      H.wait_cluster(a, 2)
+      -- Counts of 1 everywhere; about half of them live on b.
+      local on_b = 0
+      for i = 1, 80 do
+        local status, v = hit(a, "q" .. i)
+        assert.are.equal(200, status)
+        assert.are.equal(1, v.count)
+        if v.runner == b.address then on_b = on_b + 1 end
+      end
+      assert.is_true(on_b > 10, on_b .. " ids on b")
+      local function expect(from, lo, hi, count, when)
+        for i = lo, hi do
+          local status, v = hit(from, "q" .. i)
+          assert.are.equal(200, status)
+          assert.are.equal(count, v.count, "q" .. i .. " " .. when .. " (served by " .. v.runner .. ")")
+        end
+      end
+      -- b leaves: its snapshots wait on a, unclaimed. b comes back (a new
+      -- runner takes about half the shards again) before anyone asks.
+      assert.is_true(b:stop(15), "b exits on SIGTERM")
+      H.wait_cluster(a, 1)
+      local b2 = start()
+      H.wait_cluster(a, 2)
+      expect(a, 1, 40, 2, "after leaving and coming back")
+      -- A third move of snapshots still unclaimed: they went b -> a -> b2,
+      -- and now back to a; a reload on a in between changes nothing.
+      assert.is_true(b2:stop(15), "b2 exits on SIGTERM")
+      H.wait_cluster(a, 1)
+      H.write_file(dir .. "/probe.lua", H.read_file(dir .. "/probe.lua") .. "\n-- edited\n")
+      H.wait_for("a to reload probe.lua", 10, function()
+        return a:log_text():find("reloaded probe.lua", 1, true)
+      end)
+      expect(a, 41, 80, 2, "after a third move and a reload")
+      -- And once more the other way, for instances that ran in between.
+      start()
+      H.wait_cluster(a, 2)
+      expect(a, 1, 80, 3, "after a fourth move")
+    end)
+  end)
+
   it("serves a killed runner's ids again within about a second", function()
     in_cluster({ args = "--call-timeout 2s" }, function(start)
       local rs = { start(), start(), start() }

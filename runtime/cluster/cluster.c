@@ -117,6 +117,11 @@ static void cluster__fence(const char *why) {
     log_error("cluster: %s: stopped serving %u shard%s before the lease could pass to another runner", why, k,
               k == 1 ? "" : "s");
     em_fence_shards(mask);
+    /* Handed-over snapshots not yet claimed go too: the shards may already
+     * be served elsewhere, without them. */
+    uint32_t dropped = em_stash_drop(mask);
+    if (dropped)
+      log_warn("cluster: dropped %u handed-over snapshot%s of those shards", dropped, dropped == 1 ? "" : "s");
     host_background_update();
   }
   free(mask);
@@ -541,9 +546,17 @@ static void cluster__unlocked(void *ud, int ok, const char *err) {
   cluster__reconcile();
 }
 
+/* A shard being released can be unlocked once nothing of it is left here:
+ * no instance, no stashed snapshot to hand on, no hand-off unconfirmed. */
+static int cluster__drained(uint32_t s) {
+  return em_shard_instances(s) == 0 && em_shard_stashed(s) == 0 && router_handoffs_pending(s) == 0;
+}
+
 void cluster_shard_drained(uint32_t shard) {
   if (shard >= 1 && shard <= cl.n && cluster_shard_state[shard] == SHARD_RELEASING) cluster__schedule_reconcile();
 }
+
+static int cluster__masked(const uint8_t *mask, uint32_t s) { return mask && mask[s]; }
 
 static void cluster__reconcile(void) {
   if (!cluster_on) return;
@@ -554,9 +567,16 @@ static void cluster__reconcile(void) {
   uint8_t *release = NULL;
   uint32_t nrel = 0;
   uint32_t *unlock = NULL, nunlock = 0;
+  uint8_t *hand_on = NULL; /* stashed snapshots of shards not ours to serve */
   for (uint32_t s = 1; s <= cl.n; s++) {
     int mine = cl.self_index >= 0 && cl.owner[s] == cl.self_index && !cl.leaving;
-    switch (cluster_shard_state[s]) {
+    uint8_t st = cluster_shard_state[s];
+    if (((st == SHARD_NONE && !mine && cl.owner[s] >= 0) || (st == SHARD_RELEASING && em_shard_instances(s) == 0)) &&
+        em_shard_stashed(s)) {
+      if (!hand_on) hand_on = calloc(cl.n + 1, 1);
+      hand_on[s] = 1;
+    }
+    switch (st) {
     case SHARD_NONE:
       if (mine && ready && !cl.acquiring_busy) {
         if (!acq) acq = malloc(sizeof *acq * cl.n);
@@ -573,13 +593,17 @@ static void cluster__reconcile(void) {
       }
       break;
     case SHARD_RELEASING:
-      if (em_shard_instances(s) == 0 && !cl.unlocking_busy && cl.lock_up) {
+      if (!cluster__masked(hand_on, s) && cluster__drained(s) && !cl.unlocking_busy && cl.lock_up) {
         if (!unlock) unlock = malloc(sizeof *unlock * (cl.n + 1));
         unlock[++nunlock] = s;
       }
       break;
     default: break;
     }
+  }
+  if (hand_on) {
+    em_stash_hand_on(hand_on);
+    free(hand_on);
   }
   if (nrel) {
     log_info("cluster: handing over %u shard%s", nrel, nrel == 1 ? "" : "s");
@@ -589,7 +613,7 @@ static void cluster__reconcile(void) {
     free(release);
     /* Shards that had nothing running are empty now. */
     for (uint32_t s = 1; s <= cl.n; s++) {
-      if (cluster_shard_state[s] == SHARD_RELEASING && em_shard_instances(s) == 0 && !cl.unlocking_busy && cl.lock_up) {
+      if (cluster_shard_state[s] == SHARD_RELEASING && cluster__drained(s) && !cl.unlocking_busy && cl.lock_up) {
         if (!unlock) unlock = malloc(sizeof *unlock * (cl.n + 1));
         int dup = 0;
         for (uint32_t i = 1; i <= nunlock; i++) dup |= unlock[i] == s;
@@ -622,6 +646,26 @@ static void cluster__schedule_reconcile(void) { sched_push(&cl.reconcile_item, c
 
 static void cluster__leave_step(void);
 
+/* Snapshots of a released shard that its new owner has not taken within the
+ * hand-off time (it is unreachable, or disagrees that it owns the shard) are
+ * given up, so the shard can be unlocked and a leaving runner can leave. */
+static void cluster__handoff_overdue(uint64_t now) {
+  uint8_t *late = NULL;
+  for (uint32_t s = 1; s <= cl.n; s++) {
+    if (cluster_shard_state[s] == SHARD_RELEASING && em_shard_instances(s) == 0 && !cluster__drained(s) &&
+        now - cl.release_started[s] > cl.cfg.handoff_timeout_ms) {
+      if (!late) late = calloc(cl.n + 1, 1);
+      late[s] = 1;
+    }
+  }
+  if (!late) return;
+  uint32_t dropped = em_stash_drop(late);
+  router_handoffs_forget(late);
+  log_warn("cluster: the new owners did not take %u snapshot%s of shards being handed over within %" PRIu64
+           " ms; unlocking without them", dropped, dropped == 1 ? "" : "s", cl.cfg.handoff_timeout_ms);
+  free(late);
+}
+
 static void cluster__tick_fire(timer_entry_t *t) {
   timer_add(t, sched_now() + 100);
   /* In-flight work on a shard being handed over gets a bounded time. */
@@ -640,6 +684,7 @@ static void cluster__tick_fire(timer_entry_t *t) {
     em_fence_shards(late);
     free(late);
   }
+  cluster__handoff_overdue(now);
   cluster__reconcile();
   if (cl.leaving) cluster__leave_step();
 }
