@@ -14,12 +14,15 @@ local pg
 local dbs = 0
 
 
+local url_of_last, db_of_last -- of the cluster new_cluster made last
+
 -- A fresh cluster: a database of its own. Returns a function that starts a
 -- runner in it.
 local function new_cluster(opts)
   opts = opts or {}
   dbs = dbs + 1
   local url = pg:create_db("c" .. dbs)
+  url_of_last, db_of_last = url, "c" .. dbs
   local start, stop_all = H.cluster_runners(url, { dir = FIXTURES, shards = opts.shards or SHARDS,
     lease = opts.lease or LEASE, args = "--max-idle 60s " .. (opts.args or ""), env = opts.env })
   return start, stop_all, url
@@ -35,6 +38,24 @@ local function in_cluster(opts, fn)
   stop_all()
   if opts.cleanup then opts.cleanup(ok) end
   if not ok then error(opts.what and (opts.what .. ": " .. tostring(err)) or err, 0) end
+end
+
+-- Runs one runner of the cluster at url with exactly the environment env
+-- (LUSTER_CLUSTER_SECRET unset unless given), expecting it to be refused at
+-- start; one that keeps running is stopped after 20 s (exit code 124).
+-- Returns its exit code and output.
+local function run_once(url, env)
+  local out = os.tmpname()
+  local vars = { "-u LUSTER_CLUSTER_SECRET" }
+  for k, v in pairs(env) do vars[#vars + 1] = k .. "=" .. H.sh_quote(v) end
+  local cmd = string.format("env %s timeout 20 %s run %s --storage %s --listen 127.0.0.1:%d --http 127.0.0.1:0"
+    .. " --shards %d --lease %s >%s 2>&1", table.concat(vars, " "), H.sh_quote(H.bin), H.sh_quote(FIXTURES),
+    H.sh_quote(url), H.free_port(), SHARDS, LEASE, H.sh_quote(out))
+  local _, how, code = os.execute(cmd)
+  local text = H.read_file(out) or ""
+  os.remove(out)
+  if how == "signal" then code = 128 + code end
+  return code, text
 end
 
 -- shard -> runner address, from a /cluster document.
@@ -504,25 +525,92 @@ describe("cluster", function()
         c:close()
       end
       assert.is_true(r1:metric("luster_transport_auth_failures_total") + r1:metric("luster_transport_protocol_errors_total") >= 3)
-      -- A runner with another secret cannot talk to the others: what it
-      -- sends them is refused at the handshake, and its calls fail at their
-      -- deadline instead of reaching the owner.
-      local before = r1:metric("luster_transport_auth_failures_total") + r2:metric("luster_transport_auth_failures_total")
-      local r3 = start({ env = { LUSTER_CLUSTER_SECRET = "wrong" }, args = "--call-timeout 500ms" })
-      H.wait_cluster(r1, 3)
-      local refused = 0
-      for i = 1, 20 do
-        local status, v = hit(r3, "p" .. i)
-        if status ~= 200 then refused = refused + 1
-        else assert.are.equal(r3.address, v.runner, "only its own ids answer") end
-      end
-      assert.is_true(refused > 0)
-      local after = r1:metric("luster_transport_auth_failures_total") + r2:metric("luster_transport_auth_failures_total")
-      assert.is_true(after > before, "the peers counted the refused handshakes")
-      assert.truthy(r3:log_text():find("secret", 1, true), "the refused runner says why")
-      r3:stop()
-      H.wait_cluster(r1, 2)
+      -- A runner with another secret is refused at start (see below); the
+      -- others keep serving.
+      local code, text = run_once(url_of_last, { LUSTER_CLUSTER_SECRET = "wrong" })
+      assert.are_not.equal(0, code, text)
+      assert.truthy(text:find("cluster secret mismatch", 1, true), text)
       for i = 1, 30 do assert.are.equal(200, (hit(r1, "p" .. i))) end
+      assert.are.equal(2, #r1:cluster().runners)
+    end)
+  end)
+
+  it("refuses at start a runner whose cluster secret differs from the live runners', or that has none", function()
+    local secret, other = "s3cret-of-the-cluster", "an0ther-secret"
+    in_cluster({ env = { LUSTER_CLUSTER_SECRET = secret } }, function(start)
+      local r1 = start()
+      H.wait_cluster(r1, 1)
+      local function refused(env, problem)
+        local code, text = run_once(url_of_last, env)
+        assert.are_not.equal(0, code, text)
+        assert.are_not.equal(124, code, "the runner kept running: " .. text)
+        assert.truthy(text:find("cluster secret mismatch: " .. problem, 1, true), text)
+        assert.truthy(text:find(r1.address, 1, true), "names the live runner: " .. text)
+        -- Nothing about either secret is revealed.
+        assert.falsy(text:find(secret, 1, true), text)
+        assert.falsy(text:find(other, 1, true), text)
+      end
+      refused({ LUSTER_CLUSTER_SECRET = other }, "this runner's LUSTER_CLUSTER_SECRET does not match the cluster's")
+      refused({}, "the cluster's runners have a LUSTER_CLUSTER_SECRET and this runner has none")
+      assert.are.equal(1, #r1:cluster().runners)
+      for i = 1, 10 do assert.are.equal(200, (hit(r1, "p" .. i))) end
+      -- The same secret joins.
+      local r2 = start()
+      H.wait_cluster(r1, 2)
+      assert.are.equal(200, (hit(r2, "p1")))
+    end)
+    -- And the reverse: a cluster without a secret refuses a runner with one.
+    in_cluster({}, function(start)
+      local r1 = start()
+      H.wait_cluster(r1, 1)
+      local code, text = run_once(url_of_last, { LUSTER_CLUSTER_SECRET = secret })
+      assert.are_not.equal(0, code, text)
+      assert.are_not.equal(124, code, "the runner kept running: " .. text)
+      assert.truthy(text:find("cluster secret mismatch: this runner has a LUSTER_CLUSTER_SECRET and the cluster's "
+        .. "runners have none", 1, true), text)
+      assert.falsy(text:find(secret, 1, true), text)
+      assert.are.equal(1, #r1:cluster().runners)
+    end)
+  end)
+
+  it("assigns no shards to a runner that its peers cannot authenticate", function()
+    in_cluster({ env = { LUSTER_CLUSTER_SECRET = "s3cret" } }, function(start)
+      local r1 = start()
+      H.wait_cluster(r1, 1)
+      -- r1 publishes no proof, as a runner of an older luster would: the
+      -- check at start cannot refuse the next runner, so the second line
+      -- has to keep it from taking shards.
+      pg:psql("UPDATE luster_runners SET secret_proof = NULL", db_of_last)
+      local r2 = start({ env = { LUSTER_CLUSTER_SECRET = "zq-other-9" }, args = "--call-timeout 500ms" })
+      local doc = H.wait_cluster(r1, 2)
+      local seen
+      for _, m in ipairs(doc.runners) do
+        if m.address == r2.address then
+          seen = m
+          assert.are.equal(0, m.shards_assigned)
+          assert.are.equal("secret mismatch", m.status)
+          assert.is_false(m.healthy)
+        end
+      end
+      assert.truthy(seen, "r1 lists r2")
+      for i = 1, 30 do
+        local status, v = hit(r1, "p" .. i)
+        assert.are.equal(200, status)
+        assert.are.equal(r1.address, v.runner)
+      end
+      H.wait_for("r1 to name the problem", 5, function()
+        return r1:log_text():find("cluster secret mismatch: runner " .. r2.address, 1, true)
+      end)
+      assert.falsy(r1:log_text():find("zq-other-9", 1, true))
+      -- What r2 sends is refused at the handshake: its calls fail at their
+      -- deadline instead of reaching the owner, and r1 counts the refusals.
+      local before = r1:metric("luster_transport_auth_failures_total")
+      local refused = 0
+      for i = 1, 10 do
+        if hit(r2, "p" .. i) ~= 200 then refused = refused + 1 end
+      end
+      assert.are.equal(10, refused)
+      assert.is_true(r1:metric("luster_transport_auth_failures_total") > before, "r1 counted refused handshakes")
     end)
   end)
 

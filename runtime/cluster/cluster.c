@@ -22,6 +22,7 @@
 
 #include "cli/log.h"
 #include "cluster/durable.h"
+#include "cluster/proof.h"
 #include "cluster/router.h"
 #include "core/hash.h"
 #include "core/parse.h"
@@ -38,8 +39,10 @@ uint64_t cluster_safe_until;
 typedef struct {
   int64_t id;
   char *address, *http, *scripts;
+  char *proof; /* its proof of the cluster secret (NULL: published none) */
   uint32_t weight, held;
   int stopping;
+  int trusted; /* its proof matches our secret (or it published none): it may take shards */
   int64_t heartbeat_age_ms;
   tp_peer_t *peer; /* NULL for this runner */
 } member_t;
@@ -47,6 +50,8 @@ typedef struct {
 static struct {
   cluster_config_t cfg;
   char *address; /* advertised */
+  char proof[PROOF_MAX];
+  int self_excluded; /* an earlier runner does not prove our secret: we take no shards */
   int64_t self_id;
   uint32_t n;
   uint64_t *release_started;
@@ -279,16 +284,19 @@ static void cluster__free_members(member_t *m, int n) {
     free(m[i].address);
     free(m[i].http);
     free(m[i].scripts);
+    free(m[i].proof);
   }
   free(m);
 }
+
+static int cluster__same_proof(const char *a, const char *b) { return a && b ? strcmp(a, b) == 0 : a == b; }
 
 static int cluster__same_view(const coord_member_t *m, int n) {
   if (n != cl.nmembers) return 0;
   for (int i = 0; i < n; i++) {
     const member_t *o = &cl.members[i];
     if (o->id != m[i].id || o->weight != m[i].weight || o->stopping != m[i].stopping ||
-        strcmp(o->address, m[i].address) != 0)
+        strcmp(o->address, m[i].address) != 0 || !cluster__same_proof(o->proof, m[i].proof))
       return 0;
   }
   return 1;
@@ -301,7 +309,7 @@ static void cluster__assign(void) {
   int k = 0;
   for (int i = 0; i < cl.nmembers; i++) {
     member_t *m = &cl.members[i];
-    if (m->stopping || (i == cl.self_index && cl.leaving)) continue;
+    if (m->stopping || !m->trusted || (i == cl.self_index && (cl.leaving || cl.self_excluded))) continue;
     rm[k].id = m->address;
     rm[k].weight = m->weight;
     map[k++] = i;
@@ -314,6 +322,34 @@ static void cluster__assign(void) {
   free(own);
   free(rm);
   free(map);
+}
+
+/* The second line behind the check at start (two runners can pass it
+ * together): a runner whose secret proof does not match ours takes no shards
+ * in our map, and if one registered before us does not match, we are the odd
+ * one and take none either, so every runner's map agrees. Logged once per
+ * change. */
+static void cluster__trust(member_t *nm, int n, int self) {
+  int excluded = 0;
+  for (int i = 0; i < n; i++) {
+    proof_result_t r = i == self ? PROOF_OK : proof_check(cl.cfg.secret, nm[i].proof);
+    nm[i].trusted = r == PROOF_OK || r == PROOF_UNKNOWN;
+    if (nm[i].trusted) continue;
+    if (nm[i].id < cl.self_id) excluded = 1;
+    int known = 0;
+    for (int j = 0; j < cl.nmembers; j++) known |= cl.members[j].id == nm[i].id && !cl.members[j].trusted;
+    if (!known)
+      log_error("cluster: cluster secret mismatch: runner %s does not prove this runner's LUSTER_CLUSTER_SECRET "
+                "(%s); it is assigned no shards", nm[i].address,
+                r == PROOF_WE_HAVE_NONE ? "it has a secret, this runner has none"
+                : r == PROOF_THEY_HAVE_NONE ? "it has no secret" : "the secrets differ");
+  }
+  if (excluded && !cl.self_excluded)
+    log_error("cluster: cluster secret mismatch: %s; taking no shards (start every runner with the same "
+              "LUSTER_CLUSTER_SECRET)", proof_problem(PROOF_MISMATCH));
+  else if (!excluded && cl.self_excluded)
+    log_info("cluster: every earlier runner proves this runner's cluster secret now; taking shards");
+  cl.self_excluded = excluded;
 }
 
 static void cluster__members_done(void *ud, int ok, coord_member_t *m, int n) {
@@ -349,6 +385,7 @@ static void cluster__members_done(void *ud, int ok, coord_member_t *m, int n) {
         nm[i].address = strdup(m[i].address);
         nm[i].http = strdup(m[i].http);
         nm[i].scripts = strdup(m[i].scripts);
+        nm[i].proof = m[i].proof ? strdup(m[i].proof) : NULL;
         nm[i].weight = m[i].weight;
         nm[i].held = m[i].held;
         nm[i].stopping = m[i].stopping;
@@ -370,6 +407,7 @@ static void cluster__members_done(void *ud, int ok, coord_member_t *m, int n) {
         for (int i = 0; i < cl.nmembers; i++) was |= cl.members[i].id == m[j].id;
         if (!was && m[j].id != cl.self_id) log_info("cluster: runner %s joined", m[j].address);
       }
+      cluster__trust(nm, n, self);
       cluster__free_members(cl.members, cl.nmembers);
       cl.members = nm;
       cl.nmembers = n;
@@ -732,11 +770,21 @@ void cluster_leave(void) {
 
 int cluster_left(void) { return cl.left; }
 
-int cluster_healthy(void) { return cl.lock_up && cl.member_locked && !cl.leaving; }
+int cluster_healthy(void) { return cl.lock_up && cl.member_locked && !cl.leaving && !cl.self_excluded; }
 
 /* ---------------------------------------------------------------------------
  * Start and stop
  * ------------------------------------------------------------------------- */
+
+/* At start, every live runner must prove our secret (coord_bootstrap). The
+ * message names the problem, never the secret. */
+static int cluster__check_proof(const char *address, const char *proof, char *err, size_t errlen) {
+  proof_result_t r = proof_check(cl.cfg.secret, proof);
+  if (r == PROOF_OK || r == PROOF_UNKNOWN) return 0;
+  snprintf(err, errlen, "cluster secret mismatch: %s (live runner %s). Start every runner of one cluster with the "
+           "same LUSTER_CLUSTER_SECRET", proof_problem(r), address);
+  return -1;
+}
 
 int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_t errlen) {
   cl.cfg = *cfg;
@@ -777,7 +825,13 @@ int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_
       .on_lock_state = cluster__lock_state,
       .on_main_state = cluster__main_state,
       .on_notice = cluster__notice,
+      .proof = cl.proof,
+      .check_proof = cluster__check_proof,
   };
+  if (proof_make(cfg->secret, cl.proof) != 0) {
+    snprintf(err, errlen, "cannot make the cluster secret proof: no random bytes");
+    return -1;
+  }
   if (coord_bootstrap(&cc, &cl.self_id, err, errlen) != 0) return -1;
 
   static char tag[96];
@@ -900,6 +954,8 @@ void cluster_json_info(buf_t *b) {
   buf_printf(b, ",\"held_messages\":%" PRIu64 "}", rs->held);
 }
 
+static int cluster__takes_shards(int i) { return cl.members[i].trusted && !(i == cl.self_index && cl.self_excluded); }
+
 void cluster_json_runners(buf_t *b) {
   buf_addc(b, '[');
   for (int i = 0; i < cl.nmembers; i++) {
@@ -914,8 +970,8 @@ void cluster_json_runners(buf_t *b) {
     buf_add_json_str(b, m->http, strlen(m->http));
     buf_printf(b, ",\"weight\":%u,\"self\":%s,\"healthy\":%s,\"status\":\"%s\",\"heartbeat_age_ms\":%" PRId64
                   ",\"shards\":%u,\"shards_assigned\":%u,\"connected\":%s",
-               m->weight, self ? "true" : "false", m->stopping ? "false" : "true",
-               m->stopping ? "leaving" : "serving", m->heartbeat_age_ms, self ? cluster__count(SHARD_HELD) : m->held,
+               m->weight, self ? "true" : "false", m->stopping || !cluster__takes_shards(i) ? "false" : "true",
+               m->stopping ? "leaving" : cluster__takes_shards(i) ? "serving" : "secret mismatch", m->heartbeat_age_ms, self ? cluster__count(SHARD_HELD) : m->held,
                assigned, self ? "true" : (m->peer && tp_peer_ready(m->peer) ? "true" : "false"));
     if (self) buf_printf(b, ",\"active\":%" PRIu64, em_active_total());
     buf_adds(b, ",\"scripts\":{");
