@@ -104,7 +104,7 @@ static int em__stash_to_instance(const char *type, size_t type_len, const char *
                                  size_t len) {
   etype_t *t = host_find_type(type, type_len);
   inst_t *i = t && t->kind == DEF_ENTITY ? em__find(t, id, id_len, hash_bytes(id, id_len)) : NULL;
-  if (!i) return 0;
+  if (!i || i->retiring) return 0; /* a retiring one is going: the snapshot may be its own, stashed to go on */
   if (i->state == INST_NEW && !i->retiring && !i->snapshot) {
     i->snapshot = snap;
     i->snapshot_len = len;
