@@ -697,10 +697,13 @@ static void cluster__handoff_overdue(uint64_t now) {
     }
   }
   if (!late) return;
+  uint32_t unconfirmed = 0;
+  for (uint32_t s = 1; s <= cl.n; s++) unconfirmed += late[s] ? router_handoffs_pending(s) : 0;
   uint32_t dropped = em_stash_drop(late);
   router_handoffs_forget(late);
-  log_warn("cluster: the new owners did not take %u snapshot%s of shards being handed over within %" PRIu64
-           " ms; unlocking without them", dropped, dropped == 1 ? "" : "s", cl.cfg.handoff_timeout_ms);
+  log_warn("cluster: the new owners did not confirm %u snapshot%s of shards being handed over within %" PRIu64
+           " ms (%u not delivered, dropped); unlocking without them", dropped + unconfirmed,
+           dropped + unconfirmed == 1 ? "" : "s", cl.cfg.handoff_timeout_ms, dropped);
   free(late);
 }
 
