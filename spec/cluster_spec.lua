@@ -614,6 +614,40 @@ describe("cluster", function()
     end)
   end)
 
+  it("hands every shard back and takes none when an earlier runner with another secret returns", function()
+    in_cluster({ env = { LUSTER_CLUSTER_SECRET = "s3cret" } }, function(start)
+      local r1 = start()
+      H.wait_cluster(r1, 1)
+      -- r1 is cut off past its lease: it is no longer live, so a runner with
+      -- another secret passes the check at start and takes every shard.
+      r1:kill("STOP")
+      H.wait_for("r1's lock session to end", 15, function()
+        return pg:psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'luster lock'",
+          db_of_last) == "0\n"
+      end, 0.1)
+      local w = start({ env = { LUSTER_CLUSTER_SECRET = "zq-other-9" } })
+      H.wait_cluster(w, 1)
+      -- r1 comes back: w finds that the runner registered before it does not
+      -- prove its secret, so it takes no shards and hands them all to r1.
+      r1:kill("CONT")
+      H.wait_for("r1 to hold every shard", 30, function()
+        return r1:metric("luster_shards_held") == SHARDS and w:metric("luster_shards_held") == 0
+      end, 0.1)
+      H.wait_for("w to report itself unhealthy", 10, function() return w:request("GET", "/health") == 503 end)
+      for _, m in ipairs(w:cluster().runners) do
+        assert.are.equal("secret mismatch", m.status, m.address)
+        assert.are.equal(0, m.shards_assigned, m.address)
+      end
+      assert.truthy(w:log_text():find("cluster secret mismatch: this runner's LUSTER_CLUSTER_SECRET does not match "
+        .. "the cluster's; taking no shards", 1, true), w.log)
+      for i = 1, 20 do
+        local status, v = hit(r1, "p" .. i)
+        assert.are.equal(200, status)
+        assert.are.equal(r1.address, v.runner)
+      end
+    end)
+  end)
+
   it("keeps one owner per id through a seeded storm of joins, leaves, kills and freezes under load", function()
     local seed = tonumber(os.getenv("LUSTER_STORM_SEED") or "") or 20261124
     math.randomseed(seed)
