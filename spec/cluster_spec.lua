@@ -55,6 +55,9 @@ local function run_once(url, env)
   local text = H.read_file(out) or ""
   os.remove(out)
   if how == "signal" then code = 128 + code end
+  if os.getenv("LUSTER_ASAN") then
+    assert(not text:find("Sanitizer", 1, true) and not text:find("runtime error:", 1, true), "sanitizer report:\n" .. text)
+  end
   return code, text
 end
 
