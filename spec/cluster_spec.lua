@@ -2,7 +2,9 @@
 -- Each spec gets its own database (so its own cluster) and stops only the
 -- runners it started.
 package.path = "spec/?.lua;" .. package.path
+package.cpath = "build/?.so;" .. package.cpath
 local H = require "support.helpers"
+local core = require "luster_core"
 local PG = require "support.pg"
 local socket = require "socket"
 
@@ -318,6 +320,48 @@ describe("cluster", function()
       start()
       H.wait_cluster(a, 2)
       expect(a, 1, 80, 3, "after a fourth move")
+    end)
+  end)
+
+  it("keeps an unclaimed hand-off snapshot however long its id stays quiet", function()
+    in_cluster({}, function(start)
+      local a, b, c = start(), start(), start()
+      H.wait_cluster(a, 3)
+      local on_c = {}
+      for i = 1, 60 do
+        local status, v = hit(a, "t" .. i)
+        assert.are.equal(200, status)
+        if v.runner == c.address then on_c[#on_c + 1] = "t" .. i end
+      end
+      assert.is_true(#on_c > 3, #on_c .. " ids on c")
+      -- c's snapshots wait on a and b, unclaimed, for over a minute (longer
+      -- than --max-idle); then b leaves, and its own snapshots and c's
+      -- arrive on a.
+      assert.is_true(c:stop(15), "c exits on SIGTERM")
+      local map = owners(H.wait_cluster(a, 2))
+      local waiting_on_a = {}
+      for _, id in ipairs(on_c) do
+        if map[core.shard(id, SHARDS)] == a.address then waiting_on_a[#waiting_on_a + 1] = id end
+      end
+      assert.is_true(#waiting_on_a > 0, "some of c's snapshots wait on a")
+      H.sleep(65) -- the quiet time itself is what this spec is about
+      -- Fresh instances on b, whose snapshots reach a when b leaves.
+      local fresh_on_b = 0
+      for i = 1, 30 do
+        local _, v = hit(a, "u" .. i)
+        if v.runner == b.address then fresh_on_b = fresh_on_b + 1 end
+      end
+      assert.is_true(fresh_on_b > 0)
+      assert.is_true(b:stop(15), "b exits on SIGTERM")
+      H.wait_cluster(a, 1)
+      -- Those that waited on a all along first, then those that came via b.
+      for _, list in ipairs { { waiting_on_a, "waited on a" }, { on_c, "came via b" } } do
+        for _, id in ipairs(list[1]) do
+          local status, v = hit(a, id)
+          assert.are.equal(200, status)
+          assert.is_true(v.count >= 2, id .. " (" .. list[2] .. ") kept its count")
+        end
+      end
     end)
   end)
 
