@@ -362,6 +362,11 @@ describe("cluster", function()
           assert.is_true(v.count >= 2, id .. " (" .. list[2] .. ") kept its count")
         end
       end
+      -- The last runner has nobody to hand its snapshots to: it does not
+      -- wait for a taker (the hand-off time is 6 s here).
+      local t0 = H.now()
+      assert.is_true(a:stop(15), "a exits on SIGTERM")
+      assert.is_true(H.now() - t0 < 3 * H.slow, string.format("the last runner took %.1f s to leave", H.now() - t0))
     end)
   end)
 

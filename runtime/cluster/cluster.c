@@ -121,12 +121,10 @@ static void cluster__fence(const char *why) {
     cl.fences++;
     log_error("cluster: %s: stopped serving %u shard%s before the lease could pass to another runner", why, k,
               k == 1 ? "" : "s");
+    /* Handed-over snapshots not yet claimed stay: nothing runs from them
+     * here, and they go on to whoever serves their shard next (or are used
+     * here again if that is this runner). */
     em_fence_shards(mask);
-    /* Handed-over snapshots not yet claimed go too: the shards may already
-     * be served elsewhere, without them. */
-    uint32_t dropped = em_stash_drop(mask);
-    if (dropped)
-      log_warn("cluster: dropped %u handed-over snapshot%s of those shards", dropped, dropped == 1 ? "" : "s");
     host_background_update();
   }
   free(mask);
@@ -609,8 +607,8 @@ static void cluster__reconcile(void) {
   for (uint32_t s = 1; s <= cl.n; s++) {
     int mine = cl.self_index >= 0 && cl.owner[s] == cl.self_index && !cl.leaving;
     uint8_t st = cluster_shard_state[s];
-    if (((st == SHARD_NONE && !mine && cl.owner[s] >= 0) || (st == SHARD_RELEASING && em_shard_instances(s) == 0)) &&
-        em_shard_stashed(s)) {
+    int elsewhere = st == SHARD_NONE && !mine && cl.owner[s] >= 0;
+    if ((elsewhere || (st == SHARD_RELEASING && em_shard_instances(s) == 0)) && em_shard_stashed(s)) {
       if (!hand_on) hand_on = calloc(cl.n + 1, 1);
       hand_on[s] = 1;
     }
@@ -907,6 +905,8 @@ void cluster_close(void) {
  * Routing and visibility
  * ------------------------------------------------------------------------- */
 
+int cluster_has_owner(uint32_t shard) { return shard >= 1 && shard <= cl.n && cl.owner[shard] >= 0; }
+
 route_t cluster_route(uint32_t shard, tp_peer_t **peer) {
   if (cluster_serving(shard)) return ROUTE_LOCAL;
   int o = cl.owner[shard];
@@ -957,7 +957,9 @@ void cluster_json_info(buf_t *b) {
   buf_printf(b, ",\"held_messages\":%" PRIu64 "}", rs->held);
 }
 
-static int cluster__takes_shards(int i) { return cl.members[i].trusted && !(i == cl.self_index && cl.self_excluded); }
+static int cluster__takes_shards(int i) {
+  return cl.members[i].trusted && !(i == cl.self_index && cl.self_excluded);
+}
 
 void cluster_json_runners(buf_t *b) {
   buf_addc(b, '[');
@@ -974,7 +976,8 @@ void cluster_json_runners(buf_t *b) {
     buf_printf(b, ",\"weight\":%u,\"self\":%s,\"healthy\":%s,\"status\":\"%s\",\"heartbeat_age_ms\":%" PRId64
                   ",\"shards\":%u,\"shards_assigned\":%u,\"connected\":%s",
                m->weight, self ? "true" : "false", m->stopping || !cluster__takes_shards(i) ? "false" : "true",
-               m->stopping ? "leaving" : cluster__takes_shards(i) ? "serving" : "secret mismatch", m->heartbeat_age_ms, self ? cluster__count(SHARD_HELD) : m->held,
+               m->stopping ? "leaving" : cluster__takes_shards(i) ? "serving" : "secret mismatch",
+               m->heartbeat_age_ms, self ? cluster__count(SHARD_HELD) : m->held,
                assigned, self ? "true" : (m->peer && tp_peer_ready(m->peer) ? "true" : "false"));
     if (self) buf_printf(b, ",\"active\":%" PRIu64, em_active_total());
     buf_adds(b, ",\"scripts\":{");

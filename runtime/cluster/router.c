@@ -478,7 +478,13 @@ static void router__handoff(const char *type, size_t type_len, const char *id, s
   uint32_t shard = cluster_shard_of(id, id_len);
   tp_peer_t *peer = NULL;
   handoff_t *h = NULL;
-  if (cluster_route(shard, &peer) != ROUTE_REMOTE || !(h = malloc(sizeof *h + type_len + id_len))) {
+  route_t r = cluster_route(shard, &peer);
+  if (r != ROUTE_REMOTE && !cluster_has_owner(shard)) { /* no runner left to take it */
+    rt.st.handoffs_lost++;
+    free(snap);
+    return;
+  }
+  if (r != ROUTE_REMOTE || !(h = malloc(sizeof *h + type_len + id_len))) {
     em_stash_snapshot(type, type_len, id, id_len, snap, len); /* the release tries again */
     return;
   }

@@ -34,9 +34,10 @@ void (*em_handoff)(const char *type, size_t type_len, const char *id, size_t id_
 /* Snapshots handed over by a shard's previous owner, waiting for the first
  * message that activates their instance here. An entry is the only copy of
  * that instance's state, so it never expires: it leaves when its instance
- * activates, when its shard is handed on (em_stash_hand_on), or when the
- * lease on its shard is lost (em_stash_drop). Beside em_counts because, like
- * it, it belongs to the one entity manager of this process. */
+ * activates, when its shard is handed on (em_stash_hand_on), or when its
+ * new owner does not take it within the hand-off time (em_stash_drop).
+ * Beside em_counts because, like it, it belongs to the one entity manager
+ * of this process. */
 typedef struct stash_s {
   htab_node_t node;
   struct stash_s *prev, *next; /* oldest first */

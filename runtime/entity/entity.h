@@ -98,8 +98,8 @@ void em_fence_shards(const uint8_t *mask);
 void em_stash_snapshot(const char *type, size_t type_len, const char *id, size_t id_len, char *snap, size_t len);
 /* Hands every stashed snapshot of the shards in mask to em_handoff. */
 void em_stash_hand_on(const uint8_t *mask);
-/* Frees the stashed snapshots of the shards in mask (their lease is lost);
- * returns how many. */
+/* Frees the stashed snapshots of the shards in mask (their new owner did
+ * not take them in time); returns how many. */
 uint32_t em_stash_drop(const uint8_t *mask);
 
 #endif
