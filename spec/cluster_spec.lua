@@ -2,7 +2,9 @@
 -- Each spec gets its own database (so its own cluster) and stops only the
 -- runners it started.
 package.path = "spec/?.lua;" .. package.path
+package.cpath = "build/?.so;" .. package.cpath
 local H = require "support.helpers"
+local core = require "luster_core"
 local PG = require "support.pg"
 local socket = require "socket"
 
@@ -14,12 +16,15 @@ local pg
 local dbs = 0
 
 
+local url_of_last, db_of_last -- of the cluster new_cluster made last
+
 -- A fresh cluster: a database of its own. Returns a function that starts a
 -- runner in it.
 local function new_cluster(opts)
   opts = opts or {}
   dbs = dbs + 1
   local url = pg:create_db("c" .. dbs)
+  url_of_last, db_of_last = url, "c" .. dbs
   local start, stop_all = H.cluster_runners(url, { dir = FIXTURES, shards = opts.shards or SHARDS,
     lease = opts.lease or LEASE, args = "--max-idle 60s " .. (opts.args or ""), env = opts.env })
   return start, stop_all, url
@@ -35,6 +40,27 @@ local function in_cluster(opts, fn)
   stop_all()
   if opts.cleanup then opts.cleanup(ok) end
   if not ok then error(opts.what and (opts.what .. ": " .. tostring(err)) or err, 0) end
+end
+
+-- Runs one runner of the cluster at url with exactly the environment env
+-- (LUSTER_CLUSTER_SECRET unset unless given), expecting it to be refused at
+-- start; one that keeps running is stopped after 20 s (exit code 124).
+-- Returns its exit code and output.
+local function run_once(url, env)
+  local out = os.tmpname()
+  local vars = { "-u LUSTER_CLUSTER_SECRET" }
+  for k, v in pairs(env) do vars[#vars + 1] = k .. "=" .. H.sh_quote(v) end
+  local cmd = string.format("env %s timeout 20 %s run %s --storage %s --listen 127.0.0.1:%d --http 127.0.0.1:0"
+    .. " --shards %d --lease %s >%s 2>&1", table.concat(vars, " "), H.sh_quote(H.bin), H.sh_quote(FIXTURES),
+    H.sh_quote(url), H.free_port(), SHARDS, LEASE, H.sh_quote(out))
+  local _, how, code = os.execute(cmd)
+  local text = H.read_file(out) or ""
+  os.remove(out)
+  if how == "signal" then code = 128 + code end
+  if os.getenv("LUSTER_ASAN") then
+    assert(not text:find("Sanitizer", 1, true) and not text:find("runtime error:", 1, true), "sanitizer report:\n" .. text)
+  end
+  return code, text
 end
 
 -- shard -> runner address, from a /cluster document.
@@ -251,6 +277,99 @@ describe("cluster", function()
     end)
   end)
 
+  it("keeps handed-over state of ids never messaged through stop-start cycles, a reload and a third move", function()
+    local dir = H.tmpdir()
+    os.execute(string.format("cp %s/*.lua %s/", FIXTURES, dir))
+    in_cluster({ cleanup = function() H.rmdir(dir) end }, function(start)
+      local a = start({ dir = dir })
+      local b = start()
+      H.wait_cluster(a, 2)
+      -- Counts of 1 everywhere; about half of them live on b.
+      local on_b = 0
+      for i = 1, 80 do
+        local status, v = hit(a, "q" .. i)
+        assert.are.equal(200, status)
+        assert.are.equal(1, v.count)
+        if v.runner == b.address then on_b = on_b + 1 end
+      end
+      assert.is_true(on_b > 10, on_b .. " ids on b")
+      local function expect(from, lo, hi, count, when)
+        for i = lo, hi do
+          local status, v = hit(from, "q" .. i)
+          assert.are.equal(200, status)
+          assert.are.equal(count, v.count, "q" .. i .. " " .. when .. " (served by " .. v.runner .. ")")
+        end
+      end
+      -- b leaves: its snapshots wait on a, unclaimed. b comes back (a new
+      -- runner takes about half the shards again) before anyone asks.
+      assert.is_true(b:stop(15), "b exits on SIGTERM")
+      H.wait_cluster(a, 1)
+      local b2 = start()
+      H.wait_cluster(a, 2)
+      expect(a, 1, 40, 2, "after leaving and coming back")
+      -- A third move of snapshots still unclaimed: they went b -> a -> b2,
+      -- and now back to a; a reload on a in between changes nothing.
+      assert.is_true(b2:stop(15), "b2 exits on SIGTERM")
+      H.wait_cluster(a, 1)
+      H.write_file(dir .. "/probe.lua", H.read_file(dir .. "/probe.lua") .. "\n-- edited\n")
+      H.wait_for("a to reload probe.lua", 10, function()
+        return a:log_text():find("reloaded probe.lua", 1, true)
+      end)
+      expect(a, 41, 80, 2, "after a third move and a reload")
+      -- And once more the other way, for instances that ran in between.
+      start()
+      H.wait_cluster(a, 2)
+      expect(a, 1, 80, 3, "after a fourth move")
+    end)
+  end)
+
+  it("keeps an unclaimed hand-off snapshot however long its id stays quiet", function()
+    in_cluster({}, function(start)
+      local a, b, c = start(), start(), start()
+      H.wait_cluster(a, 3)
+      local on_c = {}
+      for i = 1, 60 do
+        local status, v = hit(a, "t" .. i)
+        assert.are.equal(200, status)
+        if v.runner == c.address then on_c[#on_c + 1] = "t" .. i end
+      end
+      assert.is_true(#on_c > 3, #on_c .. " ids on c")
+      -- c's snapshots wait on a and b, unclaimed, for over a minute (longer
+      -- than --max-idle); then b leaves, and its own snapshots and c's
+      -- arrive on a.
+      assert.is_true(c:stop(15), "c exits on SIGTERM")
+      local map = owners(H.wait_cluster(a, 2))
+      local waiting_on_a = {}
+      for _, id in ipairs(on_c) do
+        if map[core.shard(id, SHARDS)] == a.address then waiting_on_a[#waiting_on_a + 1] = id end
+      end
+      assert.is_true(#waiting_on_a > 0, "some of c's snapshots wait on a")
+      H.sleep(65) -- the quiet time itself is what this spec is about
+      -- Fresh instances on b, whose snapshots reach a when b leaves.
+      local fresh_on_b = 0
+      for i = 1, 30 do
+        local _, v = hit(a, "u" .. i)
+        if v.runner == b.address then fresh_on_b = fresh_on_b + 1 end
+      end
+      assert.is_true(fresh_on_b > 0)
+      assert.is_true(b:stop(15), "b exits on SIGTERM")
+      H.wait_cluster(a, 1)
+      -- Those that waited on a all along first, then those that came via b.
+      for _, list in ipairs { { waiting_on_a, "waited on a" }, { on_c, "came via b" } } do
+        for _, id in ipairs(list[1]) do
+          local status, v = hit(a, id)
+          assert.are.equal(200, status)
+          assert.is_true(v.count >= 2, id .. " (" .. list[2] .. ") kept its count")
+        end
+      end
+      -- The last runner has nobody to hand its snapshots to: it does not
+      -- wait for a taker (the hand-off time is 6 s here).
+      local t0 = H.now()
+      assert.is_true(a:stop(15), "a exits on SIGTERM")
+      assert.is_true(H.now() - t0 < 3 * H.slow, string.format("the last runner took %.1f s to leave", H.now() - t0))
+    end)
+  end)
+
   it("serves a killed runner's ids again within about a second", function()
     in_cluster({ args = "--call-timeout 2s" }, function(start)
       local rs = { start(), start(), start() }
@@ -458,25 +577,126 @@ describe("cluster", function()
         c:close()
       end
       assert.is_true(r1:metric("luster_transport_auth_failures_total") + r1:metric("luster_transport_protocol_errors_total") >= 3)
-      -- A runner with another secret cannot talk to the others: what it
-      -- sends them is refused at the handshake, and its calls fail at their
-      -- deadline instead of reaching the owner.
-      local before = r1:metric("luster_transport_auth_failures_total") + r2:metric("luster_transport_auth_failures_total")
-      local r3 = start({ env = { LUSTER_CLUSTER_SECRET = "wrong" }, args = "--call-timeout 500ms" })
-      H.wait_cluster(r1, 3)
-      local refused = 0
-      for i = 1, 20 do
-        local status, v = hit(r3, "p" .. i)
-        if status ~= 200 then refused = refused + 1
-        else assert.are.equal(r3.address, v.runner, "only its own ids answer") end
-      end
-      assert.is_true(refused > 0)
-      local after = r1:metric("luster_transport_auth_failures_total") + r2:metric("luster_transport_auth_failures_total")
-      assert.is_true(after > before, "the peers counted the refused handshakes")
-      assert.truthy(r3:log_text():find("secret", 1, true), "the refused runner says why")
-      r3:stop()
-      H.wait_cluster(r1, 2)
+      -- A runner with another secret is refused at start (see below); the
+      -- others keep serving.
+      local code, text = run_once(url_of_last, { LUSTER_CLUSTER_SECRET = "wrong" })
+      assert.are_not.equal(0, code, text)
+      assert.truthy(text:find("cluster secret mismatch", 1, true), text)
       for i = 1, 30 do assert.are.equal(200, (hit(r1, "p" .. i))) end
+      assert.are.equal(2, #r1:cluster().runners)
+    end)
+  end)
+
+  it("refuses at start a runner whose cluster secret differs from the live runners', or that has none", function()
+    local secret, other = "s3cret-of-the-cluster", "an0ther-secret"
+    in_cluster({ env = { LUSTER_CLUSTER_SECRET = secret } }, function(start)
+      local r1 = start()
+      H.wait_cluster(r1, 1)
+      local function refused(env, problem)
+        local code, text = run_once(url_of_last, env)
+        assert.are_not.equal(0, code, text)
+        assert.are_not.equal(124, code, "the runner kept running: " .. text)
+        assert.truthy(text:find("cluster secret mismatch: " .. problem, 1, true), text)
+        assert.truthy(text:find(r1.address, 1, true), "names the live runner: " .. text)
+        -- Nothing about either secret is revealed.
+        assert.falsy(text:find(secret, 1, true), text)
+        assert.falsy(text:find(other, 1, true), text)
+      end
+      refused({ LUSTER_CLUSTER_SECRET = other }, "this runner's LUSTER_CLUSTER_SECRET does not match the cluster's")
+      refused({}, "the cluster's runners have a LUSTER_CLUSTER_SECRET and this runner has none")
+      assert.are.equal(1, #r1:cluster().runners)
+      for i = 1, 10 do assert.are.equal(200, (hit(r1, "p" .. i))) end
+      -- The same secret joins.
+      local r2 = start()
+      H.wait_cluster(r1, 2)
+      assert.are.equal(200, (hit(r2, "p1")))
+    end)
+    -- And the reverse: a cluster without a secret refuses a runner with one.
+    in_cluster({}, function(start)
+      local r1 = start()
+      H.wait_cluster(r1, 1)
+      local code, text = run_once(url_of_last, { LUSTER_CLUSTER_SECRET = secret })
+      assert.are_not.equal(0, code, text)
+      assert.are_not.equal(124, code, "the runner kept running: " .. text)
+      assert.truthy(text:find("cluster secret mismatch: this runner has a LUSTER_CLUSTER_SECRET and the cluster's "
+        .. "runners have none", 1, true), text)
+      assert.falsy(text:find(secret, 1, true), text)
+      assert.are.equal(1, #r1:cluster().runners)
+    end)
+  end)
+
+  it("assigns no shards to a runner that its peers cannot authenticate", function()
+    in_cluster({ env = { LUSTER_CLUSTER_SECRET = "s3cret" } }, function(start)
+      local r1 = start()
+      H.wait_cluster(r1, 1)
+      -- r1 publishes no proof, as a runner of an older luster would: the
+      -- check at start cannot refuse the next runner, so the second line
+      -- has to keep it from taking shards.
+      pg:psql("UPDATE luster_runners SET secret_proof = NULL", db_of_last)
+      local r2 = start({ env = { LUSTER_CLUSTER_SECRET = "zq-other-9" }, args = "--call-timeout 500ms" })
+      local doc = H.wait_cluster(r1, 2)
+      local seen
+      for _, m in ipairs(doc.runners) do
+        if m.address == r2.address then
+          seen = m
+          assert.are.equal(0, m.shards_assigned)
+          assert.are.equal("secret mismatch", m.status)
+          assert.is_false(m.healthy)
+        end
+      end
+      assert.truthy(seen, "r1 lists r2")
+      for i = 1, 30 do
+        local status, v = hit(r1, "p" .. i)
+        assert.are.equal(200, status)
+        assert.are.equal(r1.address, v.runner)
+      end
+      H.wait_for("r1 to name the problem", 5, function()
+        return r1:log_text():find("cluster secret mismatch: runner " .. r2.address, 1, true)
+      end)
+      assert.falsy(r1:log_text():find("zq-other-9", 1, true))
+      -- What r2 sends is refused at the handshake: its calls fail at their
+      -- deadline instead of reaching the owner, and r1 counts the refusals.
+      local before = r1:metric("luster_transport_auth_failures_total")
+      local refused = 0
+      for i = 1, 10 do
+        if hit(r2, "p" .. i) ~= 200 then refused = refused + 1 end
+      end
+      assert.are.equal(10, refused)
+      assert.is_true(r1:metric("luster_transport_auth_failures_total") > before, "r1 counted refused handshakes")
+    end)
+  end)
+
+  it("hands every shard back and takes none when an earlier runner with another secret returns", function()
+    in_cluster({ env = { LUSTER_CLUSTER_SECRET = "s3cret" } }, function(start)
+      local r1 = start()
+      H.wait_cluster(r1, 1)
+      -- r1 is cut off past its lease: it is no longer live, so a runner with
+      -- another secret passes the check at start and takes every shard.
+      r1:kill("STOP")
+      H.wait_for("r1's lock session to end", 15, function()
+        return pg:psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'luster lock'",
+          db_of_last) == "0\n"
+      end, 0.1)
+      local w = start({ env = { LUSTER_CLUSTER_SECRET = "zq-other-9" } })
+      H.wait_cluster(w, 1)
+      -- r1 comes back: w finds that the runner registered before it does not
+      -- prove its secret, so it takes no shards and hands them all to r1.
+      r1:kill("CONT")
+      H.wait_for("r1 to hold every shard", 30, function()
+        return r1:metric("luster_shards_held") == SHARDS and w:metric("luster_shards_held") == 0
+      end, 0.1)
+      H.wait_for("w to report itself unhealthy", 10, function() return w:request("GET", "/health") == 503 end)
+      for _, m in ipairs(w:cluster().runners) do
+        assert.are.equal("secret mismatch", m.status, m.address)
+        assert.are.equal(0, m.shards_assigned, m.address)
+      end
+      assert.truthy(w:log_text():find("cluster secret mismatch: this runner's LUSTER_CLUSTER_SECRET does not match "
+        .. "the cluster's; taking no shards", 1, true), w.log)
+      for i = 1, 20 do
+        local status, v = hit(r1, "p" .. i)
+        assert.are.equal(200, status)
+        assert.are.equal(r1.address, v.runner)
+      end
     end)
   end)
 

@@ -22,6 +22,7 @@
 
 #include "cli/log.h"
 #include "cluster/durable.h"
+#include "cluster/proof.h"
 #include "cluster/router.h"
 #include "core/hash.h"
 #include "core/parse.h"
@@ -38,8 +39,10 @@ uint64_t cluster_safe_until;
 typedef struct {
   int64_t id;
   char *address, *http, *scripts;
+  char *proof; /* its proof of the cluster secret (NULL: published none) */
   uint32_t weight, held;
   int stopping;
+  int trusted; /* its proof matches our secret (or it published none): it may take shards */
   int64_t heartbeat_age_ms;
   tp_peer_t *peer; /* NULL for this runner */
 } member_t;
@@ -47,6 +50,8 @@ typedef struct {
 static struct {
   cluster_config_t cfg;
   char *address; /* advertised */
+  char proof[PROOF_MAX];
+  int self_excluded; /* an earlier runner does not prove our secret: we take no shards */
   int64_t self_id;
   uint32_t n;
   uint64_t *release_started;
@@ -116,6 +121,9 @@ static void cluster__fence(const char *why) {
     cl.fences++;
     log_error("cluster: %s: stopped serving %u shard%s before the lease could pass to another runner", why, k,
               k == 1 ? "" : "s");
+    /* Handed-over snapshots not yet claimed stay: nothing runs from them
+     * here, and they go on to whoever serves their shard next (or are used
+     * here again if that is this runner). */
     em_fence_shards(mask);
     host_background_update();
   }
@@ -274,16 +282,19 @@ static void cluster__free_members(member_t *m, int n) {
     free(m[i].address);
     free(m[i].http);
     free(m[i].scripts);
+    free(m[i].proof);
   }
   free(m);
 }
+
+static int cluster__same_proof(const char *a, const char *b) { return a && b ? strcmp(a, b) == 0 : a == b; }
 
 static int cluster__same_view(const coord_member_t *m, int n) {
   if (n != cl.nmembers) return 0;
   for (int i = 0; i < n; i++) {
     const member_t *o = &cl.members[i];
     if (o->id != m[i].id || o->weight != m[i].weight || o->stopping != m[i].stopping ||
-        strcmp(o->address, m[i].address) != 0)
+        strcmp(o->address, m[i].address) != 0 || !cluster__same_proof(o->proof, m[i].proof))
       return 0;
   }
   return 1;
@@ -296,7 +307,7 @@ static void cluster__assign(void) {
   int k = 0;
   for (int i = 0; i < cl.nmembers; i++) {
     member_t *m = &cl.members[i];
-    if (m->stopping || (i == cl.self_index && cl.leaving)) continue;
+    if (m->stopping || !m->trusted || (i == cl.self_index && (cl.leaving || cl.self_excluded))) continue;
     rm[k].id = m->address;
     rm[k].weight = m->weight;
     map[k++] = i;
@@ -309,6 +320,34 @@ static void cluster__assign(void) {
   free(own);
   free(rm);
   free(map);
+}
+
+/* The second line behind the check at start (two runners can pass it
+ * together): a runner whose secret proof does not match ours takes no shards
+ * in our map, and if one registered before us does not match, we are the odd
+ * one and take none either, so every runner's map agrees. Logged once per
+ * change. */
+static void cluster__trust(member_t *nm, int n, int self) {
+  int excluded = 0;
+  for (int i = 0; i < n; i++) {
+    proof_result_t r = i == self ? PROOF_OK : proof_check(cl.cfg.secret, nm[i].proof);
+    nm[i].trusted = r == PROOF_OK || r == PROOF_UNKNOWN;
+    if (nm[i].trusted) continue;
+    if (nm[i].id < cl.self_id) excluded = 1;
+    int known = 0;
+    for (int j = 0; j < cl.nmembers; j++) known |= cl.members[j].id == nm[i].id && !cl.members[j].trusted;
+    if (!known)
+      log_error("cluster: cluster secret mismatch: runner %s does not prove this runner's LUSTER_CLUSTER_SECRET "
+                "(%s); it is assigned no shards", nm[i].address,
+                r == PROOF_WE_HAVE_NONE ? "it has a secret, this runner has none"
+                : r == PROOF_THEY_HAVE_NONE ? "it has no secret" : "the secrets differ");
+  }
+  if (excluded && !cl.self_excluded)
+    log_error("cluster: cluster secret mismatch: %s; taking no shards (start every runner with the same "
+              "LUSTER_CLUSTER_SECRET)", proof_problem(PROOF_MISMATCH));
+  else if (!excluded && cl.self_excluded)
+    log_info("cluster: every earlier runner proves this runner's cluster secret now; taking shards");
+  cl.self_excluded = excluded;
 }
 
 static void cluster__members_done(void *ud, int ok, coord_member_t *m, int n) {
@@ -344,6 +383,7 @@ static void cluster__members_done(void *ud, int ok, coord_member_t *m, int n) {
         nm[i].address = strdup(m[i].address);
         nm[i].http = strdup(m[i].http);
         nm[i].scripts = strdup(m[i].scripts);
+        nm[i].proof = m[i].proof ? strdup(m[i].proof) : NULL;
         nm[i].weight = m[i].weight;
         nm[i].held = m[i].held;
         nm[i].stopping = m[i].stopping;
@@ -365,6 +405,7 @@ static void cluster__members_done(void *ud, int ok, coord_member_t *m, int n) {
         for (int i = 0; i < cl.nmembers; i++) was |= cl.members[i].id == m[j].id;
         if (!was && m[j].id != cl.self_id) log_info("cluster: runner %s joined", m[j].address);
       }
+      cluster__trust(nm, n, self);
       cluster__free_members(cl.members, cl.nmembers);
       cl.members = nm;
       cl.nmembers = n;
@@ -541,9 +582,17 @@ static void cluster__unlocked(void *ud, int ok, const char *err) {
   cluster__reconcile();
 }
 
+/* A shard being released can be unlocked once nothing of it is left here:
+ * no instance, no stashed snapshot to hand on, no hand-off unconfirmed. */
+static int cluster__drained(uint32_t s) {
+  return em_shard_instances(s) == 0 && em_shard_stashed(s) == 0 && router_handoffs_pending(s) == 0;
+}
+
 void cluster_shard_drained(uint32_t shard) {
   if (shard >= 1 && shard <= cl.n && cluster_shard_state[shard] == SHARD_RELEASING) cluster__schedule_reconcile();
 }
+
+static int cluster__masked(const uint8_t *mask, uint32_t s) { return mask && mask[s]; }
 
 static void cluster__reconcile(void) {
   if (!cluster_on) return;
@@ -554,9 +603,16 @@ static void cluster__reconcile(void) {
   uint8_t *release = NULL;
   uint32_t nrel = 0;
   uint32_t *unlock = NULL, nunlock = 0;
+  uint8_t *hand_on = NULL; /* stashed snapshots of shards not ours to serve */
   for (uint32_t s = 1; s <= cl.n; s++) {
     int mine = cl.self_index >= 0 && cl.owner[s] == cl.self_index && !cl.leaving;
-    switch (cluster_shard_state[s]) {
+    uint8_t st = cluster_shard_state[s];
+    int elsewhere = st == SHARD_NONE && !mine && cl.owner[s] >= 0;
+    if ((elsewhere || (st == SHARD_RELEASING && em_shard_instances(s) == 0)) && em_shard_stashed(s)) {
+      if (!hand_on) hand_on = calloc(cl.n + 1, 1);
+      hand_on[s] = 1;
+    }
+    switch (st) {
     case SHARD_NONE:
       if (mine && ready && !cl.acquiring_busy) {
         if (!acq) acq = malloc(sizeof *acq * cl.n);
@@ -573,13 +629,17 @@ static void cluster__reconcile(void) {
       }
       break;
     case SHARD_RELEASING:
-      if (em_shard_instances(s) == 0 && !cl.unlocking_busy && cl.lock_up) {
+      if (!cluster__masked(hand_on, s) && cluster__drained(s) && !cl.unlocking_busy && cl.lock_up) {
         if (!unlock) unlock = malloc(sizeof *unlock * (cl.n + 1));
         unlock[++nunlock] = s;
       }
       break;
     default: break;
     }
+  }
+  if (hand_on) {
+    em_stash_hand_on(hand_on);
+    free(hand_on);
   }
   if (nrel) {
     log_info("cluster: handing over %u shard%s", nrel, nrel == 1 ? "" : "s");
@@ -589,7 +649,7 @@ static void cluster__reconcile(void) {
     free(release);
     /* Shards that had nothing running are empty now. */
     for (uint32_t s = 1; s <= cl.n; s++) {
-      if (cluster_shard_state[s] == SHARD_RELEASING && em_shard_instances(s) == 0 && !cl.unlocking_busy && cl.lock_up) {
+      if (cluster_shard_state[s] == SHARD_RELEASING && cluster__drained(s) && !cl.unlocking_busy && cl.lock_up) {
         if (!unlock) unlock = malloc(sizeof *unlock * (cl.n + 1));
         int dup = 0;
         for (uint32_t i = 1; i <= nunlock; i++) dup |= unlock[i] == s;
@@ -622,6 +682,29 @@ static void cluster__schedule_reconcile(void) { sched_push(&cl.reconcile_item, c
 
 static void cluster__leave_step(void);
 
+/* Snapshots of a released shard that its new owner has not taken within the
+ * hand-off time (it is unreachable, or disagrees that it owns the shard) are
+ * given up, so the shard can be unlocked and a leaving runner can leave. */
+static void cluster__handoff_overdue(uint64_t now) {
+  uint8_t *late = NULL;
+  for (uint32_t s = 1; s <= cl.n; s++) {
+    if (cluster_shard_state[s] == SHARD_RELEASING && em_shard_instances(s) == 0 && !cluster__drained(s) &&
+        now - cl.release_started[s] > cl.cfg.handoff_timeout_ms) {
+      if (!late) late = calloc(cl.n + 1, 1);
+      late[s] = 1;
+    }
+  }
+  if (!late) return;
+  uint32_t unconfirmed = 0;
+  for (uint32_t s = 1; s <= cl.n; s++) unconfirmed += late[s] ? router_handoffs_pending(s) : 0;
+  uint32_t dropped = em_stash_drop(late);
+  router_handoffs_forget(late);
+  log_warn("cluster: the new owners did not confirm %u snapshot%s of shards being handed over within %" PRIu64
+           " ms (%u not delivered, dropped); unlocking without them", dropped + unconfirmed,
+           dropped + unconfirmed == 1 ? "" : "s", cl.cfg.handoff_timeout_ms, dropped);
+  free(late);
+}
+
 static void cluster__tick_fire(timer_entry_t *t) {
   timer_add(t, sched_now() + 100);
   /* In-flight work on a shard being handed over gets a bounded time. */
@@ -640,6 +723,7 @@ static void cluster__tick_fire(timer_entry_t *t) {
     em_fence_shards(late);
     free(late);
   }
+  cluster__handoff_overdue(now);
   cluster__reconcile();
   if (cl.leaving) cluster__leave_step();
 }
@@ -687,11 +771,21 @@ void cluster_leave(void) {
 
 int cluster_left(void) { return cl.left; }
 
-int cluster_healthy(void) { return cl.lock_up && cl.member_locked && !cl.leaving; }
+int cluster_healthy(void) { return cl.lock_up && cl.member_locked && !cl.leaving && !cl.self_excluded; }
 
 /* ---------------------------------------------------------------------------
  * Start and stop
  * ------------------------------------------------------------------------- */
+
+/* At start, every live runner must prove our secret (coord_bootstrap). The
+ * message names the problem, never the secret. */
+static int cluster__check_proof(const char *address, const char *proof, char *err, size_t errlen) {
+  proof_result_t r = proof_check(cl.cfg.secret, proof);
+  if (r == PROOF_OK || r == PROOF_UNKNOWN) return 0;
+  snprintf(err, errlen, "cluster secret mismatch: %s (live runner %s). Start every runner of one cluster with the "
+           "same LUSTER_CLUSTER_SECRET", proof_problem(r), address);
+  return -1;
+}
 
 int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_t errlen) {
   cl.cfg = *cfg;
@@ -732,7 +826,13 @@ int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_
       .on_lock_state = cluster__lock_state,
       .on_main_state = cluster__main_state,
       .on_notice = cluster__notice,
+      .proof = cl.proof,
+      .check_proof = cluster__check_proof,
   };
+  if (proof_make(cfg->secret, cl.proof) != 0) {
+    snprintf(err, errlen, "cannot make the cluster secret proof: no random bytes");
+    return -1;
+  }
   if (coord_bootstrap(&cc, &cl.self_id, err, errlen) != 0) return -1;
 
   static char tag[96];
@@ -805,6 +905,8 @@ void cluster_close(void) {
  * Routing and visibility
  * ------------------------------------------------------------------------- */
 
+int cluster_has_owner(uint32_t shard) { return shard >= 1 && shard <= cl.n && cl.owner[shard] >= 0; }
+
 route_t cluster_route(uint32_t shard, tp_peer_t **peer) {
   if (cluster_serving(shard)) return ROUTE_LOCAL;
   int o = cl.owner[shard];
@@ -855,6 +957,10 @@ void cluster_json_info(buf_t *b) {
   buf_printf(b, ",\"held_messages\":%" PRIu64 "}", rs->held);
 }
 
+static int cluster__takes_shards(int i) {
+  return cl.members[i].trusted && !(i == cl.self_index && cl.self_excluded);
+}
+
 void cluster_json_runners(buf_t *b) {
   buf_addc(b, '[');
   for (int i = 0; i < cl.nmembers; i++) {
@@ -869,8 +975,9 @@ void cluster_json_runners(buf_t *b) {
     buf_add_json_str(b, m->http, strlen(m->http));
     buf_printf(b, ",\"weight\":%u,\"self\":%s,\"healthy\":%s,\"status\":\"%s\",\"heartbeat_age_ms\":%" PRId64
                   ",\"shards\":%u,\"shards_assigned\":%u,\"connected\":%s",
-               m->weight, self ? "true" : "false", m->stopping ? "false" : "true",
-               m->stopping ? "leaving" : "serving", m->heartbeat_age_ms, self ? cluster__count(SHARD_HELD) : m->held,
+               m->weight, self ? "true" : "false", m->stopping || !cluster__takes_shards(i) ? "false" : "true",
+               m->stopping ? "leaving" : cluster__takes_shards(i) ? "serving" : "secret mismatch",
+               m->heartbeat_age_ms, self ? cluster__count(SHARD_HELD) : m->held,
                assigned, self ? "true" : (m->peer && tp_peer_ready(m->peer) ? "true" : "false"));
     if (self) buf_printf(b, ",\"active\":%" PRIu64, em_active_total());
     buf_adds(b, ",\"scripts\":{");

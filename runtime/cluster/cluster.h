@@ -48,6 +48,9 @@ typedef enum {
 } route_t;
 
 route_t cluster_route(uint32_t shard, tp_peer_t **peer);
+/* Some runner (maybe this one) is assigned the shard: 0 when no runner takes
+ * shards (the last one is leaving). */
+int cluster_has_owner(uint32_t shard);
 uint32_t cluster_shard_of(const char *id, size_t len);
 
 /* Blocking registration (before the loop), then connections, transport and

@@ -40,7 +40,8 @@ static void router__undelay(persist_job_t *j) {
 static void router__hold(uint32_t shard, msg_t *m);
 static void router__route(msg_t *m);
 static void router__local_call(msg_t *m, call_t *call);
-static void router__handoff(etype_t *t, const char *id, size_t id_len, char *snap, size_t len);
+static void router__handoff(const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
+                            size_t len);
 
 static void router__deliver(msg_t *m, call_t *call) {
   int rc = em_deliver(m);
@@ -235,6 +236,7 @@ static struct {
   uint32_t n;
   size_t max_frame;
   msg_t **head, **tail; /* held messages per shard, [1..n] */
+  uint32_t *handoffs;   /* hand-off frames sent and not yet answered, per shard */
   uint64_t held;
   timer_entry_t retry;
   sched_item_t wake;
@@ -471,36 +473,84 @@ void router_init(uint32_t shards, size_t max_frame) {
   rt.max_frame = max_frame;
   rt.head = calloc(shards + 1, sizeof *rt.head);
   rt.tail = calloc(shards + 1, sizeof *rt.tail);
+  rt.handoffs = calloc(shards + 1, sizeof *rt.handoffs);
   timer_entry_init(&rt.retry, router__retry_fire);
   em_reroute = router__reroute;
   em_handoff = router__handoff;
 }
 
 /* Graceful hand-off: the instance's snapshot goes to the shard's new owner,
- * ahead of the messages that follow it there. */
-static void router__handoff_done(void *ud, tp_status_t st, uint8_t kind, const char *body, size_t len) {
-  (void)ud;
-  (void)kind;
-  (void)body;
-  (void)len;
-  if (st != TP_REPLY) rt.st.handoffs_lost++;
+ * ahead of the messages that follow it there. Until the new owner confirms
+ * it, the shard stays locked here (router_handoffs_pending), so the new
+ * owner cannot start the instance without it. A snapshot that could not be
+ * delivered (no reachable owner, "not owner", connection lost) goes back to
+ * the stash, and the shard's release hands it on again. */
+typedef struct {
+  uint32_t shard;
+  size_t type_len, id_len, len;
+  char *snap;
+  char names[]; /* type, then id */
+} handoff_t;
+
+uint32_t router_handoffs_pending(uint32_t shard) { return rt.handoffs && shard <= rt.n ? rt.handoffs[shard] : 0; }
+
+void router_handoffs_forget(const uint8_t *mask) {
+  for (uint32_t s = 1; rt.handoffs && s <= rt.n; s++)
+    if (mask[s]) rt.handoffs[s] = 0;
 }
 
-static void router__handoff(etype_t *t, const char *id, size_t id_len, char *snap, size_t len) {
+static void router__handoff_done(void *ud, tp_status_t st, uint8_t kind, const char *body, size_t len) {
+  (void)body;
+  (void)len;
+  handoff_t *h = ud;
+  if (rt.handoffs && rt.handoffs[h->shard]) rt.handoffs[h->shard]--;
+  if (st == TP_REPLY && kind == REPLY_ACCEPTED) {
+    free(h->snap);
+    if (cluster_on) cluster_shard_drained(h->shard);
+  } else if (cluster_on) {
+    /* Stashed again; the release's next tick (100 ms) sends it again, after
+     * the membership read this asks for. */
+    rt.st.handoffs_lost++;
+    cluster_suspect();
+    em_stash_snapshot(h->names, h->type_len, h->names + h->type_len, h->id_len, h->snap, h->len);
+  } else {
+    free(h->snap);
+  }
+  free(h);
+}
+
+static void router__handoff(const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
+                            size_t len) {
   uint32_t shard = cluster_shard_of(id, id_len);
   tp_peer_t *peer = NULL;
-  if (cluster_route(shard, &peer) == ROUTE_REMOTE) {
-    frame_request_t req = {
-        .flags = ROUTER_F_HANDOFF,
-        .timeout_ms = 10000,
-        .type = {t->name, (uint32_t)t->name_len},
-        .id = {id, (uint32_t)id_len},
-        .payload = {snap, (uint32_t)len},
-    };
-    rt.st.handoffs++;
-    tp_send(peer, &req, router__handoff_done, NULL);
+  handoff_t *h = NULL;
+  route_t r = cluster_route(shard, &peer);
+  if (r != ROUTE_REMOTE && !cluster_has_owner(shard)) { /* no runner left to take it */
+    rt.st.handoffs_lost++;
+    free(snap);
+    return;
   }
-  free(snap);
+  if (r != ROUTE_REMOTE || !(h = malloc(sizeof *h + type_len + id_len))) {
+    em_stash_snapshot(type, type_len, id, id_len, snap, len); /* the release tries again */
+    return;
+  }
+  h->shard = shard;
+  h->type_len = type_len;
+  h->id_len = id_len;
+  h->len = len;
+  h->snap = snap;
+  memcpy(h->names, type, type_len);
+  memcpy(h->names + type_len, id, id_len);
+  frame_request_t req = {
+      .flags = ROUTER_F_HANDOFF,
+      .timeout_ms = 10000,
+      .type = {type, (uint32_t)type_len},
+      .id = {id, (uint32_t)id_len},
+      .payload = {snap, (uint32_t)len},
+  };
+  rt.st.handoffs++;
+  rt.handoffs[shard]++;
+  tp_send(peer, &req, router__handoff_done, h);
 }
 
 static void router__inbound_done(call_t *c, reply_kind_t kind, const char *body, size_t len) {
@@ -509,6 +559,16 @@ static void router__inbound_done(call_t *c, reply_kind_t kind, const char *body,
 
 void router_inbound(tp_inbound_t *in, const frame_request_t *req) {
   if (req->flags & ROUTER_F_HANDOFF) {
+    /* Only the shard's owner keeps it: elsewhere it would wait for an
+     * instance that never starts here. The sender tries again. */
+    uint32_t hs = cluster_shard_of(req->id.p, req->id.n);
+    tp_peer_t *hp = NULL;
+    route_t hr = req->id.n > 0 ? cluster_route(hs, &hp) : ROUTE_HOLD;
+    if (hr != ROUTE_LOCAL && hr != ROUTE_HOLD_MINE) {
+      rt.st.not_owner++;
+      tp_reply(in, ROUTER_NOT_OWNER, "", 0);
+      return;
+    }
     char *snap = malloc(req->payload.n + 1);
     if (snap) {
       memcpy(snap, req->payload.p, req->payload.n);
@@ -568,7 +628,9 @@ void router_shutdown(void) {
     timer_cancel(&rt.retry);
     free(rt.head);
     free(rt.tail);
+    free(rt.handoffs);
     rt.head = rt.tail = NULL;
+    rt.handoffs = NULL;
     rt.held = 0;
   }
 }

@@ -40,6 +40,11 @@ void router_init(uint32_t shards, size_t max_frame);
 void router_wake(void);
 void router_inbound(tp_inbound_t *in, const frame_request_t *req);
 void router_inbound_abandoned(tp_inbound_t *in);
+/* Hand-off snapshots of a shard sent to its new owner and not yet
+ * confirmed: the shard stays locked here until they are. */
+uint32_t router_handoffs_pending(uint32_t shard);
+/* Stops waiting for them (the hand-off ran out of time). */
+void router_handoffs_forget(const uint8_t *mask);
 
 typedef struct {
   uint64_t forwarded, inbound, reroutes, not_owner, expired, held, handoffs, handoffs_lost;

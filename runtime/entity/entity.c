@@ -29,21 +29,26 @@
 static uint32_t em_shards = 300;
 static uint32_t *em_counts; /* instances per shard, [1..em_shards] */
 void (*em_reroute)(msg_t *m);
-void (*em_handoff)(etype_t *t, const char *id, size_t id_len, char *snapshot, size_t len);
+void (*em_handoff)(const char *type, size_t type_len, const char *id, size_t id_len, char *snapshot, size_t len);
 
 /* Snapshots handed over by a shard's previous owner, waiting for the first
- * message that activates their instance here. */
+ * message that activates their instance here. An entry is the only copy of
+ * that instance's state, so it never expires: it leaves when its instance
+ * activates, when its shard is handed on (em_stash_hand_on), or when its
+ * new owner does not take it within the hand-off time (em_stash_drop).
+ * Beside em_counts because, like it, it belongs to the one entity manager
+ * of this process. */
 typedef struct stash_s {
   htab_node_t node;
-  struct stash_s *prev, *next; /* oldest first, for expiry */
-  uint64_t at;
+  struct stash_s *prev, *next; /* oldest first */
+  uint32_t shard;
   char *snap;
-  size_t snap_len, key_len;
+  size_t snap_len, type_len, id_len, key_len;
   char key[]; /* type NUL id */
 } stash_t;
 static htab_t em_stash;
 static stash_t *em_stash_head, *em_stash_tail;
-#define EM_STASH_TTL_MS 60000
+static uint32_t *em_stash_counts; /* stashed snapshots per shard, [1..em_shards] */
 
 static int em__eq(const htab_node_t *n, const void *key, size_t len) {
   const inst_t *i = (const inst_t *)n;
@@ -56,10 +61,15 @@ void em_init(uint32_t shards) {
   em_shards = shards ? shards : 1;
   free(em_counts);
   em_counts = calloc(em_shards + 1, sizeof *em_counts);
+  free(em_stash_counts);
+  em_stash_counts = calloc(em_shards + 1, sizeof *em_stash_counts);
   htab_init(&em_stash);
 }
 
 uint32_t em_shard_instances(uint32_t shard) { return shard <= em_shards && em_counts ? em_counts[shard] : 0; }
+uint32_t em_shard_stashed(uint32_t shard) {
+  return shard <= em_shards && em_stash_counts ? em_stash_counts[shard] : 0;
+}
 
 static int em__stash_eq(const htab_node_t *n, const void *key, size_t len) {
   const stash_t *st = (const stash_t *)n;
@@ -70,16 +80,12 @@ static void em__stash_unlink(stash_t *st) {
   htab_remove(&em_stash, &st->node);
   if (st->prev) st->prev->next = st->next; else em_stash_head = st->next;
   if (st->next) st->next->prev = st->prev; else em_stash_tail = st->prev;
+  if (em_stash_counts && st->shard <= em_shards && em_stash_counts[st->shard]) em_stash_counts[st->shard]--;
 }
 
-static void em__stash_expire(void) {
-  uint64_t now = sched_now();
-  while (em_stash_head && now - em_stash_head->at > EM_STASH_TTL_MS) {
-    stash_t *st = em_stash_head;
-    em__stash_unlink(st);
-    free(st->snap);
-    free(st);
-  }
+static void em__stash_free(stash_t *st) {
+  free(st->snap);
+  free(st);
 }
 
 static size_t em__stash_key(char *out, const char *type, size_t tl, const char *id, size_t il) {
@@ -89,30 +95,95 @@ static size_t em__stash_key(char *out, const char *type, size_t tl, const char *
   return tl + 1 + il;
 }
 
+static inst_t *em__find(etype_t *t, const char *id, size_t len, uint64_t h);
+
+/* An instance of (type, id) that exists here already and has not activated
+ * yet takes the snapshot itself; one that has activated keeps its own state
+ * (it began without the snapshot, which is stale now). Returns 1 when the
+ * snapshot was dealt with. */
+static int em__stash_to_instance(const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
+                                 size_t len) {
+  etype_t *t = host_find_type(type, type_len);
+  inst_t *i = t && t->kind == DEF_ENTITY ? em__find(t, id, id_len, hash_bytes(id, id_len)) : NULL;
+  if (!i || i->retiring) return 0; /* a retiring one is going: the snapshot may be its own, stashed to go on */
+  if (i->state == INST_NEW && !i->retiring && !i->snapshot) {
+    i->snapshot = snap;
+    i->snapshot_len = len;
+    return 1;
+  }
+  log_warn("a snapshot of %s/%.*s arrived after its instance started here; keeping the running instance's state",
+           t->name, (int)(id_len > 64 ? 64 : id_len), id);
+  free(snap);
+  return 1;
+}
+
 void em_stash_snapshot(const char *type, size_t type_len, const char *id, size_t id_len, char *snap, size_t len) {
-  em__stash_expire();
+  if (em__stash_to_instance(type, type_len, id, id_len, snap, len)) return;
   stash_t *st = malloc(sizeof *st + type_len + 1 + id_len);
   if (!st) { free(snap); return; }
   st->key_len = em__stash_key(st->key, type, type_len, id, id_len);
+  st->type_len = type_len;
+  st->id_len = id_len;
+  st->shard = hash_shard(id, id_len, em_shards);
   st->node.hash = hash_bytes(st->key, st->key_len);
   stash_t *old = (stash_t *)htab_find(&em_stash, st->node.hash, em__stash_eq, st->key, st->key_len);
   if (old) {
     em__stash_unlink(old);
-    free(old->snap);
-    free(old);
+    em__stash_free(old);
   }
   st->snap = snap;
   st->snap_len = len;
-  st->at = sched_now();
   st->next = NULL;
   st->prev = em_stash_tail;
   if (em_stash_tail) em_stash_tail->next = st; else em_stash_head = st;
   em_stash_tail = st;
   if (htab_insert(&em_stash, &st->node) != 0) {
     em__stash_unlink(st);
-    free(st->snap);
-    free(st);
+    em__stash_free(st);
+    return;
   }
+  if (em_stash_counts && st->shard <= em_shards) em_stash_counts[st->shard]++;
+}
+
+/* Takes out every entry of the shards in mask, oldest first, as a list. */
+static stash_t *em__stash_take_shards(const uint8_t *mask) {
+  stash_t *head = NULL, *tail = NULL;
+  for (stash_t *st = em_stash_head, *next; st; st = next) {
+    next = st->next;
+    if (st->shard > em_shards || !mask[st->shard]) continue;
+    em__stash_unlink(st);
+    st->next = NULL;
+    if (tail) tail->next = st; else head = st;
+    tail = st;
+  }
+  return head;
+}
+
+void em_stash_hand_on(const uint8_t *mask) {
+  if (!em_stash.count) return;
+  /* Taken out first: em_handoff may stash a snapshot again (its new owner
+   * is not reachable yet), and that must not feed this walk. */
+  stash_t *st = em__stash_take_shards(mask);
+  while (st) {
+    stash_t *next = st->next;
+    if (em_handoff) em_handoff(st->key, st->type_len, st->key + st->type_len + 1, st->id_len, st->snap, st->snap_len);
+    else free(st->snap);
+    free(st);
+    st = next;
+  }
+}
+
+uint32_t em_stash_drop(const uint8_t *mask) {
+  if (!em_stash.count) return 0;
+  uint32_t n = 0;
+  stash_t *st = em__stash_take_shards(mask);
+  while (st) {
+    stash_t *next = st->next;
+    em__stash_free(st);
+    n++;
+    st = next;
+  }
+  return n;
 }
 
 /* Gives a new instance the snapshot its previous owner handed over. */
@@ -244,9 +315,14 @@ static void em__retire(inst_t *i) {
   /* A fenced instance (handoff 2) lost its lease: its state may be stale. */
   char *snap = (i->state == INST_READY && i->handlers_ref != LUA_NOREF && i->handoff != 2) ? host_snapshot(i, &len)
                                                                                            : NULL;
+  if (!snap && i->snapshot && i->handoff != 2) { /* never activated: the snapshot it was given travels on */
+    snap = i->snapshot;
+    len = i->snapshot_len;
+    i->snapshot = NULL;
+  }
   i->successor = NULL;
   if (i->handoff == 1 && snap && em_handoff) {
-    em_handoff(i->type, i->id, i->id_len, snap, len);
+    em_handoff(i->type->name, i->type->name_len, i->id, i->id_len, snap, len);
     snap = NULL;
   }
   em__destroy(i);
@@ -547,7 +623,10 @@ static void em__release_one(inst_t *i) {
   if (i->running == 0 && i->state != INST_ACTIVATING && i->state != INST_WAITING) em__retire(i);
 }
 
-void em_release_shards(const uint8_t *mask) { em__each_in(mask, em__release_one); }
+void em_release_shards(const uint8_t *mask) {
+  em__each_in(mask, em__release_one);
+  em_stash_hand_on(mask);
+}
 
 static void em__fence_one(inst_t *i) {
   i->handoff = 2;
@@ -577,12 +656,13 @@ void em_close(void) {
   while (em_stash_head) {
     stash_t *st = em_stash_head;
     em__stash_unlink(st);
-    free(st->snap);
-    free(st);
+    em__stash_free(st);
   }
   htab_free(&em_stash);
   free(em_counts);
   em_counts = NULL;
+  free(em_stash_counts);
+  em_stash_counts = NULL;
 }
 
 void em_type_free(etype_t *t) {

@@ -75,21 +75,31 @@ void em_close(void);
 /* Cluster mode. Messages that must go elsewhere (their shard is not served
  * here any more) go back to the router through this hook. */
 extern void (*em_reroute)(msg_t *m);
-/* An instance handed over by a graceful shard hand-off: its snapshot (owned
- * by the hook) goes to the shard's new owner. */
-extern void (*em_handoff)(etype_t *t, const char *id, size_t id_len, char *snapshot, size_t len);
+/* An instance handed over by a graceful shard hand-off (or a snapshot handed
+ * here earlier that its instance never claimed): the snapshot (owned by the
+ * hook) goes to the shard's new owner. */
+extern void (*em_handoff)(const char *type, size_t type_len, const char *id, size_t id_len, char *snapshot,
+                          size_t len);
 /* Instances (any state) on a shard. */
 uint32_t em_shard_instances(uint32_t shard);
+/* Snapshots handed here for a shard and not yet claimed by an instance. */
+uint32_t em_shard_stashed(uint32_t shard);
 /* Graceful: for every shard with mask[shard] set, queued messages go back to
  * the router, running ones finish, then each instance hands its snapshot
- * over and goes. */
+ * over and goes; snapshots stashed for those shards are handed on too. */
 void em_release_shards(const uint8_t *mask);
 /* At once: running handlers of those shards end with `unavailable`, queued
  * messages go back to the router, instances go (no snapshot: the lease is
  * gone, so their state may already be stale). */
 void em_fence_shards(const uint8_t *mask);
 /* A snapshot that arrived for an instance not yet created here: activate
- * hands it to the next instance of (type, id). Takes ownership. */
+ * hands it to the next instance of (type, id). Takes ownership. It stays
+ * until claimed, handed on or dropped (no expiry: it is the only copy). */
 void em_stash_snapshot(const char *type, size_t type_len, const char *id, size_t id_len, char *snap, size_t len);
+/* Hands every stashed snapshot of the shards in mask to em_handoff. */
+void em_stash_hand_on(const uint8_t *mask);
+/* Frees the stashed snapshots of the shards in mask (their new owner did
+ * not take them in time); returns how many. */
+uint32_t em_stash_drop(const uint8_t *mask);
 
 #endif

@@ -55,6 +55,10 @@ static const char *const coord_migrations[] = {
     "CREATE INDEX IF NOT EXISTS %1$smessages_done ON %1$smessages (done_at) WHERE done_at IS NOT NULL",
     /* 8: each cron job's last finished instant and the instant it started. */
     "CREATE TABLE IF NOT EXISTS %1$scron (name text PRIMARY KEY, done_ms bigint NOT NULL, claimed_ms bigint NOT NULL)",
+    /* 9: each runner's proof that it knows the cluster secret (see
+     * cluster/proof.h): '' without a secret, NULL from a luster that
+     * predates it. */
+    "ALTER TABLE %1$srunners ADD COLUMN IF NOT EXISTS secret_proof text",
 };
 #define COORD_NMIGRATIONS (int)(sizeof coord_migrations / sizeof coord_migrations[0])
 
@@ -177,6 +181,24 @@ static void coord__quiet(void *arg, const char *message) {
   log_debug("storage: %s", message);
 }
 
+/* Every live runner's secret proof must pass cfg->check_proof: a runner
+ * with another secret would take shards whose calls its peers refuse. */
+static int coord__check_proofs(PGconn *c, const coord_config_t *cfg, char *err, size_t errlen) {
+  if (!cfg->check_proof) return 0;
+  char *sql = coord_sql("SELECT r.address, r.secret_proof FROM %1$srunners r JOIN pg_locks m ON " COORD_MEMBER_LOCK
+                        " ORDER BY r.id", co.prefix);
+  PGresult *r = NULL;
+  const char *p1[1] = {co.ns_member};
+  int rc = coord__exec(c, sql, 1, p1, &r, err, errlen);
+  free(sql);
+  for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
+    const char *proof = PQgetisnull(r, i, 1) ? NULL : PQgetvalue(r, i, 1);
+    if (cfg->check_proof(PQgetvalue(r, i, 0), proof, err, errlen) != 0) rc = -1;
+  }
+  PQclear(r);
+  return rc;
+}
+
 int coord_bootstrap(const coord_config_t *cfg, int64_t *self_id, char *err, size_t errlen) {
   coord__names(cfg);
   const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
@@ -222,16 +244,19 @@ int coord_bootstrap(const coord_config_t *cfg, int64_t *self_id, char *err, size
   PQclear(r);
   r = NULL;
   free(sql);
+  sql = NULL;
+  if (coord__check_proofs(c, cfg, err, errlen)) goto out;
   /* Rows of runners that died long ago (no lock, no heartbeat). */
   sql = coord_sql("DELETE FROM %1$srunners r WHERE r.heartbeat_at < now() - interval '10 minutes'"
                    " AND NOT EXISTS (SELECT 1 FROM pg_locks m WHERE " COORD_MEMBER_LOCK ")", co.prefix);
   const char *p1[1] = {co.ns_member};
   if (coord__exec(c, sql, 1, p1, NULL, err, errlen)) goto out;
   free(sql);
-  sql = coord_sql("INSERT INTO %1$srunners (address, http, weight, shards, lease_ms)"
-                   " VALUES ($1, $2, $3::int, $4::int, $5::bigint) RETURNING id", co.prefix);
-  const char *p5[5] = {cfg->address, cfg->http ? cfg->http : "", weight, shards, lease};
-  if (coord__exec(c, sql, 5, p5, &r, err, errlen)) goto out;
+  sql = coord_sql("INSERT INTO %1$srunners (address, http, weight, shards, lease_ms, secret_proof)"
+                   " VALUES ($1, $2, $3::int, $4::int, $5::bigint, $6) RETURNING id", co.prefix);
+  const char *p6[6] = {cfg->address, cfg->http ? cfg->http : "", weight, shards, lease,
+                       cfg->proof ? cfg->proof : ""};
+  if (coord__exec(c, sql, 6, p6, &r, err, errlen)) goto out;
   *self_id = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
   rc = 0;
 out:
@@ -278,14 +303,14 @@ int coord_open(uv_loop_t *loop, const coord_config_t *cfg, int64_t self_id) {
       "SELECT r.id, r.address, r.http, r.weight, r.shards, r.stopping,"
       " (extract(epoch from (now() - r.heartbeat_at)) * 1000)::bigint,"
       " (SELECT count(*) FROM pg_locks s WHERE s.locktype = 'advisory' AND s.classid = $2::oid"
-      "   AND s.objsubid = 2 AND s.granted AND s.pid = m.pid), r.scripts"
+      "   AND s.objsubid = 2 AND s.granted AND s.pid = m.pid), r.scripts, r.secret_proof"
       " FROM %1$srunners r JOIN pg_locks m ON " COORD_MEMBER_LOCK " ORDER BY r.id",
       co.prefix);
   /* An upsert: a runner frozen long enough for its row to be cleaned away
    * comes back with the same id. */
   co.sql_heartbeat = coord_sql(
-      "INSERT INTO %1$srunners (id, address, http, weight, shards, stopping, held, scripts, lease_ms)"
-      " VALUES ($1::bigint, $2, $3, $4::int, $5::int, $6::boolean, $7::int, $8, $9::bigint)"
+      "INSERT INTO %1$srunners (id, address, http, weight, shards, stopping, held, scripts, lease_ms, secret_proof)"
+      " VALUES ($1::bigint, $2, $3, $4::int, $5::int, $6::boolean, $7::int, $8, $9::bigint, $10)"
       " ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopping = EXCLUDED.stopping, held = EXCLUDED.held,"
       " scripts = EXCLUDED.scripts",
       co.prefix);
@@ -445,6 +470,7 @@ static void coord__members_done(void *ud, pgc_status_t st, PGresult *res, const 
     m[i].heartbeat_age_ms = strtoll(PQgetvalue(res, i, 6), NULL, 10);
     m[i].held = (uint32_t)strtoul(PQgetvalue(res, i, 7), NULL, 10);
     m[i].scripts = strdup(PQgetvalue(res, i, 8));
+    m[i].proof = PQgetisnull(res, i, 9) ? NULL : strdup(PQgetvalue(res, i, 9));
   }
   ((void (*)(void *, int, coord_member_t *, int))r->fn)(r->ud, st == PGC_OK, m, n);
   free(r);
@@ -462,6 +488,7 @@ void coord_free_members(coord_member_t *m, int n) {
     free(m[i].address);
     free(m[i].http);
     free(m[i].scripts);
+    free(m[i].proof);
   }
   free(m);
 }
@@ -480,9 +507,10 @@ void coord_heartbeat(int stopping, uint32_t held, const char *scripts, uint64_t 
   snprintf(h, sizeof h, "%u", held);
   char lease[24];
   snprintf(lease, sizeof lease, "%llu", (unsigned long long)co.cfg.lease_ms);
-  const char *p[9] = {co.self, co.cfg.address, co.cfg.http ? co.cfg.http : "", weight, shards,
-                      stopping ? "true" : "false", h, scripts ? scripts : "", lease};
-  pgc_query(co.main, co.sql_heartbeat, 9, p, NULL, timeout_ms, coord__done, coord__req((void (*)(void))cb, ud));
+  const char *p[10] = {co.self, co.cfg.address, co.cfg.http ? co.cfg.http : "", weight, shards,
+                       stopping ? "true" : "false", h, scripts ? scripts : "", lease,
+                       co.cfg.proof ? co.cfg.proof : ""};
+  pgc_query(co.main, co.sql_heartbeat, 10, p, NULL, timeout_ms, coord__done, coord__req((void (*)(void))cb, ud));
   if (++co.beats % 64 == 0) {
     const char *pc[1] = {co.ns_member};
     pgc_query(co.main, co.sql_cleanup, 1, pc, NULL, timeout_ms, coord__done,

@@ -35,6 +35,11 @@ typedef struct {
   void (*on_lock_state)(int up, const char *why);
   void (*on_main_state)(int up, const char *why);
   void (*on_notice)(const char *payload);
+  /* This runner's proof of the cluster secret, published in its row, and the
+   * check every live runner's proof (NULL: it published none) must pass at
+   * bootstrap: 0, or -1 with a message in err. */
+  const char *proof;
+  int (*check_proof)(const char *address, const char *proof, char *err, size_t errlen);
 } coord_config_t;
 
 typedef struct {
@@ -46,6 +51,7 @@ typedef struct {
   int64_t heartbeat_age_ms;
   uint32_t held; /* shard locks its session holds */
   char *scripts;  /* "file\tversion\n" per script it serves ("error" when it failed to load) */
+  char *proof;    /* its proof of the cluster secret, or NULL when it published none */
 } coord_member_t;
 
 /* 0 when prefix is a valid table prefix. */
@@ -53,8 +59,9 @@ int coord_valid_prefix(const char *prefix);
 /* SQL text with "%1$s" replaced by the table prefix (malloc'd). */
 char *coord_sql(const char *fmt, const char *prefix);
 /* Blocking, before the loop runs: connects (bounded), applies migrations
- * under a transaction lock, refuses a shard count that differs from a live
- * runner's, and registers this runner. Returns 0 with *self_id, or -1 with a
+ * under a transaction lock, refuses a shard count or lease that differs from
+ * a live runner's and a live runner whose secret proof fails
+ * cfg->check_proof, and registers this runner. Returns 0 with *self_id, or -1 with a
  * message in err. */
 int coord_bootstrap(const coord_config_t *cfg, int64_t *self_id, char *err, size_t errlen);
 /* Opens the lock and main connections on the loop. */
