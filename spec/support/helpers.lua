@@ -158,6 +158,12 @@ function M.alive(pid)
   return state ~= nil and state ~= "Z" and state ~= "X"
 end
 
+-- The resident memory of process pid in KiB (VmRSS), or nil once it is gone.
+function M.rss_kb(pid)
+  local status = M.read_file("/proc/" .. pid .. "/status") or ""
+  return tonumber(status:match("VmRSS:%s*(%d+)"))
+end
+
 local Runner = {}
 Runner.__index = Runner
 
