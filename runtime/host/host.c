@@ -383,7 +383,7 @@ static void task__end_handle(task_t *t, reply_kind_t kind, const char *text) {
   inst_t *inst = t->inst;
   size_t len;
   char *body = reply_error_body(kind, NULL, text, &len);
-  t->type->outcomes[kind]++;
+  t->type->counters->outcomes[kind]++;
   msg_finish(m, kind, body, len);
   free(body);
   host__task_free(t);
@@ -409,11 +409,11 @@ static void task__finish(task_t *t, int nres) {
     if (!k || !body || reply_kind_parse(k, klen, &kind) != 0) {
       size_t len;
       char *eb = reply_error_body(REPLY_DEFECT, NULL, "the runtime's dispatch returned no reply", &len);
-      t->type->outcomes[REPLY_DEFECT]++;
+      t->type->counters->outcomes[REPLY_DEFECT]++;
       msg_finish(m, REPLY_DEFECT, eb, len);
       free(eb);
     } else {
-      t->type->outcomes[kind]++;
+      t->type->counters->outcomes[kind]++;
       msg_finish(m, kind, body, blen);
     }
     host__task_free(t);
