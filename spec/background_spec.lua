@@ -51,6 +51,36 @@ describe("singletons and cron jobs", function()
     assert.are.equal("cron", kinds.EverySecond.kind)
     assert.are.equal("* * * * * *", kinds.EverySecond.schedule)
   end)
+
+  it("shows where each singleton and cron job runs, since when, and the cron's last and next instants", function()
+    local me = r:cluster().runner.address
+    local kinds = H.wait_for("EverySecond to have run", 5, function()
+      local kinds = {}
+      for _, t in ipairs(r:cluster().types) do kinds[t.name] = t end
+      return type(kinds.EverySecond.last) == "number" and kinds
+    end)
+    local now = socket.gettime() * 1000
+    local ticker, cron = kinds.Ticker, kinds.EverySecond
+    assert.are.equal(me, ticker.runner)
+    assert.is_true(ticker.running)
+    assert.are.equal(1, ticker.active)
+    assert.is_true(ticker.since > 0 and ticker.since <= now, "since " .. tostring(ticker.since))
+    assert.are.equal(me, cron.runner)
+    assert.are.equal(1, cron.active)
+    assert.are.equal(0, cron.last % 1000)
+    assert.are.equal(cron.last + 1000, cron.next)
+    assert.is_true(cron.last <= now and cron.next > now - 1000 * H.slow, ("last %.0f next %.0f now %.0f"):format(
+      cron.last, cron.next, now))
+    -- `luster status` prints them in a table of their own, with those instants.
+    local code, out = H.cli("status --url " .. r.url)
+    assert.are.equal(0, code)
+    local when = "%d%d%d%d%-%d%d%-%d%d %d%d:%d%d:%d%d"
+    assert.matches("SINGLETON / CRON%s+KIND%s+RUNNER%s+SINCE%s+LAST%s+NEXT", out)
+    assert.matches("\nTicker%s+singleton%s+" .. me:gsub("%p", "%%%0") .. "%s+" .. when .. "\n", out)
+    assert.matches("\nEverySecond%s+cron%s+" .. me:gsub("%p", "%%%0") .. "%s+" .. when .. "%s+" .. when .. "%s+"
+      .. when .. "\n", out)
+    assert.matches("\nTicker%s+singleton%s+jobs%.lua%s+%x+%s+1%s", out)
+  end)
 end)
 
 describe("a singleton that loops without waiting", function()

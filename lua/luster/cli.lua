@@ -62,7 +62,7 @@ local function table_text(header, rows)
     for i, c in ipairs(cells) do
       out[i] = i < #cells and (tostring(c) .. string.rep(" ", widths[i] - #tostring(c))) or tostring(c)
     end
-    lines[#lines + 1] = table.concat(out, "  ")
+    lines[#lines + 1] = (table.concat(out, "  "):gsub("%s+$", ""))
   end
   line(header)
   for _, r in ipairs(rows) do line(r) end
@@ -92,6 +92,12 @@ local function ranges_text(ranges)
   return table.concat(parts, ",")
 end
 
+-- An epoch-ms instant as UTC ("2026-12-05 10:20:00"); "-" for none.
+local function instant(ms)
+  if type(ms) ~= "number" or ms <= 0 then return "-" end
+  return os.date("!%Y-%m-%d %H:%M:%S", math.floor(ms / 1000))
+end
+
 function M.format_status(status, body)
   local ok, doc = pcall(cjson.decode, body)
   if status ~= 200 or not ok or type(doc) ~= "table" then
@@ -119,6 +125,20 @@ function M.format_status(status, body)
                         t.schedule or table.concat(rpcs, " ") }
   end
   out[#out + 1] = table_text({ "TYPE", "KIND", "FILE", "VERSION", "ACTIVE", "RPCS (* persisted) / SCHEDULE" }, rows)
+  -- Singletons and cron jobs: where each runs, since when, and a cron job's
+  -- last and next instants (known by the runner that runs it; "-" elsewhere).
+  rows = {}
+  for _, t in ipairs(doc.types or {}) do
+    if t.kind == "singleton" or t.kind == "cron" then
+      rows[#rows + 1] = { t.name, t.kind, type(t.runner) == "string" and t.runner or "(none)",
+                          instant(t.since), t.kind == "cron" and instant(t.last) or "",
+                          t.kind == "cron" and instant(t.next) or "" }
+    end
+  end
+  if #rows > 0 then
+    out[#out + 1] = ""
+    out[#out + 1] = table_text({ "SINGLETON / CRON", "KIND", "RUNNER", "SINCE", "LAST", "NEXT" }, rows)
+  end
   if doc.errors and #doc.errors > 0 then
     out[#out + 1] = ""
     out[#out + 1] = "SCRIPT ERRORS"

@@ -637,6 +637,7 @@ static void host__start_runner_task(etype_t *ty) {
   script_t *s = ty->script;
   task_t *t = task_new(s, ty->kind == DEF_CRON ? TASK_CRON : TASK_SINGLETON);
   t->type = ty;
+  t->started_ms = sched_wall_ms();
   ty->runner_task = t;
   lua_State *co = t->co;
   lua_rawgeti(co, LUA_REGISTRYINDEX, ty->kind == DEF_CRON ? s->ref_run_cron : s->ref_run_singleton);

@@ -107,6 +107,9 @@ struct task_s {
   uint64_t used; /* instructions this handler or activation ran so far, across its waits */
   int armed;     /* counted by the budget hook (see host.c) */
   volatile int ticks; /* CPU-timer ticks that found it running (see host.c) */
+  /* Singletons and cron jobs, for GET /cluster: when it started here (wall
+   * ms), and a cron job's last instant run and the next one (0: none yet). */
+  uint64_t started_ms, cron_last_ms, cron_next_ms;
 };
 
 typedef struct host_config_s {

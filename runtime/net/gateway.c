@@ -252,6 +252,37 @@ static const char *gw__kind_name(def_kind_t k) {
   return k == DEF_SINGLETON ? "singleton" : k == DEF_CRON ? "cron" : "entity";
 }
 
+static void gw__ms_or_null(buf_t *b, const char *key, uint64_t ms) {
+  if (ms) buf_printf(b, ",\"%s\":%llu", key, (unsigned long long)ms);
+  else buf_printf(b, ",\"%s\":null", key);
+}
+
+/* Where a singleton or cron job runs: the runner serving the shard of its
+ * name (null while no runner does), since when it runs here, and a cron
+ * job's last and next instants. Since, last and next are known only on the
+ * runner that runs it: null elsewhere (ask that runner). */
+static void gw__background_json(buf_t *b, const etype_t *t) {
+  const char *where = NULL;
+  if (!cluster_on) {
+    where = gw.runner;
+  } else {
+    tp_peer_t *peer = NULL;
+    route_t rt = cluster_route(cluster_shard_of(t->name, t->name_len), &peer);
+    if (rt == ROUTE_LOCAL) where = cluster_self();
+    else if (rt == ROUTE_REMOTE && peer) where = tp_peer_addr(peer);
+  }
+  const task_t *task = where && (!cluster_on || where == cluster_self()) ? t->runner_task : NULL;
+  buf_adds(b, ",\"runner\":");
+  if (where) buf_add_json_str(b, where, strlen(where));
+  else buf_adds(b, "null");
+  buf_printf(b, ",\"running\":%s", task ? "true" : "false");
+  gw__ms_or_null(b, "since", task ? task->started_ms : 0);
+  if (t->kind == DEF_CRON) {
+    gw__ms_or_null(b, "last", task ? task->cron_last_ms : 0);
+    gw__ms_or_null(b, "next", task ? task->cron_next_ms : 0);
+  }
+}
+
 void gateway_cluster_json(buf_t *b) {
   buf_adds(b, "{\"runner\":{\"address\":");
   buf_add_json_str(b, gw.runner, strlen(gw.runner));
@@ -288,8 +319,10 @@ void gateway_cluster_json(buf_t *b) {
     buf_add_json_str(b, t->name, t->name_len);
     buf_printf(b, ",\"kind\":\"%s\",\"file\":", gw__kind_name(t->kind));
     buf_add_json_str(b, t->script->file, strlen(t->script->file));
+    /* A singleton or cron job is one instance, active while it runs here. */
+    uint64_t active = t->kind == DEF_ENTITY ? t->active : t->runner_task != NULL;
     buf_printf(b, ",\"version\":\"%s\",\"active\":%llu,\"activations\":%llu,\"passivations\":%llu",
-               t->script->version, (unsigned long long)t->active, (unsigned long long)t->counters->activations,
+               t->script->version, (unsigned long long)active, (unsigned long long)t->counters->activations,
                (unsigned long long)t->counters->passivations);
     if (t->kind == DEF_ENTITY) {
       buf_printf(b, ",\"max_idle_ms\":%llu,\"concurrency\":%u,\"mailbox\":%u,\"rpcs\":[",
@@ -301,9 +334,12 @@ void gateway_cluster_json(buf_t *b) {
         buf_printf(b, ",\"persisted\":%s}", t->rpcs[i].persisted ? "true" : "false");
       }
       buf_addc(b, ']');
-    } else if (t->cron_expr) {
-      buf_adds(b, ",\"schedule\":");
-      buf_add_json_str(b, t->cron_expr, strlen(t->cron_expr));
+    } else {
+      if (t->cron_expr) {
+        buf_adds(b, ",\"schedule\":");
+        buf_add_json_str(b, t->cron_expr, strlen(t->cron_expr));
+      }
+      gw__background_json(b, t);
     }
     buf_addc(b, '}');
   }

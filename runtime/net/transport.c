@@ -1144,6 +1144,8 @@ tp_peer_t *tp_peer(const char *addr) {
   return p;
 }
 
+const char *tp_peer_addr(const tp_peer_t *p) { return p->addr; }
+
 int tp_peer_ready(const tp_peer_t *p) { return p && p->conn && p->conn->state == TP_S_READY; }
 
 /* Why a request cannot be queued now, or NULL. */

@@ -101,6 +101,8 @@ typedef void (*tp_reply_cb)(void *ud, tp_status_t st, uint8_t kind, const char *
  * before tp_init or after tp_shutdown. The pointer stays valid until
  * tp_shutdown. */
 tp_peer_t *tp_peer(const char *addr);
+/* The address the peer was created with ("host:port"). */
+const char *tp_peer_addr(const tp_peer_t *p);
 /* 1 when the connection is up and authenticated. */
 int tp_peer_ready(const tp_peer_t *p);
 /* Queues a request (req->corr is assigned by the transport); cb runs exactly
