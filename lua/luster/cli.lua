@@ -98,11 +98,37 @@ local function instant(ms)
   return os.date("!%Y-%m-%d %H:%M:%S", math.floor(ms / 1000))
 end
 
-function M.format_status(status, body)
+-- A singleton or cron job running on another runner: only that runner
+-- knows since when and its cron instants. Asks it (through `fetch`, GET
+-- /cluster on its gateway) and fills them in; leaves them out when it
+-- cannot be asked.
+local function fill_in_background(doc, fetch)
+  if type(fetch) ~= "function" then return end
+  local me = (doc.runner or {}).address
+  local gateways, answers = {}, {}
+  for _, r in ipairs(doc.runners or {}) do gateways[r.address] = r.http end
+  for _, t in ipairs(doc.types or {}) do
+    local where = t.runner
+    if (t.kind == "singleton" or t.kind == "cron") and type(where) == "string" and where ~= me
+        and type(t.since) ~= "number" and type(gateways[where]) == "string" then
+      if answers[where] == nil then
+        local status, body = fetch("http://" .. gateways[where], "/cluster")
+        local ok, other = pcall(cjson.decode, body or "")
+        answers[where] = status == 200 and ok and type(other) == "table" and other or false
+      end
+      for _, o in ipairs(answers[where] and answers[where].types or {}) do
+        if o.name == t.name then t.since, t.last, t.next = o.since, o.last, o.next end
+      end
+    end
+  end
+end
+
+function M.format_status(status, body, fetch)
   local ok, doc = pcall(cjson.decode, body)
   if status ~= 200 or not ok or type(doc) ~= "table" then
     return nil, string.format("unexpected answer from /cluster (HTTP %d): %s", status, body), 1
   end
+  fill_in_background(doc, fetch)
   local out = {}
   local me = doc.runner or {}
   out[#out + 1] = string.format("runner %s   http %s   storage %s   scripts %s", tostring(me.address),
