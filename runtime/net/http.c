@@ -12,9 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "cli/log.h"
+#include "net/sock.h"
 
 struct http_server_s {
   uv_tcp_t tcp;
@@ -99,26 +99,22 @@ static void http__req_free(http_req_t *r) {
 
 static void http__reject(http_conn_t *c, int status, const char *msg);
 
-/* Closes the connection at once, dropping whatever is still unsent: the
- * socket lingers for 0 s, so the kernel resets it instead of keeping the
- * unread answers in its buffers while it waits for a window that a client
- * that stopped reading never opens. */
-static void http__conn_drop(http_conn_t *c) {
-  uv_os_fd_t fd;
-  struct linger lg = {.l_onoff = 1, .l_linger = 0};
-  if (!uv_is_closing((uv_handle_t *)&c->tcp) && uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-  http__conn_close(c);
-}
-
 static void http__timeout_cb(uv_timer_t *t) {
   http_conn_t *c = t->data;
   if (c->closing || uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0) {
+    if (!uv_is_closing((uv_handle_t *)&c->tcp) && sock_writable(&c->tcp)) {
+      /* The client did read; this loop was too busy to write since. */
+      uv_timer_start(t, http__timeout_cb, c->srv->lim.request_timeout_ms, 0);
+      return;
+    }
     /* No progress on our answers for --request-timeout (or on the last
      * answer of a connection that is shutting down): the client stopped
      * reading. A 408 or a graceful shutdown would only queue behind the
-     * answers that never drain, so drop them and the connection. */
-    http__conn_drop(c);
+     * answers that never drain, so drop them and the connection, with a
+     * reset: the kernel would otherwise keep the unread answers while it
+     * waits for a window the client never opens. */
+    sock_reset_on_close(&c->tcp);
+    http__conn_close(c);
     return;
   }
   if (c->cur && !c->rejected) {

@@ -48,13 +48,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "cli/log.h"
 #include "core/buf.h"
 #include "core/hash.h"
 #include "core/htab.h"
 #include "core/parse.h"
+#include "net/sock.h"
 
 /* How long the loop keeps polling without sleeping after a request left. */
 #define TP_SPIN_NS 50000u
@@ -479,13 +479,13 @@ static void tp__stall_cb(uv_timer_t *t) {
   }
   size_t left = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
   if (left == 0) return; /* all with the kernel: the write completes this turn */
-  if (left < c->stall_seen) { /* some of it left: the peer reads, slowly */
+  if (left < c->stall_seen || sock_writable(&c->tcp)) {
+    /* Some of it left (the peer reads, slowly), or it could leave now (this
+     * loop was busy): not stalled. */
     c->stall_seen = left;
     return;
   }
-  uv_os_fd_t fd;
-  struct linger lg = {.l_onoff = 1, .l_linger = 0};
-  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  sock_reset_on_close(&c->tcp);
   if (c->dir == TP_IN) {
     log_warn("transport: closing the connection from %s: it read none of our replies for %llu ms "
              "(%zu bytes unwritten)", c->remote, (unsigned long long)tp.write_ms, left);
