@@ -10,14 +10,15 @@ mkdir -p "$(dirname "$out")"
 LUSTER_SPEC_TMP=$(mktemp -d /tmp/luster-specs.XXXXXX) || exit 1
 export LUSTER_SPEC_TMP
 lua5.4 /usr/bin/busted "$@" 2>&1 | tee "$out"
-left=$(find "$LUSTER_SPEC_TMP" -mindepth 1 -maxdepth 1 | sort)
-rm -rf "$LUSTER_SPEC_TMP"
 leftover=0
-if [ -n "$left" ]; then
+if [ -n "$(ls -A "$LUSTER_SPEC_TMP")" ]; then
   leftover=1
   echo "the specs left these files behind (a spec that creates a file or starts a runner must remove it / stop it):"
-  echo "$left" | sed "s|^$LUSTER_SPEC_TMP/|  |"
+  for f in "$LUSTER_SPEC_TMP"/*; do
+    echo "  $(basename "$f"): $(head -c 200 "$f" 2>/dev/null | head -n 1)"
+  done
 fi
+rm -rf "$LUSTER_SPEC_TMP"
 status=$(grep -E '^[0-9]+ success(es)? / [0-9]+ failures? / [0-9]+ errors?' "$out" | tail -n 1)
 passed=$(echo "$status" | sed -E 's/^([0-9]+) success.*/\1/')
 failures=$(echo "$status" | sed -E 's/^[0-9]+ success(es)? \/ ([0-9]+) failure.*/\2/')

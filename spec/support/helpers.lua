@@ -145,10 +145,8 @@ function M.cluster_runners(url, defaults)
   end
   local function stop_all()
     for _, r in ipairs(started) do
-      if r.pid and M.alive(r.pid) then
-        r:kill("CONT")
-        r:stop(5)
-      end
+      if r.pid and M.alive(r.pid) then r:kill("CONT") end
+      r:stop(5) -- also a runner a spec killed: its log goes
     end
   end
   return start, stop_all, started
