@@ -5,6 +5,7 @@
 package.path = "spec/?.lua;" .. package.path
 local H = require "support.helpers"
 local cjson = require "cjson"
+local socket = require "socket"
 
 local FIXTURES = H.root .. "/spec/fixtures/gateway"
 
@@ -492,6 +493,59 @@ describe("the HTTP gateway's connection timers", function()
     end)
     deaf:close()
     assert.are.equal(200, (r:call("Counter", "after-deaf", "Increment", { amount = 1 })))
+  end)
+
+  -- 50 clients each pipeline 600 calls for 8 KiB answers (5 MB each, more
+  -- than the socket buffers of a client reading into 4 KiB hold) and end
+  -- with half a request, then never read. The runner parses at most 128
+  -- requests ahead and stops reading above 1 MiB unsent, so it holds at most
+  -- about 2 MiB per client; after --request-timeout without progress it
+  -- drops the unsent answers and resets the socket rather than waiting for a
+  -- graceful shutdown that never completes.
+  it("drops 50 pipelining clients that never read, with their unsent answers, and keeps its memory bounded", function()
+    -- The sanitizer build keeps freed memory in a quarantine (256 MiB by
+    -- default) that RSS would count: a small one keeps the bound meaningful.
+    local asan = os.getenv("LUSTER_ASAN") and { ASAN_OPTIONS = (os.getenv("ASAN_OPTIONS") or "")
+      .. ":quarantine_size_mb=8:thread_local_quarantine_size_kb=64" }
+    r = H.start(FIXTURES, { args = "--request-timeout 500ms", env = asan })
+    local baseline = r:metric("luster_http_connections")
+    local rss0 = H.rss_kb(r.pid)
+    local body = '{"kb":8}'
+    local clients = {}
+    for i = 1, 50 do
+      local c = socket.tcp4()
+      assert(c:setoption("recv-buffer-size", 4096))
+      assert(c:connect("127.0.0.1", r.port))
+      c:settimeout(0)
+      local bytes = string.rep(post("/entities/Big/deaf-" .. i .. "/Blob", body), 600)
+        .. "POST /entities/Big/deaf/Blob HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+      clients[i] = { c = c, bytes = bytes, sent = 0 }
+    end
+    local peak = rss0
+    H.wait_for("the runner to drop every client that does not read", 20, function()
+      peak = math.max(peak, H.rss_kb(r.pid) or 0)
+      for _, x in ipairs(clients) do
+        if x.sent < #x.bytes then
+          local n, _, partial = x.c:send(x.bytes, x.sent + 1)
+          x.sent = n or partial or x.sent
+        end
+      end
+      return r:metric("luster_http_connections") == baseline
+    end, 0.05)
+    for i, x in ipairs(clients) do
+      x.c:settimeout(5 * H.slow)
+      local _, err = x.c:receive("*a")
+      x.c:close()
+      assert.is_true(err == "closed" or err == "connection reset by peer",
+        ("client %d: the runner did not close its socket (%s)"):format(i, tostring(err)))
+    end
+    -- 50 x (1 MiB unsent + 128 answers of 8 KiB) is about 100 MiB, plus the
+    -- Lua garbage of the 8 KiB strings until it is collected (measured: 120
+    -- to 180 MiB in all); without the limits the runner held over 340 MiB.
+    -- The sanitizer build's redzones and shadow memory add about half.
+    local bound = (os.getenv("LUSTER_ASAN") and 400 or 256) * 1024
+    assert.is_true(peak - rss0 < bound, ("RSS grew by %d KiB (bound %d KiB)"):format(peak - rss0, bound))
+    assert.are.equal(200, (r:call("Counter", "after-deaf-50", "Increment", { amount = 1 })))
   end)
 end)
 

@@ -13,7 +13,7 @@ local CHECK = BUILD:sub(1, 1) == "/" and BUILD .. "/pgconn_check" or H.root .. "
 -- Runs one scenario to the end (killed after `limit` seconds); returns the
 -- exit code and everything it printed.
 local function run(url, scenario, limit)
-  local out = os.tmpname()
+  local out = H.tmpname()
   local _, how, code = os.execute(string.format("timeout -s KILL %d %s %s %s >%s 2>&1",
     math.ceil((limit or 30) * H.slow), H.sh_quote(CHECK), H.sh_quote(url), scenario, out))
   local text = H.read_file(out) or ""
@@ -78,7 +78,7 @@ describe("the non-blocking PostgreSQL connection (pgconn)", function()
   -- lets `disrupt` take the server away and bring it back, then waits for
   -- the program to see down, up, and a query succeed.
   local function across(disrupt)
-    local out = os.tmpname()
+    local out = H.tmpname()
     local p = io.popen(string.format("sh -c %s", H.sh_quote(string.format("exec %s %s restart >%s 2>&1 & echo $!",
       H.sh_quote(CHECK), H.sh_quote(pg:url()), H.sh_quote(out)))))
     local pid = tonumber(p:read("*l"))

@@ -354,6 +354,34 @@ return luster.entity("Echo", { luster.rpc("Say", { payload = { s = luster.schema
     assert.are.equal(1, doc.unchanged)
   end)
 
+  it("keeps the per-type counters of /metrics monotonic across reloads and a removed file", function()
+    r = H.start(dir, { args = "--no-reload" })
+    for _ = 1, 3 do assert.are.equal(200, (r:call("Counter", "m", "Increment", { amount = 1 }))) end
+    assert.are.equal(400, (r:call("Counter", "m", "Increment", { amount = "x" })))
+    local ok, schema = 'luster_messages_total{type="Counter",outcome="ok"}',
+      'luster_messages_total{type="Counter",outcome="schema"}'
+    local activations = 'luster_activations_total{type="Counter"}'
+    assert.are.equal(3, r:metric(ok))
+    assert.are.equal(1, r:metric(schema))
+    assert.are.equal(1, r:metric(activations))
+    H.write_file(dir .. "/counter.lua", counter_src { factor = 2 })
+    assert.are.equal(200, (r:request("POST", "/admin/reload", "")))
+    assert.are.equal(200, (r:call("Counter", "m", "Increment", { amount = 1 })))
+    assert.are.equal(4, r:metric(ok))
+    assert.are.equal(1, r:metric(schema))
+    assert.are.equal(2, r:metric(activations)) -- the new version's instance took over from the old one
+    -- A removed type's counters stay, and go on when the name comes back.
+    os.remove(dir .. "/counter.lua")
+    assert.are.equal(200, (r:request("POST", "/admin/reload", "")))
+    assert.are.equal(404, (r:call("Counter", "m", "Increment", { amount = 1 })))
+    assert.are.equal(4, r:metric(ok))
+    H.write_file(dir .. "/counter.lua", counter_src())
+    assert.are.equal(200, (r:request("POST", "/admin/reload", "")))
+    assert.are.equal(200, (r:call("Counter", "m", "Increment", { amount = 1 })))
+    assert.are.equal(5, r:metric(ok))
+    assert.are.equal(3, r:metric(activations))
+  end)
+
   it("answers a stored persisted message that no longer matches the new schema with a defect", function()
     H.rmdir(dir)
     local ledger = [[

@@ -62,7 +62,7 @@ local function table_text(header, rows)
     for i, c in ipairs(cells) do
       out[i] = i < #cells and (tostring(c) .. string.rep(" ", widths[i] - #tostring(c))) or tostring(c)
     end
-    lines[#lines + 1] = table.concat(out, "  ")
+    lines[#lines + 1] = (table.concat(out, "  "):gsub("%s+$", ""))
   end
   line(header)
   for _, r in ipairs(rows) do line(r) end
@@ -92,11 +92,43 @@ local function ranges_text(ranges)
   return table.concat(parts, ",")
 end
 
-function M.format_status(status, body)
+-- An epoch-ms instant as UTC ("2026-12-05 10:20:00"); "-" for none.
+local function instant(ms)
+  if type(ms) ~= "number" or ms <= 0 then return "-" end
+  return os.date("!%Y-%m-%d %H:%M:%S", math.floor(ms / 1000))
+end
+
+-- A singleton or cron job running on another runner: only that runner
+-- knows since when and its cron instants. Asks it (through `fetch`, GET
+-- /cluster on its gateway) and fills them in; leaves them out when it
+-- cannot be asked.
+local function fill_in_background(doc, fetch)
+  if type(fetch) ~= "function" then return end
+  local me = (doc.runner or {}).address
+  local gateways, answers = {}, {}
+  for _, r in ipairs(doc.runners or {}) do gateways[r.address] = r.http end
+  for _, t in ipairs(doc.types or {}) do
+    local where = t.runner
+    if (t.kind == "singleton" or t.kind == "cron") and type(where) == "string" and where ~= me
+        and type(t.since) ~= "number" and type(gateways[where]) == "string" then
+      if answers[where] == nil then
+        local status, body = fetch("http://" .. gateways[where], "/cluster")
+        local ok, other = pcall(cjson.decode, body or "")
+        answers[where] = status == 200 and ok and type(other) == "table" and other or false
+      end
+      for _, o in ipairs(answers[where] and answers[where].types or {}) do
+        if o.name == t.name then t.since, t.last, t.next = o.since, o.last, o.next end
+      end
+    end
+  end
+end
+
+function M.format_status(status, body, fetch)
   local ok, doc = pcall(cjson.decode, body)
   if status ~= 200 or not ok or type(doc) ~= "table" then
     return nil, string.format("unexpected answer from /cluster (HTTP %d): %s", status, body), 1
   end
+  fill_in_background(doc, fetch)
   local out = {}
   local me = doc.runner or {}
   out[#out + 1] = string.format("runner %s   http %s   storage %s   scripts %s", tostring(me.address),
@@ -119,6 +151,20 @@ function M.format_status(status, body)
                         t.schedule or table.concat(rpcs, " ") }
   end
   out[#out + 1] = table_text({ "TYPE", "KIND", "FILE", "VERSION", "ACTIVE", "RPCS (* persisted) / SCHEDULE" }, rows)
+  -- Singletons and cron jobs: where each runs, since when, and a cron job's
+  -- last and next instants (known by the runner that runs it; "-" elsewhere).
+  rows = {}
+  for _, t in ipairs(doc.types or {}) do
+    if t.kind == "singleton" or t.kind == "cron" then
+      rows[#rows + 1] = { t.name, t.kind, type(t.runner) == "string" and t.runner or "(none)",
+                          instant(t.since), t.kind == "cron" and instant(t.last) or "",
+                          t.kind == "cron" and instant(t.next) or "" }
+    end
+  end
+  if #rows > 0 then
+    out[#out + 1] = ""
+    out[#out + 1] = table_text({ "SINGLETON / CRON", "KIND", "RUNNER", "SINCE", "LAST", "NEXT" }, rows)
+  end
   if doc.errors and #doc.errors > 0 then
     out[#out + 1] = ""
     out[#out + 1] = "SCRIPT ERRORS"

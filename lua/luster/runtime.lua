@@ -263,12 +263,14 @@ function M.run_cron(def, ctx)
     local ok, err = pcall(def.run, ctx, at)
     if not ok then core.log("error", fmt("[%s] cron run for %d raised: %s", def.name, at, tostring(err))) end
   end
+  local ran = 0 -- the last instant run (in a cluster: done anywhere), for GET /cluster
   local function run_once(at, durable)
     if durable then
       local claimed = cron_store(def, CRON_CLAIM, at)
-      if claimed ~= 1 then return end -- done already
+      if claimed ~= 1 then ran = at return end -- done already
     end
     run(at)
+    ran = at
     if durable then cron_store(def, CRON_DONE, at) end
   end
   local last = core.wall()
@@ -281,6 +283,7 @@ function M.run_cron(def, ctx)
       done = claimed
     end
     last = done
+    ran = done
     local now, horizon = core.wall(), core.cron_catch_up()
     if now - last > horizon then
       local from = last
@@ -300,6 +303,7 @@ function M.run_cron(def, ctx)
   end
   while true do
     local at = cron.next(def.schedule, last)
+    core.cron_progress(ran, at or 0)
     if not at then
       core.log("error", fmt("[%s] the schedule %q has no next instant; the job stops", def.name, def.expr))
       return

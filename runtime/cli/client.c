@@ -153,8 +153,27 @@ static int client__request(const char *url, const char *method, const char *path
   return status;
 }
 
-/* Runs luster.cli's formatter `fn` over (status, body); prints what it
- * returns and gives its exit code. */
+/* fetch(url, path) for the formatter: GET url..path; returns status, body,
+ * or nil and a message (already printed) when the runner cannot be reached. */
+static int client__lua_fetch(lua_State *L) {
+  const char *url = luaL_checkstring(L, 1), *path = luaL_checkstring(L, 2);
+  buf_t body;
+  buf_init(&body);
+  int status = client__request(url, "GET", path, "", 0, 10000, &body);
+  if (status < 0) {
+    buf_free(&body);
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot reach %s", url);
+    return 2;
+  }
+  lua_pushinteger(L, status);
+  lua_pushlstring(L, body.data ? body.data : "", body.len);
+  buf_free(&body);
+  return 2;
+}
+
+/* Runs luster.cli's formatter `fn` over (status, body, fetch); prints what
+ * it returns and gives its exit code. */
 static int client__format(const char *fn, int status, const buf_t *body) {
   lua_State *L = luaL_newstate();
   luaL_openlibs(L);
@@ -174,7 +193,8 @@ static int client__format(const char *fn, int status, const buf_t *body) {
   lua_getfield(L, -1, fn);
   lua_pushinteger(L, status);
   lua_pushlstring(L, body->data ? body->data : "", body->len);
-  if (lua_pcall(L, 2, 3, 0) != LUA_OK) goto fail;
+  lua_pushcfunction(L, client__lua_fetch);
+  if (lua_pcall(L, 3, 3, 0) != LUA_OK) goto fail;
   if (lua_isstring(L, -3)) printf("%s\n", lua_tostring(L, -3));
   if (lua_isstring(L, -2)) fprintf(stderr, "%s\n", lua_tostring(L, -2));
   code = (int)lua_tointeger(L, -1);

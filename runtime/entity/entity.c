@@ -274,7 +274,7 @@ static void em__destroy(inst_t *i) {
 
 static void em__passivate(inst_t *i) {
   etype_t *t = i->type;
-  t->passivations++;
+  t->counters->passivations++;
   log_debug("passivating %s/%.*s after %llu ms idle", t->name, (int)i->id_len, i->id,
             (unsigned long long)t->max_idle_ms);
   em__destroy(i);
@@ -379,7 +379,7 @@ static void em__pump(sched_item_t *it) {
   if (i->state == INST_NEW) {
     if (!i->mb_head && !i->snapshot) { em__destroy(i); return; }
     i->state = INST_ACTIVATING;
-    t->activations++;
+    t->counters->activations++;
     char *snap = i->snapshot;
     size_t snap_len = i->snapshot_len;
     i->snapshot = NULL;
@@ -495,7 +495,7 @@ void em_activated(inst_t *i, const char *error) {
       msg_t *m = i->mb_head;
       i->mb_head = m->next;
       t->queued--;
-      t->outcomes[REPLY_DEFECT]++;
+      t->counters->outcomes[REPLY_DEFECT]++;
       msg_finish(m, REPLY_DEFECT, body, len);
     }
     free(body);

@@ -161,6 +161,16 @@ static int core_cron(lua_State *L) {
   return lua_yieldk(L, 0, 0, core__reply_k);
 }
 
+/* core.cron_progress(last, next): a cron job's last instant run and the one
+ * it waits for (epoch ms, 0 for none), shown by GET /cluster. */
+static int core_cron_progress(lua_State *L) {
+  lua_Integer last = luaL_checkinteger(L, 1), next = luaL_checkinteger(L, 2);
+  task_t *t = core__task(L, "cron progress");
+  t->cron_last_ms = last > 0 ? (uint64_t)last : 0;
+  t->cron_next_ms = next > 0 ? (uint64_t)next : 0;
+  return 0;
+}
+
 static int core_cron_catch_up(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)host__cfg.cron_catch_up_ms);
   return 1;
@@ -171,7 +181,8 @@ int host__open_core(lua_State *L) {
       {"call", core_call}, {"sleep", core_sleep}, {"keep_alive", core_keep_alive}, {"runner", core_runner},
       {"wall", core_wall}, {"now", core_wall}, {"clock", core_clock}, {"log", core_log},
       {"json_encode", json_lua_encode}, {"json_decode", json_lua_decode},
-      {"cron", core_cron}, {"cron_catch_up", core_cron_catch_up}, {NULL, NULL},
+      {"cron", core_cron}, {"cron_catch_up", core_cron_catch_up},
+      {"cron_progress", core_cron_progress}, {NULL, NULL},
   };
   luaL_newlib(L, fns);
   return 1;

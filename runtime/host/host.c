@@ -414,7 +414,7 @@ static void task__end_handle(task_t *t, reply_kind_t kind, const char *text) {
   inst_t *inst = t->inst;
   size_t len;
   char *body = reply_error_body(kind, NULL, text, &len);
-  t->type->outcomes[kind]++;
+  t->type->counters->outcomes[kind]++;
   msg_finish(m, kind, body, len);
   free(body);
   host__task_free(t);
@@ -440,11 +440,11 @@ static void task__finish(task_t *t, int nres) {
     if (!k || !body || reply_kind_parse(k, klen, &kind) != 0) {
       size_t len;
       char *eb = reply_error_body(REPLY_DEFECT, NULL, "the runtime's dispatch returned no reply", &len);
-      t->type->outcomes[REPLY_DEFECT]++;
+      t->type->counters->outcomes[REPLY_DEFECT]++;
       msg_finish(m, REPLY_DEFECT, eb, len);
       free(eb);
     } else {
-      t->type->outcomes[kind]++;
+      t->type->counters->outcomes[kind]++;
       msg_finish(m, kind, body, blen);
     }
     host__task_free(t);
@@ -703,6 +703,7 @@ static void host__start_runner_task(etype_t *ty) {
   script_t *s = ty->script;
   task_t *t = task_new(s, ty->kind == DEF_CRON ? TASK_CRON : TASK_SINGLETON);
   t->type = ty;
+  t->started_ms = sched_wall_ms();
   ty->runner_task = t;
   lua_State *co = t->co;
   lua_rawgeti(co, LUA_REGISTRYINDEX, ty->kind == DEF_CRON ? s->ref_run_cron : s->ref_run_singleton);

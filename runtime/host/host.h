@@ -9,6 +9,7 @@
 
 #include "core/buf.h"
 #include "core/htab.h"
+#include "host/counters.h"
 #include "entity/msg.h"
 #include "entity/sched.h"
 
@@ -53,9 +54,8 @@ struct etype_s {
   uint64_t active;
   struct inst_s *idle_head, *idle_tail;
   timer_entry_t idle_timer;
-  uint64_t activations, passivations;
   uint64_t running, queued; /* messages running now, and waiting in mailboxes */
-  uint64_t outcomes[REPLY__COUNT];
+  host_counters_t *counters; /* of its name, kept across versions (counters.h); set when served */
   int retired;         /* replaced by a reload; kept while instances, tasks or messages use it */
   size_t refs;         /* messages that point at this type */
   task_t *runner_task; /* singleton / cron */
@@ -111,6 +111,9 @@ struct task_s {
   uint64_t used; /* instructions this handler or activation ran so far, across its waits */
   int armed;     /* counted by the budget hook (see host.c) */
   volatile int ticks; /* CPU-timer ticks that found it running (see host.c) */
+  /* Singletons and cron jobs, for GET /cluster: when it started here (wall
+   * ms), and a cron job's last instant run and the next one (0: none yet). */
+  uint64_t started_ms, cron_last_ms, cron_next_ms;
 };
 
 typedef struct host_config_s {

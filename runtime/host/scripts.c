@@ -330,6 +330,7 @@ static void host__register_types(script_t *s) {
   etype_t **tail = &host__type_list;
   while (*tail) tail = &(*tail)->next;
   for (etype_t *ty = s->types; ty; ty = ty->snext) {
+    ty->counters = host_counters_for(ty->name, ty->name_len, ty->kind == DEF_ENTITY);
     *tail = ty;
     tail = &ty->next;
   }
@@ -722,4 +723,5 @@ void host_shutdown(void) {
   free(host_libs);
   host_libs = NULL;
   host_nlibs = 0;
+  host_counters_free();
 }

@@ -253,6 +253,37 @@ static const char *gw__kind_name(def_kind_t k) {
   return k == DEF_SINGLETON ? "singleton" : k == DEF_CRON ? "cron" : "entity";
 }
 
+static void gw__ms_or_null(buf_t *b, const char *key, uint64_t ms) {
+  if (ms) buf_printf(b, ",\"%s\":%llu", key, (unsigned long long)ms);
+  else buf_printf(b, ",\"%s\":null", key);
+}
+
+/* Where a singleton or cron job runs: the runner serving the shard of its
+ * name (null while no runner does), since when it runs here, and a cron
+ * job's last and next instants. Since, last and next are known only on the
+ * runner that runs it: null elsewhere (ask that runner). */
+static void gw__background_json(buf_t *b, const etype_t *t) {
+  const char *where = NULL;
+  if (!cluster_on) {
+    where = gw.runner;
+  } else {
+    tp_peer_t *peer = NULL;
+    route_t rt = cluster_route(cluster_shard_of(t->name, t->name_len), &peer);
+    if (rt == ROUTE_LOCAL) where = cluster_self();
+    else if (rt == ROUTE_REMOTE && peer) where = tp_peer_addr(peer);
+  }
+  const task_t *task = where && (!cluster_on || where == cluster_self()) ? t->runner_task : NULL;
+  buf_adds(b, ",\"runner\":");
+  if (where) buf_add_json_str(b, where, strlen(where));
+  else buf_adds(b, "null");
+  buf_printf(b, ",\"running\":%s", task ? "true" : "false");
+  gw__ms_or_null(b, "since", task ? task->started_ms : 0);
+  if (t->kind == DEF_CRON) {
+    gw__ms_or_null(b, "last", task ? task->cron_last_ms : 0);
+    gw__ms_or_null(b, "next", task ? task->cron_next_ms : 0);
+  }
+}
+
 void gateway_cluster_json(buf_t *b) {
   buf_adds(b, "{\"runner\":{\"address\":");
   buf_add_json_str(b, gw.runner, strlen(gw.runner));
@@ -289,9 +320,11 @@ void gateway_cluster_json(buf_t *b) {
     buf_add_json_str(b, t->name, t->name_len);
     buf_printf(b, ",\"kind\":\"%s\",\"file\":", gw__kind_name(t->kind));
     buf_add_json_str(b, t->script->file, strlen(t->script->file));
+    /* A singleton or cron job is one instance, active while it runs here. */
+    uint64_t active = t->kind == DEF_ENTITY ? t->active : t->runner_task != NULL;
     buf_printf(b, ",\"version\":\"%s\",\"active\":%llu,\"activations\":%llu,\"passivations\":%llu",
-               t->script->version, (unsigned long long)t->active, (unsigned long long)t->activations,
-               (unsigned long long)t->passivations);
+               t->script->version, (unsigned long long)active, (unsigned long long)t->counters->activations,
+               (unsigned long long)t->counters->passivations);
     if (t->kind == DEF_ENTITY) {
       buf_printf(b, ",\"max_idle_ms\":%llu,\"concurrency\":%u,\"mailbox\":%u,\"rpcs\":[",
                  (unsigned long long)t->max_idle_ms, t->concurrency, t->mailbox);
@@ -302,9 +335,12 @@ void gateway_cluster_json(buf_t *b) {
         buf_printf(b, ",\"persisted\":%s}", t->rpcs[i].persisted ? "true" : "false");
       }
       buf_addc(b, ']');
-    } else if (t->cron_expr) {
-      buf_adds(b, ",\"schedule\":");
-      buf_add_json_str(b, t->cron_expr, strlen(t->cron_expr));
+    } else {
+      if (t->cron_expr) {
+        buf_adds(b, ",\"schedule\":");
+        buf_add_json_str(b, t->cron_expr, strlen(t->cron_expr));
+      }
+      gw__background_json(b, t);
     }
     buf_addc(b, '}');
   }
@@ -361,31 +397,43 @@ static void gw__label(buf_t *b, const char *s) {
 }
 
 void gateway_metrics(buf_t *b) {
+  /* Gauges describe the types served now; counters every type name served
+   * since the start (host/counters.h), so a reload or a removed file never
+   * makes them go back. */
   static const struct {
     const char *name, *type, *help;
     size_t off;
-  } per_type[] = {
+  } gauges[] = {
       {"luster_active_instances", "gauge", "Active entity instances on this runner, per type.",
        offsetof(etype_t, active)},
-      {"luster_activations_total", "counter", "Instances activated, per type.", offsetof(etype_t, activations)},
-      {"luster_passivations_total", "counter", "Instances passivated after max_idle, per type.",
-       offsetof(etype_t, passivations)},
       {"luster_running_messages", "gauge", "Messages being handled now, per type.", offsetof(etype_t, running)},
       {"luster_queued_messages", "gauge", "Messages waiting in mailboxes, per type.", offsetof(etype_t, queued)},
+  }, counters[] = {
+      {"luster_activations_total", "counter", "Instances activated, per type.",
+       offsetof(host_counters_t, activations)},
+      {"luster_passivations_total", "counter", "Instances passivated after max_idle, per type.",
+       offsetof(host_counters_t, passivations)},
   };
-  for (size_t m = 0; m < sizeof per_type / sizeof per_type[0]; m++) {
-    gw__metric_head(b, per_type[m].name, per_type[m].type, per_type[m].help);
+  for (size_t m = 0; m < sizeof gauges / sizeof gauges[0]; m++) {
+    gw__metric_head(b, gauges[m].name, gauges[m].type, gauges[m].help);
     for (etype_t *t = host_types(); t; t = t->next)
       if (t->kind == DEF_ENTITY)
-        buf_printf(b, "%s{type=\"%s\"} %llu\n", per_type[m].name, t->name,
-                   (unsigned long long)*(const uint64_t *)((const char *)t + per_type[m].off));
+        buf_printf(b, "%s{type=\"%s\"} %llu\n", gauges[m].name, t->name,
+                   (unsigned long long)*(const uint64_t *)((const char *)t + gauges[m].off));
+  }
+  for (size_t m = 0; m < sizeof counters / sizeof counters[0]; m++) {
+    gw__metric_head(b, counters[m].name, counters[m].type, counters[m].help);
+    for (host_counters_t *c = host_counters(); c; c = c->next)
+      if (c->entity)
+        buf_printf(b, "%s{type=\"%s\"} %llu\n", counters[m].name, c->name,
+                   (unsigned long long)*(const uint64_t *)((const char *)c + counters[m].off));
   }
   gw__metric_head(b, "luster_messages_total", "counter", "Messages handled, per type and outcome.");
-  for (etype_t *t = host_types(); t; t = t->next)
+  for (host_counters_t *c = host_counters(); c; c = c->next)
     for (int k = 0; k < REPLY__COUNT; k++)
-      if (t->outcomes[k])
-        buf_printf(b, "luster_messages_total{type=\"%s\",outcome=\"%s\"} %llu\n", t->name,
-                   reply_kind_name((reply_kind_t)k), (unsigned long long)t->outcomes[k]);
+      if (c->outcomes[k])
+        buf_printf(b, "luster_messages_total{type=\"%s\",outcome=\"%s\"} %llu\n", c->name,
+                   reply_kind_name((reply_kind_t)k), (unsigned long long)c->outcomes[k]);
   gw__metric_head(b, "luster_script_memory_bytes", "gauge", "Bytes held by each script's Lua state.");
   for (script_t *s = host_scripts(); s; s = s->next)
     if (!s->error) {

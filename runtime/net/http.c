@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "cli/log.h"
+#include "net/sock.h"
 
 struct http_server_s {
   uv_tcp_t tcp;
@@ -41,6 +42,8 @@ struct http_conn_s {
   const char *reject_msg;
   int rejected;  /* answered an unparseable request: read no more */
   buf_t hvalue;  /* the header value being received, which may span reads */
+  buf_t pending; /* bytes read but not parsed: parsing paused at a limit */
+  int parsing;   /* inside http__parse: requests are being handed out */
 };
 
 #define HTTP_WRITE_MAX_BUFS 32
@@ -99,6 +102,22 @@ static void http__reject(http_conn_t *c, int status, const char *msg);
 
 static void http__timeout_cb(uv_timer_t *t) {
   http_conn_t *c = t->data;
+  if (c->closing || uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0) {
+    if (!uv_is_closing((uv_handle_t *)&c->tcp) && sock_writable(&c->tcp)) {
+      /* The client did read; this loop was too busy to write since. */
+      uv_timer_start(t, http__timeout_cb, c->srv->lim.request_timeout_ms, 0);
+      return;
+    }
+    /* No progress on our answers for --request-timeout (or on the last
+     * answer of a connection that is shutting down): the client stopped
+     * reading. A 408 or a graceful shutdown would only queue behind the
+     * answers that never drain, so drop them and the connection, with a
+     * reset: the kernel would otherwise keep the unread answers while it
+     * waits for a window the client never opens. */
+    sock_reset_on_close(&c->tcp);
+    http__conn_close(c);
+    return;
+  }
   if (c->cur && !c->rejected) {
     /* A request started and did not finish in time (slowloris): say so,
      * then close. An idle keep-alive connection just closes. */
@@ -122,10 +141,31 @@ static void http__timer_update(http_conn_t *c) {
   else uv_timer_stop(&c->timer);
 }
 
+static int http__want_more(http_conn_t *c) {
+  size_t unsent = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+  return c->inflight < c->srv->lim.max_pipelined && unsent < HTTP_MAX_UNSENT;
+}
+
+static void http__parse(http_conn_t *c, const char *data, size_t n);
+
+/* Parses the bytes left over when parsing paused, now that there is room. */
+static void http__parse_pending(http_conn_t *c) {
+  size_t len;
+  char *data = buf_steal(&c->pending, &len);
+  http_parser_pause(&c->parser, 0);
+  http__parse(c, data, len);
+  free(data);
+}
+
 static void http__reading(http_conn_t *c) {
   if (c->closing || c->rejected) return;
-  size_t unsent = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
-  int want = c->inflight < c->srv->lim.max_pipelined && unsent < HTTP_MAX_UNSENT;
+  int want = http__want_more(c);
+  while (want && c->pending.len > 0 && !c->parsing) {
+    http__parse_pending(c);
+    if (c->closing || c->rejected) return;
+    want = http__want_more(c);
+  }
+  if (c->pending.len > 0) want = 0; /* those first */
   if (want && !c->reading) {
     uv_read_start((uv_stream_t *)&c->tcp, http__alloc_cb, http__read_cb);
     c->reading = 1;
@@ -212,7 +252,9 @@ static void http__flush(http_conn_t *c) {
     c->tail = NULL;
     c->closing = 1; /* stop reading and answering; close once written */
     if (c->reading) { uv_read_stop((uv_stream_t *)&c->tcp); c->reading = 0; }
-    uv_timer_stop(&c->timer);
+    /* The shutdown completes once the client has read everything; one that
+     * does not within --request-timeout is dropped (http__timeout_cb). */
+    uv_timer_start(&c->timer, http__timeout_cb, c->srv->lim.request_timeout_ms, 0);
     uv_shutdown_t *sr = malloc(sizeof *sr);
     sr->data = c;
     if (uv_shutdown(sr, (uv_stream_t *)&c->tcp, http__shutdown_cb) != 0) {
@@ -407,6 +449,10 @@ static int http__on_complete(http_parser *p) {
   http_st.requests_total++;
   http__timer_update(c);
   c->srv->on_request(r);
+  /* Limits hold per request, not per read: one 64 KiB read can hold a
+   * thousand small requests, each asking for a large answer. Parsing stops
+   * here and the rest of the read waits in `pending` (http__reading). */
+  if (!c->closing && !http__want_more(c)) http_parser_pause(p, 1);
   return 0;
 }
 
@@ -425,9 +471,22 @@ static void http__read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
     return;
   }
   if (n == 0 || c->closing) return;
-  size_t done = http_parser_execute(&c->parser, &http_settings, b->base, (size_t)n);
+  http__parse(c, b->base, (size_t)n);
+  http__reading(c);
+}
+
+/* Feeds bytes to the parser; what is left when it pauses at a limit is kept
+ * in c->pending. The caller then calls http__reading. */
+static void http__parse(http_conn_t *c, const char *data, size_t n) {
+  c->parsing = 1;
+  size_t done = http_parser_execute(&c->parser, &http_settings, data, n);
+  c->parsing = 0;
   if (c->closing) return;
-  if (c->parser.http_errno != HPE_OK || done != (size_t)n) {
+  if (c->parser.http_errno == HPE_PAUSED) {
+    buf_add(&c->pending, data + done, n - done);
+    return;
+  }
+  if (c->parser.http_errno != HPE_OK || done != n) {
     if (c->reject_status) {
       http__reject(c, c->reject_status, c->reject_msg);
     } else {
@@ -436,15 +495,14 @@ static void http__read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
                http_errno_description((enum http_errno)c->parser.http_errno));
       http__reject(c, 400, msg);
     }
-    return;
   }
-  http__reading(c);
 }
 
 static void http__close_cb(uv_handle_t *h) {
   http_conn_t *c = h->data;
   if (--c->handles == 0) {
     buf_free(&c->hvalue);
+    buf_free(&c->pending);
     free(c);
   }
 }

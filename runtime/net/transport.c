@@ -54,12 +54,14 @@
 #include "core/hash.h"
 #include "core/htab.h"
 #include "core/parse.h"
+#include "net/sock.h"
 
 /* How long the loop keeps polling without sleeping after a request left. */
 #define TP_SPIN_NS 50000u
 #define TP_DEFAULT_MAX_FRAME (16u << 20)
 #define TP_DEFAULT_HIGH_WATER (4u << 20)
 #define TP_DEFAULT_HANDSHAKE_MS 5000
+#define TP_DEFAULT_WRITE_TIMEOUT_MS 5000
 #define TP_MAX_QUEUED (64u << 20)     /* per peer: requests not yet handed to the kernel */
 #define TP_MAX_INBOUND 65536          /* per connection: requests awaiting replies before reading pauses */
 #define TP_MAX_CONNS_IN 4096
@@ -130,6 +132,7 @@ struct tp_conn_s {
   tp_peer_t *peer;
   int port;
   uint64_t hold_corr, appended_corr, written_corr;
+  size_t stall_seen; /* bytes of the write in flight still unwritten at the last stall check */
 };
 
 struct tp_peer_s {
@@ -171,7 +174,7 @@ static struct {
   size_t secret_len;
   size_t max_frame, high_water;
   uint64_t last_send_ns; /* when tp_send last queued a request (see the spin in tp__check_cb) */
-  uint64_t handshake_ms;
+  uint64_t handshake_ms, write_ms;
   void (*on_request)(tp_inbound_t *, const frame_request_t *);
   void (*on_abandoned)(tp_inbound_t *);
   void (*on_peer_down)(const char *, const char *);
@@ -461,6 +464,38 @@ static void tp__out_commit(tp_conn_t *c, size_t n) {
 
 static void tp__write_cb(uv_write_t *w, int status);
 
+/* A peer that stops reading (frozen, wedged, or hostile) would keep our
+ * unwritten frames, up to the limits, for as long as its connection lasts.
+ * Once authenticated, the connection's timer watches the write in flight
+ * instead of the handshake: when a whole write_ms passes with none of it
+ * written, the connection is reset (SO_LINGER 0: what the kernel still
+ * holds is dropped too, not kept for a window that never opens). Its
+ * requests then fail as on any broken connection (TP_LOST / TP_NOT_SENT). */
+static void tp__stall_cb(uv_timer_t *t) {
+  tp_conn_t *c = t->data;
+  if (c->closing || !c->writing) {
+    uv_timer_stop(t);
+    return;
+  }
+  size_t left = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+  if (left == 0) return; /* all with the kernel: the write completes this turn */
+  if (left < c->stall_seen || sock_writable(&c->tcp)) {
+    /* Some of it left (the peer reads, slowly), or it could leave now (this
+     * loop was busy): not stalled. */
+    c->stall_seen = left;
+    return;
+  }
+  sock_reset_on_close(&c->tcp);
+  if (c->dir == TP_IN) {
+    log_warn("transport: closing the connection from %s: it read none of our replies for %llu ms "
+             "(%zu bytes unwritten)", c->remote, (unsigned long long)tp.write_ms, left);
+    tp__close(c, NULL, 0);
+  } else {
+    tp__close(c, tp__why("connection to %s dropped: the peer read none of our requests for %llu ms "
+                         "(%zu bytes unwritten)", c->remote, (unsigned long long)tp.write_ms, left), 1);
+  }
+}
+
 static void tp__flush(tp_conn_t *c) {
   if (c->closing || c->writing || c->out.len == 0) return;
   buf_t t = c->wbuf;
@@ -482,6 +517,10 @@ static void tp__flush(tp_conn_t *c) {
   c->writing = 1;
   c->written_corr = c->appended_corr;
   tp.st.bytes_out += n;
+  if (c->state == TP_S_READY) { /* before that the timer watches the handshake */
+    c->stall_seen = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    uv_timer_start(&c->timer, tp__stall_cb, tp.write_ms, tp.write_ms);
+  }
 }
 
 static void tp__in_pressure(tp_conn_t *c);
@@ -490,6 +529,7 @@ static void tp__write_cb(uv_write_t *w, int status) {
   tp_conn_t *c = w->data;
   c->writing = 0;
   if (c->closing) return;
+  if (c->state == TP_S_READY) uv_timer_stop(&c->timer); /* the stall watch ends with the write */
   if (status < 0) {
     tp__close(c, tp__why("write to %s failed: %s", c->remote, uv_strerror(status)), 1);
     return;
@@ -1026,6 +1066,7 @@ int tp_init(uv_loop_t *loop, const tp_config_t *cfg) {
   if (tp.max_frame > UINT32_MAX) tp.max_frame = UINT32_MAX;
   tp.high_water = cfg->high_water ? cfg->high_water : TP_DEFAULT_HIGH_WATER;
   tp.handshake_ms = cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : TP_DEFAULT_HANDSHAKE_MS;
+  tp.write_ms = cfg->write_timeout_ms ? cfg->write_timeout_ms : TP_DEFAULT_WRITE_TIMEOUT_MS;
   tp.on_request = cfg->on_request;
   tp.on_abandoned = cfg->on_abandoned;
   tp.on_peer_down = cfg->on_peer_down;
@@ -1143,6 +1184,8 @@ tp_peer_t *tp_peer(const char *addr) {
   if (htab_insert(&tp.peers, &p->node) != 0) abort();
   return p;
 }
+
+const char *tp_peer_addr(const tp_peer_t *p) { return p->addr; }
 
 int tp_peer_ready(const tp_peer_t *p) { return p && p->conn && p->conn->state == TP_S_READY; }
 

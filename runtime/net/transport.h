@@ -17,7 +17,8 @@
  * Limits (beyond the configured ones): at most 64 MiB of requests per peer
  * waiting to be written; at most 65536 requests awaiting replies per inbound
  * connection (reading pauses, like for high_water); frames before
- * authentication at most 1024 bytes; at most 4096 inbound connections. */
+ * authentication at most 1024 bytes; at most 4096 inbound connections; a
+ * write the peer reads none of for write_timeout_ms resets the connection. */
 #ifndef LUSTER_TRANSPORT_H
 #define LUSTER_TRANSPORT_H
 
@@ -40,6 +41,7 @@ typedef struct {
                           * see TP_NOT_SENT and TP_KIND_TOO_LARGE. */
   size_t high_water;     /* stop reading a connection while this many reply bytes wait to be written (4 MiB) */
   uint64_t handshake_timeout_ms; /* connect + handshake, and an inbound connection's AUTH (5000) */
+  uint64_t write_timeout_ms;     /* a peer that reads none of a write for this long is reset (5000) */
   /* A request arrived. The receiver must later call tp_reply(in, ...) exactly
    * once, or get on_abandoned(in) first. It may keep `in` and read req's
    * strings only during this call (copy what it needs). */
@@ -101,6 +103,8 @@ typedef void (*tp_reply_cb)(void *ud, tp_status_t st, uint8_t kind, const char *
  * before tp_init or after tp_shutdown. The pointer stays valid until
  * tp_shutdown. */
 tp_peer_t *tp_peer(const char *addr);
+/* The address the peer was created with ("host:port"). */
+const char *tp_peer_addr(const tp_peer_t *p);
 /* 1 when the connection is up and authenticated. */
 int tp_peer_ready(const tp_peer_t *p);
 /* Queues a request (req->corr is assigned by the transport); cb runs exactly

@@ -54,15 +54,33 @@ function M.write_file(path, content)
   f:close()
 end
 
+-- tools/run-specs.sh gives the suite a directory of its own for temporary
+-- files (LUSTER_SPEC_TMP) and fails naming whatever is left in it at the end,
+-- so a spec that forgets to clean up is caught even while other suites run.
+M.tmp_base = os.getenv("LUSTER_SPEC_TMP")
+local tmp_count = 0
+
+-- A new empty file for a spec's temporary output ("what" names it in the
+-- leftover report); the spec removes it.
+function M.tmpname(what)
+  if not M.tmp_base then return os.tmpname() end
+  tmp_count = tmp_count + 1
+  local path = string.format("%s/%s-%d", M.tmp_base, what or "file", tmp_count)
+  assert(io.open(path, "wb")):close()
+  return path
+end
+
 function M.tmpdir()
-  local p = io.popen("mktemp -d /tmp/luster-spec.XXXXXX")
+  local p = io.popen("mktemp -d " .. sh_quote((M.tmp_base or "/tmp") .. "/luster-spec.XXXXXX"))
   local d = p:read("*l")
   p:close()
   return d
 end
 
 function M.rmdir(d)
-  if d and d:match("^/tmp/luster%-spec%.") then os.execute("rm -rf " .. sh_quote(d)) end
+  if not d then return end
+  local base = (d:match("^(.*)/luster%-spec%.[%w]+$"))
+  if base == "/tmp" or (base and base == M.tmp_base) then os.execute("rm -rf " .. sh_quote(d)) end
 end
 
 -- Makes a script directory from {["name.lua"] = source, ["lib/x.lua"] = ...}.
@@ -127,10 +145,8 @@ function M.cluster_runners(url, defaults)
   end
   local function stop_all()
     for _, r in ipairs(started) do
-      if r.pid and M.alive(r.pid) then
-        r:kill("CONT")
-        r:stop(5)
-      end
+      if r.pid and M.alive(r.pid) then r:kill("CONT") end
+      r:stop(5) -- also a runner a spec killed: its log goes
     end
   end
   return start, stop_all, started
@@ -158,6 +174,12 @@ function M.alive(pid)
   return state ~= nil and state ~= "Z" and state ~= "X"
 end
 
+-- The resident memory of process pid in KiB (VmRSS), or nil once it is gone.
+function M.rss_kb(pid)
+  local status = M.read_file("/proc/" .. pid .. "/status") or ""
+  return tonumber(status:match("VmRSS:%s*(%d+)"))
+end
+
 local Runner = {}
 Runner.__index = Runner
 
@@ -165,7 +187,7 @@ Runner.__index = Runner
 -- gateway listens. opts.args: extra flags (string); opts.env: {NAME=value}.
 function M.start(dir, opts)
   opts = opts or {}
-  local log = os.tmpname()
+  local log = M.tmpname("runner-log")
   local env = {}
   for k, v in pairs(opts.env or {}) do env[#env + 1] = k .. "=" .. sh_quote(v) end
   local http = opts.http or "127.0.0.1:0"
@@ -182,12 +204,25 @@ function M.start(dir, opts)
     local port = text:match("http gateway listening on http://127%.0%.0%.1:(%d+)")
     if port then r.port = tonumber(port) return true end
   end)
-  if not ok then r:stop() error(err, 2) end
+  if not ok then
+    local text = r:log_text()
+    r:stop()
+    error(err .. "\n" .. text, 2)
+  end
   r.url = "http://127.0.0.1:" .. r.port
   return r
 end
 
-function Runner:log_text() return M.read_file(self.log) or "" end
+-- The runner's output; after stop, what it was when the runner exited (the
+-- file itself is removed then).
+function Runner:log_text() return self.final_log or M.read_file(self.log) or "" end
+
+-- Once the runner has exited: keeps its output and removes the log file.
+function Runner:remove_log()
+  if self.final_log then return end
+  self.final_log = M.read_file(self.log) or ""
+  os.remove(self.log)
+end
 
 -- Stops the runner (SIGTERM, then SIGKILL after `grace` seconds); returns
 -- true when it exited on SIGTERM.
@@ -203,6 +238,7 @@ end
 
 function Runner:stop(grace)
   if not self.pid or not M.alive(self.pid) then
+    self:remove_log()
     self:check_sanitizers()
     return true
   end
@@ -212,9 +248,11 @@ function Runner:stop(grace)
   if M.alive(self.pid) then
     os.execute("kill -KILL " .. self.pid .. " 2>/dev/null")
     while M.alive(self.pid) do socket.sleep(0.02) end
+    self:remove_log()
     return false
   end
   -- LeakSanitizer reports after the last log line; give it the exit.
+  self:remove_log()
   self:check_sanitizers()
   return true
 end
@@ -294,7 +332,7 @@ end
 
 -- Runs the CLI; returns exit code, stdout, stderr.
 function M.cli(args)
-  local out, err = os.tmpname(), os.tmpname()
+  local out, err = M.tmpname(), M.tmpname()
   local ok, how, code = os.execute(string.format("%s %s >%s 2>%s", sh_quote(M.bin), args, out, err))
   local o, e = M.read_file(out), M.read_file(err)
   os.remove(out)

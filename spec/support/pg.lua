@@ -41,7 +41,7 @@ end
 
 -- Runs a shell command; returns ok, stdout, stderr.
 local function run(cmd)
-  local out, err = os.tmpname(), os.tmpname()
+  local out, err = H.tmpname(), H.tmpname()
   local ok = os.execute(string.format("%s >%s 2>%s", cmd, out, err))
   local o, e = H.read_file(out) or "", H.read_file(err) or ""
   os.remove(out)

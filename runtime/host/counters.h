@@ -1,0 +1,29 @@
+/* counters.h - the per-type counters of /metrics, kept by type name so they
+ * are monotonic for the life of the process across reloads. */
+#ifndef LUSTER_COUNTERS_H
+#define LUSTER_COUNTERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "entity/msg.h"
+
+typedef struct host_counters_s host_counters_t;
+struct host_counters_s {
+  host_counters_t *next; /* in order of first definition */
+  char *name;
+  size_t name_len;
+  int entity; /* the name's latest definition is an entity type */
+  uint64_t activations, passivations;
+  uint64_t outcomes[REPLY__COUNT];
+};
+
+/* The counters of type `name`, created (at zero) on its first definition;
+ * the same record for every later version of the type. */
+host_counters_t *host_counters_for(const char *name, size_t len, int entity);
+/* Every type name defined since the start, removed ones included. */
+host_counters_t *host_counters(void);
+/* At exit, after host_shutdown. */
+void host_counters_free(void);
+
+#endif
