@@ -4,6 +4,7 @@
 package.path = "spec/?.lua;" .. package.path
 local H = require "support.helpers"
 local PG = require "support.pg"
+local History = require "support.history"
 local socket = require "socket"
 
 local FIXTURES = H.root .. "/spec/fixtures/cluster"
@@ -103,35 +104,17 @@ local function describe_failures(bad)
 end
 
 -- No two instances of one id ever served at overlapping times: the safety
--- property of single ownership, from the handlers' own clock readings.
+-- property of single ownership, from the handlers' own clock readings,
+-- checked by the history checker. Returns the number of handovers checked.
 local function check_single_owner(recs)
-  local spans = {}
+  local events = {}
   for _, r in ipairs(recs) do
     if r.status == 200 then
-      local per = spans[r.id] or {}
-      spans[r.id] = per
-      local s = per[r.instance]
-      if not s then
-        s = { first = r.at, last = r.at, runner = r.runner, instance = r.instance }
-        per[r.instance] = s
-      end
-      if r.at < s.first then s.first = r.at end
-      if r.at > s.last then s.last = r.at end
+      events[#events + 1] = { ev = "run", type = "Probe", id = r.id, runner = r.runner, instance = r.instance,
+                              start = r.at, ["end"] = r.at }
     end
   end
-  local checked = 0
-  for id, per in pairs(spans) do
-    local list = {}
-    for _, s in pairs(per) do list[#list + 1] = s end
-    table.sort(list, function(a, b) return a.first < b.first end)
-    for i = 2, #list do
-      local a, b = list[i - 1], list[i]
-      assert(a.last < b.first, string.format("%s served by %s (%d..%d) and %s (%d..%d) at overlapping times", id,
-        a.instance, a.first, a.last, b.instance, b.first, b.last))
-      checked = checked + 1
-    end
-  end
-  return checked
+  return History.assert(events).handovers
 end
 
 describe("cluster", function()
