@@ -56,37 +56,9 @@ end
 
 -- Starts the load generator; returns a handle with :finish() -> records.
 local function load(runners, conc, nids)
-  local dir = H.tmpdir()
-  local out, stop = dir .. "/out", dir .. "/stop"
   local urls = {}
   for _, r in ipairs(runners) do urls[#urls + 1] = r.url end
-  local cmd = string.format("lua5.4 %s %s %s %d %d %s >%s 2>&1 & echo $!", H.sh_quote(H.root .. "/spec/support/load.lua"),
-    H.sh_quote(out), H.sh_quote(stop), conc, nids, table.concat(urls, " "), H.sh_quote(dir .. "/log"))
-  local p = io.popen(cmd)
-  local pid = tonumber(p:read("*l"))
-  p:close()
-  local L = { pid = pid, out = out, dir = dir }
-  function L.count()
-    local n = 0
-    for _ in (H.read_file(out) or ""):gmatch("[^\n]+") do n = n + 1 end
-    return n
-  end
-  function L.finish()
-    H.write_file(stop, "")
-    H.wait_for("the load generator to stop", 20, function() return not H.alive(pid) end)
-    local recs = {}
-    for line in (H.read_file(out) or ""):gmatch("[^\n]+") do
-      local sent, recv, status, id, runner, instance, at = line:match("^(%d+) (%d+) (%d+) (%S+) (%S+) (%S+) (%d+)$")
-      assert(sent, "bad load line: " .. line)
-      recs[#recs + 1] = { sent = tonumber(sent), recv = tonumber(recv), status = tonumber(status), id = id,
-                          runner = runner, instance = instance, at = tonumber(at) }
-    end
-    H.rmdir(dir)
-    return recs
-  end
-  -- Some calls done before the spec acts.
-  H.wait_for("load to start", 10, function() return L.count() > 50 end)
-  return L
+  return H.load(urls, conc, nids)
 end
 
 local function failures(recs)
