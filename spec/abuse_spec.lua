@@ -73,9 +73,9 @@ describe("abuse that must stay bounded", function()
     r = nil
   end)
 
-  it("accepts and drops connections beyond the descriptor limit without spinning, and serves once they close", function()
+  it("accepts and drops connections beyond the descriptor limit without spinning, within 50 MB, and serves once they close", function()
     r = H.start(FIXTURES)
-    local base = fds(r.pid)
+    local base, base_rss = fds(r.pid), rss_kb(r.pid)
     -- 40 descriptors to spare, then 300 clients that connect and wait.
     local limit = base + 40
     assert(os.execute(string.format("prlimit --pid %d --nofile=%d:%d", r.pid, limit, limit)), "prlimit failed")
@@ -97,6 +97,7 @@ describe("abuse that must stay bounded", function()
       assert(used < 0.25 * spent * H.slow, string.format("the runner used %.2fs of CPU in %.2fs at its descriptor limit",
         used, spent))
       print(string.format("\n  at the descriptor limit (%d): %.2fs of CPU in %.2fs", limit, used, spent))
+      assert(rss_kb(r.pid) - base_rss < 50 * 1024, "RSS grew by " .. (rss_kb(r.pid) - base_rss) .. " kB")
       assert.is_true(H.alive(r.pid), "the runner died at its descriptor limit")
     end)
     for _, c in ipairs(held) do c:close() end
