@@ -11,7 +11,7 @@
 -- left alone so its memory is one process's over the whole run.
 --
 -- Writes DIR/samples.csv (t_s,runner,pid,rss_kb,fds,latency_ms; latency -1
--- when the probe call failed), DIR/soak.png (gnuplot) and DIR/history/*.jsonl;
+-- when the probe call failed, RSS and descriptors 0 while a runner is dead), DIR/soak.png (gnuplot) and DIR/history/*.jsonl;
 -- prints a summary (RSS start/end per runner, call latency p50/p99, the
 -- history check) and exits 1 on a failure.
 package.path = "spec/?.lua;" .. package.path
@@ -170,11 +170,12 @@ local function plot(out)
 set terminal pngcairo size 1200,800
 set output '%s/soak.png'
 set datafile separator ','
+set key outside right
 set multiplot layout 3,1 title 'luster soak: three runners, one killed, frozen or restarted every 30 s'
 set ylabel 'RSS (MB)'
-plot for [i=1:3] '%s/samples.csv' using 1:($2==i ? $4/1024 : 1/0) skip 1 with points pt 7 ps 0.3 title sprintf('runner %%d', i)
+plot for [i=1:3] '%s/samples.csv' using 1:($2==i && $4>0 ? $4/1024 : 1/0) skip 1 with points pt 7 ps 0.3 title sprintf('runner %%d', i)
 set ylabel 'descriptors'
-plot for [i=1:3] '%s/samples.csv' using 1:($2==i ? $5 : 1/0) skip 1 with points pt 7 ps 0.3 title sprintf('runner %%d', i)
+plot for [i=1:3] '%s/samples.csv' using 1:($2==i && $5>0 ? $5 : 1/0) skip 1 with points pt 7 ps 0.3 title sprintf('runner %%d', i)
 set ylabel 'probe latency (ms)'
 set xlabel 'seconds'
 plot for [i=1:3] '%s/samples.csv' using 1:($2==i && $6>=0 ? $6 : 1/0) skip 1 with points pt 7 ps 0.3 title sprintf('runner %%d', i)
