@@ -11,9 +11,10 @@
 -- left alone so its memory is one process's over the whole run.
 --
 -- Writes DIR/samples.csv (t_s,runner,pid,rss_kb,fds,latency_ms; latency -1
--- when the probe call failed, RSS and descriptors 0 while a runner is dead), DIR/soak.png (gnuplot) and DIR/history/*.jsonl;
--- prints a summary (RSS start/end per runner, call latency p50/p99, the
--- history check) and exits 1 on a failure.
+-- when the probe call failed, RSS and descriptors 0 while a runner is dead),
+-- DIR/soak.png (gnuplot) and DIR/history/*.jsonl; prints a summary (runner
+-- 1's RSS after warm-up and at the end, call latency p50/p99, the history
+-- check) and exits 1 on a failure.
 package.path = "spec/?.lua;" .. package.path
 local H = require "support.helpers"
 local PG = require "support.pg"
