@@ -271,7 +271,13 @@ return (function()
       percentile(lat, 0.5), percentile(lat, 0.99), state.acked, stats.runs, stats.entities, stats.handovers, #problems, o.out))
   end)
   if load then pcall(load.finish) end
-  for _, s in ipairs(slots) do if s.r then s.r:kill("CONT") s.r:stop(10) end end
+  for _, s in ipairs(slots) do
+    if s.r then
+      s.r:kill("CONT")
+      local stopped, e = pcall(s.r.stop, s.r, 10)
+      if not stopped then failures[#failures + 1] = tostring(e) end
+    end
+  end
   pg:destroy()
   H.rmdir(dir)
   if not ok then failures[#failures + 1] = tostring(err) end
