@@ -4,6 +4,7 @@
 #   make test    deps + build + every spec
 #   make run     deps + build + run examples/counter on embedded storage
 #   make asan    AddressSanitizer + UBSan build in build-asan/, then the specs on it
+#   make soak    three runners under load and churn for SOAK_MINUTES (default 30), CSV + PNG in build/soak
 
 CC       ?= gcc
 PKGS     := lua5.4 libuv
@@ -25,8 +26,12 @@ OBJ      := $(patsubst %.c,$(BUILD)/obj/%.o,$(SRC)) $(BUILD)/obj/lua_embed.o
 
 DEBIAN_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libuv1-dev \
                libpq-dev libhttp-parser-dev libssl-dev libmimalloc-dev lua-busted lua-socket postgresql curl wrk
+# Only the specs need these (network namespaces for the partition specs, the
+# soak's plot); `make run` does not install them.
+TEST_PKGS := iproute2 gnuplot-nox
+SOAK_MINUTES ?= 30
 
-.PHONY: all deps test run asan asan-test clean bench
+.PHONY: all deps test-deps test run asan asan-test clean bench soak
 all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/pgconn_check
 
 $(BUILD)/luster: $(OBJ)
@@ -59,15 +64,16 @@ $(BUILD)/pgconn_check: $(PGCHECK_SRC) $(wildcard runtime/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -o $@ $(PGCHECK_SRC) $(LIBS)
 
-deps:
-	@missing=$$(for p in $(DEBIAN_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+deps test-deps: PKG_LIST = $(if $(filter test-deps,$@),$(TEST_PKGS),$(DEBIAN_PKGS))
+deps test-deps:
+	@missing=$$(for p in $(PKG_LIST); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:" $$missing; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-test: deps
+test: deps test-deps
 	$(MAKE) all
 	LUSTER_BIN=$(abspath $(BUILD)/luster) BUILD=$(BUILD) sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)
 
@@ -82,7 +88,7 @@ run: deps
 	@echo
 	$(BUILD)/luster run examples/counter --http 127.0.0.1:8080
 
-asan: deps
+asan: deps test-deps
 	$(MAKE) build/luster_core.so
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
@@ -93,6 +99,10 @@ asan: deps
 bench: deps
 	$(MAKE) all
 	RUNS=$(or $(RUNS),3) PEER=$(PEER) SCENARIO=$(SCENARIO) lua5.4 bench/run.lua
+
+soak: deps test-deps
+	$(MAKE) all
+	LUSTER_BIN=$(abspath $(BUILD)/luster) lua5.4 tools/soak.lua --minutes $(SOAK_MINUTES) --out $(BUILD)/soak
 
 clean:
 	rm -rf build build-asan

@@ -6,6 +6,7 @@ package.cpath = "build/?.so;" .. package.cpath
 local H = require "support.helpers"
 local core = require "luster_core"
 local PG = require "support.pg"
+local History = require "support.history"
 local socket = require "socket"
 
 local FIXTURES = H.root .. "/spec/fixtures/cluster"
@@ -81,37 +82,9 @@ end
 
 -- Starts the load generator; returns a handle with :finish() -> records.
 local function load(runners, conc, nids)
-  local dir = H.tmpdir()
-  local out, stop = dir .. "/out", dir .. "/stop"
   local urls = {}
   for _, r in ipairs(runners) do urls[#urls + 1] = r.url end
-  local cmd = string.format("lua5.4 %s %s %s %d %d %s >%s 2>&1 & echo $!", H.sh_quote(H.root .. "/spec/support/load.lua"),
-    H.sh_quote(out), H.sh_quote(stop), conc, nids, table.concat(urls, " "), H.sh_quote(dir .. "/log"))
-  local p = io.popen(cmd)
-  local pid = tonumber(p:read("*l"))
-  p:close()
-  local L = { pid = pid, out = out, dir = dir }
-  function L.count()
-    local n = 0
-    for _ in (H.read_file(out) or ""):gmatch("[^\n]+") do n = n + 1 end
-    return n
-  end
-  function L.finish()
-    H.write_file(stop, "")
-    H.wait_for("the load generator to stop", 20, function() return not H.alive(pid) end)
-    local recs = {}
-    for line in (H.read_file(out) or ""):gmatch("[^\n]+") do
-      local sent, recv, status, id, runner, instance, at = line:match("^(%d+) (%d+) (%d+) (%S+) (%S+) (%S+) (%d+)$")
-      assert(sent, "bad load line: " .. line)
-      recs[#recs + 1] = { sent = tonumber(sent), recv = tonumber(recv), status = tonumber(status), id = id,
-                          runner = runner, instance = instance, at = tonumber(at) }
-    end
-    H.rmdir(dir)
-    return recs
-  end
-  -- Some calls done before the spec acts.
-  H.wait_for("load to start", 10, function() return L.count() > 50 end)
-  return L
+  return H.load(urls, conc, nids)
 end
 
 local function failures(recs)
@@ -129,35 +102,17 @@ local function describe_failures(bad)
 end
 
 -- No two instances of one id ever served at overlapping times: the safety
--- property of single ownership, from the handlers' own clock readings.
+-- property of single ownership, from the handlers' own clock readings,
+-- checked by the history checker. Returns the number of handovers checked.
 local function check_single_owner(recs)
-  local spans = {}
+  local events = {}
   for _, r in ipairs(recs) do
     if r.status == 200 then
-      local per = spans[r.id] or {}
-      spans[r.id] = per
-      local s = per[r.instance]
-      if not s then
-        s = { first = r.at, last = r.at, runner = r.runner, instance = r.instance }
-        per[r.instance] = s
-      end
-      if r.at < s.first then s.first = r.at end
-      if r.at > s.last then s.last = r.at end
+      events[#events + 1] = { ev = "run", type = "Probe", id = r.id, runner = r.runner, instance = r.instance,
+                              start = r.at, ["end"] = r.at }
     end
   end
-  local checked = 0
-  for id, per in pairs(spans) do
-    local list = {}
-    for _, s in pairs(per) do list[#list + 1] = s end
-    table.sort(list, function(a, b) return a.first < b.first end)
-    for i = 2, #list do
-      local a, b = list[i - 1], list[i]
-      assert(a.last < b.first, string.format("%s served by %s (%d..%d) and %s (%d..%d) at overlapping times", id,
-        a.instance, a.first, a.last, b.instance, b.first, b.last))
-      checked = checked + 1
-    end
-  end
-  return checked
+  return History.assert(events).handovers
 end
 
 describe("cluster", function()

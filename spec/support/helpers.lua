@@ -167,6 +167,44 @@ function M.wait_cluster(r, n, timeout)
   end, 0.05)
 end
 
+-- Starts the load generator (spec/support/load.lua) on the gateways at urls,
+-- under opts.wrap if given (a command prefix, e.g. "ip netns exec NS");
+-- returns a handle with :count() and :finish() -> records, once some calls
+-- are done.
+function M.load(urls, conc, nids, opts)
+  opts = opts or {}
+  local dir = M.tmpdir()
+  local out, stop = dir .. "/out", dir .. "/stop"
+  local cmd = string.format("%s lua5.4 %s %s %s %d %d %s >%s 2>&1 & echo $!", opts.wrap or "",
+    sh_quote(M.root .. "/spec/support/load.lua"), sh_quote(out), sh_quote(stop), conc, nids, table.concat(urls, " "),
+    sh_quote(dir .. "/log"))
+  local p = io.popen(cmd)
+  local pid = tonumber(p:read("*l"))
+  p:close()
+  local L = { pid = pid, out = out, dir = dir }
+  function L.count()
+    local n = 0
+    for _ in (M.read_file(out) or ""):gmatch("[^\n]+") do n = n + 1 end
+    return n
+  end
+  function L.finish()
+    M.write_file(stop, "")
+    M.wait_for("the load generator to stop", 20, function() return not M.alive(pid) end)
+    local recs = {}
+    for line in (M.read_file(out) or ""):gmatch("[^\n]+") do
+      local sent, recv, status, id, runner, instance, at = line:match("^(%d+) (%d+) (%d+) (%S+) (%S+) (%S+) (%d+)$")
+      assert(sent, "bad load line: " .. line)
+      recs[#recs + 1] = { sent = tonumber(sent), recv = tonumber(recv), status = tonumber(status), id = id,
+                          runner = runner, instance = instance, at = tonumber(at) }
+    end
+    M.rmdir(dir)
+    return recs
+  end
+  -- Some calls done before the spec acts.
+  M.wait_for("load to start (log: " .. dir .. "/log)", 10, function() return L.count() > 50 end)
+  return L
+end
+
 function M.alive(pid)
   local stat = M.read_file("/proc/" .. pid .. "/stat")
   if not stat then return false end
@@ -184,15 +222,17 @@ local Runner = {}
 Runner.__index = Runner
 
 -- Starts `luster run dir` on a free loopback port; returns a runner once its
--- gateway listens. opts.args: extra flags (string); opts.env: {NAME=value}.
+-- gateway listens. opts.args: extra flags (string); opts.env: {NAME=value};
+-- opts.wrap: a command the runner runs under (e.g. "ip netns exec NS"), with
+-- opts.http an address there (r.url is then nil: reach it from inside).
 function M.start(dir, opts)
   opts = opts or {}
   local log = M.tmpname("runner-log")
   local env = {}
   for k, v in pairs(opts.env or {}) do env[#env + 1] = k .. "=" .. sh_quote(v) end
   local http = opts.http or "127.0.0.1:0"
-  local cmd = string.format("%s exec %s run %s --http %s %s >%s 2>&1 & echo $!",
-    table.concat(env, " "), sh_quote(M.bin), sh_quote(dir), http, opts.args or "", sh_quote(log))
+  local cmd = string.format("%s exec %s%s run %s --http %s %s >%s 2>&1 & echo $!", table.concat(env, " "),
+    opts.wrap and (opts.wrap .. " ") or "", sh_quote(M.bin), sh_quote(dir), http, opts.args or "", sh_quote(log))
   local p = io.popen("sh -c " .. sh_quote(cmd))
   local pid = tonumber(p:read("*l"))
   p:close()
@@ -201,15 +241,15 @@ function M.start(dir, opts)
   local ok, err = pcall(M.wait_for, "the runner to listen (log: " .. log .. ")", 10, function()
     if not M.alive(pid) then error("runner exited: " .. (M.read_file(log) or "")) end
     local text = M.read_file(log) or ""
-    local port = text:match("http gateway listening on http://127%.0%.0%.1:(%d+)")
-    if port then r.port = tonumber(port) return true end
+    local host, port = text:match("http gateway listening on http://([%d%.]+):(%d+)")
+    if port and (opts.wrap or host == "127.0.0.1") then r.port = tonumber(port) return true end
   end)
   if not ok then
     local text = r:log_text()
     r:stop()
     error(err .. "\n" .. text, 2)
   end
-  r.url = "http://127.0.0.1:" .. r.port
+  if not opts.wrap then r.url = "http://127.0.0.1:" .. r.port end
   return r
 end
 

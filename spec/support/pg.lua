@@ -5,10 +5,11 @@
 --   package.path = "spec/?.lua;" .. package.path
 --   local PG = require "support.pg"
 --   local pg = PG.start()              -- opts.settings = { work_mem = "8MB" }
+--   PG.start { netns = "ns", host = "10.0.0.1" }  -- inside a network namespace
 --   pg.url                             -- postgres://postgres@127.0.0.1:PORT/postgres
 --   local url = pg:create_db("t1")     -- a fresh database, its URL
 --   pg:psql("select 1", "t1")          -- "1\n" (psql -At), errors carry psql's stderr
---   pg:restart() pg:kill() pg:stop()
+--   pg:restart() pg:kill() pg:stop() pg:freeze() pg:thaw()
 --   pg:destroy()                       -- always, in teardown
 --
 -- PostgreSQL refuses to run as root. When the specs run as root (CI), the
@@ -106,12 +107,12 @@ function Server:fail(msg)
 end
 
 function Server:url(db)
-  return string.format("postgres://postgres@127.0.0.1:%d/%s", self.port, db or "postgres")
+  return string.format("postgres://postgres@%s:%d/%s", self.host, self.port, db or "postgres")
 end
 
 -- Starts the postmaster on self.port and waits until it accepts connections.
 function Server:launch()
-  local args = { sh_quote(self.bin .. "/postgres"), "-D", sh_quote(self.dir .. "/data"), "-h", "127.0.0.1",
+  local args = { sh_quote(self.bin .. "/postgres"), "-D", sh_quote(self.dir .. "/data"), "-h", self.host,
     "-p", tostring(self.port), "-k", sh_quote(self.dir) }
   for k, v in pairs(self.settings) do
     args[#args + 1] = "-c"
@@ -127,7 +128,7 @@ function Server:launch()
   if stale and not H.alive(stale) then os.remove(self.dir .. "/data/postmaster.pid") end
   local script = string.format("cd %s && { %s >>%s 2>&1 </dev/null & echo $! >%s; wait; }", sh_quote(self.dir),
     table.concat(args, " "), sh_quote(self.dir .. "/log"), sh_quote(pidfile))
-  os.execute(as_pg(script) .. " >/dev/null 2>&1 </dev/null &")
+  os.execute(self.prefix .. as_pg(script) .. " >/dev/null 2>&1 </dev/null &")
   local pid
   local ok = pcall(H.wait_for, "the postmaster's pid", 10, function()
     pid = tonumber((H.read_file(pidfile) or ""):match("^(%d+)\n"))
@@ -141,8 +142,8 @@ function Server:launch()
       self.pid = nil
       self:fail("postgres exited during startup")
     end
-    if os.execute(string.format("%s -q -h 127.0.0.1 -p %d -U postgres -d postgres -t 1 >/dev/null 2>&1",
-        sh_quote(self.bin .. "/pg_isready"), self.port)) then
+    if os.execute(string.format("%s%s -q -h %s -p %d -U postgres -d postgres -t 1 >/dev/null 2>&1", self.prefix,
+        sh_quote(self.bin .. "/pg_isready"), self.host, self.port)) then
       return
     end
     if socket.gettime() > deadline then
@@ -154,11 +155,14 @@ function Server:launch()
 end
 
 -- opts.settings: extra server settings ({ name = value }, passed as -c).
+-- opts.netns, opts.host: run the server (and psql) in that network namespace,
+-- listening on host (an address of the namespace) at port 5432.
 function M.start(opts)
   opts = opts or {}
   local dir = capture("mktemp -d /tmp/luster-pg.XXXXXX"):gsub("%s+$", "")
   assert(dir:match("^/tmp/luster%-pg%.[%w]+$"), "mktemp failed: " .. dir)
-  local self = setmetatable({ dir = dir, bin = bindir() }, Server)
+  local self = setmetatable({ dir = dir, bin = bindir(), host = opts.host or "127.0.0.1",
+    netns = opts.netns, prefix = opts.netns and ("ip netns exec " .. sh_quote(opts.netns) .. " ") or "" }, Server)
   self.settings = { fsync = "off", synchronous_commit = "off", full_page_writes = "off", max_connections = 200 }
   for k, v in pairs(opts.settings or {}) do self.settings[k] = v end
   if as_root then
@@ -171,9 +175,16 @@ function M.start(opts)
     self:destroy()
     error("initdb failed in " .. dir .. ":\n" .. out .. err, 2)
   end
+  -- initdb trusts loopback only; in a namespace of its own, the server
+  -- trusts the namespaces' addresses too (nothing else can reach it).
+  if self.netns then
+    local hba = sh_quote(dir .. "/data/pg_hba.conf")
+    local okh, _, errh = run(as_pg("echo 'host all all 0.0.0.0/0 trust' >> " .. hba))
+    if not okh then self:destroy() error("pg_hba.conf in " .. dir .. ": " .. errh, 2) end
+  end
   -- The free port may be taken again before postgres binds it: try another.
   for attempt = 1, 3 do
-    self.port = free_port()
+    self.port = self.netns and 5432 or free_port()
     local started, e = pcall(self.launch, self)
     if started then break end
     local lost_race = (H.read_file(dir .. "/log") or ""):match("could not bind") ~= nil
@@ -188,8 +199,8 @@ end
 -- Runs SQL with psql -At in database db (default "postgres"); returns its
 -- stdout, or errors with psql's stderr.
 function Server:psql(sql, db)
-  local ok, out, err = run(string.format("%s -X -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p %d -U postgres -d %s -c %s",
-    sh_quote(self.bin .. "/psql"), self.port, sh_quote(db or "postgres"), sh_quote(sql)))
+  local ok, out, err = run(string.format("%s%s -X -At -v ON_ERROR_STOP=1 -h %s -p %d -U postgres -d %s -c %s",
+    self.prefix, sh_quote(self.bin .. "/psql"), self.host, self.port, sh_quote(db or "postgres"), sh_quote(sql)))
   if not ok then error(string.format("psql on port %d (%s): %s", self.port, sql, err), 2) end
   return out
 end
@@ -242,7 +253,22 @@ function Server:kill()
   os.execute("kill -KILL " .. pid .. " 2>/dev/null")
   if not wait_dead({ pid }, STOP_TIMEOUT) then self:fail("postmaster " .. pid .. " survived SIGKILL") end
   if not wait_dead(kids, STOP_TIMEOUT) then self:fail("backends of the killed postmaster did not exit") end
+  if self.netns then return end
   H.wait_for("port " .. self.port .. " to be free", STOP_TIMEOUT, function() return port_free(self.port) end)
+end
+
+-- SIGSTOP the postmaster and every backend, as a hung host would: sockets
+-- stay open, nothing answers. thaw() sends SIGCONT to the same processes.
+function Server:freeze()
+  assert(self.pid and H.alive(self.pid), "freeze: PostgreSQL is not running")
+  self.frozen = { self.pid }
+  for _, k in ipairs(children(self.pid)) do self.frozen[#self.frozen + 1] = k end
+  os.execute("kill -STOP " .. table.concat(self.frozen, " ") .. " 2>/dev/null")
+end
+
+function Server:thaw()
+  if self.frozen then os.execute("kill -CONT " .. table.concat(self.frozen, " ") .. " 2>/dev/null") end
+  self.frozen = nil
 end
 
 -- Stops (if running) and starts again on the same port and data directory.
@@ -252,6 +278,7 @@ function Server:restart()
 end
 
 function Server:destroy()
+  self:thaw()
   self:stop()
   if self.dir and self.dir:match("^/tmp/luster%-pg%.[%w]+$") then
     os.execute("rm -rf " .. sh_quote(self.dir))
