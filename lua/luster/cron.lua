@@ -151,7 +151,8 @@ local function add_item(spec, field, item, set)
     step = tonumber(step_text)
     local span = (spec.star_hi or spec.hi) - spec.lo + 1
     if step < 1 or step > span then
-      raise("%s has step %d, expected 1-%d", where(spec, field, item), step, span)
+      -- step_text, not step: a step of 20 digits is a float, which %d refuses.
+      raise("%s has step %s, expected 1-%d", where(spec, field, item), step_text, span)
     end
   end
   local lo, hi
