@@ -137,7 +137,7 @@ fuzz-build: test-deps
 # Ends with "fuzz: N targets, M executions, K crashes"; a crash leaves its
 # input in build/fuzz-crashes/<target>/ and fails.
 fuzz: fuzz-build
-	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_BIN=$(FUZZ_DIR) sh tools/fuzz.sh $(FUZZ_TARGETS)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_RUNS=$(FUZZ_RUNS) FUZZ_BIN=$(FUZZ_DIR) sh tools/fuzz.sh $(FUZZ_TARGETS)
 
 # The benchmark scenarios of PERFORMANCE.md: `make bench`, one scenario with
 # SCENARIO=local-seq, the Effect peer alongside with PEER=effect, RUNS=n.

@@ -1,12 +1,15 @@
 #!/bin/sh
 # fuzz.sh - runs each libFuzzer target named on the command line for
-# FUZZ_SECONDS (600) at the lowest CPU priority, growing a working corpus in
+# FUZZ_SECONDS (600; with FUZZ_RUNS set, it stops at that many executions if
+# sooner) at the lowest CPU priority, growing a working corpus in
 # build/fuzz-corpus/<target> from the committed seeds in fuzz/corpus/<target>.
 # A crash leaves its input in build/fuzz-crashes/<target>/ and the log in
-# build/fuzz-logs/<target>.log. Ends with one line
+# build/fuzz-logs/<target>.log; an input that runs longer than 60 s counts
+# as a crash too (a parser that slow is a way to stall a runner). Ends with one line
 # "fuzz: N targets, M executions, K crashes", and fails when K > 0.
 set -u
 secs=${FUZZ_SECONDS:-600}
+runs=${FUZZ_RUNS:+-runs=$FUZZ_RUNS}
 bin=${FUZZ_BIN:-build/fuzz}
 crashdir=build/fuzz-crashes
 work=build/fuzz-corpus
@@ -17,8 +20,8 @@ for t in "$@"; do
   mkdir -p "$crashdir/$t" "$work/$t" "$logs"
   dict=
   [ -f "fuzz/$t.dict" ] && dict="-dict=fuzz/$t.dict"
-  nice -n 19 "$bin/fuzz_$t" -max_total_time="$secs" -print_final_stats=1 -artifact_prefix="$crashdir/$t/" \
-    $dict "$work/$t" "fuzz/corpus/$t" >"$logs/$t.log" 2>&1
+  nice -n 19 "$bin/fuzz_$t" -max_total_time="$secs" $runs -timeout=60 -print_final_stats=1 \
+    -artifact_prefix="$crashdir/$t/" $dict "$work/$t" "fuzz/corpus/$t" >"$logs/$t.log" 2>&1
   rc=$?
   # The final stats, or after a crash the last progress line ("#N ...").
   e=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logs/$t.log" | tail -n 1)
