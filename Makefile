@@ -64,14 +64,15 @@ $(BUILD)/pgconn_check: $(PGCHECK_SRC) $(wildcard runtime/*/*.h)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -o $@ $(PGCHECK_SRC) $(LIBS)
 
 deps:
-	@$(MAKE) --no-print-directory install-missing INSTALL_PKGS="$(DEBIAN_PKGS)"
+	@missing=$$(for p in $(DEBIAN_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
 
 test-deps:
-	@$(MAKE) --no-print-directory install-missing INSTALL_PKGS="$(TEST_PKGS)"
-
-.PHONY: install-missing
-install-missing:
-	@missing=$$(for p in $(INSTALL_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	@missing=$$(for p in $(TEST_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:" $$missing; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
