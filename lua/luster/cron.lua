@@ -176,7 +176,8 @@ local function add_item(spec, field, item, set)
     end
   else
     lo = value_of(spec, field, base)
-    hi = step and (spec.star_hi or spec.hi) or lo
+    -- "7/2" in day-of-week starts past star_hi (6): it still means Sunday.
+    hi = step and math.max(lo, spec.star_hi or spec.hi) or lo
   end
   for v = lo, hi, step or 1 do
     set[spec.key == "weekday" and v % 7 or v] = true
