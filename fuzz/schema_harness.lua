@@ -35,8 +35,11 @@ return function(input)
   local ok, v = pcall(json.decode, input:sub(2))
   if not ok then return end
   if not validate(s, v) then return end
-  local text = S.encode(s, v)
-  check(type(text) == "string", "encode gave no text")
+  local okenc, text = pcall(S.encode, s, v)
+  -- As in lua-cjson, a number past a double's range decodes to infinity,
+  -- which JSON cannot write: the one value that does not encode.
+  if not okenc and tostring(text):find("NaN or Inf", 1, true) then return end
+  check(okenc and type(text) == "string", "encode failed: %s", tostring(text))
   local ok2, back = pcall(json.decode, text)
   check(ok2, "encoded text does not decode: %s (%s)", tostring(back), text)
   check(validate(s, back), "a valid payload is not valid after encode and decode: %s", text)
