@@ -5,6 +5,7 @@
 #   make run     deps + build + run examples/counter on embedded storage
 #   make asan    AddressSanitizer + UBSan build in build-asan/, then the specs on it
 #   make soak    three runners under load and churn for SOAK_MINUTES (default 30), CSV + PNG in build/soak
+#   make fuzz    every libFuzzer target of fuzz/ for FUZZ_SECONDS (600) each
 
 CC       ?= gcc
 PKGS     := lua5.4 libuv
@@ -26,12 +27,13 @@ OBJ      := $(patsubst %.c,$(BUILD)/obj/%.o,$(SRC)) $(BUILD)/obj/lua_embed.o
 
 DEBIAN_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libuv1-dev \
                libpq-dev libhttp-parser-dev libssl-dev libmimalloc-dev lua-busted lua-socket postgresql curl wrk
-# Only the specs need these (network namespaces for the partition specs, the
-# soak's plot); `make run` does not install them.
-TEST_PKGS := iproute2 gnuplot-nox
+# Only the specs need these (clang: the libFuzzer targets; network
+# namespaces for the partition specs; the soak's plot); `make run` does not
+# install them.
+TEST_PKGS := clang iproute2 gnuplot-nox
 SOAK_MINUTES ?= 30
 
-.PHONY: all deps test-deps test run asan asan-test clean bench soak
+.PHONY: all deps test-deps test run asan asan-test clean bench soak fuzz fuzz-build
 all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/pgconn_check
 
 $(BUILD)/luster: $(OBJ)
@@ -74,7 +76,7 @@ deps test-deps:
 	fi
 
 test: deps test-deps
-	$(MAKE) all
+	$(MAKE) all fuzz-build
 	LUSTER_BIN=$(abspath $(BUILD)/luster) BUILD=$(BUILD) sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)
 
 run: deps
@@ -89,10 +91,50 @@ run: deps
 	$(BUILD)/luster run examples/counter --http 127.0.0.1:8080
 
 asan: deps test-deps
-	$(MAKE) build/luster_core.so
+	$(MAKE) build/luster_core.so fuzz-build
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  LUSTER_BIN=$(abspath build-asan/luster) LUSTER_ASAN=1 BUILD=build-asan sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)
+
+# libFuzzer targets (fuzz/, see docs/internals.md), always in build/fuzz:
+# each links the real parser it fuzzes, instrumented, with ASan and UBSan.
+FUZZ_CC      ?= clang
+FUZZ_DIR     := build/fuzz
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS := parse frame json http transport schema cron
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Iruntime -Ifuzz \
+                $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -g -O1 \
+                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -DLUSTER_SRC_DIR=\"$(CURDIR)\"
+LUA_LIBS     := $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) -lm
+FUZZ_SRC_parse     := runtime/core/parse.c
+FUZZ_SRC_frame     := runtime/core/frame.c
+FUZZ_SRC_json      := runtime/host/json.c
+FUZZ_SRC_http      := fuzz/fake_uv.c runtime/net/http.c runtime/core/buf.c runtime/core/url.c runtime/cli/log.c
+FUZZ_SRC_transport := fuzz/fake_uv.c runtime/net/transport.c runtime/core/buf.c runtime/core/hash.c \
+                      runtime/core/htab.c runtime/core/parse.c runtime/core/frame.c runtime/cli/log.c
+FUZZ_SRC_schema    := fuzz/lua_harness.c runtime/host/json.c
+FUZZ_SRC_cron      := fuzz/lua_harness.c runtime/host/json.c
+FUZZ_LIBS_json     := $(LUA_LIBS)
+FUZZ_LIBS_http     := -lhttp_parser
+FUZZ_LIBS_transport := -lcrypto
+FUZZ_LIBS_schema   := $(LUA_LIBS)
+FUZZ_LIBS_cron     := $(LUA_LIBS)
+
+define FUZZ_RULE
+$(FUZZ_DIR)/fuzz_$(1): fuzz/fuzz_$(1).c $$(FUZZ_SRC_$(1)) $$(wildcard fuzz/*.h runtime/*/*.h)
+	@mkdir -p $$(dir $$@)
+	@echo "  FUZZ $$@"
+	@$$(FUZZ_CC) $$(FUZZ_CFLAGS) -o $$@ fuzz/fuzz_$(1).c $$(FUZZ_SRC_$(1)) $$(FUZZ_LIBS_$(1))
+endef
+$(foreach t,$(FUZZ_TARGETS),$(eval $(call FUZZ_RULE,$(t))))
+
+fuzz-build: test-deps
+	$(MAKE) $(addprefix $(FUZZ_DIR)/fuzz_,$(FUZZ_TARGETS))
+
+# Ends with "fuzz: N targets, M executions, K crashes"; a crash leaves its
+# input in build/fuzz-crashes/<target>/ and fails.
+fuzz: fuzz-build
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_RUNS=$(FUZZ_RUNS) FUZZ_BIN=$(FUZZ_DIR) sh tools/fuzz.sh $(FUZZ_TARGETS)
 
 # The benchmark scenarios of PERFORMANCE.md: `make bench`, one scenario with
 # SCENARIO=local-seq, the Effect peer alongside with PEER=effect, RUNS=n.

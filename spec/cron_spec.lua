@@ -187,6 +187,18 @@ describe("luster.cron", function()
         'luster.cron: day-of-month field "1,*/0": "*/0" has step 0, expected 1-31')
     end)
 
+    it("reads day-of-week 7 with a step as Sunday, and describes it so it parses again (found by fuzz_cron)", function()
+      local s = cron.parse("4/3 * 2 * 7/2")
+      assert.are.same({ 0 }, s.weekday)
+      assert.equals("4-58/3 * 2 * 0", cron.describe(s))
+      assert.equals("4-58/3 * 2 * 0", cron.describe(cron.parse(cron.describe(s))))
+    end)
+
+    it("rejects a step too large for an integer with the same clear error (found by fuzz_cron)", function()
+      assert_parse_error("*/77777777777777777777 * * * *",
+        'luster.cron: minute field "*/77777777777777777777" has step 77777777777777777777, expected 1-60')
+    end)
+
     it("rejects empty list items", function()
       assert_parse_error("1,,2 * * * *", 'luster.cron: minute field "1,,2" has an empty list item')
       assert_parse_error("1, * * * *", 'luster.cron: minute field "1," has an empty list item')

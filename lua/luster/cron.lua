@@ -151,7 +151,8 @@ local function add_item(spec, field, item, set)
     step = tonumber(step_text)
     local span = (spec.star_hi or spec.hi) - spec.lo + 1
     if step < 1 or step > span then
-      raise("%s has step %d, expected 1-%d", where(spec, field, item), step, span)
+      -- step_text, not step: a step of 20 digits is a float, which %d refuses.
+      raise("%s has step %s, expected 1-%d", where(spec, field, item), step_text, span)
     end
   end
   local lo, hi
@@ -175,7 +176,8 @@ local function add_item(spec, field, item, set)
     end
   else
     lo = value_of(spec, field, base)
-    hi = step and (spec.star_hi or spec.hi) or lo
+    -- "7/2" in day-of-week starts past star_hi (6): it still means Sunday.
+    hi = step and math.max(lo, spec.star_hi or spec.hi) or lo
   end
   for v = lo, hi, step or 1 do
     set[spec.key == "weekday" and v % 7 or v] = true

@@ -69,7 +69,7 @@ static void out_grow(lua_State *L, out_t *o, size_t more) {
  * given back by out_trim), and memcpy with a null pointer is undefined even
  * for zero bytes (a decoded string that starts with an escape). */
 static inline void out_add(lua_State *L, out_t *o, const char *s, size_t n) {
-  if (n == 0) return;
+  if (n == 0) return; /* o->p may still be NULL: no arithmetic or memcpy on it */
   if (o->cap - o->len < n) out_grow(L, o, n);
   memcpy(o->p + o->len, s, n);
   o->len += n;
