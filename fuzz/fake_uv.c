@@ -387,3 +387,10 @@ void uv_close(uv_handle_t *h, uv_close_cb cb) {
   h->close_cb = cb;
   fuv__push(EV_CLOSE, h, 0);
 }
+
+/* net/sock.c's helpers over the in-memory sockets: there is no kernel
+ * buffer, so a stalled write is the peer's (never "still writable"), and a
+ * reset close is an ordinary close. */
+#include "net/sock.h"
+int sock_writable(uv_tcp_t *tcp) { (void)tcp; return 0; }
+void sock_reset_on_close(uv_tcp_t *tcp) { (void)tcp; }
