@@ -25,6 +25,32 @@ local function post(path, body)
   return ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"):format(path, #body, body)
 end
 
+-- A describe block over a fresh script directory of these files for each
+-- spec; body(ctx) defines the specs, which find the directory in ctx.dir and
+-- put the runner they start in ctx.r (stopped after each).
+local function with_scripts(title, files, body)
+  describe(title, function()
+    local ctx = {}
+    before_each(function() ctx.dir = H.script_dir(files) end)
+    after_each(function()
+      if ctx.r then ctx.r:stop() end
+      ctx.r = nil
+      H.rmdir(ctx.dir)
+    end)
+    body(ctx)
+  end)
+end
+
+-- `luster check DIR` exits non-zero and marks file as failing; returns what
+-- it printed.
+local function check_fails(dir, file)
+  local code, out, err = H.cli("check " .. H.sh_quote(dir))
+  assert.are_not.equal(0, code)
+  local text = out .. err
+  assert.matches("FAIL " .. file:gsub("%.", "%%."), text)
+  return text
+end
+
 describe("a runner given bad input", function()
   local r
   lazy_setup(function()
@@ -323,23 +349,13 @@ describe("a runner whose handler catches the budget error and loops again", func
   end)
 end)
 
-describe("a script directory with a script that does not compile", function()
-  local r, dir
-  after_each(function()
-    if r then r:stop() end
-    r = nil
-    H.rmdir(dir)
-  end)
-
-  before_each(function()
-    dir = H.script_dir {
-      ["counter.lua"] = COUNTER_SRC,
-      ["broken.lua"] = 'local luster = require "luster"\n\nlocal x = = 1\nreturn x\n',
-    }
-  end)
-
+with_scripts("a script directory with a script that does not compile", {
+  ["counter.lua"] = COUNTER_SRC,
+  ["broken.lua"] = 'local luster = require "luster"\n\nlocal x = = 1\nreturn x\n',
+}, function(ctx)
   it("starts anyway, names the file and line in /cluster and the log, and serves the other types", function()
-    r = H.start(dir)
+    ctx.r = H.start(ctx.dir)
+    local r = ctx.r
     local doc = r:cluster()
     assert.are.equal(1, #doc.errors)
     assert.are.equal("broken.lua", doc.errors[1].file)
@@ -353,34 +369,21 @@ describe("a script directory with a script that does not compile", function()
   end)
 
   it("makes `luster check DIR` exit non-zero naming the file and line", function()
-    local code, out, err = H.cli("check " .. H.sh_quote(dir))
-    assert.are_not.equal(0, code)
-    local text = out .. err
-    assert.matches("FAIL broken%.lua", text)
+    local text = check_fails(ctx.dir, "broken.lua")
     assert.matches("broken%.lua:3: unexpected symbol near '='", text)
     assert.matches("ok   counter%.lua", text)
   end)
 end)
 
-describe("a script directory with a typo in a schema name", function()
-  local r, dir
-  after_each(function()
-    if r then r:stop() end
-    r = nil
-    H.rmdir(dir)
-  end)
-
-  before_each(function()
-    dir = H.script_dir {
-      ["counter.lua"] = COUNTER_SRC,
-      ["typo.lua"] = 'local luster = require "luster"\nlocal S = luster.schema\n'
-        .. 'local Set = luster.rpc("Set", {\n  payload = { n = S.integr },\n  success = S.integer,\n})\n'
-        .. 'return luster.entity("Typo", { Set }):handlers(function() return { Set = function() return 1 end } end)\n',
-    }
-  end)
-
+with_scripts("a script directory with a typo in a schema name", {
+  ["counter.lua"] = COUNTER_SRC,
+  ["typo.lua"] = 'local luster = require "luster"\nlocal S = luster.schema\n'
+    .. 'local Set = luster.rpc("Set", {\n  payload = { n = S.integr },\n  success = S.integer,\n})\n'
+    .. 'return luster.entity("Typo", { Set }):handlers(function() return { Set = function() return 1 end } end)\n',
+}, function(ctx)
   it("refuses that script at load naming the name, the file and line, and serves the others", function()
-    r = H.start(dir)
+    ctx.r = H.start(ctx.dir)
+    local r = ctx.r
     local doc = r:cluster()
     assert.are.equal(1, #doc.errors)
     assert.are.equal("typo.lua", doc.errors[1].file)
@@ -390,38 +393,27 @@ describe("a script directory with a typo in a schema name", function()
   end)
 
   it("makes `luster check DIR` exit non-zero naming the file and line", function()
-    local code, out, err = H.cli("check " .. H.sh_quote(dir))
-    assert.are_not.equal(0, code)
-    local text = out .. err
-    assert.matches("FAIL typo%.lua", text)
+    local text = check_fails(ctx.dir, "typo.lua")
     assert.matches("typo%.lua:4: unknown schema type 'integr' %(did you mean 'integer'%?%)", text)
     assert.matches("ok   counter%.lua", text)
   end)
 end)
 
-describe("a script directory where two scripts define the same type", function()
-  local r, dir
-  local function twin(answer)
-    return ([[
+local function twin(answer)
+  return ([[
 local luster = require "luster"
 local Which = luster.rpc("Which", { success = luster.schema.string })
 return luster.entity("Twin", { Which }):handlers(function()
   return { Which = function() return %q end }
 end)
 ]]):format(answer)
-  end
-  after_each(function()
-    if r then r:stop() end
-    r = nil
-    H.rmdir(dir)
-  end)
+end
 
-  before_each(function()
-    dir = H.script_dir { ["counter.lua"] = COUNTER_SRC, ["twin_a.lua"] = twin("a"), ["twin_b.lua"] = twin("b") }
-  end)
-
+with_scripts("a script directory where two scripts define the same type",
+  { ["counter.lua"] = COUNTER_SRC, ["twin_a.lua"] = twin("a"), ["twin_b.lua"] = twin("b") }, function(ctx)
   it("refuses the second with an error naming both files, and serves the first and the others", function()
-    r = H.start(dir)
+    ctx.r = H.start(ctx.dir)
+    local r = ctx.r
     local doc = r:cluster()
     assert.are.equal(1, #doc.errors)
     local e = doc.errors[1]
@@ -435,11 +427,7 @@ end)
   end)
 
   it("makes `luster check DIR` exit non-zero naming both files", function()
-    local code, out, err = H.cli("check " .. H.sh_quote(dir))
-    assert.are_not.equal(0, code)
-    local text = out .. err
-    assert.matches("FAIL twin_b%.lua", text)
-    assert.matches("already defined by twin_a%.lua", text)
+    assert.matches("already defined by twin_a%.lua", check_fails(ctx.dir, "twin_b.lua"))
   end)
 end)
 

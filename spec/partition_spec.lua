@@ -151,6 +151,16 @@ describe("partitions", function()
     return last
   end
 
+  -- Once the three runners are one cluster again (within timeout s), every
+  -- id answers through runner `by`; ends the load and returns its records
+  -- and how many failed (each checked by check_failures).
+  local function rejoined(rs, by, load, timeout)
+    H.wait_cluster(view(rs[1]), 3, timeout)
+    all_serve(by)
+    local recs = load.finish()
+    return recs, check_failures(recs)
+  end
+
   it("keeps the lease of a runner cut off from its peers but not from PostgreSQL; callers see unavailable at their deadline; nothing runs twice", function()
     in_cluster(function(start)
       local rs = three(start)
@@ -165,10 +175,7 @@ describe("partitions", function()
         H.sleep(0.5)
       end
       net:heal("r3", "peers")
-      H.wait_cluster(view(rs[1]), 3, 20)
-      all_serve(rs[1])
-      local recs = load.finish()
-      local failed = check_failures(recs)
+      local recs, failed = rejoined(rs, rs[1], load, 20)
       print(string.format("\n  peers cut: %d calls, %d unavailable at their deadline", #recs, failed))
     end)
   end)
@@ -186,10 +193,7 @@ describe("partitions", function()
       all_serve(rs[1])
       local t_heal = H.now()
       net:heal("r3", "store")
-      H.wait_cluster(view(rs[1]), 3, 30)
-      all_serve(rs[3])
-      local recs = load.finish()
-      local failed = check_failures(recs)
+      local recs, failed = rejoined(rs, rs[3], load, 30)
       -- r3 served nothing sent after its lease could have passed.
       local late = served_between(recs, t_cut + LEASE, t_heal, net:addr("r3") .. ":7000")
       assert(#late == 0, string.format("r3 served %d calls sent more than the lease after it lost PostgreSQL (first: %s)",
@@ -212,10 +216,7 @@ describe("partitions", function()
         H.sleep(math.random(150, 450) / 1000)
         flaps = flaps + 1
       end
-      H.wait_cluster(view(rs[1]), 3, 30)
-      all_serve(rs[1])
-      local recs = load.finish()
-      local failed = check_failures(recs)
+      local recs, failed = rejoined(rs, rs[1], load, 30)
       print(string.format("\n  flapping for %ds: %d flaps, %d calls, %d unavailable", FLAP_SECONDS, flaps, #recs, failed))
     end)
   end)
@@ -233,10 +234,7 @@ describe("partitions", function()
       end
       local t_thaw = H.now()
       pg:thaw()
-      H.wait_cluster(view(rs[1]), 3, 30)
-      all_serve(rs[2])
-      local recs = load.finish()
-      local failed = check_failures(recs)
+      local recs, failed = rejoined(rs, rs[2], load, 30)
       -- No call sent after the lease could have passed was served while frozen.
       local late = served_between(recs, t_freeze + LEASE, t_thaw)
       assert(#late == 0, string.format("%d calls sent more than the lease into the freeze were served (first: %s on %s)",

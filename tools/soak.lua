@@ -8,7 +8,8 @@
 -- messages stored with ?discard=1, entity-to-entity calls (Relay -> Probe),
 -- and a script reload every 20 s. Churn: every 30 s runner 2 or 3 is killed
 -- (-9), frozen (SIGSTOP for two leases) or restarted (SIGTERM); runner 1 is
--- left alone so its memory is one process's over the whole run.
+-- left alone so its memory is one process's over the whole run (the others'
+-- peaks are checked against it).
 --
 -- Writes DIR/samples.csv (t_s,runner,pid,rss_kb,fds,latency_ms; latency -1
 -- when the probe call failed, RSS and descriptors 0 while a runner is dead),
@@ -165,6 +166,15 @@ local function rss_trend(samples, seconds)
   return percentile(early, 0.5), percentile(late, 0.5)
 end
 
+-- The highest RSS runners 2 and 3 reached after warm-up, in kB.
+local function rss_peak(samples, seconds)
+  local warm, peak = math.min(120, seconds / 3), 0
+  for _, s in ipairs(samples) do
+    if s.runner ~= 1 and s.t >= warm and s.rss > peak then peak = s.rss end
+  end
+  return peak
+end
+
 local function plot(out)
   local gp = out .. "/soak.gp"
   H.write_file(gp, string.format([[
@@ -263,11 +273,20 @@ return (function()
     if rss1 > rss0 * 1.2 + 8192 then
       failures[#failures + 1] = string.format("runner 1's RSS kept growing: %d kB after warm-up, %d kB at the end", rss0, rss1)
     end
+    -- Runners 2 and 3 restart every minute or two, so no window shows one
+    -- of their processes growing; a leak on their paths (takeovers, hand-offs,
+    -- recovery scans) shows instead as a peak far above runner 1's.
+    local peak = rss_peak(samples, seconds)
+    if peak > math.max(rss0, rss1) * 1.5 + 16384 then
+      failures[#failures + 1] = string.format("a churned runner reached %d kB, far above runner 1's %d kB", peak,
+        math.max(rss0, rss1))
+    end
     local okp, perr = plot(o.out)
     if not okp then failures[#failures + 1] = perr end
-    print(string.format("soak summary: %.1f min, seed %d; runner 1 RSS %.1f MB after warm-up -> %.1f MB at the end; " ..
+    print(string.format("soak summary: %.1f min, seed %d; runner 1 RSS %.1f MB after warm-up -> %.1f MB at the end, " ..
+      "runners 2-3 peak %.1f MB; " ..
       "%d calls (%d ok), latency p50 %.1f ms, p99 %.1f ms; %d persisted messages acknowledged; history: %d runs, %d ids, " ..
-      "%d handovers, %d problems; plot %s/soak.png", o.minutes, o.seed, rss0 / 1024, rss1 / 1024, #recs, ok200,
+      "%d handovers, %d problems; plot %s/soak.png", o.minutes, o.seed, rss0 / 1024, rss1 / 1024, peak / 1024, #recs, ok200,
       percentile(lat, 0.5), percentile(lat, 0.99), state.acked, stats.runs, stats.entities, stats.handovers, #problems, o.out))
   end)
   if load then pcall(load.finish) end

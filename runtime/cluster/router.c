@@ -63,6 +63,17 @@ static void router__deliver(msg_t *m, call_t *call) {
   msg_free(m);
 }
 
+/* Completes c with an error of this kind whose message is text (of any
+ * length, unlike call_fail's formatted one), and frees text. */
+static void router__fail_text(call_t *c, reply_kind_t kind, buf_t *text) {
+  buf_addc(text, '\0');
+  size_t len;
+  char *body = reply_error_body(kind, NULL, text->data, &len);
+  call_complete(c, kind, body, len);
+  free(body);
+  buf_free(text);
+}
+
 #define ROUTER_KEY_SHOWN 200 /* bytes of a primary key quoted in a conflict */
 
 void router_conflict(call_t *c, const msg_t *m, const char *pk) {
@@ -77,12 +88,7 @@ void router_conflict(call_t *c, const msg_t *m, const char *pk) {
   buf_printf(&text, "primary key '%.*s%s' of %s.%s was sent before with a different payload; a retry must send the "
              "same payload, another message needs another key", (int)n, pk, cut ? "..." : "", m->type->name,
              m->type->rpcs[m->rpc].tag);
-  buf_addc(&text, '\0');
-  size_t len;
-  char *body = reply_error_body(REPLY_CONFLICT, NULL, text.data, &len);
-  call_complete(c, REPLY_CONFLICT, body, len);
-  free(body);
-  buf_free(&text);
+  router__fail_text(c, REPLY_CONFLICT, &text);
 }
 
 static void router__due(timer_entry_t *t) {
@@ -167,12 +173,7 @@ static void router__unknown_rpc(const etype_t *t, const char *tag, size_t tag_le
     if (i) buf_adds(&text, ", ");
     buf_add(&text, t->rpcs[i].tag, t->rpcs[i].tag_len);
   }
-  buf_addc(&text, '\0');
-  size_t len;
-  char *body = reply_error_body(REPLY_NOT_FOUND, NULL, text.data, &len);
-  call_complete(call, REPLY_NOT_FOUND, body, len);
-  free(body);
-  buf_free(&text);
+  router__fail_text(call, REPLY_NOT_FOUND, &text);
 }
 
 /* Checks type, RPC and id and makes the message, or completes `call` with
