@@ -27,10 +27,10 @@ OBJ      := $(patsubst %.c,$(BUILD)/obj/%.o,$(SRC)) $(BUILD)/obj/lua_embed.o
 
 DEBIAN_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libuv1-dev \
                libpq-dev libhttp-parser-dev libssl-dev libmimalloc-dev lua-busted lua-socket postgresql curl wrk
-# Only the specs need these (clang: the libFuzzer targets; network
-# namespaces for the partition specs; the soak's plot); `make run` does not
-# install them.
-TEST_PKGS := clang iproute2 gnuplot-nox
+# Only the specs need these (clang: the libFuzzer targets; promtool: the
+# /metrics format; iproute2: network namespaces for the partition specs;
+# gnuplot: the soak's plot); `make run` does not install them.
+TEST_PKGS := clang iproute2 gnuplot-nox prometheus
 SOAK_MINUTES ?= 30
 
 .PHONY: all deps test-deps test run asan asan-test clean bench soak fuzz fuzz-build
@@ -101,7 +101,7 @@ asan: deps test-deps
 FUZZ_CC      ?= clang
 FUZZ_DIR     := build/fuzz
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS := parse frame json http transport schema cron
+FUZZ_TARGETS := parse frame json http transport schema cron trace
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Iruntime -Ifuzz \
                 $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -g -O1 \
                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -DLUSTER_SRC_DIR=\"$(CURDIR)\"
@@ -114,6 +114,7 @@ FUZZ_SRC_transport := fuzz/fake_uv.c runtime/net/transport.c runtime/core/buf.c 
                       runtime/core/htab.c runtime/core/parse.c runtime/core/frame.c runtime/cli/log.c
 FUZZ_SRC_schema    := fuzz/lua_harness.c runtime/host/json.c
 FUZZ_SRC_cron      := fuzz/lua_harness.c runtime/host/json.c
+FUZZ_SRC_trace     := runtime/core/trace.c
 FUZZ_LIBS_json     := $(LUA_LIBS)
 FUZZ_LIBS_http     := -lhttp_parser
 FUZZ_LIBS_transport := -lcrypto

@@ -6,7 +6,7 @@ package.path = "spec/?.lua;" .. package.path
 local H = require "support.helpers"
 
 local BIN = H.root .. "/build/fuzz"
-local TARGETS = { "parse", "frame", "json", "http", "transport", "schema", "cron" }
+local TARGETS = { "parse", "frame", "json", "http", "transport", "schema", "cron", "trace" }
 local SMOKE_SECONDS = 3
 
 -- Runs a shell command; returns whether it exited 0, and its output.

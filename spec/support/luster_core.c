@@ -10,9 +10,11 @@
 
 #include "core/frame.h"
 #include "core/hash.h"
+#include "core/histo.h"
 #include "core/jsoncanon.h"
 #include "core/parse.h"
 #include "core/ring.h"
+#include "core/trace.h"
 #include "core/url.h"
 #include "host/json.h"
 
@@ -383,6 +385,61 @@ static int core_json_canonical(lua_State *L) {
   return 2;
 }
 
+/* traceparent(s) -> {trace_id=, span_id=, flags=} (hex strings, integer),
+ * or nil, "invalid traceparent". */
+static int core_traceparent(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  trace_ctx_t t;
+  if (trace_parse(s, n, &t) != 0) return core_fail(L, "invalid traceparent: %s", s);
+  char hex[2 * TRACE_ID_LEN + 1];
+  lua_createtable(L, 0, 3);
+  trace_hex(t.trace_id, TRACE_ID_LEN, hex);
+  lua_pushstring(L, hex);
+  lua_setfield(L, -2, "trace_id");
+  trace_hex(t.span_id, TRACE_SPAN_LEN, hex);
+  lua_pushstring(L, hex);
+  lua_setfield(L, -2, "span_id");
+  lua_pushinteger(L, t.flags);
+  lua_setfield(L, -2, "flags");
+  return 1;
+}
+
+/* traceparent_format(s) -> the version 00 header of a parsed traceparent
+ * (so a spec can see what a later version reads as), or nil, error. */
+static int core_traceparent_format(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  trace_ctx_t t;
+  if (trace_parse(s, n, &t) != 0) return core_fail(L, "invalid traceparent: %s", s);
+  char out[TRACE_HEADER_LEN + 1];
+  trace_format(&t, out);
+  lua_pushstring(L, out);
+  return 1;
+}
+
+/* histogram(name, labels, {ns, ...}) -> the Prometheus sample lines of a
+ * histogram that observed these nanosecond durations. */
+static int core_histogram(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1), *labels = luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  histo_t h = {0};
+  lua_Integer n = luaL_len(L, 3);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, 3, i);
+    lua_Integer ns = luaL_checkinteger(L, -1);
+    luaL_argcheck(L, ns >= 0, 3, "durations are nanoseconds, not negative");
+    histo_observe(&h, (uint64_t)ns);
+    lua_pop(L, 1);
+  }
+  buf_t b;
+  buf_init(&b);
+  histo_write(&b, name, labels, &h);
+  lua_pushlstring(L, b.data ? b.data : "", b.len);
+  buf_free(&b);
+  return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
   {"json_canonical", core_json_canonical},
   {"hash", core_hash},
@@ -402,6 +459,9 @@ static const luaL_Reg core_funcs[] = {
   {"frame_decode", core_frame_decode},
   {"json_encode", json_lua_encode},
   {"json_decode", json_lua_decode},
+  {"traceparent", core_traceparent},
+  {"traceparent_format", core_traceparent_format},
+  {"histogram", core_histogram},
   {NULL, NULL},
 };
 
