@@ -12,7 +12,7 @@ PKGS     := lua5.4 libuv
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
                -Iruntime $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I/usr/include/postgresql
 OPT      ?= -O2 -g
-LIBS     := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -llua5.4 -luv) -lhttp_parser -lpq -lcrypto -lm
+LIBS     := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -llua5.4 -luv) -lhttp_parser -lpq -lsqlite3 -lcrypto -lm
 # mimalloc replaces malloc in the release build: Lua states, messages and
 # calls allocate and free at every hop (measured: +8% sequential calls, +15%
 # concurrent calls, +25% activations). Sanitizer builds keep their own.
@@ -26,7 +26,7 @@ LUA_SRC  := $(sort $(wildcard lua/luster/*.lua))
 OBJ      := $(patsubst %.c,$(BUILD)/obj/%.o,$(SRC)) $(BUILD)/obj/lua_embed.o
 
 DEBIAN_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libuv1-dev \
-               libpq-dev libhttp-parser-dev libssl-dev libmimalloc-dev lua-busted lua-socket postgresql curl wrk
+               libpq-dev libsqlite3-dev libhttp-parser-dev libssl-dev libmimalloc-dev lua-busted lua-socket postgresql curl wrk
 # Only the specs need these (clang: the libFuzzer targets; network
 # namespaces for the partition specs; the soak's plot); `make run` does not
 # install them.
