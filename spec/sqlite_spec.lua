@@ -212,9 +212,17 @@ describe("sqlite storage", function()
           if sent == N then break end
           sent = sent + 1
           local key = string.format("k%03d", sent)
-          batch[#batch + 1] = { key = key, c = send(r, "/entities/Journal/j" .. (sent % 8) .. "/Append", { key = key }) }
+          -- Each run takes 30 ms: at the kill, some of the batch run, some
+          -- wait in their mailboxes (stored), some are not stored yet.
+          batch[#batch + 1] = { key = key, c = send(r, "/entities/Journal/j" .. (sent % 8) .. "/Append",
+            { key = key, sleep = 30 }) }
         end
         if not t_kill and sent >= 200 then
+          H.wait_for("a message of the last batch to run", 5, function()
+            for _, f in ipairs(records(ctx.record, "append")) do
+              if tonumber(f[2]:sub(2)) > sent - K then return true end
+            end
+          end, 0.002)
           t_kill = H.now()
           r:kill("KILL")
         end
@@ -239,10 +247,11 @@ describe("sqlite storage", function()
         assert.equal(1, ran_before[key], key .. " was acknowledged but ran " .. tostring(ran_before[key]) .. " times")
       end
       assert.truthy(n_acked >= 100, "only " .. n_acked .. " calls were acknowledged before the kill")
+      assert.truthy(n_acked < sent, "every call was answered before the kill: it was not mid-stream")
 
       r = ctx.start()
       for key, a in pairs(acked) do
-        local status, doc, headers = append(r, "j" .. tonumber(key:sub(2)) % 8, key)
+        local status, doc, headers = append(r, "j" .. tonumber(key:sub(2)) % 8, key, { sleep = 30 })
         assert.equal(200, status, key .. ": " .. encode(doc))
         assert.equal(a.rid, headers["x-request-id"], key .. ": another request id after the restart")
         assert.same(a.doc.value, doc.value)
@@ -251,7 +260,7 @@ describe("sqlite storage", function()
       -- more at most, if their run was cut off), the others run now.
       for key, a in pairs(answers) do
         if not acked[key] then
-          local status, doc = append(r, "j" .. tonumber(key:sub(2)) % 8, key)
+          local status, doc = append(r, "j" .. tonumber(key:sub(2)) % 8, key, { sleep = 30 })
           assert.equal(200, status, key .. ": " .. encode(doc))
         end
       end

@@ -5,10 +5,9 @@
  * loop-local list during the loop turn; a prepare handle hands the list to
  * the writer thread just before the loop would wait for I/O, so what one
  * turn queued starts together. Writer side: it takes every job waiting,
- * runs them in order in one transaction (each in a savepoint, so one failing
- * job does not undo the others) and commits; while it commits, new jobs
- * wait, and all of them form the next transaction. Results go back on a
- * done list, and a uv_async runs their callbacks on the loop. */
+ * runs them in order in one transaction and commits; while it commits, new
+ * jobs wait, and all of them form the next transaction. Results go back on
+ * a done list, and a uv_async runs their callbacks on the loop. */
 #include "storage/sqlite.h"
 
 #include <errno.h>
@@ -51,7 +50,7 @@ typedef struct sjob_s {
 } sjob_t;
 
 enum {
-  Q_BEGIN, Q_COMMIT, Q_ROLLBACK, Q_SAVEPOINT, Q_RELEASE, Q_UNDO,
+  Q_BEGIN, Q_COMMIT, Q_ROLLBACK,
   Q_FIND, Q_INSERT, Q_STATE, Q_REPLY, Q_SCAN, Q_DUE, Q_PRUNE,
   Q_CRON_INSERT, Q_CRON_READ, Q_CRON_CLAIM, Q_CRON_DONE,
   Q_LOAD, Q_SAVE, Q_FORGET, Q_COUNT
@@ -61,9 +60,6 @@ static const char *const sq_sql[Q_COUNT] = {
     [Q_BEGIN] = "BEGIN IMMEDIATE",
     [Q_COMMIT] = "COMMIT",
     [Q_ROLLBACK] = "ROLLBACK",
-    [Q_SAVEPOINT] = "SAVEPOINT job",
-    [Q_RELEASE] = "RELEASE job",
-    [Q_UNDO] = "ROLLBACK TO job",
     [Q_FIND] = "SELECT seq, payload, done_at IS NOT NULL, reply_kind, reply FROM messages WHERE dedupe = ?1",
     [Q_INSERT] = "INSERT INTO messages (shard, type, entity_id, rpc, dedupe, payload, headers, deliver_at,"
                  " created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -360,38 +356,68 @@ static int sq__job(sqls_t *s, sjob_t *j) {
  * The writer thread: transactions
  * ------------------------------------------------------------------------- */
 
-static void sq__fail_all(sjob_t *list, const char *why) {
-  for (sjob_t *j = list; j; j = j->next) {
-    j->ok = 0;
-    free(j->err);
-    j->err = strdup(why);
+/* Forgets what a run of j produced (its transaction was rolled back). */
+static void sq__forget_results(sjob_t *j) {
+  for (int i = 0; i < j->nrows; i++) {
+    ms_row_t *r = &j->rows[i];
+    free((char *)r->type);
+    free((char *)r->id);
+    free((char *)r->rpc);
+    free((char *)r->payload);
+    free((char *)r->headers);
   }
+  free(j->rows);
+  free(j->out);
+  free(j->err);
+  j->rows = NULL;
+  j->nrows = 0;
+  j->out = j->err = NULL;
+  j->out_len = 0;
+  j->ok = j->found = j->done = j->rkind = 0;
+  j->rseq = j->count = 0;
+  j->a = j->b = 0;
 }
 
-/* Runs list (in order) as one transaction. */
-static void sq__batch(sqls_t *s, sjob_t *list) {
-  char why[512];
+/* Runs the jobs from `from` up to (not including) `to` in order as one
+ * transaction; 0 when all of them committed. On a failure the transaction
+ * is rolled back, *bad is the job that failed (NULL: the commit did) and
+ * why says what happened. */
+static int sq__txn(sqls_t *s, sjob_t *from, sjob_t *to, sjob_t **bad, char *why, size_t whylen) {
+  *bad = NULL;
   if (sq__run(s->q[Q_BEGIN]) != SQLITE_OK) {
-    snprintf(why, sizeof why, "SQLite could not begin a transaction: %s", sqlite3_errmsg(s->db));
-    sq__fail_all(list, why);
-    return;
+    snprintf(why, whylen, "SQLite could not begin a transaction: %s", sqlite3_errmsg(s->db));
+    return -1;
   }
-  for (sjob_t *j = list; j; j = j->next) {
-    int rc = sq__run(s->q[Q_SAVEPOINT]);
-    if (rc == SQLITE_OK) rc = sq__job(s, j);
-    if (rc == SQLITE_OK) {
-      j->ok = 1;
-    } else {
-      snprintf(why, sizeof why, "SQLite: %s", sqlite3_errmsg(s->db));
-      j->err = strdup(why);
-      sq__run(s->q[Q_UNDO]);
+  for (sjob_t *j = from; j != to; j = j->next) {
+    if (sq__job(s, j) != SQLITE_OK) {
+      snprintf(why, whylen, "SQLite: %s", sqlite3_errmsg(s->db));
+      *bad = j;
+      sq__run(s->q[Q_ROLLBACK]);
+      return -1;
     }
-    sq__run(s->q[Q_RELEASE]);
   }
   if (sq__run(s->q[Q_COMMIT]) != SQLITE_OK) {
-    snprintf(why, sizeof why, "SQLite could not commit: %s", sqlite3_errmsg(s->db));
+    snprintf(why, whylen, "SQLite could not commit: %s", sqlite3_errmsg(s->db));
     if (!sqlite3_get_autocommit(s->db)) sq__run(s->q[Q_ROLLBACK]);
-    sq__fail_all(list, why);
+    return -1;
+  }
+  for (sjob_t *j = from; j != to; j = j->next) j->ok = 1;
+  return 0;
+}
+
+/* Runs list (in order) as one transaction. Should one job fail (a full
+ * disk, say), the others must not fail with it: they run again, each in a
+ * transaction of its own, and only the failing ones answer with an error. */
+static void sq__batch(sqls_t *s, sjob_t *list) {
+  char why[512];
+  sjob_t *bad;
+  if (sq__txn(s, list, NULL, &bad, why, sizeof why) == 0) return;
+  for (sjob_t *j = list; j; j = j->next) {
+    sq__forget_results(j);
+    if (sq__txn(s, j, j->next, &bad, why, sizeof why) != 0) {
+      sq__forget_results(j);
+      j->err = strdup(why);
+    }
   }
 }
 
@@ -426,17 +452,7 @@ static void sq__thread(void *arg) {
  * ------------------------------------------------------------------------- */
 
 static void sq__free_job(sjob_t *j) {
-  for (int i = 0; i < j->nrows; i++) {
-    ms_row_t *r = &j->rows[i];
-    free((char *)r->type);
-    free((char *)r->id);
-    free((char *)r->rpc);
-    free((char *)r->payload);
-    free((char *)r->headers);
-  }
-  free(j->rows);
-  free(j->out);
-  free(j->err);
+  sq__forget_results(j);
   free(j->data);
   free(j);
 }
@@ -768,13 +784,20 @@ static int sq__migrate(sqls_t *s, char *err, size_t errlen) {
 
 /* Opens the database: WAL, the sync mode, the schema, the statements. */
 static int sq__open_db(sqls_t *s, int sync_full, char *err, size_t errlen) {
+  /* No allocation statistics: they take a process-wide mutex on every
+   * allocation. Refused (harmlessly) once SQLite is initialized. */
+  sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
   int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
   if (sqlite3_open_v2(s->path, &s->db, flags, NULL) != SQLITE_OK) {
     snprintf(err, errlen, "cannot open '%s' as SQLite storage: %s (does its directory exist, is it writable, is it "
                           "a file?)", s->path, s->db ? sqlite3_errmsg(s->db) : "out of memory");
     return -1;
   }
-  if (sq__exec(s, "PRAGMA journal_mode = WAL", err, errlen) ||
+  /* One runner owns the file (the flock): exclusive locking keeps SQLite's
+   * own locks for the connection's life instead of taking them around every
+   * transaction, and keeps the WAL index in memory (no -shm file). */
+  if (sq__exec(s, "PRAGMA locking_mode = EXCLUSIVE", err, errlen) ||
+      sq__exec(s, "PRAGMA journal_mode = WAL", err, errlen) ||
       sq__exec(s, sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL", err, errlen) ||
       sq__exec(s, "PRAGMA busy_timeout = 5000", err, errlen) || sq__migrate(s, err, errlen))
     return -1;
