@@ -74,7 +74,8 @@ typedef struct {
   /* Reads whether message seq is pending or done (and its reply). */
   void (*state)(void *ctx, uint64_t seq, ms_state_cb cb, void *ud);
   /* Stores message seq's reply and marks it done, and w (NULL: none, see
-   * estate.h) in the same transaction; cb after the commit. */
+   * estate.h) in the same transaction; cb after the commit. A message that
+   * is done already keeps its reply, and w is not written. */
   void (*reply)(void *ctx, uint64_t seq, int kind, const char *body, size_t len, const estate_write_t *w,
                 ms_done_cb cb, void *ud);
   /* Pending messages of these shards due by now_ms with seq > after, oldest

@@ -246,7 +246,9 @@ static int sq__reply(sqls_t *s, sjob_t *j) {
   sqlite3_bind_int(st, 3, j->kind);
   sqlite3_bind_blob(st, 4, j->body_len ? j->body : "", (int)j->body_len, SQLITE_STATIC);
   int rc = sq__run(st);
-  if (rc == SQLITE_OK && j->has_w) rc = sq__save(s, &j->w);
+  /* A message that had its reply already (a run repeated after a crash)
+   * changes nothing: neither its reply nor the state. */
+  if (rc == SQLITE_OK && j->has_w && sqlite3_changes(s->db) > 0) rc = sq__save(s, &j->w);
   return rc;
 }
 
