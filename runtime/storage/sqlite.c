@@ -264,7 +264,7 @@ static int sq__scan(sqls_t *s, sjob_t *j) {
   sqlite3_bind_int64(st, 2, (sqlite3_int64)j->after);
   sqlite3_bind_int(st, 3, j->limit);
   j->rows = calloc((size_t)j->limit, sizeof *j->rows);
-  int rc;
+  int rc = SQLITE_DONE;
   while (j->nrows < j->limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
     ms_row_t *r = &j->rows[j->nrows++];
     r->seq = (uint64_t)sqlite3_column_int64(st, 0);
