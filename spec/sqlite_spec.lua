@@ -138,7 +138,7 @@ describe("sqlite storage", function()
       local status, doc = receive(c)
       assert.equal(200, status, encode(doc))
       assert.equal("soon", doc.value.key)
-      assert.truthy(doc.value.delivered >= at and doc.value.delivered <= at + 100,
+      assert.truthy(doc.value.delivered >= at and doc.value.delivered <= at + 100 * H.slow,
         "delivered at " .. doc.value.delivered .. " for " .. at)
 
       local later = now_ms() + 2500
@@ -153,7 +153,7 @@ describe("sqlite storage", function()
       local ring = records(ctx.record, "ring")
       local last = ring[#ring]
       assert.equal("later", last[2])
-      assert.truthy(tonumber(last[5]) >= later and tonumber(last[5]) <= later + 150,
+      assert.truthy(tonumber(last[5]) >= later and tonumber(last[5]) <= later + 150 * H.slow,
         "rang at " .. last[5] .. " for " .. later)
       local st3, doc3 = r:request("GET", "/requests/" .. doc2.request_id)
       assert.equal(200, st3, encode(doc3))
@@ -398,13 +398,17 @@ describe("sqlite storage", function()
     assert(ok, e)
   end)
 
-  it("commits with synchronous FULL under --sqlite-sync full (LUSTER_SQLITE_SYNC), and says so", function()
+  it("takes the file from LUSTER_STORAGE and synchronous FULL from LUSTER_SQLITE_SYNC (--sqlite-sync full), and says so", function()
     with_file(function(ctx)
-      local r = H.start(FIXTURES, { args = "--no-reload --storage sqlite:" .. ctx.db,
-        env = { DURABLE_RECORD = ctx.record, LUSTER_SQLITE_SYNC = "full" } })
+      local r = H.start(FIXTURES, { args = "--no-reload",
+        env = { DURABLE_RECORD = ctx.record, LUSTER_STORAGE = "sqlite:" .. ctx.db, LUSTER_SQLITE_SYNC = "full" } })
       ctx.runners[#ctx.runners + 1] = r
       assert.equal(200, (append(r, "f", "full1")))
-      assert.truthy(r:log_text():find("synchronous full", 1, true), r:log_text())
+      assert.truthy(r:log_text():find("storage: SQLite file " .. ctx.db .. " (synchronous full)", 1, true),
+        r:log_text())
+      local f = io.open(ctx.db, "rb")
+      assert.truthy(f, "no database file at " .. ctx.db)
+      f:close()
     end)
   end)
 
