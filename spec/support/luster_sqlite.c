@@ -144,13 +144,14 @@ static int l_load(lua_State *L) {
   return 0;
 }
 
-/* st:put(type, id, rpc, payload [, dedupe]) */
+/* st:put(type, id, rpc, payload [, dedupe]); type false stores a NULL type,
+ * which the table refuses: the specs' way to make one job of a batch fail. */
 static int l_put(lua_State *L) {
   store_t *st = st__check(L);
   ms_msg_t m;
   memset(&m, 0, sizeof m);
   m.shard = 1;
-  m.type = luaL_checklstring(L, 2, &m.type_len);
+  m.type = lua_toboolean(L, 2) ? luaL_checklstring(L, 2, &m.type_len) : NULL;
   m.id = luaL_checklstring(L, 3, &m.id_len);
   m.rpc = luaL_checklstring(L, 4, &m.rpc_len);
   m.payload = luaL_checklstring(L, 5, &m.payload_len);
