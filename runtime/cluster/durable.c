@@ -1,4 +1,5 @@
-/* durable.c - persisted messages in a cluster: storing before the
+/* durable.c - persisted messages on durable storage (a cluster's
+ * PostgreSQL, or one runner's SQLite file): storing before the
  * acknowledgement, delivery by the shard's owner, replies stored before they
  * are seen, redelivery, delayed delivery, retention (see durable.h). */
 #include "cluster/durable.h"
