@@ -12,7 +12,7 @@ PKGS     := lua5.4 libuv
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
                -Iruntime $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I/usr/include/postgresql
 OPT      ?= -O2 -g
-LIBS     := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -llua5.4 -luv) -lhttp_parser -lpq -lcrypto -lm
+LIBS     := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -llua5.4 -luv) -lhttp_parser -lpq -lsqlite3 -lcrypto -lm
 # mimalloc replaces malloc in the release build: Lua states, messages and
 # calls allocate and free at every hop (measured: +8% sequential calls, +15%
 # concurrent calls, +25% activations). Sanitizer builds keep their own.
@@ -26,7 +26,7 @@ LUA_SRC  := $(sort $(wildcard lua/luster/*.lua))
 OBJ      := $(patsubst %.c,$(BUILD)/obj/%.o,$(SRC)) $(BUILD)/obj/lua_embed.o
 
 DEBIAN_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libuv1-dev \
-               libpq-dev libhttp-parser-dev libssl-dev libmimalloc-dev lua-busted lua-socket postgresql curl wrk
+               libpq-dev libsqlite3-dev libhttp-parser-dev libssl-dev libmimalloc-dev lua-busted lua-socket postgresql curl wrk
 # Only the specs need these (clang: the libFuzzer targets; promtool: the
 # /metrics format; iproute2: network namespaces for the partition specs;
 # gnuplot: the soak's plot); `make run` does not install them.
@@ -34,7 +34,7 @@ TEST_PKGS := clang iproute2 gnuplot-nox prometheus
 SOAK_MINUTES ?= 30
 
 .PHONY: all deps test-deps test run asan asan-test clean bench soak fuzz fuzz-build
-all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/pgconn_check
+all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/luster_sqlite.so $(BUILD)/pgconn_check
 
 $(BUILD)/luster: $(OBJ)
 	$(CC) $(OPT) $(SANITIZE) -rdynamic -o $@ $(OBJ) $(ALLOC_LIB) $(LIBS)
@@ -58,6 +58,13 @@ $(BUILD)/obj/lua_embed.o: $(BUILD)/gen/lua_embed.c
 $(BUILD)/luster_core.so: spec/support/luster_core.c $(CORE_SRC) runtime/host/json.c $(wildcard runtime/core/*.h) runtime/host/json.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ spec/support/luster_core.c $(CORE_SRC) runtime/host/json.c
+
+# storage/sqlite.c on a loop of its own as a Lua module, for spec/sqlite_store_spec.lua.
+SQLITE_MOD_SRC := spec/support/luster_sqlite.c runtime/storage/sqlite.c runtime/storage/msgstore.c \
+                  runtime/core/jsoncanon.c runtime/core/buf.c
+$(BUILD)/luster_sqlite.so: $(SQLITE_MOD_SRC) $(wildcard runtime/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ $(SQLITE_MOD_SRC) -luv -lsqlite3
 
 # storage/pgconn.c on its own against a real server, for spec/pgconn_spec.lua.
 PGCHECK_SRC := spec/support/pgconn_check.c runtime/storage/pgconn.c runtime/cli/log.c \
@@ -91,7 +98,7 @@ run: deps
 	$(BUILD)/luster run examples/counter --http 127.0.0.1:8080
 
 asan: deps test-deps
-	$(MAKE) build/luster_core.so fuzz-build
+	$(MAKE) build/luster_core.so build/luster_sqlite.so fuzz-build
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  LUSTER_BIN=$(abspath build-asan/luster) LUSTER_ASAN=1 BUILD=build-asan sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)

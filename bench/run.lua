@@ -469,6 +469,66 @@ scenarios[#scenarios + 1] = {
   met = function(v) return v.failed == 0 and v.write_to_serving_ms <= 100 end,
 }
 
+-- Scenario 7 on one runner over a SQLite file (--storage sqlite:PATH, the
+-- default synchronous NORMAL in WAL): the same persisted Counter and
+-- RemoteDrivers, every caller and Counter on the one runner. BENCH_MS caps
+-- each phase (a quick check that the scenario runs: BENCH_MS=1000).
+local SQLITE_MS = tonumber(os.getenv("BENCH_MS") or "")
+
+scenarios[#scenarios + 1] = {
+  id = "sqlite-persisted", num = 12, title = "persisted on SQLite", target = "≥ 20k/s / p50 ≤ 1 ms",
+  run = function()
+    local dir = H.tmpdir()
+    for _, d in ipairs(PERSISTED_DIRS) do os.execute(string.format("cp -L %s/*.lua %s/", d, dir)) end
+    local db = dir .. "/bench.db"
+    local ok, res = pcall(with_runner, dir, "--storage sqlite:" .. db, function(r)
+      local ids = {}
+      for k = 1, 1000 do ids[k] = "p" .. k end
+      local _, warm = r:call("RemoteDriver", "warm", "Run", { n = #ids, ids = ids, ms = 60000 }, "?timeout=300000")
+      assert(warm.value and warm.value.failed == 0, "warm-up: " .. cjson.encode(warm))
+      local _, doc = r:call("RemoteDriver", "seq", "Run", { n = 5000, ids = ids, ms = SQLITE_MS or 15000 },
+        "?timeout=300000")
+      local seq = doc.value
+      assert(seq and seq.calls, "the sequential caller failed: " .. cjson.encode(doc))
+      local bodies, paths = {}, {}
+      for k = 1, 64 do
+        local mine = {}
+        for j = 0, 15 do mine[#mine + 1] = ids[((k - 1) * 16 + j) % #ids + 1] end
+        bodies[k] = cjson.encode { n = 1600, ids = mine, ms = SQLITE_MS or 20000 }
+        paths[k] = "/entities/RemoteDriver/d" .. k .. "/Run"
+      end
+      local vals = concurrent_posts(r, paths, bodies)
+      local p50s = {}
+      for k, v in ipairs(vals) do p50s[k] = v.p50_us end
+      local calls, failed, seconds = sum_loops(vals)
+      local sent = #ids + seq.calls + calls
+      local stored = r:metric("luster_persisted_stored_total")
+      local replies = r:metric("luster_persisted_replies_total")
+      return {
+        calls_per_s = calls / seconds, p50_us = median(p50s), failed = failed + seq.failed,
+        seq_calls_per_s = seq.calls / (seq.stop - seq.start), seq_p50_us = seq.p50_us, seq_p99_us = seq.p99_us,
+        unstored = math.abs(sent - stored) + math.abs(sent - replies), messages = sent,
+      }
+    end)
+    -- The file after the runner's exit (its WAL checkpointed into it).
+    local f = io.open(db, "rb")
+    local size = f and f:seek("end") or 0
+    if f then f:close() end
+    H.rmdir(dir)
+    if not ok then error(res, 0) end
+    res.bytes_per_message = size / res.messages
+    return res
+  end,
+  show = function(v)
+    return string.format("%.1fk/s (p50 %.1f ms) / p50 %.2f ms, %.0f B/msg", v.calls_per_s / 1000, v.p50_us / 1000,
+      v.seq_p50_us / 1000, v.bytes_per_message)
+  end,
+  main = "calls_per_s",
+  met = function(v)
+    return v.calls_per_s >= 20000 and v.seq_p50_us <= 1000 and v.failed == 0 and v.unstored == 0
+  end,
+}
+
 ---------------------------------------------------------------------------
 -- the Effect peer
 ---------------------------------------------------------------------------

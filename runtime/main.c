@@ -22,6 +22,7 @@
 #include "net/http.h"
 #include "storage/coord.h"
 #include "storage/pgstore.h"
+#include "storage/sqlite.h"
 #include "storage/storage.h"
 
 /* A runner that crashes says so, with the stack, on stderr (its log), before
@@ -65,7 +66,7 @@ static int main_stopping;
 static void main__stop_check(uv_timer_t *t) {
   uint64_t busy = 0;
   for (etype_t *ty = host_types(); ty; ty = ty->next) busy += ty->running + ty->queued;
-  if (cluster_on) busy += (uint64_t)pgs_busy(); /* stores and replies not committed yet */
+  busy += (uint64_t)durable_busy(); /* stores and replies not committed yet */
   int handed_over = !cluster_on || cluster_left();
   if ((busy == 0 && handed_over && http_stats()->connections_open == 0) || uv_now(t->loop) >= main_stop_deadline) {
     if (!handed_over) log_warn("shutdown: shards were still being handed over after the shutdown timeout");
@@ -121,6 +122,40 @@ static int main__host_config(const config_t *cfg, host_config_t *hc) {
   return 0;
 }
 
+/* On memory storage, what the scripts ask to keep lasts only as long as
+ * this process: said once at start, one reason per kind of thing kept. */
+static void main__memory_warning(void) {
+  const char *reasons[4];
+  int n = 0;
+  int persisted = 0;
+  for (etype_t *t = host_types(); t; t = t->next)
+    for (int i = 0; t->kind == DEF_ENTITY && i < t->nrpcs; i++) persisted |= t->rpcs[i].persisted;
+  if (persisted) reasons[n++] = "persisted RPCs (their stored messages and replies)";
+  if (n == 0) return;
+  char what[512];
+  size_t len = 0;
+  what[0] = '\0';
+  for (int i = 0; i < n; i++)
+    len += (size_t)snprintf(what + len, sizeof what - len, "%s%s", i == 0 ? "" : i == n - 1 ? " and " : ", ",
+                            reasons[i]);
+  log_warn("storage is memory: %s last only as long as this process; to keep them on disk run with "
+           "--storage sqlite:PATH (one runner) or --storage postgres://... (a cluster)", what);
+}
+
+/* Opens sqlite:PATH for persisted messages; 0, or -1 after saying why. */
+static int main__open_sqlite(uv_loop_t *loop, const config_t *cfg, uint32_t shards) {
+  char err[1024];
+  sqls_t *s = sqls_open(loop, cfg->storage + 7, strcmp(cfg->sqlite_sync, "full") == 0, err, sizeof err);
+  if (!s) {
+    fprintf(stderr, "luster run: %s\n", err);
+    return -1;
+  }
+  durable_init(sqls_ops(s), shards, cfg->retention_ms);
+  durable_acquired(); /* one runner serves every shard: deliver what an earlier run left pending */
+  log_info("storage: SQLite file %s (synchronous %s)", cfg->storage + 7, cfg->sqlite_sync);
+  return 0;
+}
+
 static int cmd_run(config_t *cfg) {
   if (cfg->nargs != 1) {
     fprintf(stderr, "luster run: expected one script directory, e.g. 'luster run examples/counter'\n");
@@ -128,8 +163,19 @@ static int cmd_run(config_t *cfg) {
   }
   cfg->dir = cfg->args[0];
   int clustered = strncmp(cfg->storage, "postgres://", 11) == 0 || strncmp(cfg->storage, "postgresql://", 13) == 0;
-  if (!clustered && strcmp(cfg->storage, "memory") != 0) {
-    fprintf(stderr, "luster run: --storage must be 'memory' or a postgres:// URL, got '%s'\n", cfg->storage);
+  int sqlite = strncmp(cfg->storage, "sqlite:", 7) == 0;
+  if (!clustered && !sqlite && strcmp(cfg->storage, "memory") != 0) {
+    fprintf(stderr, "luster run: --storage must be 'memory', sqlite:PATH or a postgres:// URL, got '%s'\n",
+            cfg->storage);
+    return 2;
+  }
+  if (sqlite && cfg->storage[7] == '\0') {
+    fprintf(stderr, "luster run: --storage sqlite:PATH needs the path of the database file, e.g. "
+                    "sqlite:/var/lib/luster/app.db\n");
+    return 2;
+  }
+  if (strcmp(cfg->sqlite_sync, "normal") != 0 && strcmp(cfg->sqlite_sync, "full") != 0) {
+    fprintf(stderr, "luster run: --sqlite-sync must be 'normal' or 'full', got '%s'\n", cfg->sqlite_sync);
     return 2;
   }
   if (clustered && !cfg->listen) {
@@ -138,7 +184,8 @@ static int cmd_run(config_t *cfg) {
     return 2;
   }
   if (!clustered && (cfg->listen || cfg->advertise)) {
-    fprintf(stderr, "luster run: --listen and --advertise are for clusters, which need --storage postgres://...\n");
+    fprintf(stderr, "luster run: --listen and --advertise are for clusters, which need --storage postgres://... "
+                    "(sqlite: and memory serve one runner)\n");
     return 2;
   }
   if (clustered && coord_valid_prefix(cfg->table_prefix) != 0) {
@@ -162,6 +209,7 @@ static int cmd_run(config_t *cfg) {
   sched_init(loop);
   em_init(hc.shards);
   storage_init_memory(cfg->retention_ms);
+  if (sqlite && main__open_sqlite(loop, cfg, hc.shards) != 0) return 1;
   int failed = host_load_dir(&hc);
   if (failed < 0) {
     fprintf(stderr, "luster run: cannot read script directory '%s': %s\n", cfg->dir, strerror(-failed));
@@ -170,6 +218,7 @@ static int cmd_run(config_t *cfg) {
   int ntypes = 0;
   for (etype_t *t = host_types(); t; t = t->next) ntypes++;
   if (!host_scripts()) log_warn("no *.lua scripts in %s: nothing to serve yet", cfg->dir);
+  if (!clustered && !sqlite) main__memory_warning();
 
   char bound[128] = "none";
   if (strcmp(cfg->http, "none") != 0) {
@@ -231,7 +280,7 @@ static int cmd_run(config_t *cfg) {
       fprintf(stderr, "luster run: %s\n", err);
       return 1;
     }
-    if (durable_init(loop, cfg->storage, cfg->table_prefix, hc.shards, cfg->retention_ms) != 0) {
+    if (pgs_open(loop, cfg->storage, cfg->table_prefix) != 0 || durable_init(pgs_ops(), hc.shards, cfg->retention_ms)) {
       fprintf(stderr, "luster run: cannot open the PostgreSQL connection for persisted messages\n");
       return 1;
     }

@@ -10,7 +10,8 @@ typedef struct config_s {
   const char *http;       /* host:port, or "none" */
   const char *listen;
   const char *advertise;
-  const char *storage;    /* "memory" or postgres://... */
+  const char *storage;    /* "memory", sqlite:PATH or postgres://... */
+  const char *sqlite_sync; /* "normal" or "full" */
   const char *url;        /* call / status: the runner's HTTP address */
   const char *log_level;
   const char *admin;

@@ -1,4 +1,5 @@
-/* durable.c - persisted messages in a cluster: storing before the
+/* durable.c - persisted messages on durable storage (a cluster's
+ * PostgreSQL, or one runner's SQLite file): storing before the
  * acknowledgement, delivery by the shard's owner, replies stored before they
  * are seen, redelivery, delayed delivery, retention (see durable.h). */
 #include "cluster/durable.h"
@@ -15,7 +16,7 @@
 #include "core/hash.h"
 #include "core/htab.h"
 #include "host/host.h"
-#include "storage/pgstore.h"
+#include "storage/msgstore.h"
 
 #define DUR_SCAN_PAGE 512
 #define DUR_SCAN_EVERY_MS 5000  /* the safety net: forwards that were lost */
@@ -65,6 +66,7 @@ static struct {
   uint64_t due_at; /* wall ms the due timer is set for, 0 = none */
   uint64_t scan_from; /* wall ms the current scan delivers up to */
   uint32_t *held;  /* du__held's answer: the shards served here now */
+  const ms_ops_t *ops; /* the backend: PostgreSQL or SQLite */
   durable_stats_t st;
 } du;
 
@@ -73,7 +75,13 @@ const durable_stats_t *durable_stats(void) {
   return &du.st;
 }
 
-int durable_up(void) { return du.on && pgs_up(); }
+int durable_up(void) { return du.on && du.ops->up(du.ops->ctx); }
+int durable_on(void) { return du.on; }
+int durable_busy(void) { return du.on ? du.ops->busy(du.ops->ctx) : 0; }
+const ms_stats_t *durable_store_stats(void) {
+  static const ms_stats_t none;
+  return du.on ? du.ops->stats(du.ops->ctx) : &none;
+}
 
 static int du__seq_eq(const htab_node_t *n, const void *key, size_t len) {
   (void)len;
@@ -162,7 +170,7 @@ static void du__store_reply(known_t *k, reply_kind_t kind, const char *body, siz
   memcpy(k->body, body, len);
   k->body[len] = '\0';
   k->len = len;
-  pgs_reply(k->seq, (int)kind, body, len, du__committed, k);
+  du.ops->reply(du.ops->ctx, k->seq, (int)kind, body, len, NULL, du__committed, k);
 }
 
 static void du__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller) {
@@ -277,7 +285,7 @@ void durable_deliver(msg_t *m) {
   }
   k->checking = m;
   du.st.forwarded_checks++;
-  pgs_state(seq, du__checked, k);
+  du.ops->state(du.ops->ctx, seq, du__checked, k);
 }
 
 /* ---------------------------------------------------------------------------
@@ -307,7 +315,7 @@ static void du__scan_end(void) {
   timer_cancel(&du.due_timer);
   /* From the scan's own instant, not now: a message that fell due while the
    * scan ran was not in it, and must arm the timer (at once) all the same. */
-  if (n) pgs_next_due(du.held, n, du.scan_from, du__next_due, NULL);
+  if (n) du.ops->next_due(du.ops->ctx, du.held, n, du.scan_from, du__next_due, NULL);
   if (du.rescan) {
     du.rescan = 0;
     du.scanning = 1;
@@ -315,7 +323,7 @@ static void du__scan_end(void) {
   }
 }
 
-static void du__deliver_row(const pgs_row_t *w) {
+static void du__deliver_row(const ms_row_t *w) {
   if (du__known(w->seq) || !cluster_serving(w->shard)) return;
   known_t *k = du__known_new(w->seq);
   etype_t *t = host_find_type(w->type, w->type_len);
@@ -337,7 +345,7 @@ static void du__deliver_row(const pgs_row_t *w) {
   du__start(k, m);
 }
 
-static void du__scanned(void *ud, int ok, const pgs_row_t *rows, int nrows) {
+static void du__scanned(void *ud, int ok, const ms_row_t *rows, int nrows) {
   (void)ud;
   if (!du.on) return;
   if (!ok) {
@@ -357,7 +365,7 @@ static void du__scan_page(uint64_t after) {
   }
   du.st.scans++;
   if (after == 0) du.scan_from = sched_wall_ms();
-  pgs_scan(du.held, n, du.scan_from, after, DUR_SCAN_PAGE, du__scanned, NULL);
+  du.ops->scan(du.ops->ctx, du.held, n, du.scan_from, after, DUR_SCAN_PAGE, du__scanned, NULL);
 }
 
 static void du__scan(void) {
@@ -399,7 +407,8 @@ static void du__pruned(void *ud, int ok, uint64_t deleted) {
 static void du__prune_fire(timer_entry_t *t) {
   int n = du__held();
   uint64_t wall = sched_wall_ms();
-  if (n && wall > du.retention_ms) pgs_prune(du.held, n, wall - du.retention_ms, DUR_PRUNE_BATCH, du__pruned, NULL);
+  if (n && wall > du.retention_ms)
+    du.ops->prune(du.ops->ctx, du.held, n, wall - du.retention_ms, DUR_PRUNE_BATCH, du__pruned, NULL);
   else timer_add(t, sched_now() + DUR_PRUNE_EVERY_MS);
 }
 
@@ -456,14 +465,14 @@ static void du__poll_fire(timer_entry_t *t) {
     } else if (!w->polling && w->due <= wall) {
       w->polling = 1;
       du.st.retries_polled++;
-      pgs_state(w->seq, du__polled, w);
+      du.ops->state(du.ops->ctx, w->seq, du__polled, w);
     }
     n = next;
   }
   if (du.waits.count) timer_add(t, sched_now() + DUR_POLL_MS);
 }
 
-static void du__stored(void *ud, pgs_put_status_t st, uint64_t seq, int kind, const char *reply, size_t len,
+static void du__stored(void *ud, ms_put_status_t st, uint64_t seq, int kind, const char *reply, size_t len,
                        const char *err) {
   ticket_t *t = ud;
   msg_t *m = t->m;
@@ -472,7 +481,7 @@ static void du__stored(void *ud, pgs_put_status_t st, uint64_t seq, int kind, co
   char *pk = t->pk;
   free(t);
   int discard = (m->flags & MSG_DISCARD) != 0;
-  if (st == PGS_CONFLICT) { /* answered without the stored message's id: it is another caller's */
+  if (st == MS_CONFLICT) { /* answered without the stored message's id: it is another caller's */
     router_conflict(c, m, pk);
     free(pk);
     msg_free(m);
@@ -481,22 +490,22 @@ static void du__stored(void *ud, pgs_put_status_t st, uint64_t seq, int kind, co
   free(pk);
   if (c) c->request_id = seq;
   switch (st) {
-  case PGS_FAILED:
+  case MS_FAILED:
     call_fail(c, REPLY_UNAVAILABLE, "the persisted message was not stored: %s", err ? err : "?");
     msg_free(m);
     return;
-  case PGS_CONFLICT: return; /* answered above */
-  case PGS_DONE: /* a duplicate of a message that has its reply */
+  case MS_CONFLICT: return; /* answered above */
+  case MS_DONE: /* a duplicate of a message that has its reply */
     if (discard) call_complete(c, REPLY_ACCEPTED, "", 0);
     else call_complete(c, (reply_kind_t)kind, reply, len);
     msg_free(m);
     return;
-  case PGS_PENDING: /* a duplicate of a message not done yet: wait for the first's reply */
+  case MS_PENDING: /* a duplicate of a message not done yet: wait for the first's reply */
     if (discard) call_complete(c, REPLY_ACCEPTED, "", 0);
     else if (c) du__wait(seq, 0, c);
     msg_free(m);
     return;
-  case PGS_STORED: break;
+  case MS_STORED: break;
   }
   m->request_id = seq;
   m->deliver_at = at;
@@ -512,13 +521,14 @@ static void du__stored(void *ud, pgs_put_status_t st, uint64_t seq, int kind, co
     m->flags |= MSG_DISCARD;
   }
   if (c) msg_attach_call(m, c);
-  uint32_t shard = cluster_shard_of(m->id, m->id_len);
+  uint32_t shard = hash_shard(m->id, m->id_len, du.n);
   tp_peer_t *peer = NULL;
   if (cluster_route(shard, &peer) == ROUTE_LOCAL && cluster_serving(shard)) m->flags |= MSG_FRESH;
   router_route_stored(m);
 }
 
-/* Checks that a string can be stored as PostgreSQL text (UTF-8, no NUL). */
+/* Checks that a string can be stored as text (UTF-8, no NUL), as PostgreSQL
+ * requires; SQLite takes the same strings, so both backends agree. */
 static int du__utf8(const char *s, size_t n) {
   const unsigned char *p = (const unsigned char *)s, *e = p + n;
   while (p < e) {
@@ -542,7 +552,7 @@ static int du__utf8(const char *s, size_t n) {
 
 /* The dedupe key: hex SHA-256 of type, id, RPC and primary key (NUL
  * separated), so keys of any length fit one index entry. */
-static void du__dedupe(const msg_t *m, const char *pk, char out[PGS_DEDUPE_LEN + 1]) {
+static void du__dedupe(const msg_t *m, const char *pk, char out[MS_DEDUPE_LEN + 1]) {
   EVP_MD_CTX *ctx = EVP_MD_CTX_new();
   unsigned char md[32];
   unsigned int mdlen = 0;
@@ -560,7 +570,7 @@ static void du__dedupe(const msg_t *m, const char *pk, char out[PGS_DEDUPE_LEN +
     out[2 * i] = hex[md[i] >> 4];
     out[2 * i + 1] = hex[md[i] & 15];
   }
-  out[PGS_DEDUPE_LEN] = '\0';
+  out[MS_DEDUPE_LEN] = '\0';
 }
 
 void durable_send(msg_t *m, call_t *call, const char *pk, uint64_t deliver_at) {
@@ -577,17 +587,17 @@ void durable_send(msg_t *m, call_t *call, const char *pk, uint64_t deliver_at) {
     msg_free(m);
     return;
   }
-  if (!pgs_up()) {
-    call_fail(call, REPLY_UNAVAILABLE, "storage (PostgreSQL) is unavailable: the persisted message was not stored; "
-                                       "retry later");
+  if (!durable_up()) {
+    call_fail(call, REPLY_UNAVAILABLE, "storage (%s) is unavailable: the persisted message was not stored; retry later",
+              du.ops->name);
     msg_free(m);
     return;
   }
-  char key[PGS_DEDUPE_LEN + 1];
+  char key[MS_DEDUPE_LEN + 1];
   if (pk) du__dedupe(m, pk, key);
   const rpc_def_t *r = &m->type->rpcs[m->rpc];
-  pgs_msg_t pm = {
-      .shard = cluster_shard_of(m->id, m->id_len),
+  ms_msg_t pm = {
+      .shard = hash_shard(m->id, m->id_len, du.n),
       .type = m->type->name,
       .type_len = m->type->name_len,
       .id = m->id,
@@ -605,7 +615,7 @@ void durable_send(msg_t *m, call_t *call, const char *pk, uint64_t deliver_at) {
   t->m = m;
   t->deliver_at = deliver_at;
   t->pk = pk ? strdup(pk) : NULL;
-  pgs_put(&pm, du__stored, t);
+  du.ops->put(du.ops->ctx, &pm, du__stored, t);
 }
 
 /* ---------------------------------------------------------------------------
@@ -627,11 +637,11 @@ static void du__looked_up(void *ud, int ok, uint64_t seq, int found, int done, i
 }
 
 void durable_lookup(uint64_t rid, call_t *c) {
-  if (!pgs_up()) {
-    call_fail(c, REPLY_UNAVAILABLE, "storage (PostgreSQL) is unavailable; retry later");
+  if (!durable_up()) {
+    call_fail(c, REPLY_UNAVAILABLE, "storage (%s) is unavailable; retry later", du.ops->name);
     return;
   }
-  pgs_state(rid, du__looked_up, du__ticket(c));
+  du.ops->state(du.ops->ctx, rid, du__looked_up, du__ticket(c));
 }
 
 static void du__cron_done(void *ud, int ok, int64_t a, int64_t b, const char *err) {
@@ -649,15 +659,15 @@ static void du__cron_done(void *ud, int ok, int64_t a, int64_t b, const char *er
 }
 
 void durable_cron(int op, const char *name, uint64_t at, call_t *c) {
-  pgs_cron((pgs_cron_op_t)op, name, at, du__cron_done, du__ticket(c));
+  du.ops->cron(du.ops->ctx, (ms_cron_op_t)op, name, at, du__cron_done, du__ticket(c));
 }
 
 /* ---------------------------------------------------------------------------
  * Life
  * ------------------------------------------------------------------------- */
 
-int durable_init(uv_loop_t *loop, const char *conninfo, const char *prefix, uint32_t shards, uint64_t retention_ms) {
-  if (pgs_open(loop, conninfo, prefix) != 0) return -1;
+int durable_init(const ms_ops_t *ops, uint32_t shards, uint64_t retention_ms) {
+  du.ops = ops;
   du.n = shards;
   du.held = malloc(sizeof *du.held * shards);
   du.retention_ms = retention_ms;
@@ -676,7 +686,7 @@ int durable_init(uv_loop_t *loop, const char *conninfo, const char *prefix, uint
 void durable_close(void) {
   if (!du.on) return;
   /* Statements in flight answer now (unavailable); the callbacks see du.on. */
-  pgs_close();
+  du.ops->close(du.ops->ctx);
   du.on = 0;
   timer_cancel(&du.scan_timer);
   timer_cancel(&du.due_timer);

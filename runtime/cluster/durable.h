@@ -1,4 +1,6 @@
-/* durable.h - persisted messages in a cluster (PostgreSQL through pgstore).
+/* durable.h - persisted messages on durable storage: a cluster's
+ * PostgreSQL (storage/pgstore.h) or one runner's SQLite file
+ * (storage/sqlite.h), both through the operations of storage/msgstore.h.
  *
  * Sender: the runner a call reaches stores the message (batched with the
  * others of the moment), and only then acknowledges it and routes it to the
@@ -15,8 +17,12 @@
 #include <uv.h>
 
 #include "entity/msg.h"
+#include "storage/msgstore.h"
 
-int durable_init(uv_loop_t *loop, const char *conninfo, const char *prefix, uint32_t shards, uint64_t retention_ms);
+/* Takes the opened backend ops (closed by durable_close). Without a
+ * cluster every shard is served here: call durable_acquired() to deliver
+ * what an earlier run left pending. */
+int durable_init(const ms_ops_t *ops, uint32_t shards, uint64_t retention_ms);
 void durable_close(void);
 
 /* A persisted message checked by its script (primary key pk or NULL, due at
@@ -33,6 +39,12 @@ void durable_acquired(void);
  * REPLY_OK and body "a b". */
 void durable_cron(int op, const char *name, uint64_t at, call_t *c);
 int durable_up(void);
+/* Persisted messages go through here (PostgreSQL or SQLite), not through
+ * the in-process storage of storage.h. */
+int durable_on(void);
+/* Backend operations queued or in flight (shutdown waits for them). */
+int durable_busy(void);
+const ms_stats_t *durable_store_stats(void);
 
 typedef struct {
   uint64_t delivered, forwarded_checks, duplicates_skipped, scans, retries_polled, running;

@@ -114,7 +114,7 @@ static void router__persist(sched_item_t *it) {
     free(j);
     return;
   }
-  if (cluster_on) {
+  if (durable_on()) {
     free(j);
     durable_send(m, call, pk, at);
     free(pk);
@@ -222,7 +222,7 @@ void router_send(const char *type, size_t type_len, const char *id, size_t id_le
 }
 
 void router_lookup(uint64_t request_id, call_t *c) {
-  if (cluster_on) durable_lookup(request_id, c);
+  if (durable_on()) durable_lookup(request_id, c);
   else storage_get(request_id, c);
 }
 
@@ -256,7 +256,7 @@ const router_stats_t *router_stats(void) {
 static void router__local_call(msg_t *m, call_t *call) {
   if (m->flags & MSG_PERSISTED) { /* stored already */
     if (call) msg_attach_call(m, call);
-    if (cluster_on) durable_deliver(m);
+    if (durable_on()) durable_deliver(m);
     else router__deliver(m, NULL);
     return;
   }

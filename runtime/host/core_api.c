@@ -145,13 +145,13 @@ static int core_log(lua_State *L) {
 }
 
 /* core.cron(op, name, at): a cron job's bookkeeping in the cluster's
- * database (see pgstore.h); yields, then returns the kind and "a b". Without
- * a cluster there is none: returns nothing. */
+ * database or SQLite file (see msgstore.h); yields, then returns the kind
+ * and "a b". On memory storage there is none: returns nothing. */
 static int core_cron(lua_State *L) {
   lua_Integer op = luaL_checkinteger(L, 1);
   const char *name = luaL_checkstring(L, 2);
   lua_Integer at = luaL_checkinteger(L, 3);
-  if (!cluster_on) return 0;
+  if (!durable_on()) return 0;
   if (op < 0 || op > 2) return luaL_error(L, "bad cron operation");
   task_t *t = core__task(L, "cron bookkeeping");
   call_t *c = call_new(host__task_call_cb, t, 10000);

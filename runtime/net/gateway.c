@@ -18,7 +18,6 @@
 #include "core/url.h"
 #include "entity/entity.h"
 #include "host/host.h"
-#include "storage/pgstore.h"
 #include "storage/storage.h"
 #include "cluster/cluster.h"
 
@@ -445,18 +444,18 @@ void gateway_metrics(buf_t *b) {
   int errors = 0;
   for (script_t *s = host_scripts(); s; s = s->next) errors += s->error != NULL;
   buf_printf(b, "luster_script_errors %d\n", errors);
-  if (!cluster_on) {
+  if (!durable_on()) {
     gw__metric_head(b, "luster_persisted_messages", "gauge", "Persisted messages and replies held by storage.");
     buf_printf(b, "luster_persisted_messages %zu\n", storage_count());
   } else {
-    const pgs_stats_t *ps = pgs_stats();
+    const ms_stats_t *ps = durable_store_stats();
     const durable_stats_t *ds = durable_stats();
     static const struct {
       const char *name, *type, *help;
       size_t off;
       int durable;
     } rows[] = {
-#define PGS_ROW(n, f, h) {"luster_persisted_" n, "counter", h, offsetof(pgs_stats_t, f), 0}
+#define PGS_ROW(n, f, h) {"luster_persisted_" n, "counter", h, offsetof(ms_stats_t, f), 0}
 #define DUR_ROW(n, t, f, h) {"luster_persisted_" n, t, h, offsetof(durable_stats_t, f), 1}
         PGS_ROW("stored_total", stored, "Persisted messages stored by this runner."),
         PGS_ROW("duplicates_total", duplicates, "Sends whose primary key was stored before (answered with its reply)."),

@@ -9,7 +9,6 @@
 
 #include "cli/log.h"
 #include "core/buf.h"
-#include "core/jsoncanon.h"
 #include "entity/sched.h"
 #include "storage/coord.h"
 #include "storage/pgconn.h"
@@ -25,7 +24,7 @@ typedef struct pgs_entry_s {
   void *cb, *ud;
   uint64_t seq;
   int kind, retries;
-  pgs_msg_t m; /* PUT: the message, its strings in `data` */
+  ms_msg_t m; /* PUT: the message, its strings in `data` */
   char *data;
 } pgs_entry_t;
 
@@ -45,11 +44,11 @@ static struct {
   pgs_queue_t put, state, reply;
   sched_item_t flush;
   int open;
-  pgs_stats_t st;
+  ms_stats_t st;
 } ps;
 
 int pgs_up(void) { return ps.open && pgc_up(ps.c); }
-const pgs_stats_t *pgs_stats(void) { return &ps.st; }
+const ms_stats_t *pgs_stats(void) { return &ps.st; }
 
 int pgs_busy(void) {
   if (!ps.open) return 0;
@@ -88,12 +87,12 @@ int pgs_open(uv_loop_t *loop, const char *conninfo, const char *prefix) {
   ps.sql_prune = coord_sql(
       "DELETE FROM %1$smessages WHERE seq IN (SELECT seq FROM %1$smessages"
       " WHERE done_at < $1::bigint AND shard = ANY($2::int[]) LIMIT $3::int)", prefix);
-  ps.sql_cron[PGS_CRON_BEGIN] = coord_sql(
+  ps.sql_cron[MS_CRON_BEGIN] = coord_sql(
       "INSERT INTO %1$scron (name, done_ms, claimed_ms) VALUES ($1, $2::bigint, $2::bigint)"
       " ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING done_ms, claimed_ms", prefix);
-  ps.sql_cron[PGS_CRON_CLAIM] = coord_sql(
+  ps.sql_cron[MS_CRON_CLAIM] = coord_sql(
       "UPDATE %1$scron SET claimed_ms = $2::bigint WHERE name = $1 AND done_ms < $2::bigint RETURNING 1, 0", prefix);
-  ps.sql_cron[PGS_CRON_DONE] = coord_sql(
+  ps.sql_cron[MS_CRON_DONE] = coord_sql(
       "UPDATE %1$scron SET done_ms = $2::bigint, claimed_ms = greatest(claimed_ms, $2::bigint)"
       " WHERE name = $1 AND done_ms < $2::bigint RETURNING 1, 0", prefix);
   /* Plans made for each execution: a generic plan fixed while the table was
@@ -218,7 +217,7 @@ static void pgs__send_put(void) {
   buf_t a[9];
   for (int i = 0; i < 9; i++) buf_init(&a[i]);
   for (int i = 0; i < b->n; i++) {
-    pgs_msg_t *m = &b->e[i]->m;
+    ms_msg_t *m = &b->e[i]->m;
     pgs__arr_int(&a[0], m->shard);
     pgs__arr_text(&a[1], m->type, m->type_len);
     pgs__arr_text(&a[2], m->id, m->id_len);
@@ -239,33 +238,17 @@ static void pgs__send_put(void) {
   for (int i = 0; i < 9; i++) buf_free(&a[i]);
 }
 
-static void pgs__put_answer(pgs_entry_t *e, pgs_put_status_t st, uint64_t seq, int kind, const char *reply,
+static void pgs__put_answer(pgs_entry_t *e, ms_put_status_t st, uint64_t seq, int kind, const char *reply,
                             size_t len, const char *err) {
-  pgs_put_cb cb = (pgs_put_cb)e->cb;
+  ms_put_cb cb = (ms_put_cb)e->cb;
   cb(e->ud, st, seq, kind, reply, len, err);
 }
 
 /* Answers an entry of queue q that will not be carried out. */
 static void pgs__fail(pgs_queue_t *q, pgs_entry_t *e, const char *why) {
-  if (q == &ps.put) pgs__put_answer(e, PGS_FAILED, 0, 0, NULL, 0, why);
-  else if (q == &ps.state) ((pgs_state_cb)e->cb)(e->ud, 0, e->seq, 0, 0, 0, NULL, 0, why);
-  else if (e->cb) ((pgs_done_cb)e->cb)(e->ud, 0, why);
-}
-
-/* Whether a send's payload is the one stored under its key: the same bytes,
- * or the same canonical JSON (a retry encoded elsewhere, members reordered).
- * Compared here, not in SQL, so that embedded storage and PostgreSQL agree. */
-static int pgs__same_payload(const pgs_msg_t *m, const char *stored, size_t len) {
-  if (len == m->payload_len && memcmp(stored, m->payload, len) == 0) return 1;
-  buf_t a, b;
-  buf_init(&a);
-  buf_init(&b);
-  json_canonical(stored, len, &a);
-  json_canonical(m->payload, m->payload_len, &b);
-  int same = a.len == b.len && (a.len == 0 || memcmp(a.data, b.data, a.len) == 0);
-  buf_free(&a);
-  buf_free(&b);
-  return same;
+  if (q == &ps.put) pgs__put_answer(e, MS_FAILED, 0, 0, NULL, 0, why);
+  else if (q == &ps.state) ((ms_state_cb)e->cb)(e->ud, 0, e->seq, 0, 0, 0, NULL, 0, why);
+  else if (e->cb) ((ms_done_cb)e->cb)(e->ud, 0, why);
 }
 
 static void pgs__put_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
@@ -289,19 +272,20 @@ static void pgs__put_done(void *ud, pgc_status_t st, PGresult *res, const char *
     answered[ref] = 1;
     if (PQgetvalue(res, r, 2)[0] != 't') {
       ps.st.stored++;
-      pgs__put_answer(b->e[ref], PGS_STORED, seq, 0, NULL, 0, NULL);
+      pgs__put_answer(b->e[ref], MS_STORED, seq, 0, NULL, 0, NULL);
       continue;
     }
     ps.st.duplicates++;
-    if (!pgs__same_payload(&b->e[ref]->m, PQgetvalue(res, r, 3), (size_t)PQgetlength(res, r, 3))) {
-      pgs__put_answer(b->e[ref], PGS_CONFLICT, seq, 0, NULL, 0, NULL);
+    if (!ms_same_payload(b->e[ref]->m.payload, b->e[ref]->m.payload_len, PQgetvalue(res, r, 3),
+                         (size_t)PQgetlength(res, r, 3))) {
+      pgs__put_answer(b->e[ref], MS_CONFLICT, seq, 0, NULL, 0, NULL);
       continue;
     }
     int done = !PQgetisnull(res, r, 4);
     int kind = done ? atoi(PQgetvalue(res, r, 5)) : 0;
     const char *reply = done ? PQgetvalue(res, r, 6) : NULL;
     size_t len = done ? (size_t)PQgetlength(res, r, 6) : 0;
-    pgs__put_answer(b->e[ref], done ? PGS_DONE : PGS_PENDING, seq, kind, reply, len, NULL);
+    pgs__put_answer(b->e[ref], done ? MS_DONE : MS_PENDING, seq, kind, reply, len, NULL);
   }
   /* A key another session was storing at the same moment: its row was not
    * visible to this statement. The next one sees it. */
@@ -319,7 +303,7 @@ static void pgs__put_done(void *ud, pgc_status_t st, PGresult *res, const char *
   pgs__batch_done(&ps.put, b);
 }
 
-void pgs_put(const pgs_msg_t *m, pgs_put_cb cb, void *ud) {
+void pgs_put(const ms_msg_t *m, ms_put_cb cb, void *ud) {
   pgs_entry_t *e = calloc(1, sizeof *e);
   size_t dl = m->dedupe ? strlen(m->dedupe) + 1 : 0;
   size_t n = m->type_len + m->id_len + m->rpc_len + m->payload_len + (m->headers ? m->headers_len : 0) + dl + 5;
@@ -369,11 +353,11 @@ static void pgs__state_done(void *ud, pgc_status_t st, PGresult *res, const char
     for (int i = 0; i < b->n; i++) {
       if (answered[i] || b->e[i]->seq != seq) continue;
       answered[i] = 1;
-      ((pgs_state_cb)b->e[i]->cb)(b->e[i]->ud, 1, seq, 1, done, kind, reply, len, NULL);
+      ((ms_state_cb)b->e[i]->cb)(b->e[i]->ud, 1, seq, 1, done, kind, reply, len, NULL);
     }
   }
   for (int i = 0; i < b->n; i++)
-    if (!answered[i]) ((pgs_state_cb)b->e[i]->cb)(b->e[i]->ud, 1, b->e[i]->seq, 0, 0, 0, NULL, 0, NULL);
+    if (!answered[i]) ((ms_state_cb)b->e[i]->cb)(b->e[i]->ud, 1, b->e[i]->seq, 0, 0, 0, NULL, 0, NULL);
   free(answered);
   pgs__batch_done(&ps.state, b);
 }
@@ -390,7 +374,7 @@ static void pgs__send_state(void) {
   buf_free(&a);
 }
 
-void pgs_state(uint64_t seq, pgs_state_cb cb, void *ud) {
+void pgs_state(uint64_t seq, ms_state_cb cb, void *ud) {
   pgs_entry_t *e = calloc(1, sizeof *e);
   e->cb = (void *)cb;
   e->ud = ud;
@@ -407,7 +391,7 @@ static void pgs__reply_done(void *ud, pgc_status_t st, PGresult *res, const char
   else ps.st.replies += (uint64_t)b->n;
   for (int i = 0; i < b->n; i++) {
     pgs_entry_t *e = b->e[i];
-    if (e->cb) ((pgs_done_cb)e->cb)(e->ud, st == PGC_OK, why);
+    if (e->cb) ((ms_done_cb)e->cb)(e->ud, st == PGC_OK, why);
   }
   pgs__batch_done(&ps.reply, b);
 }
@@ -430,7 +414,7 @@ static void pgs__send_reply(void) {
   for (int i = 0; i < 3; i++) buf_free(&a[i]);
 }
 
-void pgs_reply(uint64_t seq, int kind, const char *body, size_t len, pgs_done_cb cb, void *ud) {
+void pgs_reply(uint64_t seq, int kind, const char *body, size_t len, ms_done_cb cb, void *ud) {
   pgs_entry_t *e = calloc(1, sizeof *e);
   e->cb = (void *)cb;
   e->ud = ud;
@@ -465,11 +449,9 @@ static pgs_req_t *pgs__req(void *cb, void *ud) {
   return r;
 }
 
-typedef void (*pgs_scan_cb)(void *ud, int ok, const pgs_row_t *rows, int nrows);
-
 static void pgs__scan_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
   pgs_req_t *r = ud;
-  pgs_scan_cb cb = (pgs_scan_cb)r->cb;
+  ms_scan_cb cb = (ms_scan_cb)r->cb;
   if (st != PGC_OK) {
     log_warn("storage: reading pending messages failed: %s", pgs__why(st, err));
     cb(r->ud, 0, NULL, 0);
@@ -477,9 +459,9 @@ static void pgs__scan_done(void *ud, pgc_status_t st, PGresult *res, const char 
     return;
   }
   int n = PQntuples(res);
-  pgs_row_t *rows = calloc((size_t)n + 1, sizeof *rows);
+  ms_row_t *rows = calloc((size_t)n + 1, sizeof *rows);
   for (int i = 0; i < n; i++) {
-    pgs_row_t *w = &rows[i];
+    ms_row_t *w = &rows[i];
     w->seq = strtoull(PQgetvalue(res, i, 0), NULL, 10);
     w->shard = (uint32_t)strtoul(PQgetvalue(res, i, 1), NULL, 10);
 #define PGS_COL(f, c)                         \
@@ -501,7 +483,7 @@ static void pgs__scan_done(void *ud, pgc_status_t st, PGresult *res, const char 
   free(r);
 }
 
-void pgs_scan(const uint32_t *shards, int n, uint64_t now_ms, uint64_t after, int limit, pgs_scan_cb cb, void *ud) {
+void pgs_scan(const uint32_t *shards, int n, uint64_t now_ms, uint64_t after, int limit, ms_scan_cb cb, void *ud) {
   buf_t a;
   buf_init(&a);
   pgs__shards(&a, shards, n);
@@ -514,18 +496,16 @@ void pgs_scan(const uint32_t *shards, int n, uint64_t now_ms, uint64_t after, in
   buf_free(&a);
 }
 
-typedef void (*pgs_due_cb)(void *ud, int ok, uint64_t due);
-
 static void pgs__due_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
   pgs_req_t *r = ud;
   uint64_t due = 0;
   int ok = st == PGC_OK && PQntuples(res) == 1;
   if (ok && !PQgetisnull(res, 0, 0)) due = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
-  ((pgs_due_cb)r->cb)(r->ud, ok, due);
+  ((ms_due_cb)r->cb)(r->ud, ok, due);
   free(r);
 }
 
-void pgs_next_due(const uint32_t *shards, int n, uint64_t now_ms, pgs_due_cb cb, void *ud) {
+void pgs_next_due(const uint32_t *shards, int n, uint64_t now_ms, ms_due_cb cb, void *ud) {
   buf_t a;
   buf_init(&a);
   pgs__shards(&a, shards, n);
@@ -536,17 +516,15 @@ void pgs_next_due(const uint32_t *shards, int n, uint64_t now_ms, pgs_due_cb cb,
   buf_free(&a);
 }
 
-typedef void (*pgs_prune_cb)(void *ud, int ok, uint64_t deleted);
-
 static void pgs__prune_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
   pgs_req_t *r = ud;
   uint64_t n = st == PGC_OK ? strtoull(PQcmdTuples(res), NULL, 10) : 0;
   ps.st.pruned += n;
-  ((pgs_prune_cb)r->cb)(r->ud, st == PGC_OK, n);
+  ((ms_prune_cb)r->cb)(r->ud, st == PGC_OK, n);
   free(r);
 }
 
-void pgs_prune(const uint32_t *shards, int n, uint64_t cutoff_ms, int limit, pgs_prune_cb cb, void *ud) {
+void pgs_prune(const uint32_t *shards, int n, uint64_t cutoff_ms, int limit, ms_prune_cb cb, void *ud) {
   buf_t a;
   buf_init(&a);
   pgs__shards(&a, shards, n);
@@ -558,11 +536,9 @@ void pgs_prune(const uint32_t *shards, int n, uint64_t cutoff_ms, int limit, pgs
   buf_free(&a);
 }
 
-typedef void (*pgs_cron_cb)(void *ud, int ok, int64_t a, int64_t b, const char *err);
-
 static void pgs__cron_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
   pgs_req_t *r = ud;
-  pgs_cron_cb cb = (pgs_cron_cb)r->cb;
+  ms_cron_cb cb = (ms_cron_cb)r->cb;
   if (st != PGC_OK) {
     cb(r->ud, 0, 0, 0, pgs__why(st, err));
   } else if (PQntuples(res) == 0) {
@@ -573,7 +549,7 @@ static void pgs__cron_done(void *ud, pgc_status_t st, PGresult *res, const char 
   free(r);
 }
 
-void pgs_cron(pgs_cron_op_t op, const char *name, uint64_t at, pgs_cron_cb cb, void *ud) {
+void pgs_cron(ms_cron_op_t op, const char *name, uint64_t at, ms_cron_cb cb, void *ud) {
   char t[24];
   snprintf(t, sizeof t, "%" PRIu64, at);
   const char *v[2] = {name, t};
@@ -606,4 +582,52 @@ void pgs_close(void) {
   free(ps.sql_due);
   free(ps.sql_prune);
   for (int i = 0; i < 3; i++) free(ps.sql_cron[i]);
+}
+
+/* ---------------------------------------------------------------------------
+ * The operations table (msgstore.h); ctx is unused: the store is this file's.
+ * ------------------------------------------------------------------------- */
+
+static int pgs__op_up(void *ctx) { return pgs_up(); }
+static void pgs__op_put(void *ctx, const ms_msg_t *m, ms_put_cb cb, void *ud) { pgs_put(m, cb, ud); }
+static void pgs__op_state(void *ctx, uint64_t seq, ms_state_cb cb, void *ud) { pgs_state(seq, cb, ud); }
+static void pgs__op_reply(void *ctx, uint64_t seq, int kind, const char *body, size_t len, const estate_write_t *w,
+                          ms_done_cb cb, void *ud) {
+  if (w) log_error("storage: a state write came with a reply on PostgreSQL, which does not take one; not written");
+  pgs_reply(seq, kind, body, len, cb, ud);
+}
+static void pgs__op_scan(void *ctx, const uint32_t *shards, int n, uint64_t now_ms, uint64_t after, int limit,
+                         ms_scan_cb cb, void *ud) {
+  pgs_scan(shards, n, now_ms, after, limit, cb, ud);
+}
+static void pgs__op_next_due(void *ctx, const uint32_t *shards, int n, uint64_t now_ms, ms_due_cb cb, void *ud) {
+  pgs_next_due(shards, n, now_ms, cb, ud);
+}
+static void pgs__op_prune(void *ctx, const uint32_t *shards, int n, uint64_t cutoff_ms, int limit, ms_prune_cb cb,
+                          void *ud) {
+  pgs_prune(shards, n, cutoff_ms, limit, cb, ud);
+}
+static void pgs__op_cron(void *ctx, ms_cron_op_t op, const char *name, uint64_t at, ms_cron_cb cb, void *ud) {
+  pgs_cron(op, name, at, cb, ud);
+}
+static int pgs__op_busy(void *ctx) { return pgs_busy(); }
+static const ms_stats_t *pgs__op_stats(void *ctx) { return pgs_stats(); }
+static void pgs__op_close(void *ctx) { pgs_close(); }
+
+const ms_ops_t *pgs_ops(void) {
+  static const ms_ops_t ops = {
+      .name = "PostgreSQL",
+      .up = pgs__op_up,
+      .put = pgs__op_put,
+      .state = pgs__op_state,
+      .reply = pgs__op_reply,
+      .scan = pgs__op_scan,
+      .next_due = pgs__op_next_due,
+      .prune = pgs__op_prune,
+      .cron = pgs__op_cron,
+      .busy = pgs__op_busy,
+      .stats = pgs__op_stats,
+      .close = pgs__op_close,
+  };
+  return &ops;
 }
