@@ -14,6 +14,7 @@
 #include "cluster/durable.h"
 #include "cluster/router.h"
 #include "core/parse.h"
+#include "entity/durable_state.h"
 #include "entity/entity.h"
 #include "entity/sched.h"
 #include "host/host.h"
@@ -21,6 +22,7 @@
 #include "net/gateway.h"
 #include "net/http.h"
 #include "storage/coord.h"
+#include "storage/estate_mem.h"
 #include "storage/pgstore.h"
 #include "storage/storage.h"
 
@@ -167,8 +169,15 @@ static int cmd_run(config_t *cfg) {
     fprintf(stderr, "luster run: cannot read script directory '%s': %s\n", cfg->dir, strerror(-failed));
     return 1;
   }
-  int ntypes = 0;
-  for (etype_t *t = host_types(); t; t = t->next) ntypes++;
+  int ntypes = 0, ndurable = 0;
+  for (etype_t *t = host_types(); t; t = t->next) {
+    ntypes++;
+    ndurable += t->kind == DEF_ENTITY && t->durable;
+  }
+  dstate_set_ops(clustered ? pgs_estate_ops() : estate_mem_ops());
+  if (!clustered && ndurable)
+    log_warn("storage is memory: the saved state of durable entities lasts only as long as this process; run with "
+             "--storage postgres://... to keep it across restarts");
   if (!host_scripts()) log_warn("no *.lua scripts in %s: nothing to serve yet", cfg->dir);
 
   char bound[128] = "none";
@@ -268,6 +277,7 @@ static int cmd_run(config_t *cfg) {
   durable_close(); /* after every message is gone: replies not yet stored leave their messages pending */
   storage_close(); /* callers still waiting for stored messages: unavailable */
   sched_drain();
+  estate_mem_close();
   if (main_http) http_server_free(main_http);
   host_shutdown();
   em_close();

@@ -413,6 +413,9 @@ void gateway_metrics(buf_t *b) {
        offsetof(host_counters_t, activations)},
       {"luster_passivations_total", "counter", "Instances passivated after max_idle, per type.",
        offsetof(host_counters_t, passivations)},
+      {"luster_state_writes_total", "counter",
+       "Durable entity states written to storage (unchanged snapshots are not), per type.",
+       offsetof(host_counters_t, state_writes)},
   };
   for (size_t m = 0; m < sizeof gauges / sizeof gauges[0]; m++) {
     gw__metric_head(b, gauges[m].name, gauges[m].type, gauges[m].help);
