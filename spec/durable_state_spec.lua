@@ -110,6 +110,83 @@ describe("durable entity state", function()
     teardown(function() if pg then pg:destroy() end end)
   end
 
+  describe("declaring", function()
+    local function check(src)
+      local dir = H.script_dir { ["t.lua"] = src }
+      local code, out = H.cli("check " .. H.sh_quote(dir))
+      H.rmdir(dir)
+      return code, out
+    end
+
+    it("refuses a durable option that is not a boolean, and concurrency with durable, naming the type", function()
+      local code, out = check([[
+        local luster = require "luster"
+        return luster.entity("Cart", {}, { durable = "yes" }):handlers(function() return {} end)]])
+      assert.are.equal(1, code)
+      assert.matches("luster.entity(Cart): durable must be a boolean, got string", out, 1, true)
+      code, out = check([[
+        local luster = require "luster"
+        return luster.entity("Cart", {}, { durable = true, concurrency = 4 }):handlers(function() return {} end)]])
+      assert.are.equal(1, code)
+      assert.matches("luster.entity(Cart): a durable entity handles one message at a time; remove concurrency = 4",
+        out, 1, true)
+    end)
+
+    it("answers a defect naming the type when a durable type's handlers have no snapshot", function()
+      local dir = H.script_dir { ["t.lua"] = [[
+        local luster = require "luster"
+        local Get = luster.rpc("Get", { success = luster.schema.integer })
+        return luster.entity("NoSnap", { Get }, { durable = true }):handlers(function()
+          return { Get = function() return 1 end }
+        end)]] }
+      local r = H.start(dir)
+      local ok, err = pcall(function()
+        local status, doc = r:call("NoSnap", "x", "Get", {})
+        assert.are.equal(500, status)
+        assert.are.equal("defect", doc.error.kind)
+        assert.matches("NoSnap is durable: activate must return a snapshot function", doc.error.message, 1, true)
+      end)
+      r:stop()
+      H.rmdir(dir)
+      assert(ok, err)
+    end)
+
+    it("calls ctx:forget() on a type that is not durable a defect that says how to declare it", function()
+      local dir = H.script_dir { ["t.lua"] = [[
+        local luster = require "luster"
+        local Drop = luster.rpc("Drop", {})
+        return luster.entity("Plain", { Drop }):handlers(function(ctx)
+          return { Drop = function() ctx:forget() end }
+        end)]] }
+      local r = H.start(dir)
+      local ok, err = pcall(function()
+        local status, doc = r:call("Plain", "x", "Drop", {})
+        assert.are.equal(500, status)
+        assert.matches('ctx:forget() is for durable entities: Plain is not declared with luster.entity("Plain", rpcs, ' ..
+          '{ durable = true })', doc.error.message, 1, true)
+      end)
+      r:stop()
+      H.rmdir(dir)
+      assert(ok, err)
+    end)
+
+    it("keeps the state across a reload of the script", function()
+      local dir = H.script_dir { ["tally.lua"] = H.read_file(FIXTURE .. "/tally.lua"),
+        ["lib/record.lua"] = H.read_file(FIXTURE .. "/lib/record.lua") }
+      local r = H.start(dir)
+      local ok, err = pcall(function()
+        assert.are.equal(12, value(r, "rl", "Add", { n = 12 }))
+        H.write_file(dir .. "/tally.lua", H.read_file(FIXTURE .. "/tally.lua") .. "\n-- v2\n")
+        H.wait_for("the reload", 5, function() return r:log_text():find("reloaded tally.lua", 1, true) end)
+        assert.are.equal(12, value(r, "rl", "Get"))
+        assert.are.equal(13, value(r, "rl", "Add", { n = 1 }))
+      end)
+      r:stop()
+      H.rmdir(dir)
+      assert(ok, err)
+    end)
+  end)
+
   for _, kind in ipairs(STORAGES) do
     describe("on " .. kind, function()
       it("keeps the state across passivation", function()
