@@ -408,7 +408,7 @@ static void em__pump(sched_item_t *it) {
     t->running++;
     em__idle_remove(i);
     host_handle(i, m); /* may finish at once and call em_handled */
-    if (i->retiring) return;
+    if (i->retiring || i->state != INST_READY) return; /* a reset instance activates again first */
   }
   if (i->running == 0 && !i->mb_head) em__idle_add(i);
 }
@@ -428,8 +428,9 @@ static void em__reset(inst_t *i) {
   if (i->state == INST_READY) i->type->active--;
   i->state = INST_NEW;
   if (i->handlers_ref != LUA_NOREF || i->ctx_ref != LUA_NOREF) host_release_instance(i);
-  if (i->mb_head || i->ready.queued) em__schedule(i); /* its pump activates it, or frees it */
-  else em__destroy(i);
+  /* Its pump activates it, or frees it: never freed here, as this may run
+   * inside its pump (a handler that finished at once). */
+  em__schedule(i);
 }
 
 static inst_t *em__create(etype_t *t, const char *id, size_t len, uint64_t h) {
