@@ -55,7 +55,15 @@ local function world(kind)
     local r = H.start(FIXTURE, { args = args .. " " .. (extra or "--max-idle 60s"), env = { DURABLE_RECORD = w.record } })
     if port then r.address = "127.0.0.1:" .. port end
     w.runners[#w.runners + 1] = r
-    if BACKENDS[kind].cluster then H.wait_cluster(r, opts.members or 1) end
+    if BACKENDS[kind].cluster then
+      H.wait_cluster(r, opts.members or 1)
+      -- Its connection for persisted messages and state is up once a
+      -- lookup of a request id never used answers "no such request"
+      -- rather than "unavailable".
+      H.wait_for("the runner's storage connection", 10, function()
+        return (r:request("GET", "/requests/9223372036854775000")) == 404
+      end, 0.05)
+    end
     return r
   end
   function w.stop_all()
@@ -196,6 +204,7 @@ describe("durable entity state", function()
           assert.are.equal(7, value(r, "p", "Add", { n = 2 }))
           H.wait_for("the instance to passivate", 10, function()
             return (r:metric('luster_passivations_total{type="Tally"}') or 0) >= 1
+              and r:metric('luster_active_instances{type="Tally"}') == 0
           end)
           assert.are.equal(7, value(r, "p", "Get"))
           assert.is_true(r:metric('luster_activations_total{type="Tally"}') >= 2)
