@@ -231,7 +231,13 @@ function M.snapshot(def, handlers)
   if type(f) ~= "function" then return nil end
   local s = f()
   if s == nil then return nil end
-  return encode(schema.any, s)
+  -- The encoder's own error names luster's file: say what was returned.
+  local ok, text = pcall(encode, schema.any, s)
+  if not ok then
+    error(fmt("%s: snapshot() returned a value that cannot be encoded as JSON: %s", def.name,
+      tostring(text):gsub("^luster/[%w_]+%.lua:%d+: ", "")), 0)
+  end
+  return text
 end
 
 function M.run_singleton(def, ctx)

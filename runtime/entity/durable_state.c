@@ -119,6 +119,8 @@ void dstate_activate(inst_t *i) {
  * After a message
  * ------------------------------------------------------------------------- */
 
+static const char ds__oom[] = "memory limit exceeded";
+
 /* The instance's snapshot() as encoded bytes (NULL: it returned nil, or it
  * failed and *err says why). */
 static char *ds__snapshot(inst_t *i, size_t *len, char **err) {
@@ -133,7 +135,7 @@ static char *ds__snapshot(inst_t *i, size_t *len, char **err) {
   int st = host__pcall(s, L, 2, 1, 0);
   char *out = NULL;
   if (st == LUA_ERRMEM) {
-    *err = ds__dup("memory limit exceeded", 21);
+    *err = ds__dup(ds__oom, strlen(ds__oom));
   } else if (st != LUA_OK) {
     *err = host__error_text(L, L);
   } else if (lua_type(L, -1) == LUA_TSTRING) {
@@ -141,9 +143,11 @@ static char *ds__snapshot(inst_t *i, size_t *len, char **err) {
     out = ds__dup(p, *len);
   }
   lua_pop(L, 1);
-  if (!*err && out && !ds__utf8(out, *len)) *err = ds__dup("it is stored as text: it must be valid UTF-8", 44);
-  if (!*err && !ds__utf8(i->id, i->id_len))
-    *err = ds__dup("the entity's id is stored as text: it must be valid UTF-8 without NUL bytes", 75);
+  const char *bad = *err ? NULL
+                    : out && !ds__utf8(out, *len) ? "its snapshot is stored as text: it must be valid UTF-8"
+                    : !ds__utf8(i->id, i->id_len) ? "the entity's id is stored as text: it must be valid UTF-8 without NUL bytes"
+                                                  : NULL;
+  if (bad) *err = ds__dup(bad, strlen(bad));
   if (*err) {
     free(out);
     out = NULL;
@@ -169,7 +173,7 @@ static int ds__unsaved(inst_t *i, msg_t *m, const char *err) {
   int idl = (int)(i->id_len > 64 ? 64 : i->id_len);
   buf_t b;
   buf_init(&b);
-  buf_printf(&b, "the state of %s/%.*s could not be saved: snapshot(): %s", t->name, idl, i->id, err);
+  buf_printf(&b, "the state of %s/%.*s could not be saved: %s", t->name, idl, i->id, err);
   log_warn("defect %s/%.*s %s request=%llu: %s", t->name, idl, i->id, t->rpcs[m->rpc].tag,
            (unsigned long long)m->request_id, b.data);
   i->reset = 1;
