@@ -529,6 +529,42 @@ scenarios[#scenarios + 1] = {
   end,
 }
 
+-- The seed's Counter as a durable entity (bench/scenarios/durable): every
+-- Increment writes its state before the reply. One runner on the durable
+-- PostgreSQL server (fsync on), the local drivers as in scenario 2.
+local DURABLE_DIRS = { LOCAL_DIR, CLUSTER_DIR, ROOT .. "/bench/scenarios/durable" }
+
+scenarios[#scenarios + 1] = {
+  id = "durable-state", num = 13, title = "durable state (PostgreSQL)", target = "≥ 20k/s",
+  run = function()
+    return with_cluster(1, nil, function(rs)
+      local r, db = rs[1], "bench" .. pg_dbs
+      r:call("Driver", "warm", "Loop", { n = 1000, ids = 1000, prefix = "t", fresh = false }, "?timeout=300000")
+      local before = r:metric('luster_state_writes_total{type="Counter"}') or 0
+      local bodies = {}
+      for _ = 1, 64 do bodies[#bodies + 1] = cjson.encode { n = 2000, ids = 1000, prefix = "t", fresh = false } end
+      local calls, failed, seconds = sum_loops(concurrent_posts(r, "/entities/Driver/d/Loop", bodies))
+      local written = (r:metric('luster_state_writes_total{type="Counter"}') or 0) - before
+      local server = durable_pg()
+      local rows = tonumber(server:psql("SELECT count(*) FROM luster_entity_state", db):match("%d+"))
+      local bytes = tonumber(server:psql("SELECT pg_total_relation_size('luster_entity_state')", db):match("%d+"))
+      if written ~= calls - failed then
+        log("  durable-state: %d calls succeeded but %d states written", calls - failed, written)
+      end
+      return {
+        calls_per_s = calls / seconds, failed = failed, rows = rows,
+        bytes_per_entity = rows > 0 and bytes / rows or 0,
+        unwritten = math.abs(calls - failed - written),
+      }
+    end, { dirs = DURABLE_DIRS, server = durable_pg() })
+  end,
+  show = function(v)
+    return string.format("%.1fk/s, %.0f B on disk per entity", v.calls_per_s / 1000, v.bytes_per_entity)
+  end,
+  main = "calls_per_s",
+  met = function(v) return v.calls_per_s >= 20000 and v.failed == 0 and v.unwritten == 0 end,
+}
+
 ---------------------------------------------------------------------------
 -- the Effect peer
 ---------------------------------------------------------------------------

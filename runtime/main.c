@@ -14,6 +14,7 @@
 #include "cluster/durable.h"
 #include "cluster/router.h"
 #include "core/parse.h"
+#include "entity/durable_state.h"
 #include "entity/entity.h"
 #include "entity/sched.h"
 #include "host/host.h"
@@ -21,6 +22,7 @@
 #include "net/gateway.h"
 #include "net/http.h"
 #include "storage/coord.h"
+#include "storage/estate_mem.h"
 #include "storage/pgstore.h"
 #include "storage/sqlite.h"
 #include "storage/storage.h"
@@ -130,7 +132,10 @@ static void main__memory_warning(void) {
   int persisted = 0;
   for (etype_t *t = host_types(); t; t = t->next)
     for (int i = 0; t->kind == DEF_ENTITY && i < t->nrpcs; i++) persisted |= t->rpcs[i].persisted;
+  int durable = 0;
+  for (etype_t *t = host_types(); t; t = t->next) durable |= t->kind == DEF_ENTITY && t->durable;
   if (persisted) reasons[n++] = "persisted RPCs (their stored messages and replies)";
+  if (durable) reasons[n++] = "durable entities (their saved state)";
   if (n == 0) return;
   char what[512];
   size_t len = 0;
@@ -142,14 +147,16 @@ static void main__memory_warning(void) {
            "--storage sqlite:PATH (one runner) or --storage postgres://... (a cluster)", what);
 }
 
-/* Opens sqlite:PATH for persisted messages; 0, or -1 after saying why. */
-static int main__open_sqlite(uv_loop_t *loop, const config_t *cfg, uint32_t shards) {
+/* Opens sqlite:PATH for persisted messages and durable state (*out); 0, or
+ * -1 after saying why. */
+static int main__open_sqlite(uv_loop_t *loop, const config_t *cfg, uint32_t shards, sqls_t **out) {
   char err[1024];
   sqls_t *s = sqls_open(loop, cfg->storage + 7, strcmp(cfg->sqlite_sync, "full") == 0, err, sizeof err);
   if (!s) {
     fprintf(stderr, "luster run: %s\n", err);
     return -1;
   }
+  *out = s;
   durable_init(sqls_ops(s), shards, cfg->retention_ms);
   durable_acquired(); /* one runner serves every shard: deliver what an earlier run left pending */
   log_info("storage: SQLite file %s (synchronous %s)", cfg->storage + 7, cfg->sqlite_sync);
@@ -209,7 +216,8 @@ static int cmd_run(config_t *cfg) {
   sched_init(loop);
   em_init(hc.shards);
   storage_init_memory(cfg->retention_ms);
-  if (sqlite && main__open_sqlite(loop, cfg, hc.shards) != 0) return 1;
+  sqls_t *sq = NULL;
+  if (sqlite && main__open_sqlite(loop, cfg, hc.shards, &sq) != 0) return 1;
   int failed = host_load_dir(&hc);
   if (failed < 0) {
     fprintf(stderr, "luster run: cannot read script directory '%s': %s\n", cfg->dir, strerror(-failed));
@@ -217,6 +225,10 @@ static int cmd_run(config_t *cfg) {
   }
   int ntypes = 0;
   for (etype_t *t = host_types(); t; t = t->next) ntypes++;
+  /* Lives as long as this function, which runs the loop to its end. */
+  estate_ops_t sq_state;
+  if (sq) sq_state = sqls_estate_ops(sq);
+  dstate_set_ops(clustered ? pgs_estate_ops() : sq ? &sq_state : estate_mem_ops());
   if (!host_scripts()) log_warn("no *.lua scripts in %s: nothing to serve yet", cfg->dir);
   if (!clustered && !sqlite) main__memory_warning();
 
@@ -317,6 +329,7 @@ static int cmd_run(config_t *cfg) {
   durable_close(); /* after every message is gone: replies not yet stored leave their messages pending */
   storage_close(); /* callers still waiting for stored messages: unavailable */
   sched_drain();
+  estate_mem_close();
   if (main_http) http_server_free(main_http);
   host_shutdown();
   em_close();

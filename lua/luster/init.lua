@@ -101,7 +101,7 @@ local Entity = { __name = "luster.entity" }
 Entity.__index = Entity
 local Definition = { __name = "luster.definition" }
 Definition.__index = Definition
-local ENTITY_OPTIONS = { max_idle = true, concurrency = true, mailbox = true }
+local ENTITY_OPTIONS = { max_idle = true, concurrency = true, mailbox = true, durable = true }
 
 function M.entity(name, rpcs, opts)
   if type(name) ~= "string" or not name:match(NAME_PATTERN) then
@@ -121,6 +121,19 @@ function M.entity(name, rpcs, opts)
   if opts.max_idle ~= nil then e.options.max_idle = duration_ms("luster.entity(" .. name .. "): max_idle", opts.max_idle) end
   if opts.concurrency ~= nil then e.options.concurrency = positive_int("luster.entity(" .. name .. "): concurrency", opts.concurrency) end
   if opts.mailbox ~= nil then e.options.mailbox = positive_int("luster.entity(" .. name .. "): mailbox", opts.mailbox) end
+  if opts.durable ~= nil then
+    if type(opts.durable) ~= "boolean" then
+      fail(2, "luster.entity(%s): durable must be a boolean, got %s", name, type(opts.durable))
+    end
+    -- Its state is saved after each message, which needs one message at a
+    -- time: a snapshot taken while another handler is half-way would save
+    -- that half-done run.
+    if opts.durable and (e.options.concurrency or 1) > 1 then
+      fail(2, "luster.entity(%s): a durable entity handles one message at a time; remove concurrency = %d", name,
+        e.options.concurrency)
+    end
+    e.options.durable = opts.durable
+  end
   return e
 end
 

@@ -73,6 +73,11 @@ local function make_logger(ctx)
 end
 
 local ctx_methods = {}
+function ctx_methods.forget(self)
+  if self.id == nil then error("forget is for entity instances", 2) end
+  core.forget(self.type, self.id)
+end
+
 function ctx_methods.keep_alive(self, on)
   if self.id == nil then error("keep_alive is for entity instances", 2) end
   core.keep_alive(self.type, self.id, on ~= false)
@@ -102,6 +107,10 @@ function M.activate(def, id, shard, snapshot_json)
   local h = def.activate(ctx, snapshot)
   if type(h) ~= "table" then
     error(fmt("%s: activate must return a table of handlers, it returned %s", def.name, describe(h)), 0)
+  end
+  if def.options.durable and type(h.snapshot) ~= "function" then
+    error(fmt("%s is durable: activate must return a snapshot function with the handlers (its state is saved from it)",
+      def.name), 0)
   end
   local tags = rpc_tags[def]
   if not tags then
@@ -222,7 +231,13 @@ function M.snapshot(def, handlers)
   if type(f) ~= "function" then return nil end
   local s = f()
   if s == nil then return nil end
-  return encode(schema.any, s)
+  -- The encoder's own error names luster's file: say what was returned.
+  local ok, text = pcall(encode, schema.any, s)
+  if not ok then
+    error(fmt("%s: snapshot() returned a value that cannot be encoded as JSON: %s", def.name,
+      tostring(text):gsub("^luster/[%w_]+%.lua:%d+: ", "")), 0)
+  end
+  return text
 end
 
 function M.run_singleton(def, ctx)

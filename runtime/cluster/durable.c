@@ -35,6 +35,8 @@ typedef struct known_s {
   reply_kind_t kind;
   char *body;
   size_t len;
+  estate_done_cb done; /* a durable entity's: after the reply and its state commit */
+  void *done_ud;
 } known_t;
 
 /* Callers waiting for the reply of a message delivered elsewhere (sender
@@ -154,6 +156,11 @@ static void du__known_free(known_t *k) {
 
 static void du__committed(void *ud, int ok, const char *err) {
   known_t *k = ud;
+  if (k->done) {
+    estate_done_cb done = k->done;
+    k->done = NULL;
+    done(k->done_ud, ok, err);
+  }
   if (ok) {
     du__list_complete(&k->waiters, k->seq, k->kind, k->body, k->len);
   } else {
@@ -164,19 +171,22 @@ static void du__committed(void *ud, int ok, const char *err) {
   if (du.on) du__known_free(k);
 }
 
-static void du__store_reply(known_t *k, reply_kind_t kind, const char *body, size_t len) {
+static void du__store_reply(known_t *k, reply_kind_t kind, const char *body, size_t len, const estate_write_t *w) {
   k->kind = kind;
   k->body = malloc(len + 1);
   memcpy(k->body, body, len);
   k->body[len] = '\0';
   k->len = len;
-  du.ops->reply(du.ops->ctx, k->seq, (int)kind, body, len, NULL, du__committed, k);
+  du.ops->reply(du.ops->ctx, k->seq, (int)kind, body, len, w, du__committed, k);
 }
 
-static void du__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller) {
+static void du__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller,
+                      const estate_write_t *w, estate_done_cb done, void *ud) {
   known_t *k = (known_t *)s;
   call_list_add(&k->waiters, caller);
-  du__store_reply(k, kind, body, len);
+  k->done = done;
+  k->done_ud = ud;
+  du__store_reply(k, kind, body, len, w);
 }
 
 static void du__drop(stored_t *s) {
@@ -335,7 +345,7 @@ static void du__deliver_row(const ms_row_t *w) {
              t ? (int)(w->rpc_len > 100 ? 100 : w->rpc_len) : 0, w->rpc);
     size_t len;
     char *body = reply_error_body(REPLY_DEFECT, NULL, text, &len);
-    du__store_reply(k, REPLY_DEFECT, body, len);
+    du__store_reply(k, REPLY_DEFECT, body, len, NULL);
     free(body);
     return;
   }

@@ -25,6 +25,7 @@
 #include "cli/log.h"
 #include "cluster/cluster.h"
 #include "core/hash.h"
+#include "entity/durable_state.h"
 
 static uint32_t em_shards = 300;
 static uint32_t *em_counts; /* instances per shard, [1..em_shards] */
@@ -188,7 +189,7 @@ uint32_t em_stash_drop(const uint8_t *mask) {
 
 /* Gives a new instance the snapshot its previous owner handed over. */
 static void em__stash_take(inst_t *i) {
-  if (!em_stash.count) return;
+  if (!em_stash.count || i->type->durable) return; /* a durable type's saved row is its state */
   size_t tl = i->type->name_len;
   char *key = malloc(tl + 1 + i->id_len);
   if (!key) return;
@@ -265,6 +266,7 @@ static void em__destroy(inst_t *i) {
   if (i->handlers_ref != LUA_NOREF || i->ctx_ref != LUA_NOREF) host_release_instance(i);
   if (i->state == INST_READY) t->active--;
   uint32_t shard = i->shard;
+  dstate_inst_free(i);
   free(i->snapshot);
   free(i);
   if (em_counts && shard <= em_shards && em_counts[shard] && --em_counts[shard] == 0 && cluster_on)
@@ -313,9 +315,11 @@ static void em__retire(inst_t *i) {
   inst_t *succ = i->successor;
   size_t len = 0;
   /* A fenced instance (handoff 2) lost its lease: its state may be stale. */
-  char *snap = (i->state == INST_READY && i->handlers_ref != LUA_NOREF && i->handoff != 2) ? host_snapshot(i, &len)
-                                                                                           : NULL;
-  if (!snap && i->snapshot && i->handoff != 2) { /* never activated: the snapshot it was given travels on */
+  /* A durable instance's state is its saved row, which its successor or
+   * new owner reads: nothing is handed over. */
+  int keep = i->handoff != 2 && !i->type->durable;
+  char *snap = (i->state == INST_READY && i->handlers_ref != LUA_NOREF && keep) ? host_snapshot(i, &len) : NULL;
+  if (!snap && i->snapshot && keep) { /* never activated: the snapshot it was given travels on */
     snap = i->snapshot;
     len = i->snapshot_len;
     i->snapshot = NULL;
@@ -383,7 +387,8 @@ static void em__pump(sched_item_t *it) {
     char *snap = i->snapshot;
     size_t snap_len = i->snapshot_len;
     i->snapshot = NULL;
-    host_activate(i, snap, snap_len);
+    if (t->durable) dstate_activate(i); /* from its saved row, not a handed-over snapshot */
+    else host_activate(i, snap, snap_len);
     free(snap);
     return;
   }
@@ -403,13 +408,29 @@ static void em__pump(sched_item_t *it) {
     t->running++;
     em__idle_remove(i);
     host_handle(i, m); /* may finish at once and call em_handled */
-    if (i->retiring) return;
+    if (i->retiring || i->state != INST_READY) return; /* a reset instance activates again first */
   }
   if (i->running == 0 && !i->mb_head) em__idle_add(i);
 }
 
 static inst_t *em__find(etype_t *t, const char *id, size_t len, uint64_t h) {
   return (inst_t *)htab_find(&t->instances, h, em__eq, id, len);
+}
+
+inst_t *em_find(etype_t *t, const char *id, size_t len) { return em__find(t, id, len, hash_bytes(id, len)); }
+
+/* A durable instance whose state in memory may differ from its saved row
+ * (see durable_state.h) drops it: it activates again before its next
+ * message, or goes when it has none. */
+static void em__reset(inst_t *i) {
+  i->reset = 0;
+  em__idle_remove(i);
+  if (i->state == INST_READY) i->type->active--;
+  i->state = INST_NEW;
+  if (i->handlers_ref != LUA_NOREF || i->ctx_ref != LUA_NOREF) host_release_instance(i);
+  /* Its pump activates it, or frees it: never freed here, as this may run
+   * inside its pump (a handler that finished at once). */
+  em__schedule(i);
 }
 
 static inst_t *em__create(etype_t *t, const char *id, size_t len, uint64_t h) {
@@ -509,6 +530,7 @@ void em_activated(inst_t *i, const char *error) {
   }
   i->state = INST_READY;
   t->active++;
+  if (t->durable) dstate_activated(i);
   em__schedule(i);
 }
 
@@ -519,7 +541,8 @@ void em_handled(inst_t *i) {
     if (i->running == 0) em__retire(i);
     return;
   }
-  if (i->mb_head) em__schedule(i);
+  if (i->reset && i->running == 0) em__reset(i);
+  else if (i->mb_head) em__schedule(i);
   else if (i->running == 0) em__idle_add(i);
 }
 
@@ -532,6 +555,7 @@ static void em__backoff_fire(timer_entry_t *te) {
 }
 
 void em_retry(inst_t *i, msg_t *m, uint64_t delay_ms) {
+  if (i->type->durable) i->reset = 1; /* the run that raised may have changed its state: start from the saved one */
   m->next = i->mb_head;
   i->mb_head = m;
   if (!i->mb_tail) i->mb_tail = m;
@@ -675,6 +699,7 @@ void em_type_free(etype_t *t) {
     em__drop_mailbox(i);
     em__backoff_end(i);
     if (em_counts && i->shard <= em_shards && em_counts[i->shard]) em_counts[i->shard]--;
+    dstate_inst_free(i);
     free(i->snapshot);
     free(i);
   }

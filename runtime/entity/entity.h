@@ -30,6 +30,8 @@ typedef struct inst_s {
   uint8_t idle; /* on its type's idle list */
   uint8_t retiring; /* its script was replaced: finish in-flight work, then hand over */
   uint8_t handoff;  /* retiring because its shard moves to another runner */
+  uint8_t reset;    /* durable: its state in memory is not the saved one; re-activate once nothing runs */
+  struct dstate_s *ds; /* durable: what it knows of its saved state (durable_state.c) */
   struct inst_s *successor;   /* the instance on the new version that waits for this one */
   struct inst_s *predecessor; /* while INST_WAITING: the old instance it waits for */
   char *snapshot;   /* state handed over by the predecessor, for activate */
@@ -50,6 +52,8 @@ void em_type_init(etype_t *t);
  * already stored, so they are never refused for a full mailbox. */
 int em_deliver(msg_t *m);
 void em_keep_alive(etype_t *t, const char *id, size_t len, int on);
+/* The instance of (t, id) here, or NULL. */
+inst_t *em_find(etype_t *t, const char *id, size_t len);
 /* Called by the host when work ends. */
 void em_activated(inst_t *inst, const char *error);
 void em_handled(inst_t *inst);

@@ -183,11 +183,16 @@ static int msg__final(reply_kind_t k) {
 }
 
 void msg_finish(msg_t *m, reply_kind_t kind, const char *body, size_t len) {
+  msg_finish_state(m, kind, body, len, NULL, NULL, NULL);
+}
+
+void msg_finish_state(msg_t *m, reply_kind_t kind, const char *body, size_t len, const estate_write_t *w,
+                      estate_done_cb done, void *ud) {
   stored_t *s = m->stored;
   if (s) {
     m->stored = NULL;
     if (msg__final(kind)) {
-      s->reply(s, kind, body, len, msg_detach_call(m));
+      s->reply(s, kind, body, len, msg_detach_call(m), w, done, ud);
     } else {
       s->drop(s);
     }

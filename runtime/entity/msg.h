@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "entity/sched.h"
+#include "storage/estate.h"
 
 typedef enum {
   REPLY_OK = 0,
@@ -82,12 +83,17 @@ enum {
 
 /* A persisted message's record in storage, as the message sees it.
  * `reply` gets a final reply and the waiting caller (NULL if none), whose
- * answer it owns from then on: it answers once the reply is stored. `drop`:
+ * answer it owns from then on: it answers once the reply is stored. `w`
+ * (NULL: none) is a durable entity's new state, stored in the same
+ * transaction as the reply; `done` (NULL: none) runs after that commit,
+ * ok 0 when it failed (the message then stays pending, the state as it
+ * was), never from inside the call. `drop`:
  * the message leaves this runner without a reply (it stays pending in
  * storage, to be delivered again). Exactly one of them is called. */
 typedef struct stored_s stored_t;
 struct stored_s {
-  void (*reply)(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller);
+  void (*reply)(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller,
+                const estate_write_t *w, estate_done_cb done, void *ud);
   void (*drop)(stored_t *s);
 };
 
@@ -119,6 +125,11 @@ void msg_attach_call(msg_t *m, call_t *c);
 call_t *msg_detach_call(msg_t *m);
 /* Sends the reply to whoever waits and frees the message. */
 void msg_finish(msg_t *m, reply_kind_t kind, const char *body, size_t len);
+/* msg_finish for a persisted message whose handler changed a durable
+ * entity's state: w and the reply commit together (stored_t.reply). Only
+ * for a message with a stored record and a final reply kind. */
+void msg_finish_state(msg_t *m, reply_kind_t kind, const char *body, size_t len, const estate_write_t *w,
+                      estate_done_cb done, void *ud);
 void msg_free(msg_t *m);
 /* Points m at another type (a reload replaced its own), moving its reference. */
 void msg_set_type(msg_t *m, struct etype_s *t);

@@ -3,6 +3,7 @@
  * yield the running task's coroutine; the ready queue resumes it. */
 #include "host/host_int.h"
 
+#include <errno.h>
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "cluster/cluster.h"
 #include "cluster/durable.h"
 #include "cluster/router.h"
+#include "entity/durable_state.h"
 #include "entity/entity.h"
 #include "host/json.h"
 
@@ -120,6 +122,17 @@ static int core_keep_alive(lua_State *L) {
   return 0;
 }
 
+static int core_forget(lua_State *L) {
+  size_t tl, il;
+  const char *type = luaL_checklstring(L, 1, &tl);
+  const char *id = luaL_checklstring(L, 2, &il);
+  etype_t *ty = host_find_type(type, tl);
+  if (!ty || dstate_forget(ty, id, il) == -EINVAL)
+    return luaL_error(L, "ctx:forget() is for durable entities: %s is not declared with luster.entity(\"%s\", rpcs, "
+                         "{ durable = true })", type, type);
+  return 0;
+}
+
 static int core_runner(lua_State *L) {
   lua_pushstring(L, host__cfg.runner_name ? host__cfg.runner_name : "local");
   return 1;
@@ -178,7 +191,7 @@ static int core_cron_catch_up(lua_State *L) {
 
 int host__open_core(lua_State *L) {
   static const luaL_Reg fns[] = {
-      {"call", core_call}, {"sleep", core_sleep}, {"keep_alive", core_keep_alive}, {"runner", core_runner},
+      {"call", core_call}, {"sleep", core_sleep}, {"keep_alive", core_keep_alive}, {"forget", core_forget}, {"runner", core_runner},
       {"wall", core_wall}, {"now", core_wall}, {"clock", core_clock}, {"log", core_log},
       {"json_encode", json_lua_encode}, {"json_decode", json_lua_decode},
       {"cron", core_cron}, {"cron_catch_up", core_cron_catch_up},

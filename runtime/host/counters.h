@@ -15,6 +15,7 @@ struct host_counters_s {
   size_t name_len;
   int entity; /* the name's latest definition is an entity type */
   uint64_t activations, passivations;
+  uint64_t state_writes; /* durable types: saved states written (or deleted), unchanged ones not counted */
   uint64_t outcomes[REPLY__COUNT];
 };
 

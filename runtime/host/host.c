@@ -20,6 +20,7 @@
 #include "cli/log.h"
 #include "cluster/cluster.h"
 #include "core/buf.h"
+#include "entity/durable_state.h"
 #include "entity/entity.h"
 #include "host/json.h"
 
@@ -418,6 +419,7 @@ static void task__end_handle(task_t *t, reply_kind_t kind, const char *text) {
   msg_finish(m, kind, body, len);
   free(body);
   host__task_free(t);
+  if (kind == REPLY_DEFECT && inst->type->durable) inst->reset = 1; /* a raised run leaves no trace */
   em_handled(inst);
 }
 
@@ -443,6 +445,11 @@ static void task__finish(task_t *t, int nres) {
       t->type->counters->outcomes[REPLY_DEFECT]++;
       msg_finish(m, REPLY_DEFECT, eb, len);
       free(eb);
+    } else if (inst->type->durable) {
+      int now = dstate_handled(inst, m, kind, body, blen); /* saves the state, then releases the reply */
+      host__task_free(t);
+      if (now) em_handled(inst);
+      return;
     } else {
       t->type->counters->outcomes[kind]++;
       msg_finish(m, kind, body, blen);

@@ -49,6 +49,7 @@ struct etype_s {
   uint64_t max_idle_ms;
   uint32_t concurrency;
   uint32_t mailbox;
+  int durable; /* its instances' state is saved (entity/durable_state.h) */
   /* Entity manager state (see entity.c). */
   htab_t instances;
   uint64_t active;

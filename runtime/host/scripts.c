@@ -112,7 +112,9 @@ static etype_t *host__read_def(script_t *s, lua_State *L) {
   ty->max_idle_ms = host__opt_int(L, -1, "max_idle", host__cfg.max_idle_ms);
   ty->concurrency = (uint32_t)host__opt_int(L, -1, "concurrency", 1);
   ty->mailbox = (uint32_t)host__opt_int(L, -1, "mailbox", 4096);
-  lua_pop(L, 1);
+  lua_getfield(L, -1, "durable");
+  ty->durable = lua_toboolean(L, -1);
+  lua_pop(L, 2);
   if (ty->kind == DEF_ENTITY) {
     lua_getfield(L, -1, "rpcs");
     ty->nrpcs = (int)luaL_len(L, -1);

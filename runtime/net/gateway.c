@@ -412,6 +412,9 @@ void gateway_metrics(buf_t *b) {
        offsetof(host_counters_t, activations)},
       {"luster_passivations_total", "counter", "Instances passivated after max_idle, per type.",
        offsetof(host_counters_t, passivations)},
+      {"luster_state_writes_total", "counter",
+       "Durable entity states written to storage (unchanged snapshots are not), per type.",
+       offsetof(host_counters_t, state_writes)},
   };
   for (size_t m = 0; m < sizeof gauges / sizeof gauges[0]; m++) {
     gw__metric_head(b, gauges[m].name, gauges[m].type, gauges[m].help);
@@ -464,6 +467,8 @@ void gateway_metrics(buf_t *b) {
         PGS_ROW("storage_failures_total", failures, "Batched storage statements that failed."),
         PGS_ROW("store_batches_total", put_batches, "Statements that stored messages (many messages each)."),
         PGS_ROW("reply_batches_total", reply_batches, "Statements that stored replies."),
+        PGS_ROW("state_saves_total", state_saves, "Durable entity states written to (or deleted from) PostgreSQL."),
+        PGS_ROW("state_loads_total", state_loads, "Durable entity states read from PostgreSQL."),
         DUR_ROW("delivered_total", "counter", delivered, "Stored messages handed to their instance here."),
         DUR_ROW("redelivery_scans_total", "counter", scans, "Reads of pending messages of this runner's shards."),
         DUR_ROW("duplicates_skipped_total", "counter", duplicates_skipped,

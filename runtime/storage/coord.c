@@ -59,6 +59,11 @@ static const char *const coord_migrations[] = {
      * cluster/proof.h): '' without a secret, NULL from a luster that
      * predates it. */
     "ALTER TABLE %1$srunners ADD COLUMN IF NOT EXISTS secret_proof text",
+    /* 10: durable entity state (storage/estate.h): the encoded snapshot of
+     * each (type, id), written with the reply of the message that made it
+     * (pgstore.c); updated_at is epoch ms. */
+    "CREATE TABLE IF NOT EXISTS %1$sentity_state (type text NOT NULL, entity_id text NOT NULL,"
+    " state text NOT NULL, updated_at bigint NOT NULL, PRIMARY KEY (type, entity_id))",
 };
 #define COORD_NMIGRATIONS (int)(sizeof coord_migrations / sizeof coord_migrations[0])
 

@@ -11,6 +11,7 @@
 #include "core/hash.h"
 #include "core/jsoncanon.h"
 #include "host/host.h"
+#include "storage/estate_mem.h"
 
 /* Done records wait in two queues, each in done order: keyed ones for the
  * retention period, the others for at most STORAGE_UNKEYED_MS. */
@@ -89,7 +90,8 @@ void storage_close(void) {
 
 size_t storage_count(void) { return mem_count; }
 
-static void mem__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller);
+static void mem__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller,
+                       const estate_write_t *w, estate_done_cb done, void *ud);
 static void mem__drop(stored_t *s) { (void)s; /* stays pending: nothing delivers it again in one process */ }
 
 /* The payload's fingerprint: SHA-256 of its canonical JSON text (so a retry
@@ -172,13 +174,35 @@ void storage_get(uint64_t rid, call_t *c) {
   else call_complete(c, REPLY_ACCEPTED, "", 0);
 }
 
-static void mem__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller) {
+/* A durable entity's state and the reply are stored at once; the save's
+ * callback runs from the ready queue like every other (see mem__state_done). */
+typedef struct {
+  sched_item_t item;
+  estate_done_cb done;
+  void *ud;
+} mem_done_t;
+
+static void mem__state_done(sched_item_t *it) {
+  mem_done_t *d = (mem_done_t *)it;
+  d->done(d->ud, 1, NULL);
+  free(d);
+}
+
+static void mem__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller,
+                       const estate_write_t *w, estate_done_cb done, void *ud) {
   pmsg_t *p = (pmsg_t *)s;
   if (caller) {
     caller->request_id = p->rid;
     call_complete(caller, kind, body, len);
   }
-  if (p->done) return;
+  if (done) {
+    mem_done_t *d = calloc(1, sizeof *d);
+    d->done = done;
+    d->ud = ud;
+    sched_push(&d->item, mem__state_done);
+  }
+  if (p->done) return; /* it has its reply: its state was applied with it */
+  if (w) estate_mem_apply(w);
   p->done = 1;
   p->kind = kind;
   p->reply = malloc(len + 1);

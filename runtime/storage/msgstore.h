@@ -60,6 +60,7 @@ typedef void (*ms_cron_cb)(void *ud, int ok, int64_t a, int64_t b, const char *e
 typedef struct {
   uint64_t stored, duplicates, replies, reads, scanned, pruned, failures;
   uint64_t put_batches, reply_batches, read_batches;
+  uint64_t state_saves, state_loads; /* durable entity state rows written (or deleted), and read */
 } ms_stats_t;
 
 /* One backend; ctx is its own value, passed back to every operation. */

@@ -24,7 +24,9 @@ typedef struct pgs_entry_s {
   void *cb, *ud;
   uint64_t seq;
   int kind, retries;
-  ms_msg_t m; /* PUT: the message, its strings in `data` */
+  int sop; /* REPLY and SAVE: 0 no state, 1 write the state, 2 forget it */
+  ms_msg_t m; /* PUT: the message, its strings in `data`; REPLY, SAVE and LOAD: the state's type and id, and
+               * its bytes as `headers` */
   char *data;
 } pgs_entry_t;
 
@@ -41,7 +43,8 @@ typedef struct {
 static struct {
   pgc_t *c;
   char *sql_put, *sql_state, *sql_reply, *sql_scan, *sql_due, *sql_prune, *sql_cron[3];
-  pgs_queue_t put, state, reply;
+  char *sql_reply_plain, *sql_esave, *sql_eload;
+  pgs_queue_t put, state, reply, esave, eload;
   sched_item_t flush;
   int open;
   ms_stats_t st;
@@ -52,7 +55,8 @@ const ms_stats_t *pgs_stats(void) { return &ps.st; }
 
 int pgs_busy(void) {
   if (!ps.open) return 0;
-  return ps.put.n + ps.put.inflight + ps.state.n + ps.state.inflight + ps.reply.n + ps.reply.inflight;
+  return ps.put.n + ps.put.inflight + ps.state.n + ps.state.inflight + ps.reply.n + ps.reply.inflight + ps.esave.n +
+         ps.esave.inflight + ps.eload.n + ps.eload.inflight;
 }
 
 static void pgs__state(void *ud, int up, const char *why) {
@@ -73,10 +77,37 @@ int pgs_open(uv_loop_t *loop, const char *conninfo, const char *prefix) {
       " JOIN %1$smessages m ON m.dedupe = u.dedupe AND m.dedupe IS NOT NULL", prefix);
   ps.sql_state =
       coord_sql("SELECT seq, done_at, reply_kind, reply FROM %1$smessages WHERE seq = ANY($1::bigint[])", prefix);
+  /* The reply and a durable entity's new state in one statement (one
+   * transaction): the state is written only for rows this statement marks
+   * done, so a redelivered message that already has its reply changes
+   * nothing. DISTINCT ON keeps the last write per (type, id) of a batch. */
   ps.sql_reply = coord_sql(
+      "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::text[], $5::text[], $6::text[],"
+      " $7::text[], $8::smallint[]) WITH ORDINALITY AS u(seq, k, r, st, si, sb, sop, ord)),"
+      " r AS (UPDATE %1$smessages m SET done_at = $4::bigint, reply_kind = u.k, reply = u.r FROM u"
+      " WHERE m.seq = u.seq AND m.done_at IS NULL RETURNING u.st, u.si, u.sb, u.sop, u.ord),"
+      " s AS (SELECT DISTINCT ON (st, si) st, si, sb, sop FROM r WHERE sop > 0 ORDER BY st, si, ord DESC),"
+      " d AS (DELETE FROM %1$sentity_state e USING s WHERE s.sop = 2 AND e.type = s.st AND e.entity_id = s.si)"
+      " INSERT INTO %1$sentity_state (type, entity_id, state, updated_at) SELECT st, si, sb, $4::bigint FROM s"
+      " WHERE sop = 1 ON CONFLICT (type, entity_id) DO UPDATE SET state = excluded.state,"
+      " updated_at = excluded.updated_at", prefix);
+  /* A batch without state (no durable entity's message in it) keeps the
+   * plain statement, so persisted messages pay nothing for the feature. */
+  ps.sql_reply_plain = coord_sql(
       "UPDATE %1$smessages m SET done_at = $4::bigint, reply_kind = u.k, reply = u.r"
       " FROM unnest($1::bigint[], $2::smallint[], $3::text[]) AS u(seq, k, r)"
       " WHERE m.seq = u.seq AND m.done_at IS NULL", prefix);
+  ps.sql_esave = coord_sql(
+      "WITH u AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[])"
+      " WITH ORDINALITY AS u(st, si, sb, sop, ord)),"
+      " s AS (SELECT DISTINCT ON (st, si) st, si, sb, sop FROM u ORDER BY st, si, ord DESC),"
+      " d AS (DELETE FROM %1$sentity_state e USING s WHERE s.sop = 2 AND e.type = s.st AND e.entity_id = s.si)"
+      " INSERT INTO %1$sentity_state (type, entity_id, state, updated_at) SELECT st, si, sb, $5::bigint FROM s"
+      " WHERE sop = 1 ON CONFLICT (type, entity_id) DO UPDATE SET state = excluded.state,"
+      " updated_at = excluded.updated_at", prefix);
+  ps.sql_eload = coord_sql(
+      "SELECT u.ord, e.state FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(st, si, ord)"
+      " JOIN %1$sentity_state e ON e.type = u.st AND e.entity_id = u.si", prefix);
   ps.sql_scan = coord_sql(
       "SELECT seq, shard, type, entity_id, rpc, payload, headers, deliver_at FROM %1$smessages"
       " WHERE shard = ANY($1::int[]) AND done_at IS NULL AND deliver_at <= $2::bigint AND seq > $3::bigint"
@@ -247,6 +278,7 @@ static void pgs__put_answer(pgs_entry_t *e, ms_put_status_t st, uint64_t seq, in
 /* Answers an entry of queue q that will not be carried out. */
 static void pgs__fail(pgs_queue_t *q, pgs_entry_t *e, const char *why) {
   if (q == &ps.put) pgs__put_answer(e, MS_FAILED, 0, 0, NULL, 0, why);
+  else if (q == &ps.eload) ((estate_load_cb)e->cb)(e->ud, 0, 0, NULL, 0, why);
   else if (q == &ps.state) ((ms_state_cb)e->cb)(e->ud, 0, e->seq, 0, 0, 0, NULL, 0, why);
   else if (e->cb) ((ms_done_cb)e->cb)(e->ud, 0, why);
 }
@@ -396,35 +428,164 @@ static void pgs__reply_done(void *ud, pgc_status_t st, PGresult *res, const char
   pgs__batch_done(&ps.reply, b);
 }
 
+/* The state columns of one entry: (type, id, bytes, op). */
+static void pgs__arr_state(buf_t *a, const pgs_entry_t *e) {
+  pgs__arr_text(&a[0], e->sop ? e->m.type : NULL, e->m.type_len);
+  pgs__arr_text(&a[1], e->sop ? e->m.id : NULL, e->m.id_len);
+  pgs__arr_text(&a[2], e->sop == 1 ? e->m.headers : NULL, e->m.headers_len);
+  pgs__arr_int(&a[3], e->sop);
+}
+
 static void pgs__send_reply(void) {
   pgs_batch_t *b = pgs__take(&ps.reply);
-  buf_t a[3];
-  for (int i = 0; i < 3; i++) buf_init(&a[i]);
+  buf_t a[7];
+  int states = 0;
+  for (int i = 0; i < 7; i++) buf_init(&a[i]);
+  for (int i = 0; i < b->n; i++) states += b->e[i]->sop != 0;
   for (int i = 0; i < b->n; i++) {
     pgs_entry_t *e = b->e[i];
     pgs__arr_int(&a[0], (int64_t)e->seq);
     pgs__arr_int(&a[1], e->kind);
     pgs__arr_text(&a[2], e->data, e->m.payload_len);
+    if (states) pgs__arr_state(&a[3], e);
   }
+  ps.st.state_saves += (uint64_t)states;
   char now[24];
   snprintf(now, sizeof now, "%" PRIu64, sched_wall_ms());
-  const char *v[4] = {pgs__arr_end(&a[0]), pgs__arr_end(&a[1]), pgs__arr_end(&a[2]), now};
+  const char *v[8] = {pgs__arr_end(&a[0]), pgs__arr_end(&a[1]), pgs__arr_end(&a[2]), now,
+                      pgs__arr_end(&a[3]), pgs__arr_end(&a[4]), pgs__arr_end(&a[5]), pgs__arr_end(&a[6])};
   ps.st.reply_batches++;
-  pgc_query(ps.c, ps.sql_reply, 4, v, NULL, PGS_TIMEOUT_MS, pgs__reply_done, b);
-  for (int i = 0; i < 3; i++) buf_free(&a[i]);
+  pgc_query(ps.c, states ? ps.sql_reply : ps.sql_reply_plain, states ? 8 : 4, v, NULL, PGS_TIMEOUT_MS,
+            pgs__reply_done, b);
+  for (int i = 0; i < 7; i++) buf_free(&a[i]);
 }
 
-void pgs_reply(uint64_t seq, int kind, const char *body, size_t len, ms_done_cb cb, void *ud) {
+/* An entry whose `data` holds prefix (plen bytes) NUL type NUL id NUL
+ * [bytes NUL], with m's strings pointing into it. */
+static pgs_entry_t *pgs__state_entry(const char *prefix, size_t plen, const estate_write_t *w, const char *type,
+                                     size_t tl, const char *id, size_t il) {
   pgs_entry_t *e = calloc(1, sizeof *e);
+  size_t bl = w && w->bytes ? w->len : 0;
+  char *p = e->data = malloc(plen + tl + il + bl + 4);
+  memcpy(p, prefix, plen);
+  p += plen;
+  *p++ = '\0';
+  e->m.payload_len = plen;
+  e->m.type = p;
+  e->m.type_len = tl;
+  memcpy(p, type, tl);
+  p += tl;
+  *p++ = '\0';
+  e->m.id = p;
+  e->m.id_len = il;
+  memcpy(p, id, il);
+  p += il;
+  *p++ = '\0';
+  if (w) {
+    e->sop = w->bytes ? 1 : 2;
+    e->m.headers = p;
+    e->m.headers_len = bl;
+    if (bl) memcpy(p, w->bytes, bl);
+    p[bl] = '\0';
+  }
+  return e;
+}
+
+void pgs_reply(uint64_t seq, int kind, const char *body, size_t len, const estate_write_t *w, ms_done_cb cb,
+               void *ud) {
+  pgs_entry_t *e = w ? pgs__state_entry(body, len, w, w->type, w->type_len, w->id, w->id_len)
+                     : pgs__state_entry(body, len, NULL, "", 0, "", 0);
   e->cb = (void *)cb;
   e->ud = ud;
   e->seq = seq;
   e->kind = kind;
-  e->data = malloc(len + 1);
-  memcpy(e->data, body, len);
-  e->data[len] = '\0';
-  e->m.payload_len = len;
   pgs__enqueue(&ps.reply, e);
+}
+
+/* ESTATE ---------------------------------------------------------------- */
+
+static void pgs__esave_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
+  pgs_batch_t *b = ud;
+  const char *why = st == PGC_OK ? NULL : pgs__why(st, err);
+  if (st != PGC_OK) ps.st.failures++;
+  for (int i = 0; i < b->n; i++) {
+    pgs_entry_t *e = b->e[i];
+    if (e->cb) ((estate_done_cb)e->cb)(e->ud, st == PGC_OK, why);
+  }
+  pgs__batch_done(&ps.esave, b);
+}
+
+static void pgs__send_esave(void) {
+  pgs_batch_t *b = pgs__take(&ps.esave);
+  buf_t a[4];
+  for (int i = 0; i < 4; i++) buf_init(&a[i]);
+  for (int i = 0; i < b->n; i++) pgs__arr_state(a, b->e[i]);
+  ps.st.state_saves += (uint64_t)b->n;
+  char now[24];
+  snprintf(now, sizeof now, "%" PRIu64, sched_wall_ms());
+  const char *v[5] = {pgs__arr_end(&a[0]), pgs__arr_end(&a[1]), pgs__arr_end(&a[2]), pgs__arr_end(&a[3]), now};
+  pgc_query(ps.c, ps.sql_esave, 5, v, NULL, PGS_TIMEOUT_MS, pgs__esave_done, b);
+  for (int i = 0; i < 4; i++) buf_free(&a[i]);
+}
+
+static void pgs__eload_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
+  pgs_batch_t *b = ud;
+  if (st != PGC_OK) {
+    const char *why = pgs__why(st, err);
+    ps.st.failures++;
+    for (int i = 0; i < b->n; i++) ((estate_load_cb)b->e[i]->cb)(b->e[i]->ud, 0, 0, NULL, 0, why);
+    pgs__batch_done(&ps.eload, b);
+    return;
+  }
+  char *answered = calloc((size_t)b->n + 1, 1);
+  int rows = PQntuples(res);
+  for (int r = 0; r < rows; r++) {
+    long ord = strtol(PQgetvalue(res, r, 0), NULL, 10) - 1;
+    if (ord < 0 || ord >= b->n || answered[ord]) continue;
+    answered[ord] = 1;
+    pgs_entry_t *e = b->e[ord];
+    ((estate_load_cb)e->cb)(e->ud, 1, 1, PQgetvalue(res, r, 1), (size_t)PQgetlength(res, r, 1), NULL);
+  }
+  for (int i = 0; i < b->n; i++)
+    if (!answered[i]) ((estate_load_cb)b->e[i]->cb)(b->e[i]->ud, 1, 0, NULL, 0, NULL);
+  free(answered);
+  pgs__batch_done(&ps.eload, b);
+}
+
+static void pgs__send_eload(void) {
+  pgs_batch_t *b = pgs__take(&ps.eload);
+  buf_t a[2];
+  for (int i = 0; i < 2; i++) buf_init(&a[i]);
+  for (int i = 0; i < b->n; i++) {
+    pgs__arr_text(&a[0], b->e[i]->m.type, b->e[i]->m.type_len);
+    pgs__arr_text(&a[1], b->e[i]->m.id, b->e[i]->m.id_len);
+  }
+  ps.st.state_loads += (uint64_t)b->n;
+  const char *v[2] = {pgs__arr_end(&a[0]), pgs__arr_end(&a[1])};
+  pgc_query(ps.c, ps.sql_eload, 2, v, NULL, PGS_TIMEOUT_MS, pgs__eload_done, b);
+  for (int i = 0; i < 2; i++) buf_free(&a[i]);
+}
+
+static void pgs__eload(void *ctx, const char *type, size_t tl, const char *id, size_t il, estate_load_cb cb,
+                       void *ud) {
+  (void)ctx;
+  pgs_entry_t *e = pgs__state_entry("", 0, NULL, type, tl, id, il);
+  e->cb = (void *)cb;
+  e->ud = ud;
+  pgs__enqueue(&ps.eload, e);
+}
+
+static void pgs__esave(void *ctx, const estate_write_t *w, estate_done_cb cb, void *ud) {
+  (void)ctx;
+  pgs_entry_t *e = pgs__state_entry("", 0, w, w->type, w->type_len, w->id, w->id_len);
+  e->cb = (void *)cb;
+  e->ud = ud;
+  pgs__enqueue(&ps.esave, e);
+}
+
+const estate_ops_t *pgs_estate_ops(void) {
+  static const estate_ops_t ops = {NULL, pgs__eload, pgs__esave};
+  return &ops;
 }
 
 static void pgs__flush(sched_item_t *it) {
@@ -432,6 +593,9 @@ static void pgs__flush(sched_item_t *it) {
   while (ps.put.n && ps.put.inflight < PGS_MAX_INFLIGHT) pgs__send_put();
   while (ps.state.n && ps.state.inflight < PGS_MAX_INFLIGHT) pgs__send_state();
   while (ps.reply.n && ps.reply.inflight < PGS_MAX_INFLIGHT) pgs__send_reply();
+  /* Saves before loads: a load queued after a save reads what it wrote. */
+  while (ps.esave.n && ps.esave.inflight < PGS_MAX_INFLIGHT) pgs__send_esave();
+  while (ps.eload.n && ps.eload.inflight < PGS_MAX_INFLIGHT) pgs__send_eload();
 }
 
 /* ---------------------------------------------------------------------------
@@ -560,8 +724,8 @@ void pgs_close(void) {
   if (!ps.open) return;
   ps.open = 0;
   /* Queued entries never went out: they fail now, like those in flight. */
-  pgs_queue_t *qs[3] = {&ps.put, &ps.state, &ps.reply};
-  for (int k = 0; k < 3; k++) {
+  pgs_queue_t *qs[5] = {&ps.put, &ps.state, &ps.reply, &ps.esave, &ps.eload};
+  for (int k = 0; k < 5; k++) {
     pgs_queue_t *q = qs[k];
     while (q->head) {
       pgs_entry_t *e = q->head;
@@ -581,6 +745,9 @@ void pgs_close(void) {
   free(ps.sql_scan);
   free(ps.sql_due);
   free(ps.sql_prune);
+  free(ps.sql_reply_plain);
+  free(ps.sql_esave);
+  free(ps.sql_eload);
   for (int i = 0; i < 3; i++) free(ps.sql_cron[i]);
 }
 
@@ -593,8 +760,7 @@ static void pgs__op_put(void *ctx, const ms_msg_t *m, ms_put_cb cb, void *ud) { 
 static void pgs__op_state(void *ctx, uint64_t seq, ms_state_cb cb, void *ud) { pgs_state(seq, cb, ud); }
 static void pgs__op_reply(void *ctx, uint64_t seq, int kind, const char *body, size_t len, const estate_write_t *w,
                           ms_done_cb cb, void *ud) {
-  if (w) log_error("storage: a state write came with a reply on PostgreSQL, which does not take one; not written");
-  pgs_reply(seq, kind, body, len, cb, ud);
+  pgs_reply(seq, kind, body, len, w, cb, ud);
 }
 static void pgs__op_scan(void *ctx, const uint32_t *shards, int n, uint64_t now_ms, uint64_t after, int limit,
                          ms_scan_cb cb, void *ud) {

@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "storage/estate.h"
 #include "storage/msgstore.h"
 
 int pgs_open(uv_loop_t *loop, const char *conninfo, const char *prefix);
@@ -28,8 +29,15 @@ int pgs_up(void);
 void pgs_put(const ms_msg_t *m, ms_put_cb cb, void *ud);
 /* Reads whether message seq is pending or done (and its reply). */
 void pgs_state(uint64_t seq, ms_state_cb cb, void *ud);
-/* Stores message seq's reply and marks it done; cb after the commit. */
-void pgs_reply(uint64_t seq, int kind, const char *body, size_t len, ms_done_cb cb, void *ud);
+/* Stores message seq's reply and marks it done; cb after the commit. w
+ * (copied; NULL: none) is a durable entity's new state, written in the
+ * same statement only if this reply is the one that marks the message done
+ * (a message that already has its reply never changes the state again). */
+void pgs_reply(uint64_t seq, int kind, const char *body, size_t len, const estate_write_t *w, ms_done_cb cb,
+               void *ud);
+/* Durable entity state in the entity_state table (see estate.h): loads and
+ * saves batched like the statements above. */
+const estate_ops_t *pgs_estate_ops(void);
 /* Pending messages of these shards due by now_ms with seq > after, oldest
  * first, at most limit; rows are valid during the callback. */
 void pgs_scan(const uint32_t *shards, int n, uint64_t now_ms, uint64_t after, int limit,
