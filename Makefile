@@ -34,7 +34,7 @@ TEST_PKGS := clang iproute2 gnuplot-nox prometheus
 SOAK_MINUTES ?= 30
 
 .PHONY: all deps test-deps test run asan asan-test clean bench soak fuzz fuzz-build
-all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/luster_sqlite.so $(BUILD)/pgconn_check
+all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/luster_sqlite.so $(BUILD)/pgconn_check $(BUILD)/luster_otlp.so
 
 $(BUILD)/luster: $(OBJ)
 	$(CC) $(OPT) $(SANITIZE) -rdynamic -o $@ $(OBJ) $(ALLOC_LIB) $(LIBS)
@@ -65,6 +65,13 @@ SQLITE_MOD_SRC := spec/support/luster_sqlite.c runtime/storage/sqlite.c runtime/
 $(BUILD)/luster_sqlite.so: $(SQLITE_MOD_SRC) $(wildcard runtime/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ $(SQLITE_MOD_SRC) -luv -lsqlite3
+
+# core/otlp.c and net/otlp_export.c on a loop of their own as a Lua module, for spec/otlp_spec.lua.
+OTLP_MOD_SRC := spec/support/luster_otlp.c runtime/core/otlp.c runtime/net/otlp_export.c \
+                runtime/core/trace.c runtime/core/buf.c
+$(BUILD)/luster_otlp.so: $(OTLP_MOD_SRC) $(wildcard runtime/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ $(OTLP_MOD_SRC) -luv -lhttp_parser
 
 # storage/pgconn.c on its own against a real server, for spec/pgconn_spec.lua.
 PGCHECK_SRC := spec/support/pgconn_check.c runtime/storage/pgconn.c runtime/cli/log.c \

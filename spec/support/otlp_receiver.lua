@@ -1,0 +1,49 @@
+-- otlp_receiver.lua - a test OTLP/HTTP receiver for spec/otlp_spec.lua:
+--   lua5.4 otlp_receiver.lua OUT STATUS MODE
+-- listens on a free loopback port, writes {"port":N} as the first line of
+-- OUT, then one JSON line per request ({method, path, headers, body}) and
+-- answers STATUS, or, with MODE "silent", keeps the connection without
+-- answering. Exits after 60 s without a connection, so a spec that dies
+-- leaves nothing running for long.
+local socket = require "socket"
+local cjson = require "cjson"
+
+local out_path, status, mode = arg[1], tonumber(arg[2] or "200"), arg[3] or "answer"
+local server = assert(socket.bind("127.0.0.1", 0))
+local _, port = server:getsockname()
+local out = assert(io.open(out_path, "ab"))
+out:write(cjson.encode({ port = tonumber(port) }), "\n")
+out:flush()
+
+local held = {}
+local function serve(c)
+  c:settimeout(5)
+  local line = c:receive("*l")
+  if not line then return c:close() end
+  local method, path = line:match("^(%S+) (%S+) HTTP/1%.1$")
+  local headers = {}
+  while true do
+    local h = c:receive("*l")
+    if not h or h == "" then break end
+    local k, v = h:match("^([^:]+):%s*(.*)$")
+    if k then headers[k:lower()] = v end
+  end
+  local body = c:receive(tonumber(headers["content-length"] or "0")) or ""
+  out:write(cjson.encode({ method = method, path = path, headers = headers, body = body }), "\n")
+  out:flush()
+  if mode == "silent" then
+    held[#held + 1] = c
+    return
+  end
+  local reply = status == 200 and "{}" or '{"message":"test receiver refuses"}'
+  c:send(string.format("HTTP/1.1 %d Test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" ..
+    "Connection: close\r\n\r\n%s", status, #reply, reply))
+  c:close()
+end
+
+server:settimeout(60)
+while true do
+  local c = server:accept()
+  if not c then break end
+  serve(c)
+end
