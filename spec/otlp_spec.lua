@@ -241,6 +241,13 @@ describe("the OTLP exporter", function()
     assert.are.same({ "failing: 127.0.0.1:" .. rx.port .. " answered HTTP 500 to POST /v1/traces" }, st.states)
   end)
 
+  it("tells of recovery once a request succeeds after a failed one", function()
+    local rx = receiver(503, "first")
+    local st = otlp.export_to(rx.url, spans(4), { batch = 2, run_ms = 300, flush = false })
+    assert.are.same({ failed = 2, sent = 2, failing = false }, { failed = st.failed, sent = st.sent, failing = st.failing })
+    assert.are.same({ "failing: 127.0.0.1:" .. rx.port .. " answered HTTP 503 to POST /v1/traces", "ok" }, st.states)
+  end)
+
   it("cuts long strings at a UTF-8 character boundary", function()
     local rx = receiver(200)
     local long = "a" .. ("é"):rep(1500) -- 3001 bytes; byte 1024 is inside a character

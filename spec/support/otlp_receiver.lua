@@ -2,8 +2,9 @@
 --   lua5.4 otlp_receiver.lua OUT STATUS MODE
 -- listens on a free loopback port, writes {"port":N} as the first line of
 -- OUT, then one JSON line per request ({method, path, headers, body}) and
--- answers STATUS, or, with MODE "silent", keeps the connection without
--- answering. Exits after 60 s without a connection, so a spec that dies
+-- answers STATUS; with MODE "silent" it keeps the connection without
+-- answering, with MODE "first" it answers STATUS to the first request only
+-- and 200 to the others. Exits after 60 s without a connection, so a spec that dies
 -- leaves nothing running for long.
 local socket = require "socket"
 local cjson = require "cjson"
@@ -16,7 +17,9 @@ out:write(cjson.encode({ port = tonumber(port) }), "\n")
 out:flush()
 
 local held = {}
+local served = 0
 local function serve(c)
+  served = served + 1
   c:settimeout(5)
   local line = c:receive("*l")
   if not line then return c:close() end
@@ -35,9 +38,11 @@ local function serve(c)
     held[#held + 1] = c
     return
   end
-  local reply = status == 200 and "{}" or '{"message":"test receiver refuses"}'
+  local code = status
+  if mode == "first" and served > 1 then code = 200 end
+  local reply = code == 200 and "{}" or '{"message":"test receiver refuses"}'
   c:send(string.format("HTTP/1.1 %d Test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" ..
-    "Connection: close\r\n\r\n%s", status, #reply, reply))
+    "Connection: close\r\n\r\n%s", code, #reply, reply))
   c:close()
 end
 
