@@ -54,6 +54,20 @@ $(BUILD)/obj/lua_embed.o: $(BUILD)/gen/lua_embed.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -c -o $@ $<
 
+# The console page (admin/console.html) is compiled in the same way, for
+# admin/console.c's console_page().
+# (OBJ is extended here, after build/luster's rule read it: the object is
+# named as a prerequisite of its own.)
+OBJ += $(BUILD)/obj/console_html.o
+$(BUILD)/luster: $(BUILD)/obj/console_html.o
+$(BUILD)/gen/console_html.c: runtime/admin/console.html tools/embed_file.sh
+	@mkdir -p $(dir $@)
+	sh tools/embed_file.sh console_html runtime/admin/console.html > $@
+
+$(BUILD)/obj/console_html.o: $(BUILD)/gen/console_html.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -c -o $@ $<
+
 # The pure C core (and the JSON codec of host/json.c) as a Lua module, for the specs.
 $(BUILD)/luster_core.so: spec/support/luster_core.c $(CORE_SRC) runtime/host/json.c $(wildcard runtime/core/*.h) runtime/host/json.h
 	@mkdir -p $(dir $@)
