@@ -119,7 +119,7 @@ run: deps
 	$(BUILD)/luster run examples/counter --http 127.0.0.1:8080
 
 asan: deps test-deps
-	$(MAKE) build/luster_core.so build/luster_sqlite.so fuzz-build
+	$(MAKE) build/luster_core.so build/luster_sqlite.so build/luster_otlp.so fuzz-build
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  LUSTER_BIN=$(abspath build-asan/luster) LUSTER_ASAN=1 BUILD=build-asan sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)

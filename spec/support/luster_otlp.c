@@ -108,7 +108,9 @@ typedef struct {
   int closed;
   char states[8][200]; /* the state callbacks, "failing: why" or "ok" */
   int nstates;
-  uv_timer_t stop; /* ends the run_ms phase */
+  uv_timer_t stop;  /* ends the run_ms phase at the latest */
+  uv_timer_t check; /* ends it as soon as the exporter is idle */
+  otlp_exporter_t *ex;
 } run_t;
 
 static void ot__on_state(void *ud, int failing, const char *why) {
@@ -123,6 +125,11 @@ static void ot__on_closed(void *ud, const otlp_exporter_stats_t *final) {
 }
 
 static void ot__on_stop(uv_timer_t *t) { uv_stop(t->loop); }
+
+static void ot__on_check(uv_timer_t *t) {
+  run_t *r = t->data;
+  if (otlp_exporter_idle(r->ex)) uv_stop(t->loop);
+}
 
 static void ot__push_stats(lua_State *L, const otlp_exporter_stats_t *st) {
   lua_createtable(L, 0, 8);
@@ -144,14 +151,20 @@ static void ot__push_stats(lua_State *L, const otlp_exporter_stats_t *st) {
   lua_setfield(L, -2, "last_error");
 }
 
-/* The loop runs until the exporter closed, or for opts.run_ms first (the
- * batches then go by the timer alone) when given. */
+/* The loop runs until the exporter closed. With opts.run_ms, it first runs
+ * until nothing is queued or in flight, for run_ms at most, without a
+ * flush: the batches then go by the exporter's timer alone. */
 static void ot__drive(lua_State *L, uv_loop_t *loop, otlp_exporter_t *ex, run_t *r, lua_Integer run_ms, int flush) {
   if (run_ms > 0) {
+    r->ex = ex;
     uv_timer_init(loop, &r->stop);
+    uv_timer_init(loop, &r->check);
+    r->check.data = r;
     uv_timer_start(&r->stop, ot__on_stop, (uint64_t)run_ms, 0);
+    uv_timer_start(&r->check, ot__on_check, 5, 5);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_close((uv_handle_t *)&r->stop, NULL);
+    uv_close((uv_handle_t *)&r->check, NULL);
     otlp_exporter_stats_t st;
     otlp_exporter_stats(ex, &st);
     ot__push_stats(L, &st);
@@ -160,7 +173,7 @@ static void ot__drive(lua_State *L, uv_loop_t *loop, otlp_exporter_t *ex, run_t 
   if (flush) otlp_exporter_flush(ex);
   otlp_exporter_close(ex, ot__on_closed, r);
   while (!r->closed) uv_run(loop, UV_RUN_ONCE);
-  uv_run(loop, UV_RUN_NOWAIT); /* the stop timer's close */
+  uv_run(loop, UV_RUN_NOWAIT); /* the closes of the run_ms timers */
 }
 
 /* export_to(url, spans, opts) -> counts (sent, dropped, failed, requests,
