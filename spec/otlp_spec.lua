@@ -87,6 +87,20 @@ describe("OTLP JSON encoding", function()
     assert.are.same({ stringValue = "v" }, attrs(list[1].attributes)['k"ey']) -- a C string ends at NUL
   end)
 
+  it("keeps valid UTF-8 as it is and makes any bytes valid UTF-8 (random strings)", function()
+    math.randomseed(16)
+    local pieces = { "a", "\"", "\\", "\n", "\1", "\127", "é", "€", "😀", "\237\160\128" --[[a surrogate]],
+      "\192\175" --[[overlong /]], "\244\144\128\128" --[[above U+10FFFF]], "\226\130" --[[cut short]], "\128", "\255" }
+    for _ = 1, 500 do
+      local parts = {}
+      for i = 1, math.random(0, 12) do parts[i] = pieces[math.random(#pieces)] end
+      local name = table.concat(parts)
+      local got = decode_spans(otlp.encode({ span({ name = name }) }))[1].name
+      assert.is_truthy(utf8.len(got), "not UTF-8 for " .. ("%q"):format(name))
+      if utf8.len(name) then assert.are.equal(name, got) end
+    end
+  end)
+
   it("omits service.instance.id without a runner and writes an empty batch as valid JSON", function()
     local list, doc = decode_spans(otlp.encode({}))
     assert.are.equal(0, #list)
