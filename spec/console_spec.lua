@@ -7,7 +7,8 @@ describe("the console page", function()
   local page = assert(H.read_file("runtime/admin/console.html"))
 
   it("is compiled into the binary byte for byte", function()
-    local gen = assert(H.read_file("build/gen/console_html.c"), "build/gen/console_html.c: run make all")
+    local path = (os.getenv("BUILD") or "build") .. "/gen/console_html.c" -- beside the binary under test
+    local gen = assert(H.read_file(path), path .. ": run make all")
     local array = assert(gen:match("const char console_html%[%] = {(.-)}"))
     local bytes = {}
     for hex in array:gmatch("0x(%x%x)") do bytes[#bytes + 1] = string.char(tonumber(hex, 16)) end
