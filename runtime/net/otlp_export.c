@@ -328,6 +328,7 @@ static void ex__on_deadline(uv_timer_t *t) {
 
 static int ex__on_message_complete(http_parser *p) {
   otlp_exporter_t *ex = p->data;
+  if (p->status_code < 200) return 0; /* an interim 1xx: the answer follows */
   ex->complete = 1;
   http_parser_pause(p, 1); /* whatever follows the answer is not read */
   return 0;

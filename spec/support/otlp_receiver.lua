@@ -4,7 +4,8 @@
 -- OUT, then one JSON line per request ({method, path, headers, body}) and
 -- answers STATUS; with MODE "silent" it keeps the connection without
 -- answering, with MODE "first" it answers STATUS to the first request only
--- and 200 to the others. Exits after 60 s without a connection, so a spec that dies
+-- and 200 to the others, with MODE "continue" it sends an interim
+-- "100 Continue" before its answer. Exits after 60 s without a connection, so a spec that dies
 -- leaves nothing running for long.
 local socket = require "socket"
 local cjson = require "cjson"
@@ -38,6 +39,7 @@ local function serve(c)
     held[#held + 1] = c
     return
   end
+  if mode == "continue" then c:send("HTTP/1.1 100 Continue\r\n\r\n") end
   local code = status
   if mode == "first" and served > 1 then code = 200 end
   local reply = code == 200 and "{}" or '{"message":"test receiver refuses"}'
