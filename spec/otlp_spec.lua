@@ -120,10 +120,10 @@ end)
 
 describe("the OTLP exporter", function()
   local started = {}
-  local function receiver(status, mode)
+  local function receiver(status, mode, host)
     local out = H.tmpname("otlp-received")
-    local cmd = string.format("exec lua5.4 spec/support/otlp_receiver.lua %s %d %s >/dev/null 2>&1 & echo $!",
-      H.sh_quote(out), status or 200, mode or "answer")
+    local cmd = string.format("exec lua5.4 spec/support/otlp_receiver.lua %s %d %s %s >/dev/null 2>&1 & echo $!",
+      H.sh_quote(out), status or 200, mode or "answer", host or "127.0.0.1")
     local p = io.popen("sh -c " .. H.sh_quote(cmd))
     local pid = tonumber(p:read("*l"))
     p:close()
@@ -302,12 +302,21 @@ describe("the OTLP exporter", function()
     end
   end)
 
-  it("reaches an IPv6 receiver address in brackets", function()
-    -- the test receiver listens on IPv4 only: the address parses and the
-    -- failure names the bracket-less host
-    local port = H.free_port()
-    local st = assert(otlp.export_to("http://[::1]:" .. port .. "/v1/traces", spans(1)))
-    assert.are.equal(1, st.failed)
-    assert.matches("::1:" .. port, st.last_error, 1, true)
+  it("reaches a receiver at a bracketed IPv6 address", function()
+    local probe = require("socket").tcp6()
+    local has_v6 = probe:bind("::1", 0)
+    probe:close()
+    if not has_v6 then
+      -- no IPv6 loopback here: the address still parses, and the failure
+      -- names the host without its brackets
+      local port = H.free_port()
+      local st = assert(otlp.export_to("http://[::1]:" .. port .. "/v1/traces", spans(1)))
+      assert.matches("::1:" .. port, st.last_error, 1, true)
+      return
+    end
+    local rx = receiver(200, "answer", "::1")
+    local st = assert(otlp.export_to("http://[::1]:" .. rx.port .. "/v1/traces", spans(2)))
+    assert.are.equal(2, st.sent)
+    assert.are.equal("[::1]:" .. rx.port, rx.requests()[1].headers.host)
   end)
 end)

@@ -1,6 +1,6 @@
 -- otlp_receiver.lua - a test OTLP/HTTP receiver for spec/otlp_spec.lua:
---   lua5.4 otlp_receiver.lua OUT STATUS MODE
--- listens on a free loopback port, writes {"port":N} as the first line of
+--   lua5.4 otlp_receiver.lua OUT STATUS MODE [HOST]
+-- listens on a free loopback port (of HOST, 127.0.0.1 by default), writes {"port":N} as the first line of
 -- OUT, then one JSON line per request ({method, path, headers, body}) and
 -- answers STATUS; with MODE "silent" it keeps the connection without
 -- answering, with MODE "first" it answers STATUS to the first request only
@@ -10,8 +10,8 @@
 local socket = require "socket"
 local cjson = require "cjson"
 
-local out_path, status, mode = arg[1], tonumber(arg[2] or "200"), arg[3] or "answer"
-local server = assert(socket.bind("127.0.0.1", 0))
+local out_path, status, mode, host = arg[1], tonumber(arg[2] or "200"), arg[3] or "answer", arg[4] or "127.0.0.1"
+local server = assert(socket.bind(host, 0))
 local _, port = server:getsockname()
 local out = assert(io.open(out_path, "ab"))
 out:write(cjson.encode({ port = tonumber(port) }), "\n")
