@@ -64,7 +64,8 @@ void otlp_exporter_stats(const otlp_exporter_t *ex, otlp_exporter_stats_t *out);
 
 /* Stops taking spans, sends what is queued (after the first failed request
  * the rest is counted failed without trying), closes its handles, frees the
- * exporter and calls cb (may be NULL). */
+ * exporter and calls cb (may be NULL). ex is not to be used after this call;
+ * a second call before cb is ignored. */
 void otlp_exporter_close(otlp_exporter_t *ex, otlp_exporter_close_cb cb, void *ud);
 
 #endif
