@@ -27,10 +27,10 @@ OBJ      := $(patsubst %.c,$(BUILD)/obj/%.o,$(SRC)) $(BUILD)/obj/lua_embed.o
 
 DEBIAN_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libuv1-dev \
                libpq-dev libsqlite3-dev libhttp-parser-dev libssl-dev libmimalloc-dev lua-busted lua-socket postgresql curl wrk
-# Only the specs need these (clang: the libFuzzer targets; promtool: the
+# Only the specs need these (clang: the libFuzzer targets; chromium: the console page; promtool: the
 # /metrics format; iproute2: network namespaces for the partition specs;
 # gnuplot: the soak's plot); `make run` does not install them.
-TEST_PKGS := clang iproute2 gnuplot-nox prometheus
+TEST_PKGS := clang iproute2 gnuplot-nox prometheus chromium
 SOAK_MINUTES ?= 30
 
 .PHONY: all deps test-deps test run asan asan-test clean bench soak fuzz fuzz-build
