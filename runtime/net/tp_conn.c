@@ -241,6 +241,7 @@ void tp_shutdown(transport_t *t) {
 void transport_free(transport_t *t) {
   if (!t) return;
   tp_shutdown(t);
+  free(t->readbuf);
   free(t);
 }
 
@@ -443,7 +444,9 @@ static void tp__alloc_cb(uv_handle_t *h, size_t sz, uv_buf_t *b) {
     *b = uv_buf_init(c->rbuf.data + c->rbuf.len, (unsigned int)missing);
     return;
   }
-  *b = uv_buf_init(c->tp->readbuf, sizeof c->tp->readbuf);
+  transport_t *t = c->tp;
+  if (!t->readbuf && !(t->readbuf = malloc(TP_READ_CHUNK))) abort(); /* as buf.c */
+  *b = uv_buf_init(t->readbuf, TP_READ_CHUNK);
 }
 
 static void tp__dispatch(tp_conn_t *c, const frame_t *f) {

@@ -191,7 +191,7 @@ struct transport_s {
   tp_kick_t *kick;
   size_t pending_out;
   tp_stats_t st;
-  char readbuf[TP_READ_CHUNK]; /* every connection reads into this first (see Reading above) */
+  char *readbuf; /* TP_READ_CHUNK bytes every connection reads into first (see Reading above); made on first use */
 };
 
 extern const char *const tp__frame_names[];
