@@ -1,5 +1,5 @@
 /* fuzz_transport.c - libFuzzer target: bytes from a peer on one runner-to-
- * runner connection, through the real net/transport.c (frame decoder, the
+ * runner connection, through the real transport (net/tp_*.c: frame decoder, the
  * authentication handshake on both sides, partial frames, back-pressure) on
  * the in-memory libuv of fake_uv.c.
  *
@@ -7,7 +7,11 @@
  * server's, else they are a client's; bit 1: a cluster secret; bit 2:
  * answer requests later; bits 3-7: read size, 0 = all at once); the rest is
  * what the peer sends. Without a secret a proof is 32 zero bytes, so the
- * fuzzer can get past the handshake. */
+ * fuzzer can get past the handshake.
+ *
+ * A second transport on the same loop stands by, configured but unused: the
+ * transport is a value, so the first one's traffic must leave the second's
+ * counters at zero, and each shuts down and frees on its own. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,9 +84,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       .on_abandoned = on_abandoned,
   };
   uv_stream_t **peer;
+  transport_t *t = transport_new(&fuv_loop, &cfg);
+  check(t != NULL, "transport_new");
+  tp_config_t cfg2 = {.cluster = "other", .on_request = on_request};
+  transport_t *bystander = transport_new(&fuv_loop, &cfg2);
+  check(bystander != NULL && bystander != t, "a second transport in the same process");
   if (outbound) {
-    check(tp_init(&fuv_loop, &cfg) == 0, "tp_init");
-    tp_peer_t *p = tp_peer("127.0.0.1:7001");
+    tp_peer_t *p = tp_peer(t, "127.0.0.1:7001");
     for (int i = 0; i < SENDS; i++) {
       frame_request_t req = {.timeout_ms = 1000, .type = {"T", 1}, .id = {"i", 1}, .tag = {"R", 1},
                              .payload = {"{}", 2}, .headers = {"{}", 2}};
@@ -92,7 +100,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     peer = &fuv_connected;
   } else {
     char bound[64];
-    check(tp_listen(&fuv_loop, "127.0.0.1", 0, &cfg, bound, sizeof bound) == 0, "tp_listen");
+    check(tp_listen(t, "127.0.0.1", 0, bound, sizeof bound) == 0, "tp_listen");
     fuv_listen_cb(fuv_listener, 0);
     fuv_run(); /* sends HELLO */
     peer = &fuv_accepted;
@@ -107,7 +115,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   answer_later();
   fuv_fire_timers(); /* handshake timeout */
   fuv_eof(peer);
-  tp_shutdown();
+  const tp_stats_t *bs = tp_stats(bystander);
+  check(bs->conns_in + bs->conns_out + bs->requests_in + bs->requests_out + bs->bytes_in + bs->bytes_out == 0,
+        "the other transport's traffic counted in the bystander");
+  tp_shutdown(t);
+  fuv_run();
+  transport_free(t);
+  transport_free(bystander);
   fuv_run();
   check(nlater == 0, "an inbound request was neither answered nor abandoned");
   for (int i = 0; outbound && i < SENDS; i++) check(replies[i] == 1, "a request's callback did not run exactly once");

@@ -78,6 +78,7 @@ static struct {
   uint64_t lease_refreshes, lease_failures, fences, acquired_total, released_total;
   uint64_t last_refresh_us, max_refresh_us;
   uint64_t membership_reads, membership_changes;
+  transport_t *tp; /* the runner transport, from cluster_init to cluster_close */
 } cl;
 
 uint64_t cluster_mono_ms(void) {
@@ -389,7 +390,7 @@ static void cluster__members_done(void *ud, int ok, coord_member_t *m, int n) {
         nm[i].stopping = m[i].stopping;
         nm[i].heartbeat_age_ms = m[i].heartbeat_age_ms;
         if (m[i].id == cl.self_id) self = i;
-        else nm[i].peer = tp_peer(m[i].address);
+        else nm[i].peer = tp_peer(cl.tp, m[i].address);
       }
       /* Peers that left: close our connection to them. */
       for (int i = 0; i < cl.nmembers; i++) {
@@ -397,7 +398,7 @@ static void cluster__members_done(void *ud, int ok, coord_member_t *m, int n) {
         for (int j = 0; j < n; j++) still |= strcmp(cl.members[i].address, m[j].address) == 0;
         if (!still && i != cl.self_index) {
           log_info("cluster: runner %s left", cl.members[i].address);
-          tp_peer_drop(cl.members[i].address);
+          tp_peer_drop(cl.tp, cl.members[i].address);
         }
       }
       for (int j = 0; j < n; j++) {
@@ -745,7 +746,7 @@ static void cluster__leave_step(void) {
   uint32_t busy = cluster__count(SHARD_HELD) + cluster__count(SHARD_RELEASING) + cluster__count(SHARD_UNLOCKING) +
                   cluster__count(SHARD_ACQUIRING);
   if (busy && cl.lock_up) return;
-  if (tp_pending_output() > 0) return;
+  if (tp_pending_output(cl.tp) > 0) return;
   cl.unregistering = 1;
   if (!cl.main_up) {
     cluster__unregistered(NULL, 0, "no connection");
@@ -848,14 +849,16 @@ int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_
       .on_abandoned = router_inbound_abandoned,
       .on_peer_down = cluster__peer_down,
   };
-  if (tp_init(loop, &tc) != 0) {
+  if (!(cl.tp = transport_new(loop, &tc))) {
     snprintf(err, errlen, "cannot set up the runner transport");
     return -1;
   }
   char bound[128];
-  int rc = tp_listen(loop, host, port, &tc, bound, sizeof bound);
+  int rc = tp_listen(cl.tp, host, port, bound, sizeof bound);
   if (rc != 0) {
     snprintf(err, errlen, "cannot listen for runners on %s: %s", cfg->listen, uv_strerror(rc));
+    transport_free(cl.tp);
+    cl.tp = NULL;
     return -1;
   }
   log_info("runner transport listening on %s (advertised as %s%s)", bound, cl.address,
@@ -890,7 +893,8 @@ void cluster_close(void) {
   timer_cancel(&cl.tick_timer);
   timer_cancel(&cl.poll_timer);
   coord_close();
-  tp_shutdown();
+  transport_free(cl.tp);
+  cl.tp = NULL;
   cluster__free_members(cl.members, cl.nmembers);
   cl.members = NULL;
   cl.nmembers = 0;
@@ -1022,7 +1026,7 @@ void cluster_json_shards(buf_t *b) {
 }
 
 void cluster_metrics(buf_t *b) {
-  const tp_stats_t *t = tp_stats();
+  const tp_stats_t *t = tp_stats(cl.tp);
   const router_stats_t *rs = router_stats();
   buf_printf(b,
              "# TYPE luster_cluster_runners gauge\nluster_cluster_runners %d\n"

@@ -9,10 +9,11 @@
  * thread; no callback is ever called from inside the function that caused it
  * (callbacks run from libuv callbacks or a deferred queue).
  *
- * Life cycle: tp_init (configuration, once per process), then tp_listen on a
- * runner that takes requests, tp_peer / tp_send for its own requests, and
- * tp_shutdown at the end. tp_listen calls tp_init itself when it was not
- * called first, so a runner that both listens and sends may skip it.
+ * Life cycle: transport_new (configuration; one value per use, so two
+ * transports can live in one process, each on its own or a shared loop),
+ * then tp_listen on a runner that takes requests, tp_peer / tp_send for its
+ * own requests, tp_shutdown at the end and transport_free once it is no
+ * longer read. Nothing is kept in file-scope state.
  *
  * Limits (beyond the configured ones): at most 64 MiB of requests per peer
  * waiting to be written; at most 65536 requests awaiting replies per inbound
@@ -28,10 +29,11 @@
 
 #include "core/frame.h"
 
+typedef struct transport_s transport_t;   /* one transport: its loop, listener, peers and counters */
 typedef struct tp_inbound_s tp_inbound_t; /* a request received, awaiting its reply */
 typedef struct tp_peer_s tp_peer_t;       /* our outgoing connection to one peer */
 
-/* Strings are copied by tp_init; zero numbers take the default shown. */
+/* Strings are copied by transport_new; zero numbers take the default shown. */
 typedef struct {
   const char *secret;    /* NULL or "": no authentication (both sides must agree) */
   const char *cluster;   /* tag both sides must agree on, e.g. "luster_/300" (at most 255 bytes) */
@@ -63,16 +65,18 @@ typedef struct {
   uint64_t auth_failures, protocol_errors, connect_failures;
 } tp_stats_t;
 
-/* Stores the configuration and sets up the loop handles. 0, UV_EALREADY when
- * already initialised, or UV_EINVAL (no cluster tag, a tag or self address
- * longer than 255 bytes). May be called again after tp_shutdown. */
-int tp_init(uv_loop_t *loop, const tp_config_t *cfg);
+/* A transport on `loop` with a copy of cfg. NULL when cfg is invalid (NULL,
+ * no cluster tag, a tag or self address longer than 255 bytes). */
+transport_t *transport_new(uv_loop_t *loop, const tp_config_t *cfg);
+/* Shuts t down if tp_shutdown was not called, and frees it. Its handles may
+ * still be closing: let the loop run to finish them. NULL does nothing. */
+void transport_free(transport_t *t);
 /* Listens on host:port (port 0 picks one); bound receives "host:port"
- * ("[v6]:port" for IPv6). Calls tp_init(loop, cfg) first if it was not
- * called; otherwise cfg is ignored (may be NULL). cfg->on_request must be
- * set. A host name (not a numeric address) is resolved synchronously: this
- * runs at start-up, before the loop does. 0 or a negative libuv error. */
-int tp_listen(uv_loop_t *loop, const char *host, int port, const tp_config_t *cfg, char *bound, size_t bound_len);
+ * ("[v6]:port" for IPv6). The configuration's on_request must be set. A
+ * host name (not a numeric address) is resolved synchronously: this runs at
+ * start-up, before the loop does. 0 or a negative libuv error (UV_EALREADY
+ * when t already listens). */
+int tp_listen(transport_t *t, const char *host, int port, char *bound, size_t bound_len);
 /* Per-request user pointer for the receiver. */
 void tp_inbound_set_ud(tp_inbound_t *in, void *ud);
 void *tp_inbound_ud(const tp_inbound_t *in);
@@ -99,10 +103,10 @@ typedef enum {
 typedef void (*tp_reply_cb)(void *ud, tp_status_t st, uint8_t kind, const char *body, size_t len);
 
 /* The peer at "host:port" (IPv4, [IPv6] or a host name, resolved without
- * blocking), created on first use; it connects on the first tp_send. NULL
- * before tp_init or after tp_shutdown. The pointer stays valid until
+ * blocking) of t, created on first use; it connects on the first tp_send.
+ * NULL during or after tp_shutdown. The pointer stays valid until
  * tp_shutdown. */
-tp_peer_t *tp_peer(const char *addr);
+tp_peer_t *tp_peer(transport_t *t, const char *addr);
 /* The address the peer was created with ("host:port"). */
 const char *tp_peer_addr(const tp_peer_t *p);
 /* 1 when the connection is up and authenticated. */
@@ -125,21 +129,21 @@ void tp_forget(tp_peer_t *p, uint64_t corr);
 /* Closes the connection to a peer that left; its waiting requests get
  * TP_NOT_SENT or TP_LOST (deferred), on_peer_down is not called, and the
  * backoff is cleared so a later tp_send connects at once. */
-void tp_peer_drop(const char *addr);
+void tp_peer_drop(transport_t *t, const char *addr);
 
 /* Stops accepting connections (shutdown starts). */
-void tp_stop_listening(void);
+void tp_stop_listening(transport_t *t);
 /* Closes everything: waiting outgoing requests get TP_NOT_SENT/TP_LOST,
  * inbound requests without replies get on_abandoned. Unlike everywhere
  * else, these callbacks run from inside tp_shutdown (on_abandoned first,
  * then the reply callbacks); on_peer_down is not called. Callbacks may call
  * tp_send (it fails, reported before tp_shutdown returns), tp_forget and
  * tp_reply. Afterwards every tp_peer_t pointer is invalid, the handles are
- * closing (uv_run can finish) and tp_stats keeps the final counts until the
- * next tp_init. */
-void tp_shutdown(void);
+ * closing (uv_run can finish) and tp_stats keeps the final counts until
+ * transport_free. A second call does nothing. */
+void tp_shutdown(transport_t *t);
 /* Bytes of replies still queued for writing on inbound connections. */
-size_t tp_pending_output(void);
-const tp_stats_t *tp_stats(void);
+size_t tp_pending_output(const transport_t *t);
+const tp_stats_t *tp_stats(const transport_t *t);
 
 #endif
