@@ -1,6 +1,6 @@
 /* fake_uv.c - the in-memory libuv of the fuzz targets (see fake_uv.h).
  *
- * Only what http.c and transport.c call is here. Handle state lives in the
+ * Only what http.c and the transport (tp_conn.c, tp_server.c, tp_client.c) call is here. Handle state lives in the
  * handle's own flags word (private in libuv, ours here); active timers and
  * check handles sit in small fixed tables, queued callbacks in a ring. */
 #include "fake_uv.h"

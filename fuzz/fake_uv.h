@@ -1,5 +1,5 @@
 /* fake_uv.h - an in-memory stand-in for the libuv calls of net/http.c and
- * net/transport.c, so fuzz targets can drive the real connection code with
+ * net/tp_conn.c, net/tp_server.c, net/tp_client.c, so fuzz targets can drive the real connection code with
  * bytes (no sockets, no threads, deterministic). Callbacks that libuv would
  * run on a later loop turn (writes, shutdowns, closes, connects, lookups) are
  * queued and run by fuv_run; timers fire only when fuv_fire_timers says so. */
