@@ -67,7 +67,7 @@ $(BUILD)/luster_sqlite.so: $(SQLITE_MOD_SRC) $(wildcard runtime/*/*.h)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ $(SQLITE_MOD_SRC) -luv -lsqlite3
 
 # storage/pgconn.c on its own against a real server, for spec/pgconn_spec.lua.
-PGCHECK_SRC := spec/support/pgconn_check.c runtime/storage/pgconn.c runtime/cli/log.c \
+PGCHECK_SRC := spec/support/pgconn_check.c runtime/storage/pgconn.c runtime/loop/log.c \
                runtime/core/hash.c runtime/core/heap.c runtime/core/htab.c
 $(BUILD)/pgconn_check: $(PGCHECK_SRC) $(wildcard runtime/*/*.h)
 	@mkdir -p $(dir $@)
@@ -116,9 +116,9 @@ LUA_LIBS     := $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) -
 FUZZ_SRC_parse     := runtime/core/parse.c
 FUZZ_SRC_frame     := runtime/core/frame.c
 FUZZ_SRC_json      := runtime/host/json.c
-FUZZ_SRC_http      := fuzz/fake_uv.c runtime/net/http.c runtime/core/buf.c runtime/core/url.c runtime/cli/log.c
+FUZZ_SRC_http      := fuzz/fake_uv.c runtime/net/http.c runtime/core/buf.c runtime/core/url.c runtime/loop/log.c
 FUZZ_SRC_transport := fuzz/fake_uv.c runtime/net/transport.c runtime/core/buf.c runtime/core/hash.c \
-                      runtime/core/htab.c runtime/core/parse.c runtime/core/frame.c runtime/cli/log.c
+                      runtime/core/htab.c runtime/core/parse.c runtime/core/frame.c runtime/loop/log.c
 FUZZ_SRC_schema    := fuzz/lua_harness.c runtime/host/json.c
 FUZZ_SRC_cron      := fuzz/lua_harness.c runtime/host/json.c
 FUZZ_SRC_trace     := runtime/core/trace.c

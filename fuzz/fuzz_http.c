@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "core/url.h"
 #include "fake_uv.h"
 #include "net/http.h"

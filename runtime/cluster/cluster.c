@@ -20,7 +20,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "cluster/durable.h"
 #include "cluster/proof.h"
 #include "cluster/router.h"
@@ -28,7 +28,7 @@
 #include "core/parse.h"
 #include "core/ring.h"
 #include "entity/entity.h"
-#include "entity/sched.h"
+#include "loop/sched.h"
 #include "host/host.h"
 #include "storage/coord.h"
 

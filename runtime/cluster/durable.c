@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "cluster/cluster.h"
 #include "cluster/router.h"
 #include "core/hash.h"

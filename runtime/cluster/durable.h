@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "entity/msg.h"
+#include "loop/msg.h"
 #include "storage/msgstore.h"
 
 /* Takes the opened backend ops (closed by durable_close). Without a

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "cluster/cluster.h"
 #include "cluster/durable.h"
 #include "core/buf.h"
@@ -121,7 +121,9 @@ static void router__persist(sched_item_t *it) {
     return;
   }
   store_status_t st;
-  pmsg_t *rec = storage_put(m, pk, &st);
+  const rpc_def_t *rd = &m->type->rpcs[m->rpc];
+  storage_names_t names = {m->type->name, rd->tag, m->type->name_len, rd->tag_len};
+  pmsg_t *rec = storage_put(m, &names, pk, &st);
   if (!rec || st == STORE_CONFLICT) {
     if (rec) router_conflict(call, m, pk);
     else call_fail(call, REPLY_UNAVAILABLE, "storage is out of memory");

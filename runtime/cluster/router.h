@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "entity/msg.h"
+#include "loop/msg.h"
 #include "net/transport.h"
 
 /* Upper bound on entity id length, in bytes. */

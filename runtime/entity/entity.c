@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "cluster/cluster.h"
 #include "core/hash.h"
 #include "entity/durable_state.h"

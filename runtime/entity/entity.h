@@ -7,8 +7,8 @@
 #include <stdint.h>
 
 #include "core/htab.h"
-#include "entity/msg.h"
-#include "entity/sched.h"
+#include "loop/msg.h"
+#include "loop/sched.h"
 #include "host/host.h"
 
 typedef enum {

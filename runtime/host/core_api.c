@@ -10,7 +10,7 @@
 #include <string.h>
 #include <uv.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "cluster/cluster.h"
 #include "cluster/durable.h"
 #include "cluster/router.h"

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "entity/msg.h"
+#include "loop/msg.h"
 
 typedef struct host_counters_s host_counters_t;
 struct host_counters_s {

@@ -17,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "cluster/cluster.h"
 #include "core/buf.h"
 #include "entity/durable_state.h"

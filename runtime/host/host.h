@@ -10,8 +10,8 @@
 #include "core/buf.h"
 #include "core/htab.h"
 #include "host/counters.h"
-#include "entity/msg.h"
-#include "entity/sched.h"
+#include "loop/msg.h"
+#include "loop/sched.h"
 
 #define HOST_THREAD_POOL 64
 /* A persisted message whose handler raises runs at most this many times,
@@ -36,6 +36,7 @@ typedef enum { DEF_ENTITY, DEF_SINGLETON, DEF_CRON } def_kind_t;
 
 /* One entity type (or singleton / cron job) as defined by a script. */
 struct etype_s {
+  msg_typeref_t ref; /* first: messages that point at this type (loop/msg.h) */
   etype_t *next;  /* in the registry of live types */
   etype_t *snext; /* in its script's list */
   def_kind_t kind;
@@ -58,7 +59,6 @@ struct etype_s {
   uint64_t running, queued; /* messages running now, and waiting in mailboxes */
   host_counters_t *counters; /* of its name, kept across versions (counters.h); set when served */
   int retired;         /* replaced by a reload; kept while instances, tasks or messages use it */
-  size_t refs;         /* messages that point at this type */
   task_t *runner_task; /* singleton / cron */
   struct restart_s *restart; /* pending restart of a singleton / cron job */
 };

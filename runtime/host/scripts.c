@@ -13,7 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "core/buf.h"
 #include "entity/entity.h"
 
@@ -102,6 +102,7 @@ static char *host__dupfield(lua_State *L, int idx, const char *name, size_t *len
 static etype_t *host__read_def(script_t *s, lua_State *L) {
   etype_t *ty = calloc(1, sizeof *ty);
   ty->script = s;
+  ty->ref.released = host_type_released;
   size_t klen;
   char *kind = host__dupfield(L, -1, "kind", &klen);
   ty->kind = strcmp(kind, "singleton") == 0 ? DEF_SINGLETON : strcmp(kind, "cron") == 0 ? DEF_CRON : DEF_ENTITY;
@@ -278,7 +279,7 @@ static void host__close_check(sched_item_t *it) {
   script_t *s = (script_t *)((char *)it - offsetof(script_t, close_item));
   if (!s->retired || s->tasks > 0) return;
   for (etype_t *ty = s->types; ty; ty = ty->snext)
-    if (em_instances(ty) > 0 || ty->refs > 0) return;
+    if (em_instances(ty) > 0 || ty->ref.refs > 0) return;
   script_t **pp = &host_retired;
   while (*pp && *pp != s) pp = &(*pp)->next;
   if (*pp) *pp = s->next;

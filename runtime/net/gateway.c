@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "cluster/durable.h"
 #include "cluster/router.h"
 #include "core/url.h"

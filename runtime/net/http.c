@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "net/sock.h"
 
 struct http_server_s {

@@ -1,12 +1,12 @@
 /* sched.c - ready queue (drained from a uv_idle handle) and a heap of
  * deadlines behind one uv_timer. */
-#include "entity/sched.h"
+#include "loop/sched.h"
 
 #include <stddef.h>
 #include <stdlib.h>
 #include <sys/time.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 
 static uv_loop_t *sched_uv;
 static uv_idle_t sched_idle;
