@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "admin/wiring.h"
 #include "cli/client.h"
 #include "cli/config.h"
 #include "loop/log.h"
@@ -109,6 +110,7 @@ static int main__host_config(const config_t *cfg, host_config_t *hc) {
   hc->runner_name = cfg->advertise ? cfg->advertise : cfg->listen ? cfg->listen : "local";
   hc->shards = (uint32_t)cfg->shards;
   hc->cron_catch_up_ms = cfg->cron_catch_up_ms;
+  wiring_host(hc);
   if (cfg->shards < 1 || cfg->shards > 1000000) {
     fprintf(stderr, "luster: --shards must be between 1 and 1000000, got %llu\n", (unsigned long long)cfg->shards);
     return -1;

@@ -40,8 +40,6 @@ static void router__undelay(persist_job_t *j) {
 static void router__hold(uint32_t shard, msg_t *m);
 static void router__route(msg_t *m);
 static void router__local_call(msg_t *m, call_t *call);
-static void router__handoff(const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
-                            size_t len);
 
 static void router__deliver(msg_t *m, call_t *call) {
   int rc = em_deliver(m);
@@ -411,7 +409,7 @@ static void router__route(msg_t *m) {
   router__dispatch(m, shard, r, peer);
 }
 
-static void router__reroute(msg_t *m) {
+void router_reroute(msg_t *m) {
   if (msg_abandoned(m)) {
     msg_free(m);
     return;
@@ -478,8 +476,6 @@ void router_init(uint32_t shards, size_t max_frame) {
   rt.tail = calloc(shards + 1, sizeof *rt.tail);
   rt.handoffs = calloc(shards + 1, sizeof *rt.handoffs);
   timer_entry_init(&rt.retry, router__retry_fire);
-  em_reroute = router__reroute;
-  em_handoff = router__handoff;
 }
 
 /* Graceful hand-off: the instance's snapshot goes to the shard's new owner,
@@ -522,7 +518,7 @@ static void router__handoff_done(void *ud, tp_status_t st, uint8_t kind, const c
   free(h);
 }
 
-static void router__handoff(const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
+void router_handoff(const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
                             size_t len) {
   uint32_t shard = cluster_shard_of(id, id_len);
   tp_peer_t *peer = NULL;

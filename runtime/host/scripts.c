@@ -15,7 +15,6 @@
 
 #include "loop/log.h"
 #include "core/buf.h"
-#include "entity/entity.h"
 
 host_config_t host__cfg;
 script_t *host__script_list;
@@ -135,7 +134,7 @@ static etype_t *host__read_def(script_t *s, lua_State *L) {
   }
   lua_pushvalue(L, -1);
   ty->def_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  em_type_init(ty);
+  host__cfg.em->type_init(ty);
   return ty;
 }
 
@@ -148,7 +147,7 @@ static void etype_free(etype_t *ty) {
     timer_cancel(&ty->restart->timer);
     free(ty->restart);
   }
-  em_type_free(ty);
+  host__cfg.em->type_free(ty);
   free(ty);
 }
 
@@ -279,7 +278,7 @@ static void host__close_check(sched_item_t *it) {
   script_t *s = (script_t *)((char *)it - offsetof(script_t, close_item));
   if (!s->retired || s->tasks > 0) return;
   for (etype_t *ty = s->types; ty; ty = ty->snext)
-    if (em_instances(ty) > 0 || ty->ref.refs > 0) return;
+    if (host__cfg.em->instances(ty) > 0 || ty->ref.refs > 0) return;
   script_t **pp = &host_retired;
   while (*pp && *pp != s) pp = &(*pp)->next;
   if (*pp) *pp = s->next;
@@ -375,7 +374,7 @@ static void host__install(script_t *s, script_t *old) {
   for (etype_t *ty = old->types; ty; ty = ty->snext) {
     if (ty->kind == DEF_ENTITY) {
       etype_t *repl = host_find_type(ty->name, ty->name_len);
-      em_migrate(ty, repl && repl->kind == DEF_ENTITY ? repl : NULL);
+      host__cfg.em->migrate(ty, repl && repl->kind == DEF_ENTITY ? repl : NULL);
     } else {
       host__stop_runner_task(ty);
     }
@@ -397,7 +396,7 @@ static void host__remove(script_t *s) {
   s->next = host_retired;
   host_retired = s;
   for (etype_t *ty = s->types; ty; ty = ty->snext) {
-    if (ty->kind == DEF_ENTITY) em_migrate(ty, NULL);
+    if (ty->kind == DEF_ENTITY) host__cfg.em->migrate(ty, NULL);
     else host__stop_runner_task(ty);
   }
   sched_push(&s->close_item, host__close_check);
