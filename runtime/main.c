@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "admin/gateway.h"
 #include "admin/wiring.h"
 #include "cli/client.h"
 #include "cli/config.h"
@@ -20,7 +21,6 @@
 #include "loop/sched.h"
 #include "host/host.h"
 #include "host/watch.h"
-#include "net/gateway.h"
 #include "net/http.h"
 #include "storage/coord.h"
 #include "storage/estate_mem.h"

@@ -24,6 +24,7 @@
 
 #include "loop/log.h"
 #include "core/hash.h"
+#include "core/prom.h"
 #include "entity/durable_state.h"
 
 static uint32_t em_shards = 300;
@@ -737,4 +738,22 @@ const host_em_t *em_host_ops(void) {
       .forget = dstate_forget,
   };
   return &ops;
+}
+/* GET /metrics: the manager's gauges per entity type served now. */
+void em_metrics(buf_t *b) {
+  static const struct {
+    const char *name, *help;
+    size_t off;
+  } gauges[] = {
+      {"luster_active_instances", "Active entity instances on this runner, per type.", offsetof(etype_t, active)},
+      {"luster_running_messages", "Messages being handled now, per type.", offsetof(etype_t, running)},
+      {"luster_queued_messages", "Messages waiting in mailboxes, per type.", offsetof(etype_t, queued)},
+  };
+  for (size_t m = 0; m < sizeof gauges / sizeof gauges[0]; m++) {
+    prom_head(b, gauges[m].name, "gauge", gauges[m].help);
+    for (etype_t *t = host_types(); t; t = t->next)
+      if (t->kind == DEF_ENTITY)
+        buf_printf(b, "%s{type=\"%s\"} %llu\n", gauges[m].name, t->name,
+                   (unsigned long long)*(const uint64_t *)((const char *)t + gauges[m].off));
+  }
 }

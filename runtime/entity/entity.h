@@ -77,6 +77,8 @@ void em_close(void);
  * messages that must go elsewhere and handed-over snapshots leave through
  * host_config_t.placement (reroute, handoff). */
 const host_em_t *em_host_ops(void);
+/* GET /metrics: active, running and queued per entity type. */
+void em_metrics(buf_t *b);
 /* Instances (any state) on a shard. */
 uint32_t em_shard_instances(uint32_t shard);
 /* Snapshots handed here for a shard and not yet claimed by an instance. */
