@@ -1,7 +1,8 @@
 # luster - build, test and run.
 #   make deps    install the Debian packages the build and the specs need
 #   make         build/luster (warnings are errors)
-#   make test    deps + build + every spec
+#   make test    deps + build + the layering check + every spec
+#   make layers  the layering check alone (tools/layers.lua: includes go downward only)
 #   make run     deps + build + run examples/counter on embedded storage
 #   make asan    AddressSanitizer + UBSan build in build-asan/, then the specs on it
 #   make soak    three runners under load and churn for SOAK_MINUTES (default 30), CSV + PNG in build/soak
@@ -33,7 +34,7 @@ DEBIAN_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjs
 TEST_PKGS := clang iproute2 gnuplot-nox prometheus
 SOAK_MINUTES ?= 30
 
-.PHONY: all deps test-deps test run asan asan-test clean bench soak fuzz fuzz-build
+.PHONY: all deps test-deps test layers run asan asan-test clean bench soak fuzz fuzz-build
 all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/luster_sqlite.so $(BUILD)/pgconn_check
 
 $(BUILD)/luster: $(OBJ)
@@ -82,7 +83,13 @@ deps test-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+# Every #include of runtime/ goes to its own layer or a lower one, and no
+# include cycle (docs/internals.md, "Layers"); first, as it takes a moment.
+layers:
+	lua5.4 tools/layers.lua
+
 test: deps test-deps
+	$(MAKE) layers
 	$(MAKE) all fuzz-build
 	LUSTER_BIN=$(abspath $(BUILD)/luster) BUILD=$(BUILD) sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)
 
