@@ -28,14 +28,14 @@ OBJ      := $(patsubst %.c,$(BUILD)/obj/%.o,$(SRC)) $(BUILD)/obj/lua_embed.o
 
 DEBIAN_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libuv1-dev \
                libpq-dev libsqlite3-dev libhttp-parser-dev libssl-dev libmimalloc-dev lua-busted lua-socket postgresql curl wrk
-# Only the specs need these (clang: the libFuzzer targets; promtool: the
+# Only the specs need these (clang: the libFuzzer targets; chromium: the console page; promtool: the
 # /metrics format; iproute2: network namespaces for the partition specs;
 # gnuplot: the soak's plot); `make run` does not install them.
-TEST_PKGS := clang iproute2 gnuplot-nox prometheus
+TEST_PKGS := clang iproute2 gnuplot-nox prometheus chromium
 SOAK_MINUTES ?= 30
 
 .PHONY: all deps test-deps test layers run asan asan-test clean bench soak fuzz fuzz-build
-all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/luster_sqlite.so $(BUILD)/pgconn_check
+all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/luster_sqlite.so $(BUILD)/pgconn_check $(BUILD)/luster_otlp.so
 
 $(BUILD)/luster: $(OBJ)
 	$(CC) $(OPT) $(SANITIZE) -rdynamic -o $@ $(OBJ) $(ALLOC_LIB) $(LIBS)
@@ -55,6 +55,20 @@ $(BUILD)/obj/lua_embed.o: $(BUILD)/gen/lua_embed.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -c -o $@ $<
 
+# The console page (admin/console.html) is compiled in the same way, for
+# admin/console.c's console_page().
+# (OBJ is extended here, after build/luster's rule read it: the object is
+# named as a prerequisite of its own.)
+OBJ += $(BUILD)/obj/console_html.o
+$(BUILD)/luster: $(BUILD)/obj/console_html.o
+$(BUILD)/gen/console_html.c: runtime/admin/console.html tools/embed_file.sh
+	@mkdir -p $(dir $@)
+	sh tools/embed_file.sh console_html runtime/admin/console.html > $@
+
+$(BUILD)/obj/console_html.o: $(BUILD)/gen/console_html.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -c -o $@ $<
+
 # The pure C core (and the JSON codec of host/json.c) as a Lua module, for the specs.
 $(BUILD)/luster_core.so: spec/support/luster_core.c $(CORE_SRC) runtime/host/json.c $(wildcard runtime/core/*.h) runtime/host/json.h
 	@mkdir -p $(dir $@)
@@ -66,6 +80,13 @@ SQLITE_MOD_SRC := spec/support/luster_sqlite.c runtime/storage/sqlite.c runtime/
 $(BUILD)/luster_sqlite.so: $(SQLITE_MOD_SRC) $(wildcard runtime/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ $(SQLITE_MOD_SRC) -luv -lsqlite3
+
+# core/otlp.c and net/otlp_export.c on a loop of their own as a Lua module, for spec/otlp_spec.lua.
+OTLP_MOD_SRC := spec/support/luster_otlp.c runtime/core/otlp.c runtime/net/otlp_export.c \
+                runtime/core/trace.c runtime/core/buf.c
+$(BUILD)/luster_otlp.so: $(OTLP_MOD_SRC) $(wildcard runtime/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ $(OTLP_MOD_SRC) -luv -lhttp_parser
 
 # storage/pgconn.c on its own against a real server, for spec/pgconn_spec.lua.
 PGCHECK_SRC := spec/support/pgconn_check.c runtime/storage/pgconn.c runtime/loop/log.c \
@@ -105,7 +126,7 @@ run: deps
 	$(BUILD)/luster run examples/counter --http 127.0.0.1:8080
 
 asan: deps test-deps
-	$(MAKE) build/luster_core.so build/luster_sqlite.so fuzz-build
+	$(MAKE) build/luster_core.so build/luster_sqlite.so build/luster_otlp.so fuzz-build
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  LUSTER_BIN=$(abspath build-asan/luster) LUSTER_ASAN=1 BUILD=build-asan sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)

@@ -783,7 +783,9 @@ describe("durable", function()
           local seen = 0
           for _ = 1, 10 do
             local who = beating(from)
-            if who then
+            -- No fresh beat (a loaded machine can delay one past 300 ms) says
+            -- nothing about exclusivity; two at once would break it.
+            if who and #who > 0 then
               seen = seen + 1
               assert(#who == 1, what .. ": runners beating at once: " .. table.concat(who, ", ") ..
                 "\nstarts:\n" .. show(rec.read("start")))

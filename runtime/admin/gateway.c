@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin/console.h"
 #include "cluster/cluster.h"
 #include "cluster/durable.h"
 #include "cluster/router.h"
@@ -188,6 +189,23 @@ static void gw__admin_reload(http_req_t *r) {
   buf_free(&b);
 }
 
+/* GET /: the console page, built into the binary; it polls /cluster and
+ * /metrics from the browser and fetches nothing else. */
+static void gw__console(http_req_t *r) {
+  if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
+    static const char msg[] = "{\"error\":{\"kind\":\"method_not_allowed\",\"message\":\"use GET\"}}";
+    http_respond(r, 405, "application/json", "Allow: GET\r\n", msg, sizeof msg - 1);
+    return;
+  }
+  size_t len;
+  const char *page = console_page(&len);
+  http_respond(r, 200, "text/html; charset=utf-8",
+               "Cache-Control: no-cache\r\n"
+               "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
+               "style-src 'unsafe-inline'; connect-src 'self'; img-src data:\r\n",
+               page, len);
+}
+
 void gateway_on_request(http_req_t *r) {
   slice_t path, query;
   url_split(r->url.data, r->url.len, &path, &query);
@@ -209,6 +227,10 @@ void gateway_on_request(http_req_t *r) {
   }
   if (n == 2 && SEG_IS(0, "admin") && SEG_IS(1, "reload")) {
     gw__admin_reload(r);
+    return;
+  }
+  if (n == 1 && seg[0].len == 0) { /* "/" */
+    gw__console(r);
     return;
   }
   if (n == 1 && SEG_IS(0, "health")) {
@@ -244,6 +266,6 @@ void gateway_on_request(http_req_t *r) {
     return;
   }
   gw__error(r, 404, "not_found", NULL, "no such route; try POST /entities/{type}/{id}/{rpc}, "
-                                       "GET /requests/{id}, GET /cluster, GET /metrics or GET /health");
+                                       "GET /requests/{id}, GET /cluster, GET /metrics, GET /health or GET / (the console)");
 #undef SEG_IS
 }

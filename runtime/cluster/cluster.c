@@ -538,8 +538,8 @@ static void cluster__acquired(void *ud, int ok, const uint32_t *got, int ngot) {
     log_info("cluster: now serving %d more shard%s (%u in all)", ngot, ngot == 1 ? "" : "s",
              cluster__count(SHARD_HELD));
     host_background_update();
+    durable_acquired(); /* first: held messages that router_wake sends on wait for its scan */
     router_wake();
-    durable_acquired();
   }
   if (!ok) {
     /* The statement's outcome is unknown: some locks may be ours without our

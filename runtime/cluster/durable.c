@@ -70,6 +70,14 @@ static struct {
   uint64_t due_at; /* wall ms the due timer is set for, 0 = none */
   uint64_t scan_from; /* wall ms the current scan delivers up to */
   uint32_t *held;  /* du__held's answer: the shards served here now */
+  /* Taking shards over bumps acq_gen; a scan that started at generation g
+   * and ended settles g. Until the newest generation is settled, messages
+   * arriving for delivery wait in `parked`: the takeover scan must deliver
+   * the shards' older pending messages first, or a fresh one would overtake
+   * them in their entity's mailbox. */
+  uint64_t acq_gen, scan_gen, settled_gen;
+  msg_t **parked;
+  size_t nparked, cap_parked;
   const ms_ops_t *ops; /* the backend: PostgreSQL or SQLite */
   durable_stats_t st;
 } du;
@@ -259,6 +267,32 @@ static void du__checked(void *ud, int ok, uint64_t seq, int found, int done, int
   du__start(k, m);
 }
 
+static void du__park(msg_t *m) {
+  if (du.nparked == du.cap_parked) {
+    size_t cap = du.cap_parked ? 2 * du.cap_parked : 64;
+    msg_t **p = realloc(du.parked, cap * sizeof *p);
+    if (!p) {
+      call_fail(msg_detach_call(m), REPLY_UNAVAILABLE, "out of memory while shards are taken over");
+      msg_free(m);
+      return;
+    }
+    du.parked = p;
+    du.cap_parked = cap;
+  }
+  du.parked[du.nparked++] = m;
+}
+
+/* After the takeover scan delivered the older messages: the parked ones go
+ * on, in the order they arrived. */
+static void du__release_parked(void) {
+  msg_t **p = du.parked;
+  size_t n = du.nparked;
+  du.parked = NULL;
+  du.nparked = du.cap_parked = 0;
+  for (size_t i = 0; i < n; i++) durable_deliver(p[i]);
+  free(p);
+}
+
 void durable_deliver(msg_t *m) {
   if (m->stored) { /* delivered here already and back from a mailbox: the same run goes on */
     router_deliver_stored(m);
@@ -287,6 +321,10 @@ void durable_deliver(msg_t *m) {
     }
     du.st.duplicates_skipped++;
     msg_free(m);
+    return;
+  }
+  if (du.settled_gen != du.acq_gen) {
+    du__park(m);
     return;
   }
   k = du__known_new(seq);
@@ -322,6 +360,10 @@ static void du__next_due(void *ud, int ok, uint64_t due) {
 
 static void du__scan_end(void) {
   du.scanning = 0;
+  if (du.scan_gen == du.acq_gen && du.settled_gen != du.acq_gen) {
+    du.settled_gen = du.acq_gen;
+    du__release_parked();
+  }
   int n = du__held();
   du.due_at = 0;
   timer_cancel(&du.due_timer);
@@ -370,6 +412,7 @@ static void du__scanned(void *ud, int ok, const ms_row_t *rows, int nrows) {
 }
 
 static void du__scan_page(uint64_t after) {
+  if (after == 0) du.scan_gen = du.acq_gen;
   int n = du__held();
   if (n == 0) {
     du__scan_end();
@@ -396,7 +439,9 @@ static void du__scan_item(sched_item_t *it) {
 }
 
 void durable_acquired(void) {
-  if (du.on && !du.scan_item.queued) sched_push(&du.scan_item, du__scan_item);
+  if (!du.on) return;
+  du.acq_gen++;
+  if (!du.scan_item.queued) sched_push(&du.scan_item, du__scan_item);
 }
 
 static void du__scan_fire(timer_entry_t *t) {
@@ -721,6 +766,14 @@ void durable_close(void) {
     }
     du__known_free(k);
   }
+  for (size_t j = 0; j < du.nparked; j++) {
+    call_t *c = msg_detach_call(du.parked[j]);
+    if (c) call_fail(c, REPLY_UNAVAILABLE, "the runner is shutting down");
+    msg_free(du.parked[j]);
+  }
+  free(du.parked);
+  du.parked = NULL;
+  du.nparked = du.cap_parked = 0;
   htab_free(&du.known);
   htab_free(&du.waits);
   free(du.held);
