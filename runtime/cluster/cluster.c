@@ -80,11 +80,9 @@ static struct {
   uint64_t membership_reads, membership_changes;
 } cl;
 
-uint64_t cluster_mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+/* A fresh reading of the scheduler's clock (loop/clock.h), never the loop
+ * turn's cached time: after a stall the lease must look as old as it is. */
+uint64_t cluster_mono_ms(void) { return sched_mono_fresh_ms(); }
 
 uint32_t cluster_shard_of(const char *id, size_t len) { return hash_shard(id, len, cl.n); }
 const char *cluster_self(void) { return cl.address; }
