@@ -112,7 +112,7 @@ void dstate_activate(inst_t *i) {
   op->inst = i;
   ds->op = op;
   etype_t *t = i->h.type;
-  ds_ops->load(ds_ops->ctx, t->name, t->name_len, i->id, i->id_len, ds__loaded, op);
+  ds_ops->load(ds_ops->ctx, t->name, t->name_len, i->id, i->h.id_len, ds__loaded, op);
 }
 
 /* ---------------------------------------------------------------------------
@@ -145,7 +145,7 @@ static char *ds__snapshot(inst_t *i, size_t *len, char **err) {
   lua_pop(L, 1);
   const char *bad = *err ? NULL
                     : out && !ds__utf8(out, *len) ? "its snapshot is stored as text: it must be valid UTF-8"
-                    : !ds__utf8(i->id, i->id_len) ? "the entity's id is stored as text: it must be valid UTF-8 without NUL bytes"
+                    : !ds__utf8(i->id, i->h.id_len) ? "the entity's id is stored as text: it must be valid UTF-8 without NUL bytes"
                                                   : NULL;
   if (bad) *err = ds__dup(bad, strlen(bad));
   if (*err) {
@@ -170,7 +170,7 @@ void dstate_activated(inst_t *i) {
  * from its saved state. Returns 1 (em_handled is the caller's). */
 static int ds__unsaved(inst_t *i, msg_t *m, const char *err) {
   etype_t *t = i->h.type;
-  int idl = (int)(i->id_len > 64 ? 64 : i->id_len);
+  int idl = (int)(i->h.id_len > 64 ? 64 : i->h.id_len);
   buf_t b;
   buf_init(&b);
   buf_printf(&b, "the state of %s/%.*s could not be saved: %s", t->name, idl, i->id, err);
@@ -232,7 +232,7 @@ static void ds__saved(void *ud, int ok, const char *err) {
       if (ds->forget) i->h.reset = 1; /* it ends after this message */
     } else {
       log_warn("the state of %s/%.*s could not be saved (%s); it activates again from its saved state",
-               i->h.type->name, (int)(i->id_len > 64 ? 64 : i->id_len), i->id, err ? err : "?");
+               i->h.type->name, (int)(i->h.id_len > 64 ? 64 : i->h.id_len), i->id, err ? err : "?");
       i->h.reset = 1;
     }
   }
@@ -261,7 +261,7 @@ int dstate_handled(inst_t *i, msg_t *m, reply_kind_t kind, const char *body, siz
     if (ds->forget) i->h.reset = 1;
     return 1;
   }
-  estate_write_t w = {t->name, i->id, t->name_len, i->id_len, bytes, blen};
+  estate_write_t w = {t->name, i->id, t->name_len, i->h.id_len, bytes, blen};
   ds_op_t *op = calloc(1, sizeof *op);
   op->inst = i;
   op->bytes = bytes;

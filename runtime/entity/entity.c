@@ -53,7 +53,7 @@ static uint32_t *em_stash_counts; /* stashed snapshots per shard, [1..em_shards]
 
 static int em__eq(const htab_node_t *n, const void *key, size_t len) {
   const inst_t *i = (const inst_t *)n;
-  return i->id_len == len && memcmp(i->id, key, len) == 0;
+  return i->h.id_len == len && memcmp(i->id, key, len) == 0;
 }
 
 static void em__idle_fire(timer_entry_t *te);
@@ -193,9 +193,9 @@ uint32_t em_stash_drop(const uint8_t *mask) {
 static void em__stash_take(inst_t *i) {
   if (!em_stash.count || i->h.type->durable) return; /* a durable type's saved row is its state */
   size_t tl = i->h.type->name_len;
-  char *key = malloc(tl + 1 + i->id_len);
+  char *key = malloc(tl + 1 + i->h.id_len);
   if (!key) return;
-  size_t kl = em__stash_key(key, i->h.type->name, tl, i->id, i->id_len);
+  size_t kl = em__stash_key(key, i->h.type->name, tl, i->id, i->h.id_len);
   stash_t *st = (stash_t *)htab_find(&em_stash, hash_bytes(key, kl), em__stash_eq, key, kl);
   free(key);
   if (!st) return;
@@ -281,7 +281,7 @@ static void em__destroy(inst_t *i) {
 static void em__passivate(inst_t *i) {
   etype_t *t = i->h.type;
   t->counters->passivations++;
-  log_debug("passivating %s/%.*s after %llu ms idle", t->name, (int)i->id_len, i->id,
+  log_debug("passivating %s/%.*s after %llu ms idle", t->name, (int)i->h.id_len, i->id,
             (unsigned long long)t->max_idle_ms);
   em__destroy(i);
 }
@@ -331,7 +331,7 @@ static void em__retire(inst_t *i) {
   i->successor = NULL;
   const placement_ops_t *p = em__placement();
   if (i->handoff == 1 && snap && p && p->handoff) {
-    p->handoff(p->ctx, i->h.type->name, i->h.type->name_len, i->id, i->id_len, snap, len);
+    p->handoff(p->ctx, i->h.type->name, i->h.type->name_len, i->id, i->h.id_len, snap, len);
     snap = NULL;
   }
   em__destroy(i);
@@ -443,7 +443,6 @@ static inst_t *em__create(etype_t *t, const char *id, size_t len, uint64_t h) {
   inst_t *i = calloc(1, sizeof *i + len + 1);
   if (!i) return NULL;
   memcpy(i->id, id, len);
-  i->id_len = len;
   i->h.id = i->id;
   i->h.id_len = len;
   i->h.type = t;
@@ -516,7 +515,7 @@ void em_activated(inst_t *i, const char *error) {
   if (error) {
     /* Every waiting message learns why; the next message tries again. */
     char msg[1536];
-    snprintf(msg, sizeof msg, "activating %s/%.*s failed: %s", t->name, (int)(i->id_len > 64 ? 64 : i->id_len),
+    snprintf(msg, sizeof msg, "activating %s/%.*s failed: %s", t->name, (int)(i->h.id_len > 64 ? 64 : i->h.id_len),
              i->id, error);
     size_t len;
     char *body = reply_error_body(REPLY_DEFECT, NULL, msg, &len);
@@ -600,7 +599,7 @@ void em_migrate(etype_t *old, etype_t *repl) {
     i->retiring = 1;
     inst_t *succ = NULL;
     if (repl) {
-      succ = em__create(repl, i->id, i->id_len, i->node.hash);
+      succ = em__create(repl, i->id, i->h.id_len, i->node.hash);
       if (succ) {
         succ->state = INST_WAITING;
         succ->keep_alive = i->keep_alive;

@@ -38,8 +38,7 @@ typedef struct inst_s {
   struct em_backoff_s *backoff; /* while a raised persisted message waits to run again */
   struct inst_s *idle_prev, *idle_next;
   uint64_t idle_since;
-  size_t id_len;
-  char id[];
+  char id[]; /* h.id points here; its length is h.id_len */
 } inst_t;
 
 void em_init(uint32_t shards);
