@@ -1,7 +1,8 @@
 # luster - build, test and run.
 #   make deps    install the Debian packages the build and the specs need
 #   make         build/luster (warnings are errors)
-#   make test    deps + build + every spec
+#   make test    deps + build + the layering check + every spec
+#   make layers  the layering check alone (tools/layers.lua: includes go downward only)
 #   make run     deps + build + run examples/counter on embedded storage
 #   make asan    AddressSanitizer + UBSan build in build-asan/, then the specs on it
 #   make soak    three runners under load and churn for SOAK_MINUTES (default 30), CSV + PNG in build/soak
@@ -33,8 +34,8 @@ DEBIAN_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjs
 TEST_PKGS := clang iproute2 gnuplot-nox prometheus chromium
 SOAK_MINUTES ?= 30
 
-.PHONY: all deps test-deps test run asan asan-test clean bench soak fuzz fuzz-build
-all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/luster_sqlite.so $(BUILD)/pgconn_check $(BUILD)/luster_otlp.so
+.PHONY: all deps test-deps test layers run asan asan-test clean bench soak fuzz fuzz-build
+all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/luster_sqlite.so $(BUILD)/pgconn_check $(BUILD)/luster_otlp.so $(BUILD)/luster_loop.so
 
 $(BUILD)/luster: $(OBJ)
 	$(CC) $(OPT) $(SANITIZE) -rdynamic -o $@ $(OBJ) $(ALLOC_LIB) $(LIBS)
@@ -87,8 +88,15 @@ $(BUILD)/luster_otlp.so: $(OTLP_MOD_SRC) $(wildcard runtime/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ $(OTLP_MOD_SRC) -luv -lhttp_parser
 
+# loop/sched.c on a virtual clock (loop/clock.h) as a Lua module, for spec/clock_spec.lua.
+LOOP_MOD_SRC := spec/support/luster_loop.c runtime/loop/sched.c runtime/loop/clock.c runtime/loop/log.c \
+                runtime/core/heap.c
+$(BUILD)/luster_loop.so: $(LOOP_MOD_SRC) $(wildcard runtime/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ $(LOOP_MOD_SRC) -luv
+
 # storage/pgconn.c on its own against a real server, for spec/pgconn_spec.lua.
-PGCHECK_SRC := spec/support/pgconn_check.c runtime/storage/pgconn.c runtime/cli/log.c \
+PGCHECK_SRC := spec/support/pgconn_check.c runtime/storage/pgconn.c runtime/loop/log.c \
                runtime/core/hash.c runtime/core/heap.c runtime/core/htab.c
 $(BUILD)/pgconn_check: $(PGCHECK_SRC) $(wildcard runtime/*/*.h)
 	@mkdir -p $(dir $@)
@@ -103,7 +111,13 @@ deps test-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+# Every #include of runtime/ goes to its own layer or a lower one, and no
+# include cycle (docs/internals.md, "Layers"); first, as it takes a moment.
+layers:
+	lua5.4 tools/layers.lua
+
 test: deps test-deps
+	$(MAKE) layers
 	$(MAKE) all fuzz-build
 	LUSTER_BIN=$(abspath $(BUILD)/luster) BUILD=$(BUILD) sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)
 
@@ -119,7 +133,7 @@ run: deps
 	$(BUILD)/luster run examples/counter --http 127.0.0.1:8080
 
 asan: deps test-deps
-	$(MAKE) build/luster_core.so build/luster_sqlite.so build/luster_otlp.so fuzz-build
+	$(MAKE) build/luster_core.so build/luster_sqlite.so build/luster_otlp.so build/luster_loop.so fuzz-build
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  LUSTER_BIN=$(abspath build-asan/luster) LUSTER_ASAN=1 BUILD=build-asan sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)
@@ -137,9 +151,9 @@ LUA_LIBS     := $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) -
 FUZZ_SRC_parse     := runtime/core/parse.c
 FUZZ_SRC_frame     := runtime/core/frame.c
 FUZZ_SRC_json      := runtime/host/json.c
-FUZZ_SRC_http      := fuzz/fake_uv.c runtime/net/http.c runtime/core/buf.c runtime/core/url.c runtime/cli/log.c
+FUZZ_SRC_http      := fuzz/fake_uv.c runtime/net/http.c runtime/core/buf.c runtime/core/url.c runtime/loop/log.c runtime/core/prom.c
 FUZZ_SRC_transport := fuzz/fake_uv.c runtime/net/tp_conn.c runtime/net/tp_server.c runtime/net/tp_client.c runtime/core/buf.c runtime/core/hash.c \
-                      runtime/core/htab.c runtime/core/parse.c runtime/core/frame.c runtime/cli/log.c
+                      runtime/core/htab.c runtime/core/parse.c runtime/core/frame.c runtime/loop/log.c
 FUZZ_SRC_schema    := fuzz/lua_harness.c runtime/host/json.c
 FUZZ_SRC_cron      := fuzz/lua_harness.c runtime/host/json.c
 FUZZ_SRC_trace     := runtime/core/trace.c

@@ -1,7 +1,7 @@
 /* fuzz_http.c - libFuzzer target: bytes on one HTTP connection, through the
  * real net/http.c (http-parser settings, limits, pipelining, 100-continue,
  * timeouts) on the in-memory libuv of fake_uv.c, and each request routed the
- * way net/gateway.c routes it (url_split, url_segments, url_query_get).
+ * way admin/gateway.c routes it (url_split, url_segments, url_query_get).
  *
  * Input: byte 0 picks the mode (bit 0: answer requests later and out of
  * order; bit 1: small limits; bits 2-7: read size, 0 = all at once); the
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "core/url.h"
 #include "fake_uv.h"
 #include "net/http.h"

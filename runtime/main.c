@@ -7,19 +7,20 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "admin/gateway.h"
+#include "admin/wiring.h"
 #include "cli/client.h"
 #include "cli/config.h"
-#include "cli/log.h"
+#include "loop/log.h"
 #include "cluster/cluster.h"
 #include "cluster/durable.h"
 #include "cluster/router.h"
 #include "core/parse.h"
 #include "entity/durable_state.h"
 #include "entity/entity.h"
-#include "entity/sched.h"
+#include "loop/sched.h"
 #include "host/host.h"
 #include "host/watch.h"
-#include "net/gateway.h"
 #include "net/http.h"
 #include "storage/coord.h"
 #include "storage/estate_mem.h"
@@ -99,7 +100,7 @@ static void main__close_walk(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
-static int main__host_config(const config_t *cfg, host_config_t *hc) {
+static void main__host_config(const config_t *cfg, host_config_t *hc) {
   memset(hc, 0, sizeof *hc);
   hc->dir = cfg->dir;
   hc->memory_limit = cfg->memory_limit;
@@ -109,19 +110,7 @@ static int main__host_config(const config_t *cfg, host_config_t *hc) {
   hc->runner_name = cfg->advertise ? cfg->advertise : cfg->listen ? cfg->listen : "local";
   hc->shards = (uint32_t)cfg->shards;
   hc->cron_catch_up_ms = cfg->cron_catch_up_ms;
-  if (cfg->shards < 1 || cfg->shards > 1000000) {
-    fprintf(stderr, "luster: --shards must be between 1 and 1000000, got %llu\n", (unsigned long long)cfg->shards);
-    return -1;
-  }
-  if (cfg->memory_limit < (1u << 20)) {
-    fprintf(stderr, "luster: --memory-limit must be at least 1M\n");
-    return -1;
-  }
-  if (cfg->instruction_budget < 10000) {
-    fprintf(stderr, "luster: --instruction-budget must be at least 10000\n");
-    return -1;
-  }
-  return 0;
+  wiring_host(hc);
 }
 
 /* On memory storage, what the scripts ask to keep lasts only as long as
@@ -163,53 +152,112 @@ static int main__open_sqlite(uv_loop_t *loop, const config_t *cfg, uint32_t shar
   return 0;
 }
 
+/* The HTTP gateway on --http (unless "none"); bound gets the address as
+ * bound. Returns 0, or 1 after printing why it cannot listen. */
+static int main__start_http(uv_loop_t *loop, const config_t *cfg, char *bound, size_t bound_cap) {
+  if (strcmp(cfg->http, "none") != 0) {
+    char host[256];
+    int port;
+    parse_hostport(cfg->http, host, sizeof host, &port); /* checked by config_check_run */
+    http_limits_t lim = {
+        .max_body = cfg->max_body,
+        .max_url = 8192,
+        .max_header_bytes = 16384,
+        .max_headers = 100,
+        .request_timeout_ms = cfg->request_timeout_ms,
+        .idle_timeout_ms = cfg->idle_timeout_ms,
+        .max_pipelined = 128,
+        .max_connections = 10000,
+    };
+    int rc = http_server_start(&main_http, loop, host, port, &lim, gateway_on_request, bound, bound_cap);
+    if (rc != 0) {
+      fprintf(stderr, "luster run: cannot listen for HTTP on %s: %s\n", cfg->http, uv_strerror(rc));
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* Joins the cluster on PostgreSQL: the router, the membership and leases,
+ * and the store of persisted messages. Returns 0, or 1 after printing why. */
+static int main__start_cluster(uv_loop_t *loop, const config_t *cfg, uint32_t shards, const char *bound) {
+  const char *secret = getenv("LUSTER_CLUSTER_SECRET");
+  cluster_config_t cc = {
+      .conninfo = cfg->storage,
+      .prefix = cfg->table_prefix,
+      .listen = cfg->listen,
+      .advertise = cfg->advertise,
+      .http = bound,
+      .secret = secret && *secret ? secret : NULL,
+      .shards = shards,
+      .weight = (uint32_t)cfg->weight,
+      .lease_ms = cfg->lease_ms,
+      .handoff_timeout_ms = cfg->shutdown_timeout_ms * 6 / 10,
+      .max_frame = (cfg->max_body > (16u << 20) ? cfg->max_body : (16u << 20)) + (1u << 20),
+  };
+  router_init(shards, cc.max_frame);
+  char err[1024];
+  if (cluster_start(loop, &cc, err, sizeof err) != 0) {
+    fprintf(stderr, "luster run: %s\n", err);
+    return 1;
+  }
+  if (pgs_open(loop, cfg->storage, cfg->table_prefix) != 0 || durable_init(pgs_ops(), shards, cfg->retention_ms)) {
+    fprintf(stderr, "luster run: cannot open the PostgreSQL connection for persisted messages\n");
+    return 1;
+  }
+  return 0;
+}
+
+/* SIGTERM and SIGINT stop the runner gracefully (main__signal); the loop
+ * does not wait for them. */
+static void main__signals(uv_loop_t *loop, config_t *cfg) {
+  uv_signal_init(loop, &main_sigterm);
+  uv_signal_init(loop, &main_sigint);
+  main_sigterm.data = main_sigint.data = cfg;
+  uv_signal_start(&main_sigterm, main__signal, SIGTERM);
+  uv_signal_start(&main_sigint, main__signal, SIGINT);
+  uv_timer_init(loop, &main_stop_timer);
+  uv_unref((uv_handle_t *)&main_sigterm);
+  uv_unref((uv_handle_t *)&main_sigint);
+}
+
+/* After the loop ends: mailboxes first (their callers learn the runner is
+ * leaving), then the running tasks, then whatever that queued, then the now
+ * idle instances, then each module's own resources. */
+static void main__shutdown(uv_loop_t *loop) {
+  watch_stop();
+  em_stop_all();
+  host_cancel_tasks();
+  sched_drain();
+  em_stop_all();
+  cluster_close(); /* transport and PostgreSQL sessions: their waiting callers learn now */
+  sched_drain();
+  router_shutdown();
+  durable_close(); /* after every message is gone: replies not yet stored leave their messages pending */
+  storage_close(); /* callers still waiting for stored messages: unavailable */
+  sched_drain();
+  estate_mem_close();
+  if (main_http) http_server_free(main_http);
+  host_shutdown();
+  em_close();
+  sched_close();
+  uv_walk(loop, main__close_walk, NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+  uv_loop_close(loop);
+  log_info("stopped");
+}
+
 static int cmd_run(config_t *cfg) {
   if (cfg->nargs != 1) {
     fprintf(stderr, "luster run: expected one script directory, e.g. 'luster run examples/counter'\n");
     return 2;
   }
   cfg->dir = cfg->args[0];
-  int clustered = strncmp(cfg->storage, "postgres://", 11) == 0 || strncmp(cfg->storage, "postgresql://", 13) == 0;
-  int sqlite = strncmp(cfg->storage, "sqlite:", 7) == 0;
-  if (!clustered && !sqlite && strcmp(cfg->storage, "memory") != 0) {
-    fprintf(stderr, "luster run: --storage must be 'memory', sqlite:PATH or a postgres:// URL, got '%s'\n",
-            cfg->storage);
-    return 2;
-  }
-  if (sqlite && cfg->storage[7] == '\0') {
-    fprintf(stderr, "luster run: --storage sqlite:PATH needs the path of the database file, e.g. "
-                    "sqlite:/var/lib/luster/app.db\n");
-    return 2;
-  }
-  if (strcmp(cfg->sqlite_sync, "normal") != 0 && strcmp(cfg->sqlite_sync, "full") != 0) {
-    fprintf(stderr, "luster run: --sqlite-sync must be 'normal' or 'full', got '%s'\n", cfg->sqlite_sync);
-    return 2;
-  }
-  if (clustered && !cfg->listen) {
-    fprintf(stderr, "luster run: a runner on PostgreSQL joins a cluster and needs --listen HOST:PORT for "
-                    "runner-to-runner traffic (and --advertise HOST:PORT when peers must dial another address)\n");
-    return 2;
-  }
-  if (!clustered && (cfg->listen || cfg->advertise)) {
-    fprintf(stderr, "luster run: --listen and --advertise are for clusters, which need --storage postgres://... "
-                    "(sqlite: and memory serve one runner)\n");
-    return 2;
-  }
-  if (clustered && coord_valid_prefix(cfg->table_prefix) != 0) {
-    fprintf(stderr, "luster run: --table-prefix '%s' must be 1-40 characters of a-z, 0-9 and _, not starting "
-                    "with a digit\n", cfg->table_prefix);
-    return 2;
-  }
-  if (clustered && (cfg->lease_ms < 500 || cfg->lease_ms > 600000)) {
-    fprintf(stderr, "luster run: --lease must be between 500ms and 10m\n");
-    return 2;
-  }
-  if (cfg->weight > 1000000) {
-    fprintf(stderr, "luster run: --weight must be at most 1000000\n");
-    return 2;
-  }
+  config_storage_t kind;
+  if (config_check_run(cfg, &kind) != 0) return 2;
+  int clustered = kind == CONFIG_POSTGRES, sqlite = kind == CONFIG_SQLITE;
   host_config_t hc;
-  if (main__host_config(cfg, &hc) != 0) return 2;
+  main__host_config(cfg, &hc);
   uv_loop_t *loop = uv_default_loop();
   signal(SIGPIPE, SIG_IGN);
   main__fatal_handlers();
@@ -233,29 +281,7 @@ static int cmd_run(config_t *cfg) {
   if (!clustered && !sqlite) main__memory_warning();
 
   char bound[128] = "none";
-  if (strcmp(cfg->http, "none") != 0) {
-    char host[256];
-    int port;
-    if (parse_hostport(cfg->http, host, sizeof host, &port) != 0) {
-      fprintf(stderr, "luster run: --http '%s' is not HOST:PORT (or 'none')\n", cfg->http);
-      return 2;
-    }
-    http_limits_t lim = {
-        .max_body = cfg->max_body,
-        .max_url = 8192,
-        .max_header_bytes = 16384,
-        .max_headers = 100,
-        .request_timeout_ms = cfg->request_timeout_ms,
-        .idle_timeout_ms = cfg->idle_timeout_ms,
-        .max_pipelined = 128,
-        .max_connections = 10000,
-    };
-    int rc = http_server_start(&main_http, loop, host, port, &lim, gateway_on_request, bound, sizeof bound);
-    if (rc != 0) {
-      fprintf(stderr, "luster run: cannot listen for HTTP on %s: %s\n", cfg->http, uv_strerror(rc));
-      return 1;
-    }
-  }
+  if (main__start_http(loop, cfg, bound, sizeof bound) != 0) return 1;
   gateway_info_t gi = {
       .runner = hc.runner_name,
       .http_addr = bound,
@@ -266,49 +292,12 @@ static int cmd_run(config_t *cfg) {
       .call_timeout_ms = cfg->call_timeout_ms,
       .admin = cfg->admin,
   };
-  if (strcmp(cfg->admin, "loopback") != 0 && strcmp(cfg->admin, "any") != 0 && strcmp(cfg->admin, "none") != 0) {
-    fprintf(stderr, "luster run: --admin must be loopback, any or none, got '%s'\n", cfg->admin);
-    return 2;
-  }
   gateway_init(&gi);
-  if (clustered) {
-    const char *secret = getenv("LUSTER_CLUSTER_SECRET");
-    cluster_config_t cc = {
-        .conninfo = cfg->storage,
-        .prefix = cfg->table_prefix,
-        .listen = cfg->listen,
-        .advertise = cfg->advertise,
-        .http = bound,
-        .secret = secret && *secret ? secret : NULL,
-        .shards = hc.shards,
-        .weight = (uint32_t)cfg->weight,
-        .lease_ms = cfg->lease_ms,
-        .handoff_timeout_ms = cfg->shutdown_timeout_ms * 6 / 10,
-        .max_frame = (cfg->max_body > (16u << 20) ? cfg->max_body : (16u << 20)) + (1u << 20),
-    };
-    router_init(hc.shards, cc.max_frame);
-    char err[1024];
-    if (cluster_start(loop, &cc, err, sizeof err) != 0) {
-      fprintf(stderr, "luster run: %s\n", err);
-      return 1;
-    }
-    if (pgs_open(loop, cfg->storage, cfg->table_prefix) != 0 || durable_init(pgs_ops(), hc.shards, cfg->retention_ms)) {
-      fprintf(stderr, "luster run: cannot open the PostgreSQL connection for persisted messages\n");
-      return 1;
-    }
-  }
+  if (clustered && main__start_cluster(loop, cfg, hc.shards, bound) != 0) return 1;
   host_start_background();
   if (!cfg->no_reload) watch_start(loop);
 
-  uv_signal_init(loop, &main_sigterm);
-  uv_signal_init(loop, &main_sigint);
-  main_sigterm.data = main_sigint.data = cfg;
-  uv_signal_start(&main_sigterm, main__signal, SIGTERM);
-  uv_signal_start(&main_sigint, main__signal, SIGINT);
-  uv_timer_init(loop, &main_stop_timer);
-  uv_unref((uv_handle_t *)&main_sigterm);
-  uv_unref((uv_handle_t *)&main_sigint);
-
+  main__signals(loop, cfg);
   log_info("luster runner serving %d definition%s from %s (%d script%s failed to load; %s); http %s", ntypes,
            ntypes == 1 ? "" : "s", cfg->dir, failed, failed == 1 ? "" : "s",
            cfg->no_reload ? "not watching for changes" : "reloading changed scripts", bound);
@@ -316,28 +305,7 @@ static int cmd_run(config_t *cfg) {
 
   uv_run(loop, UV_RUN_DEFAULT);
 
-  /* Mailboxes first (their callers learn the runner is leaving), then the
-   * running tasks, then whatever that queued, then the now idle instances. */
-  watch_stop();
-  em_stop_all();
-  host_cancel_tasks();
-  sched_drain();
-  em_stop_all();
-  cluster_close(); /* transport and PostgreSQL sessions: their waiting callers learn now */
-  sched_drain();
-  router_shutdown();
-  durable_close(); /* after every message is gone: replies not yet stored leave their messages pending */
-  storage_close(); /* callers still waiting for stored messages: unavailable */
-  sched_drain();
-  estate_mem_close();
-  if (main_http) http_server_free(main_http);
-  host_shutdown();
-  em_close();
-  sched_close();
-  uv_walk(loop, main__close_walk, NULL);
-  uv_run(loop, UV_RUN_DEFAULT);
-  uv_loop_close(loop);
-  log_info("stopped");
+  main__shutdown(loop);
   return 0;
 }
 
@@ -347,8 +315,9 @@ static int cmd_check(config_t *cfg) {
     return 2;
   }
   cfg->dir = cfg->args[0];
+  if (config_check_common(cfg) != 0) return 2;
   host_config_t hc;
-  if (main__host_config(cfg, &hc) != 0) return 2;
+  main__host_config(cfg, &hc);
   log_set_level(LOG_OFF); /* every problem is printed below, once */
   sched_init(uv_default_loop());
   em_init(hc.shards);

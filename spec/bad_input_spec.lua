@@ -447,3 +447,23 @@ describe("a runner that crashes", function()
     end
   end)
 end)
+
+describe("a runner given bad settings", function()
+  -- Checked once, before anything starts (cli/config.c config_check_run):
+  -- no port is bound, no database dialled, no script loaded.
+  local cases = {
+    { "--storage postgres://nobody@127.0.0.1:1/none --listen nonsense", "--listen 'nonsense' is not HOST:PORT" },
+    { "--storage postgres://nobody@127.0.0.1:1/none --listen 127.0.0.1:7000 --advertise x",
+      "--advertise 'x' is not HOST:PORT" },
+    { "--http nonsense", "--http 'nonsense' is not HOST:PORT (or 'none')" },
+    { "--admin everyone", "--admin must be loopback, any or none, got 'everyone'" },
+  }
+  for _, c in ipairs(cases) do
+    it("exits 2 naming the setting: " .. c[1], function()
+      local code, _, err = H.cli("run " .. H.sh_quote(H.counter_dir) .. " " .. c[1])
+      assert.are.equal(2, code, err)
+      assert.truthy(err:find(c[2], 1, true), err)
+      assert.falsy(err:find("loaded", 1, true), err)
+    end)
+  end
+end)

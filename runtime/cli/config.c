@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/parse.h"
+#include "storage/coord.h"
 
 typedef enum { OPT_STR, OPT_DURATION, OPT_SIZE, OPT_UINT, OPT_FLAG } opt_kind_t;
 
@@ -152,6 +153,108 @@ int config_parse(config_t *cfg, const char *cmd, int argc, char **argv) {
     char src[80];
     snprintf(src, sizeof src, "--%s", o->name);
     if (config__set(cfg, o, v, src) != 0) return -1;
+  }
+  return 0;
+}
+
+int config_check_common(const config_t *cfg) {
+  if (cfg->shards < 1 || cfg->shards > 1000000) {
+    fprintf(stderr, "luster: --shards must be between 1 and 1000000, got %llu\n", (unsigned long long)cfg->shards);
+    return -1;
+  }
+  if (cfg->memory_limit < (1u << 20)) {
+    fprintf(stderr, "luster: --memory-limit must be at least 1M\n");
+    return -1;
+  }
+  if (cfg->instruction_budget < 10000) {
+    fprintf(stderr, "luster: --instruction-budget must be at least 10000\n");
+    return -1;
+  }
+  return 0;
+}
+
+/* A HOST:PORT flag (NULL: not given). */
+static int config__hostport(const char *flag, const char *v) {
+  char host[256];
+  int port;
+  if (!v || parse_hostport(v, host, sizeof host, &port) == 0) return 0;
+  fprintf(stderr, "luster run: --%s '%s' is not HOST:PORT\n", flag, v);
+  return -1;
+}
+
+/* The flags of a cluster runner's transport: peers dial --advertise, or
+ * --listen when it has a fixed port. */
+static int config__check_cluster(const config_t *cfg) {
+  if (config__hostport("listen", cfg->listen) != 0 || config__hostport("advertise", cfg->advertise) != 0) return -1;
+  char host[256];
+  int port;
+  parse_hostport(cfg->listen, host, sizeof host, &port);
+  if (port == 0 && !cfg->advertise) {
+    fprintf(stderr, "luster run: --listen %s: a cluster runner needs a fixed port (peers dial it), or --advertise\n",
+            cfg->listen);
+    return -1;
+  }
+  return 0;
+}
+
+/* Which storage, and the flags that go with it. */
+static int config__check_storage(config_t *cfg, config_storage_t *storage) {
+  int clustered = strncmp(cfg->storage, "postgres://", 11) == 0 || strncmp(cfg->storage, "postgresql://", 13) == 0;
+  int sqlite = strncmp(cfg->storage, "sqlite:", 7) == 0;
+  *storage = clustered ? CONFIG_POSTGRES : sqlite ? CONFIG_SQLITE : CONFIG_MEMORY;
+  if (!clustered && !sqlite && strcmp(cfg->storage, "memory") != 0) {
+    fprintf(stderr, "luster run: --storage must be 'memory', sqlite:PATH or a postgres:// URL, got '%s'\n",
+            cfg->storage);
+    return -1;
+  }
+  if (sqlite && cfg->storage[7] == '\0') {
+    fprintf(stderr, "luster run: --storage sqlite:PATH needs the path of the database file, e.g. "
+                    "sqlite:/var/lib/luster/app.db\n");
+    return -1;
+  }
+  if (strcmp(cfg->sqlite_sync, "normal") != 0 && strcmp(cfg->sqlite_sync, "full") != 0) {
+    fprintf(stderr, "luster run: --sqlite-sync must be 'normal' or 'full', got '%s'\n", cfg->sqlite_sync);
+    return -1;
+  }
+  if (clustered && !cfg->listen) {
+    fprintf(stderr, "luster run: a runner on PostgreSQL joins a cluster and needs --listen HOST:PORT for "
+                    "runner-to-runner traffic (and --advertise HOST:PORT when peers must dial another address)\n");
+    return -1;
+  }
+  if (!clustered && (cfg->listen || cfg->advertise)) {
+    fprintf(stderr, "luster run: --listen and --advertise are for clusters, which need --storage postgres://... "
+                    "(sqlite: and memory serve one runner)\n");
+    return -1;
+  }
+  if (clustered && coord_valid_prefix(cfg->table_prefix) != 0) {
+    fprintf(stderr, "luster run: --table-prefix '%s' must be 1-40 characters of a-z, 0-9 and _, not starting "
+                    "with a digit\n", cfg->table_prefix);
+    return -1;
+  }
+  if (clustered && (cfg->lease_ms < 500 || cfg->lease_ms > 600000)) {
+    fprintf(stderr, "luster run: --lease must be between 500ms and 10m\n");
+    return -1;
+  }
+  if (cfg->weight > 1000000) {
+    fprintf(stderr, "luster run: --weight must be at most 1000000\n");
+    return -1;
+  }
+  return 0;
+}
+
+int config_check_run(config_t *cfg, config_storage_t *storage) {
+  if (config__check_storage(cfg, storage) != 0) return -1;
+  if (*storage == CONFIG_POSTGRES && config__check_cluster(cfg) != 0) return -1;
+  if (config_check_common(cfg) != 0) return -1;
+  char host[256];
+  int port;
+  if (strcmp(cfg->http, "none") != 0 && parse_hostport(cfg->http, host, sizeof host, &port) != 0) {
+    fprintf(stderr, "luster run: --http '%s' is not HOST:PORT (or 'none')\n", cfg->http);
+    return -1;
+  }
+  if (strcmp(cfg->admin, "loopback") != 0 && strcmp(cfg->admin, "any") != 0 && strcmp(cfg->admin, "none") != 0) {
+    fprintf(stderr, "luster run: --admin must be loopback, any or none, got '%s'\n", cfg->admin);
+    return -1;
   }
   return 0;
 }

@@ -37,6 +37,15 @@ typedef struct config_s {
 /* Fills cfg from defaults, then the environment, then argv (from index 2,
  * after the command). Returns 0, or -1 after printing what was wrong. */
 int config_parse(config_t *cfg, const char *cmd, int argc, char **argv);
+
+/* What `luster run` needs of its settings, checked once, before anything
+ * starts: returns 0 (and the storage kind), or -1 after printing to stderr
+ * which setting is wrong and what it should be (the runner exits 2). */
+typedef enum { CONFIG_MEMORY, CONFIG_SQLITE, CONFIG_POSTGRES } config_storage_t;
+int config_check_run(config_t *cfg, config_storage_t *storage);
+/* The settings every command that loads scripts shares (shards, memory
+ * limit, instruction budget); part of config_check_run. */
+int config_check_common(const config_t *cfg);
 void config_usage(FILE *out);
 
 #endif

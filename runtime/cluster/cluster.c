@@ -20,7 +20,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "cluster/durable.h"
 #include "cluster/proof.h"
 #include "cluster/router.h"
@@ -28,7 +28,7 @@
 #include "core/parse.h"
 #include "core/ring.h"
 #include "entity/entity.h"
-#include "entity/sched.h"
+#include "loop/sched.h"
 #include "host/host.h"
 #include "storage/coord.h"
 
@@ -81,11 +81,9 @@ static struct {
   transport_t *tp; /* the runner transport, from cluster_init to cluster_close */
 } cl;
 
-uint64_t cluster_mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+/* A fresh reading of the scheduler's clock (loop/clock.h), never the loop
+ * turn's cached time: after a stall the lease must look as old as it is. */
+uint64_t cluster_mono_ms(void) { return sched_mono_fresh_ms(); }
 
 uint32_t cluster_shard_of(const char *id, size_t len) { return hash_shard(id, len, cl.n); }
 const char *cluster_self(void) { return cl.address; }
@@ -788,54 +786,15 @@ static int cluster__check_proof(const char *address, const char *proof, char *er
   return -1;
 }
 
-int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_t errlen) {
-  cl.cfg = *cfg;
-  cl.n = cfg->shards;
-  /* The server ends a silent lock session a little before --lease, so that
-   * noticing it (membership is read every 500 ms) and taking the shards
-   * over still fits within --lease. */
-  uint64_t detect = cfg->lease_ms / 10 < 1000 ? cfg->lease_ms / 10 : 1000;
-  cl.lease = cfg->lease_ms - detect;
-  cl.margin = cl.lease / 4;
-  cl.self_index = -1;
-  cl.address = strdup(cfg->advertise ? cfg->advertise : cfg->listen);
+/* The runner transport on --listen (checked by the command line: HOST:PORT,
+ * a fixed port unless --advertise). */
+static int cluster__start_transport(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_t errlen) {
   char host[256];
   int port;
   if (parse_hostport(cfg->listen, host, sizeof host, &port) != 0) {
     snprintf(err, errlen, "--listen '%s' is not HOST:PORT", cfg->listen);
     return -1;
   }
-  if (cfg->advertise && parse_hostport(cfg->advertise, host, sizeof host, &port) != 0) {
-    snprintf(err, errlen, "--advertise '%s' is not HOST:PORT", cfg->advertise);
-    return -1;
-  }
-  parse_hostport(cfg->listen, host, sizeof host, &port);
-  if (port == 0 && !cfg->advertise) {
-    snprintf(err, errlen, "--listen %s: a cluster runner needs a fixed port (peers dial it), or --advertise",
-             cfg->listen);
-    return -1;
-  }
-  coord_config_t cc = {
-      .conninfo = cfg->conninfo,
-      .prefix = cfg->prefix,
-      .address = cl.address,
-      .http = cfg->http,
-      .weight = cfg->weight,
-      .shards = cfg->shards,
-      .lease_ms = cfg->lease_ms,
-      .session_timeout_ms = cl.lease,
-      .on_lock_state = cluster__lock_state,
-      .on_main_state = cluster__main_state,
-      .on_notice = cluster__notice,
-      .proof = cl.proof,
-      .check_proof = cluster__check_proof,
-  };
-  if (proof_make(cfg->secret, cl.proof) != 0) {
-    snprintf(err, errlen, "cannot make the cluster secret proof: no random bytes");
-    return -1;
-  }
-  if (coord_bootstrap(&cc, &cl.self_id, err, errlen) != 0) return -1;
-
   static char tag[96];
   snprintf(tag, sizeof tag, "%s/%u", cfg->prefix, cfg->shards);
   tp_config_t tc = {
@@ -863,7 +822,42 @@ int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_
   }
   log_info("runner transport listening on %s (advertised as %s%s)", bound, cl.address,
            cfg->secret && *cfg->secret ? ", cluster secret required" : "");
+  return 0;
+}
 
+int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_t errlen) {
+  cl.cfg = *cfg;
+  cl.n = cfg->shards;
+  /* The server ends a silent lock session a little before --lease, so that
+   * noticing it (membership is read every 500 ms) and taking the shards
+   * over still fits within --lease. */
+  uint64_t detect = cfg->lease_ms / 10 < 1000 ? cfg->lease_ms / 10 : 1000;
+  cl.lease = cfg->lease_ms - detect;
+  cl.margin = cl.lease / 4;
+  cl.self_index = -1;
+  cl.address = strdup(cfg->advertise ? cfg->advertise : cfg->listen);
+  coord_config_t cc = {
+      .conninfo = cfg->conninfo,
+      .prefix = cfg->prefix,
+      .address = cl.address,
+      .http = cfg->http,
+      .weight = cfg->weight,
+      .shards = cfg->shards,
+      .lease_ms = cfg->lease_ms,
+      .session_timeout_ms = cl.lease,
+      .on_lock_state = cluster__lock_state,
+      .on_main_state = cluster__main_state,
+      .on_notice = cluster__notice,
+      .proof = cl.proof,
+      .check_proof = cluster__check_proof,
+  };
+  if (proof_make(cfg->secret, cl.proof) != 0) {
+    snprintf(err, errlen, "cannot make the cluster secret proof: no random bytes");
+    return -1;
+  }
+  if (coord_bootstrap(&cc, &cl.self_id, err, errlen) != 0) return -1;
+
+  if (cluster__start_transport(loop, cfg, err, errlen) != 0) return -1;
   cluster_shard_state = calloc(cl.n + 1, 1);
   cl.release_started = calloc(cl.n + 1, sizeof *cl.release_started);
   cl.owner = malloc(sizeof *cl.owner * (cl.n + 1));

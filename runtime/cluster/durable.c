@@ -10,13 +10,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "cluster/cluster.h"
 #include "cluster/router.h"
 #include "core/hash.h"
 #include "core/htab.h"
+#include "core/prom.h"
 #include "host/host.h"
 #include "storage/msgstore.h"
+#include "storage/storage.h"
 
 #define DUR_SCAN_PAGE 512
 #define DUR_SCAN_EVERY_MS 5000  /* the safety net: forwards that were lost */
@@ -776,4 +778,44 @@ void durable_close(void) {
   htab_free(&du.waits);
   free(du.held);
   du.held = NULL;
+}
+/* GET /metrics: persisted messages, in memory storage or in the durable
+ * store with this runner's delivery counters. */
+void durable_metrics(buf_t *b) {
+  if (!durable_on()) {
+    prom_head(b, "luster_persisted_messages", "gauge", "Persisted messages and replies held by storage.");
+    buf_printf(b, "luster_persisted_messages %zu\n", storage_count());
+  } else {
+    const ms_stats_t *ps = durable_store_stats();
+    const durable_stats_t *ds = durable_stats();
+    static const struct {
+      const char *name, *type, *help;
+      size_t off;
+      int durable;
+    } rows[] = {
+#define PGS_ROW(n, f, h) {"luster_persisted_" n, "counter", h, offsetof(ms_stats_t, f), 0}
+#define DUR_ROW(n, t, f, h) {"luster_persisted_" n, t, h, offsetof(durable_stats_t, f), 1}
+        PGS_ROW("stored_total", stored, "Persisted messages stored by this runner."),
+        PGS_ROW("duplicates_total", duplicates, "Sends whose primary key was stored before (answered with its reply)."),
+        PGS_ROW("replies_total", replies, "Replies of persisted messages stored by this runner."),
+        PGS_ROW("pruned_total", pruned, "Done messages deleted after the retention."),
+        PGS_ROW("storage_failures_total", failures, "Batched storage statements that failed."),
+        PGS_ROW("store_batches_total", put_batches, "Statements that stored messages (many messages each)."),
+        PGS_ROW("reply_batches_total", reply_batches, "Statements that stored replies."),
+        PGS_ROW("state_saves_total", state_saves, "Durable entity states written to (or deleted from) PostgreSQL."),
+        PGS_ROW("state_loads_total", state_loads, "Durable entity states read from PostgreSQL."),
+        DUR_ROW("delivered_total", "counter", delivered, "Stored messages handed to their instance here."),
+        DUR_ROW("redelivery_scans_total", "counter", scans, "Reads of pending messages of this runner's shards."),
+        DUR_ROW("duplicates_skipped_total", "counter", duplicates_skipped,
+                "Deliveries skipped because the message ran here already or was done."),
+        DUR_ROW("running", "gauge", running, "Stored messages this runner delivers now."),
+#undef PGS_ROW
+#undef DUR_ROW
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+      const char *base = rows[i].durable ? (const char *)ds : (const char *)ps;
+      prom_head(b, rows[i].name, rows[i].type, rows[i].help);
+      buf_printf(b, "%s %llu\n", rows[i].name, (unsigned long long)*(const uint64_t *)(base + rows[i].off));
+    }
+  }
 }

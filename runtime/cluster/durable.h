@@ -16,7 +16,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "entity/msg.h"
+#include "core/buf.h"
+#include "loop/msg.h"
 #include "storage/msgstore.h"
 
 /* Takes the opened backend ops (closed by durable_close). Without a
@@ -50,5 +51,7 @@ typedef struct {
   uint64_t delivered, forwarded_checks, duplicates_skipped, scans, retries_polled, running;
 } durable_stats_t;
 const durable_stats_t *durable_stats(void);
+/* GET /metrics: persisted messages (memory storage: how many are held). */
+void durable_metrics(buf_t *b);
 
 #endif

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "cluster/cluster.h"
 #include "cluster/durable.h"
 #include "core/buf.h"
@@ -40,8 +40,6 @@ static void router__undelay(persist_job_t *j) {
 static void router__hold(uint32_t shard, msg_t *m);
 static void router__route(msg_t *m);
 static void router__local_call(msg_t *m, call_t *call);
-static void router__handoff(const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
-                            size_t len);
 
 static void router__deliver(msg_t *m, call_t *call) {
   int rc = em_deliver(m);
@@ -121,7 +119,9 @@ static void router__persist(sched_item_t *it) {
     return;
   }
   store_status_t st;
-  pmsg_t *rec = storage_put(m, pk, &st);
+  const rpc_def_t *rd = &m->type->rpcs[m->rpc];
+  storage_names_t names = {m->type->name, rd->tag, m->type->name_len, rd->tag_len};
+  pmsg_t *rec = storage_put(m, &names, pk, &st);
   if (!rec || st == STORE_CONFLICT) {
     if (rec) router_conflict(call, m, pk);
     else call_fail(call, REPLY_UNAVAILABLE, "storage is out of memory");
@@ -409,7 +409,7 @@ static void router__route(msg_t *m) {
   router__dispatch(m, shard, r, peer);
 }
 
-static void router__reroute(msg_t *m) {
+void router_reroute(msg_t *m) {
   if (msg_abandoned(m)) {
     msg_free(m);
     return;
@@ -476,8 +476,6 @@ void router_init(uint32_t shards, size_t max_frame) {
   rt.tail = calloc(shards + 1, sizeof *rt.tail);
   rt.handoffs = calloc(shards + 1, sizeof *rt.handoffs);
   timer_entry_init(&rt.retry, router__retry_fire);
-  em_reroute = router__reroute;
-  em_handoff = router__handoff;
 }
 
 /* Graceful hand-off: the instance's snapshot goes to the shard's new owner,
@@ -520,7 +518,7 @@ static void router__handoff_done(void *ud, tp_status_t st, uint8_t kind, const c
   free(h);
 }
 
-static void router__handoff(const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
+void router_handoff(const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
                             size_t len) {
   uint32_t shard = cluster_shard_of(id, id_len);
   tp_peer_t *peer = NULL;

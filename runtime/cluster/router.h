@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "entity/msg.h"
+#include "loop/msg.h"
 #include "net/transport.h"
 
 /* Upper bound on entity id length, in bytes. */
@@ -36,6 +36,12 @@ void router_shutdown(void);
 
 /* Cluster mode: per-shard hold queues and the transport's request hooks. */
 void router_init(uint32_t shards, size_t max_frame);
+/* A message whose shard is not served here any more goes back to routing
+ * (the placement table's reroute, admin/wiring.c). */
+void router_reroute(msg_t *m);
+/* Graceful hand-off: an instance's snapshot (owned from here) goes to its
+ * shard's new owner (the placement table's handoff). */
+void router_handoff(const char *type, size_t type_len, const char *id, size_t id_len, char *snap, size_t len);
 /* The assignment or the locks changed: held messages are routed again. */
 void router_wake(void);
 void router_inbound(tp_inbound_t *in, const frame_request_t *req);

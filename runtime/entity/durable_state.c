@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "core/buf.h"
 #include "host/host_int.h"
 
@@ -103,7 +103,7 @@ static void ds__loaded(void *ud, int ok, int found, const char *bytes, size_t le
   ds__set_base(ds, found ? ds__dup(bytes, len) : NULL, found ? len : 0);
   ds->row = found;
   ds->forget = 0;
-  host_activate(i, ds->base, ds->base_len);
+  host_activate(&i->h, ds->base, ds->base_len);
 }
 
 void dstate_activate(inst_t *i) {
@@ -111,8 +111,8 @@ void dstate_activate(inst_t *i) {
   ds_op_t *op = calloc(1, sizeof *op);
   op->inst = i;
   ds->op = op;
-  etype_t *t = i->type;
-  ds_ops->load(ds_ops->ctx, t->name, t->name_len, i->id, i->id_len, ds__loaded, op);
+  etype_t *t = i->h.type;
+  ds_ops->load(ds_ops->ctx, t->name, t->name_len, i->id, i->h.id_len, ds__loaded, op);
 }
 
 /* ---------------------------------------------------------------------------
@@ -124,14 +124,14 @@ static const char ds__oom[] = "memory limit exceeded";
 /* The instance's snapshot() as encoded bytes (NULL: it returned nil, or it
  * failed and *err says why). */
 static char *ds__snapshot(inst_t *i, size_t *len, char **err) {
-  etype_t *t = i->type;
+  etype_t *t = i->h.type;
   script_t *s = t->script;
   lua_State *L = s->L;
   *err = NULL;
   *len = 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_snapshot);
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->def_ref);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, i->handlers_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, i->h.handlers_ref);
   int st = host__pcall(s, L, 2, 1, 0);
   char *out = NULL;
   if (st == LUA_ERRMEM) {
@@ -145,7 +145,7 @@ static char *ds__snapshot(inst_t *i, size_t *len, char **err) {
   lua_pop(L, 1);
   const char *bad = *err ? NULL
                     : out && !ds__utf8(out, *len) ? "its snapshot is stored as text: it must be valid UTF-8"
-                    : !ds__utf8(i->id, i->id_len) ? "the entity's id is stored as text: it must be valid UTF-8 without NUL bytes"
+                    : !ds__utf8(i->id, i->h.id_len) ? "the entity's id is stored as text: it must be valid UTF-8 without NUL bytes"
                                                   : NULL;
   if (bad) *err = ds__dup(bad, strlen(bad));
   if (*err) {
@@ -169,14 +169,14 @@ void dstate_activated(inst_t *i) {
  * runs again, like one whose handler raised) and the instance starts over
  * from its saved state. Returns 1 (em_handled is the caller's). */
 static int ds__unsaved(inst_t *i, msg_t *m, const char *err) {
-  etype_t *t = i->type;
-  int idl = (int)(i->id_len > 64 ? 64 : i->id_len);
+  etype_t *t = i->h.type;
+  int idl = (int)(i->h.id_len > 64 ? 64 : i->h.id_len);
   buf_t b;
   buf_init(&b);
   buf_printf(&b, "the state of %s/%.*s could not be saved: %s", t->name, idl, i->id, err);
   log_warn("defect %s/%.*s %s request=%llu: %s", t->name, idl, i->id, t->rpcs[m->rpc].tag,
            (unsigned long long)m->request_id, b.data);
-  i->reset = 1;
+  i->h.reset = 1;
   if (m->stored) {
     m->attempts++;
     if (m->attempts < HOST_PERSISTED_ATTEMPTS) {
@@ -229,11 +229,11 @@ static void ds__saved(void *ud, int ok, const char *err) {
       ds->row = op->bytes != NULL;
       ds__set_base(ds, op->bytes, op->blen);
       op->bytes = NULL;
-      if (ds->forget) i->reset = 1; /* it ends after this message */
+      if (ds->forget) i->h.reset = 1; /* it ends after this message */
     } else {
       log_warn("the state of %s/%.*s could not be saved (%s); it activates again from its saved state",
-               i->type->name, (int)(i->id_len > 64 ? 64 : i->id_len), i->id, err ? err : "?");
-      i->reset = 1;
+               i->h.type->name, (int)(i->h.id_len > 64 ? 64 : i->h.id_len), i->id, err ? err : "?");
+      i->h.reset = 1;
     }
   }
   free(op->bytes);
@@ -243,7 +243,7 @@ static void ds__saved(void *ud, int ok, const char *err) {
 }
 
 int dstate_handled(inst_t *i, msg_t *m, reply_kind_t kind, const char *body, size_t len) {
-  etype_t *t = i->type;
+  etype_t *t = i->h.type;
   struct dstate_s *ds = ds__get(i);
   char *err = NULL, *bytes = NULL;
   size_t blen = 0;
@@ -258,10 +258,10 @@ int dstate_handled(inst_t *i, msg_t *m, reply_kind_t kind, const char *body, siz
     free(bytes); /* unchanged: nothing to write */
     t->counters->outcomes[kind]++;
     msg_finish(m, kind, body, len);
-    if (ds->forget) i->reset = 1;
+    if (ds->forget) i->h.reset = 1;
     return 1;
   }
-  estate_write_t w = {t->name, i->id, t->name_len, i->id_len, bytes, blen};
+  estate_write_t w = {t->name, i->id, t->name_len, i->h.id_len, bytes, blen};
   ds_op_t *op = calloc(1, sizeof *op);
   op->inst = i;
   op->bytes = bytes;

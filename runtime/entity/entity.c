@@ -22,15 +22,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
-#include "cluster/cluster.h"
+#include "loop/log.h"
 #include "core/hash.h"
+#include "core/prom.h"
 #include "entity/durable_state.h"
 
 static uint32_t em_shards = 300;
 static uint32_t *em_counts; /* instances per shard, [1..em_shards] */
-void (*em_reroute)(msg_t *m);
-void (*em_handoff)(const char *type, size_t type_len, const char *id, size_t id_len, char *snapshot, size_t len);
+/* Where shards run (loop/placement.h), as the wiring gave it to the host. */
+static const placement_ops_t *em__placement(void) { return host_config()->placement; }
 
 /* Snapshots handed over by a shard's previous owner, waiting for the first
  * message that activates their instance here. An entry is the only copy of
@@ -53,7 +53,7 @@ static uint32_t *em_stash_counts; /* stashed snapshots per shard, [1..em_shards]
 
 static int em__eq(const htab_node_t *n, const void *key, size_t len) {
   const inst_t *i = (const inst_t *)n;
-  return i->id_len == len && memcmp(i->id, key, len) == 0;
+  return i->h.id_len == len && memcmp(i->id, key, len) == 0;
 }
 
 static void em__idle_fire(timer_entry_t *te);
@@ -167,7 +167,9 @@ void em_stash_hand_on(const uint8_t *mask) {
   stash_t *st = em__stash_take_shards(mask);
   while (st) {
     stash_t *next = st->next;
-    if (em_handoff) em_handoff(st->key, st->type_len, st->key + st->type_len + 1, st->id_len, st->snap, st->snap_len);
+    const placement_ops_t *p = em__placement();
+    if (p && p->handoff)
+      p->handoff(p->ctx, st->key, st->type_len, st->key + st->type_len + 1, st->id_len, st->snap, st->snap_len);
     else free(st->snap);
     free(st);
     st = next;
@@ -189,11 +191,11 @@ uint32_t em_stash_drop(const uint8_t *mask) {
 
 /* Gives a new instance the snapshot its previous owner handed over. */
 static void em__stash_take(inst_t *i) {
-  if (!em_stash.count || i->type->durable) return; /* a durable type's saved row is its state */
-  size_t tl = i->type->name_len;
-  char *key = malloc(tl + 1 + i->id_len);
+  if (!em_stash.count || i->h.type->durable) return; /* a durable type's saved row is its state */
+  size_t tl = i->h.type->name_len;
+  char *key = malloc(tl + 1 + i->h.id_len);
   if (!key) return;
-  size_t kl = em__stash_key(key, i->type->name, tl, i->id, i->id_len);
+  size_t kl = em__stash_key(key, i->h.type->name, tl, i->id, i->h.id_len);
   stash_t *st = (stash_t *)htab_find(&em_stash, hash_bytes(key, kl), em__stash_eq, key, kl);
   free(key);
   if (!st) return;
@@ -218,7 +220,7 @@ size_t em_instances(const etype_t *t) { return t->instances.count; }
 
 static void em__idle_remove(inst_t *i) {
   if (!i->idle) return;
-  etype_t *t = i->type;
+  etype_t *t = i->h.type;
   if (i->idle_prev) i->idle_prev->idle_next = i->idle_next; else t->idle_head = i->idle_next;
   if (i->idle_next) i->idle_next->idle_prev = i->idle_prev; else t->idle_tail = i->idle_prev;
   i->idle_prev = i->idle_next = NULL;
@@ -232,7 +234,7 @@ static void em__idle_arm(etype_t *t) {
 }
 
 static void em__idle_add(inst_t *i) {
-  etype_t *t = i->type;
+  etype_t *t = i->h.type;
   if (i->idle || i->keep_alive || i->retiring || i->state != INST_READY) return;
   i->idle = 1;
   i->idle_since = sched_now();
@@ -256,28 +258,30 @@ static void em__backoff_end(inst_t *i) {
 }
 
 static void em__destroy(inst_t *i) {
-  etype_t *t = i->type;
+  etype_t *t = i->h.type;
   em__backoff_end(i);
   /* Keep reload hand-over links true whichever side goes first. */
   if (i->predecessor) i->predecessor->successor = NULL;
   if (i->successor) i->successor->predecessor = NULL;
   em__idle_remove(i);
   htab_remove(&t->instances, &i->node);
-  if (i->handlers_ref != LUA_NOREF || i->ctx_ref != LUA_NOREF) host_release_instance(i);
+  if (i->h.handlers_ref != LUA_NOREF || i->h.ctx_ref != LUA_NOREF) host_release_instance(&i->h);
   if (i->state == INST_READY) t->active--;
-  uint32_t shard = i->shard;
+  uint32_t shard = i->h.shard;
   dstate_inst_free(i);
   free(i->snapshot);
   free(i);
-  if (em_counts && shard <= em_shards && em_counts[shard] && --em_counts[shard] == 0 && cluster_on)
-    cluster_shard_drained(shard);
+  if (em_counts && shard <= em_shards && em_counts[shard] && --em_counts[shard] == 0 ) {
+    const placement_ops_t *p = em__placement();
+    if (p && p->shard_drained) p->shard_drained(p->ctx, shard);
+  }
   host_type_released(t);
 }
 
 static void em__passivate(inst_t *i) {
-  etype_t *t = i->type;
+  etype_t *t = i->h.type;
   t->counters->passivations++;
-  log_debug("passivating %s/%.*s after %llu ms idle", t->name, (int)i->id_len, i->id,
+  log_debug("passivating %s/%.*s after %llu ms idle", t->name, (int)i->h.id_len, i->id,
             (unsigned long long)t->max_idle_ms);
   em__destroy(i);
 }
@@ -300,7 +304,7 @@ static void em__drop_mailbox(inst_t *i) {
   while (i->mb_head) {
     msg_t *m = i->mb_head;
     i->mb_head = m->next;
-    i->type->queued--;
+    i->h.type->queued--;
     msg_free(m);
   }
   i->mb_tail = NULL;
@@ -317,16 +321,17 @@ static void em__retire(inst_t *i) {
   /* A fenced instance (handoff 2) lost its lease: its state may be stale. */
   /* A durable instance's state is its saved row, which its successor or
    * new owner reads: nothing is handed over. */
-  int keep = i->handoff != 2 && !i->type->durable;
-  char *snap = (i->state == INST_READY && i->handlers_ref != LUA_NOREF && keep) ? host_snapshot(i, &len) : NULL;
+  int keep = i->handoff != 2 && !i->h.type->durable;
+  char *snap = (i->state == INST_READY && i->h.handlers_ref != LUA_NOREF && keep) ? host_snapshot(&i->h, &len) : NULL;
   if (!snap && i->snapshot && keep) { /* never activated: the snapshot it was given travels on */
     snap = i->snapshot;
     len = i->snapshot_len;
     i->snapshot = NULL;
   }
   i->successor = NULL;
-  if (i->handoff == 1 && snap && em_handoff) {
-    em_handoff(i->type->name, i->type->name_len, i->id, i->id_len, snap, len);
+  const placement_ops_t *p = em__placement();
+  if (i->handoff == 1 && snap && p && p->handoff) {
+    p->handoff(p->ctx, i->h.type->name, i->h.type->name_len, i->id, i->h.id_len, snap, len);
     snap = NULL;
   }
   em__destroy(i);
@@ -346,9 +351,10 @@ static void em__reroute_mailbox(inst_t *i) {
   i->mb_len = 0;
   while (m) {
     msg_t *next = m->next;
-    i->type->queued--;
+    i->h.type->queued--;
     m->next = NULL;
-    if (em_reroute) em_reroute(m); else msg_free(m);
+    const placement_ops_t *p = em__placement();
+    if (p && p->reroute) p->reroute(p->ctx, m); else msg_free(m);
     m = next;
   }
 }
@@ -371,12 +377,12 @@ static void em__evict(inst_t *i) {
 
 static void em__pump(sched_item_t *it) {
   inst_t *i = (inst_t *)((char *)it - offsetof(inst_t, ready));
-  etype_t *t = i->type;
+  etype_t *t = i->h.type;
   if (i->retiring) {
     if (i->running == 0 && i->state != INST_ACTIVATING) em__retire(i);
     return;
   }
-  if (!cluster_serving(i->shard)) { /* the lease ran out since the message was queued */
+  if (!placement_may_run(em__placement(), i->h.shard)) { /* the lease ran out since the message was queued */
     em__evict(i);
     return;
   }
@@ -388,7 +394,7 @@ static void em__pump(sched_item_t *it) {
     size_t snap_len = i->snapshot_len;
     i->snapshot = NULL;
     if (t->durable) dstate_activate(i); /* from its saved row, not a handed-over snapshot */
-    else host_activate(i, snap, snap_len);
+    else host_activate(&i->h, snap, snap_len);
     free(snap);
     return;
   }
@@ -407,7 +413,7 @@ static void em__pump(sched_item_t *it) {
     i->running++;
     t->running++;
     em__idle_remove(i);
-    host_handle(i, m); /* may finish at once and call em_handled */
+    host_handle(&i->h, m); /* may finish at once and call em_handled */
     if (i->retiring || i->state != INST_READY) return; /* a reset instance activates again first */
   }
   if (i->running == 0 && !i->mb_head) em__idle_add(i);
@@ -423,11 +429,11 @@ inst_t *em_find(etype_t *t, const char *id, size_t len) { return em__find(t, id,
  * (see durable_state.h) drops it: it activates again before its next
  * message, or goes when it has none. */
 static void em__reset(inst_t *i) {
-  i->reset = 0;
+  i->h.reset = 0;
   em__idle_remove(i);
-  if (i->state == INST_READY) i->type->active--;
+  if (i->state == INST_READY) i->h.type->active--;
   i->state = INST_NEW;
-  if (i->handlers_ref != LUA_NOREF || i->ctx_ref != LUA_NOREF) host_release_instance(i);
+  if (i->h.handlers_ref != LUA_NOREF || i->h.ctx_ref != LUA_NOREF) host_release_instance(&i->h);
   /* Its pump activates it, or frees it: never freed here, as this may run
    * inside its pump (a handler that finished at once). */
   em__schedule(i);
@@ -437,13 +443,14 @@ static inst_t *em__create(etype_t *t, const char *id, size_t len, uint64_t h) {
   inst_t *i = calloc(1, sizeof *i + len + 1);
   if (!i) return NULL;
   memcpy(i->id, id, len);
-  i->id_len = len;
-  i->type = t;
+  i->h.id = i->id;
+  i->h.id_len = len;
+  i->h.type = t;
   i->node.hash = h;
-  i->handlers_ref = i->ctx_ref = LUA_NOREF;
-  i->shard = hash_shard(id, len, em_shards);
+  i->h.handlers_ref = i->h.ctx_ref = LUA_NOREF;
+  i->h.shard = hash_shard(id, len, em_shards);
   if (htab_insert(&t->instances, &i->node) != 0) { free(i); return NULL; }
-  if (em_counts) em_counts[i->shard]++;
+  if (em_counts) em_counts[i->h.shard]++;
   em__stash_take(i);
   return i;
 }
@@ -454,7 +461,7 @@ static void em__enqueue(inst_t *i, msg_t *m) {
   if (i->mb_tail) i->mb_tail->next = m; else i->mb_head = m;
   i->mb_tail = m;
   i->mb_len++;
-  i->type->queued++;
+  i->h.type->queued++;
 }
 
 /* A message addressed to a type that a reload replaced goes to the type of
@@ -504,11 +511,11 @@ int em_deliver(msg_t *m) {
 }
 
 void em_activated(inst_t *i, const char *error) {
-  etype_t *t = i->type;
+  etype_t *t = i->h.type;
   if (error) {
     /* Every waiting message learns why; the next message tries again. */
     char msg[1536];
-    snprintf(msg, sizeof msg, "activating %s/%.*s failed: %s", t->name, (int)(i->id_len > 64 ? 64 : i->id_len),
+    snprintf(msg, sizeof msg, "activating %s/%.*s failed: %s", t->name, (int)(i->h.id_len > 64 ? 64 : i->h.id_len),
              i->id, error);
     size_t len;
     char *body = reply_error_body(REPLY_DEFECT, NULL, msg, &len);
@@ -536,12 +543,12 @@ void em_activated(inst_t *i, const char *error) {
 
 void em_handled(inst_t *i) {
   i->running--;
-  i->type->running--;
+  i->h.type->running--;
   if (i->retiring) {
     if (i->running == 0) em__retire(i);
     return;
   }
-  if (i->reset && i->running == 0) em__reset(i);
+  if (i->h.reset && i->running == 0) em__reset(i);
   else if (i->mb_head) em__schedule(i);
   else if (i->running == 0) em__idle_add(i);
 }
@@ -555,12 +562,12 @@ static void em__backoff_fire(timer_entry_t *te) {
 }
 
 void em_retry(inst_t *i, msg_t *m, uint64_t delay_ms) {
-  if (i->type->durable) i->reset = 1; /* the run that raised may have changed its state: start from the saved one */
+  if (i->h.type->durable) i->h.reset = 1; /* the run that raised may have changed its state: start from the saved one */
   m->next = i->mb_head;
   i->mb_head = m;
   if (!i->mb_tail) i->mb_tail = m;
   i->mb_len++;
-  i->type->queued++;
+  i->h.type->queued++;
   m->enqueued_at = sched_now();
   if (!i->backoff) {
     i->backoff = malloc(sizeof *i->backoff);
@@ -592,7 +599,7 @@ void em_migrate(etype_t *old, etype_t *repl) {
     i->retiring = 1;
     inst_t *succ = NULL;
     if (repl) {
-      succ = em__create(repl, i->id, i->id_len, i->node.hash);
+      succ = em__create(repl, i->id, i->h.id_len, i->node.hash);
       if (succ) {
         succ->state = INST_WAITING;
         succ->keep_alive = i->keep_alive;
@@ -633,7 +640,7 @@ static void em__each_in(const uint8_t *mask, void (*fn)(inst_t *i)) {
     while (n) {
       inst_t *i = (inst_t *)n;
       n = htab_next(&t->instances, n, &it);
-      if (i->shard <= em_shards && mask[i->shard] && !(i->retiring && !i->handoff)) fn(i);
+      if (i->h.shard <= em_shards && mask[i->h.shard] && !(i->retiring && !i->handoff)) fn(i);
     }
   }
 }
@@ -698,10 +705,54 @@ void em_type_free(etype_t *t) {
     n = htab_next(&t->instances, n, &it);
     em__drop_mailbox(i);
     em__backoff_end(i);
-    if (em_counts && i->shard <= em_shards && em_counts[i->shard]) em_counts[i->shard]--;
+    if (em_counts && i->h.shard <= em_shards && em_counts[i->h.shard]) em_counts[i->h.shard]--;
     dstate_inst_free(i);
     free(i->snapshot);
     free(i);
   }
   htab_free(&t->instances);
+}
+
+/* The host reports outcomes with the host_inst_t it was given, a member of
+ * its inst_t. */
+static inst_t *em__of(host_inst_t *h) { return (inst_t *)(void *)((char *)h - offsetof(inst_t, h)); }
+static void em__host_activated(host_inst_t *h, const char *error) { em_activated(em__of(h), error); }
+static void em__host_handled(host_inst_t *h) { em_handled(em__of(h)); }
+static void em__host_retry(host_inst_t *h, msg_t *m, uint64_t delay_ms) { em_retry(em__of(h), m, delay_ms); }
+static int em__host_durable_reply(host_inst_t *h, msg_t *m, reply_kind_t kind, const char *body, size_t len) {
+  return dstate_handled(em__of(h), m, kind, body, len);
+}
+
+const host_em_t *em_host_ops(void) {
+  static const host_em_t ops = {
+      .type_init = em_type_init,
+      .type_free = em_type_free,
+      .instances = em_instances,
+      .migrate = em_migrate,
+      .activated = em__host_activated,
+      .handled = em__host_handled,
+      .retry = em__host_retry,
+      .durable_reply = em__host_durable_reply,
+      .keep_alive = em_keep_alive,
+      .forget = dstate_forget,
+  };
+  return &ops;
+}
+/* GET /metrics: the manager's gauges per entity type served now. */
+void em_metrics(buf_t *b) {
+  static const struct {
+    const char *name, *help;
+    size_t off;
+  } gauges[] = {
+      {"luster_active_instances", "Active entity instances on this runner, per type.", offsetof(etype_t, active)},
+      {"luster_running_messages", "Messages being handled now, per type.", offsetof(etype_t, running)},
+      {"luster_queued_messages", "Messages waiting in mailboxes, per type.", offsetof(etype_t, queued)},
+  };
+  for (size_t m = 0; m < sizeof gauges / sizeof gauges[0]; m++) {
+    prom_head(b, gauges[m].name, "gauge", gauges[m].help);
+    for (etype_t *t = host_types(); t; t = t->next)
+      if (t->kind == DEF_ENTITY)
+        buf_printf(b, "%s{type=\"%s\"} %llu\n", gauges[m].name, t->name,
+                   (unsigned long long)*(const uint64_t *)((const char *)t + gauges[m].off));
+  }
 }

@@ -7,8 +7,8 @@
 #include <stdint.h>
 
 #include "core/htab.h"
-#include "entity/msg.h"
-#include "entity/sched.h"
+#include "loop/msg.h"
+#include "loop/sched.h"
 #include "host/host.h"
 
 typedef enum {
@@ -19,9 +19,9 @@ typedef enum {
 } inst_state_t;
 
 typedef struct inst_s {
-  htab_node_t node;
+  htab_node_t node; /* first: the type's table of instances holds inst_t by it */
+  host_inst_t h;    /* what the host sees (type, id, shard, Lua refs) */
   sched_item_t ready;
-  etype_t *type;
   msg_t *mb_head, *mb_tail;
   uint32_t mb_len;
   uint32_t running;
@@ -30,19 +30,15 @@ typedef struct inst_s {
   uint8_t idle; /* on its type's idle list */
   uint8_t retiring; /* its script was replaced: finish in-flight work, then hand over */
   uint8_t handoff;  /* retiring because its shard moves to another runner */
-  uint8_t reset;    /* durable: its state in memory is not the saved one; re-activate once nothing runs */
   struct dstate_s *ds; /* durable: what it knows of its saved state (durable_state.c) */
   struct inst_s *successor;   /* the instance on the new version that waits for this one */
   struct inst_s *predecessor; /* while INST_WAITING: the old instance it waits for */
   char *snapshot;   /* state handed over by the predecessor, for activate */
   size_t snapshot_len;
-  uint32_t shard;
-  int handlers_ref, ctx_ref;
   struct em_backoff_s *backoff; /* while a raised persisted message waits to run again */
   struct inst_s *idle_prev, *idle_next;
   uint64_t idle_since;
-  size_t id_len;
-  char id[];
+  char id[]; /* h.id points here; its length is h.id_len */
 } inst_t;
 
 void em_init(uint32_t shards);
@@ -76,14 +72,12 @@ uint64_t em_active_total(void);
  * not yet claimed), after every type has been freed. */
 void em_close(void);
 
-/* Cluster mode. Messages that must go elsewhere (their shard is not served
- * here any more) go back to the router through this hook. */
-extern void (*em_reroute)(msg_t *m);
-/* An instance handed over by a graceful shard hand-off (or a snapshot handed
- * here earlier that its instance never claimed): the snapshot (owned by the
- * hook) goes to the shard's new owner. */
-extern void (*em_handoff)(const char *type, size_t type_len, const char *id, size_t id_len, char *snapshot,
-                          size_t len);
+/* The manager as the host calls it (host_config_t.em). In cluster mode,
+ * messages that must go elsewhere and handed-over snapshots leave through
+ * host_config_t.placement (reroute, handoff). */
+const host_em_t *em_host_ops(void);
+/* GET /metrics: active, running and queued per entity type. */
+void em_metrics(buf_t *b);
 /* Instances (any state) on a shard. */
 uint32_t em_shard_instances(uint32_t shard);
 /* Snapshots handed here for a shard and not yet claimed by an instance. */
@@ -100,7 +94,7 @@ void em_fence_shards(const uint8_t *mask);
  * hands it to the next instance of (type, id). Takes ownership. It stays
  * until claimed, handed on or dropped (no expiry: it is the only copy). */
 void em_stash_snapshot(const char *type, size_t type_len, const char *id, size_t id_len, char *snap, size_t len);
-/* Hands every stashed snapshot of the shards in mask to em_handoff. */
+/* Hands every stashed snapshot of the shards in mask to the placement's handoff. */
 void em_stash_hand_on(const uint8_t *mask);
 /* Frees the stashed snapshots of the shards in mask (their new owner did
  * not take them in time); returns how many. */

@@ -10,12 +10,7 @@
 #include <string.h>
 #include <uv.h>
 
-#include "cli/log.h"
-#include "cluster/cluster.h"
-#include "cluster/durable.h"
-#include "cluster/router.h"
-#include "entity/durable_state.h"
-#include "entity/entity.h"
+#include "loop/log.h"
 #include "host/json.h"
 
 
@@ -73,7 +68,7 @@ static int core_call(lua_State *L) {
   lua_Integer timeout = luaL_optinteger(L, 5, 0);
   int discard = lua_toboolean(L, 6);
   task_t *t = core__task(L, "calling an entity");
-  inst_t *self = t->inst;
+  host_inst_t *self = t->inst;
   if (!discard && self && self->type->concurrency == 1 && self->type->name_len == tl &&
       memcmp(self->type->name, type, tl) == 0 && self->id_len == il && memcmp(self->id, id, il) == 0) {
     char msg[512];
@@ -99,7 +94,8 @@ static int core_call(lua_State *L) {
   uint64_t tmo = timeout > 0 ? (uint64_t)timeout : host__cfg.call_timeout_ms;
   call_t *c = call_new(host__task_call_cb, t, tmo);
   t->call = c;
-  router_send(type, tl, id, il, tag, gl, payload, pl, NULL, 0, discard ? MSG_DISCARD : 0, c);
+  const placement_ops_t *pl_ops = host__cfg.placement;
+  pl_ops->send(pl_ops->ctx, type, tl, id, il, tag, gl, payload, pl, NULL, 0, discard ? MSG_DISCARD : 0, c);
   t->waiting = 1;
   return lua_yieldk(L, 0, 0, core__call_k);
 }
@@ -118,7 +114,7 @@ static int core_keep_alive(lua_State *L) {
   const char *id = luaL_checklstring(L, 2, &il);
   int on = lua_toboolean(L, 3);
   etype_t *ty = host_find_type(type, tl);
-  if (ty) em_keep_alive(ty, id, il, on);
+  if (ty) host__cfg.em->keep_alive(ty, id, il, on);
   return 0;
 }
 
@@ -127,7 +123,7 @@ static int core_forget(lua_State *L) {
   const char *type = luaL_checklstring(L, 1, &tl);
   const char *id = luaL_checklstring(L, 2, &il);
   etype_t *ty = host_find_type(type, tl);
-  if (!ty || dstate_forget(ty, id, il) == -EINVAL)
+  if (!ty || host__cfg.em->forget(ty, id, il) == -EINVAL)
     return luaL_error(L, "ctx:forget() is for durable entities: %s is not declared with luster.entity(\"%s\", rpcs, "
                          "{ durable = true })", type, type);
   return 0;
@@ -164,12 +160,13 @@ static int core_cron(lua_State *L) {
   lua_Integer op = luaL_checkinteger(L, 1);
   const char *name = luaL_checkstring(L, 2);
   lua_Integer at = luaL_checkinteger(L, 3);
-  if (!durable_on()) return 0;
+  const placement_ops_t *p = host__cfg.placement;
+  if (!p || !p->cron_on(p->ctx)) return 0;
   if (op < 0 || op > 2) return luaL_error(L, "bad cron operation");
   task_t *t = core__task(L, "cron bookkeeping");
   call_t *c = call_new(host__task_call_cb, t, 10000);
   t->call = c;
-  durable_cron((int)op, name, at > 0 ? (uint64_t)at : 0, c);
+  p->cron(p->ctx, (int)op, name, at > 0 ? (uint64_t)at : 0, c);
   t->waiting = 1;
   return lua_yieldk(L, 0, 0, core__reply_k);
 }

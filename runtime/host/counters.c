@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/prom.h"
+#include "host/host.h"
+
 static host_counters_t *host_counters_list, **host_counters_tail = &host_counters_list;
 
 host_counters_t *host_counters_for(const char *name, size_t len, int entity) {
@@ -40,4 +43,43 @@ void host_counters_free(void) {
     free(c);
   }
   host_counters_tail = &host_counters_list;
+}
+/* GET /metrics: counters of every type name served since the start (so a
+ * reload or a removed file never makes them go back), and the scripts. */
+void host_metrics(buf_t *b) {
+  static const struct {
+    const char *name, *help;
+    size_t off;
+  } counters[] = {
+      {"luster_activations_total", "Instances activated, per type.", offsetof(host_counters_t, activations)},
+      {"luster_passivations_total", "Instances passivated after max_idle, per type.",
+       offsetof(host_counters_t, passivations)},
+      {"luster_state_writes_total",
+       "Durable entity states written to storage (unchanged snapshots are not), per type.",
+       offsetof(host_counters_t, state_writes)},
+  };
+  for (size_t m = 0; m < sizeof counters / sizeof counters[0]; m++) {
+    prom_head(b, counters[m].name, "counter", counters[m].help);
+    for (host_counters_t *c = host_counters(); c; c = c->next)
+      if (c->entity)
+        buf_printf(b, "%s{type=\"%s\"} %llu\n", counters[m].name, c->name,
+                   (unsigned long long)*(const uint64_t *)((const char *)c + counters[m].off));
+  }
+  prom_head(b, "luster_messages_total", "counter", "Messages handled, per type and outcome.");
+  for (host_counters_t *c = host_counters(); c; c = c->next)
+    for (int k = 0; k < REPLY__COUNT; k++)
+      if (c->outcomes[k])
+        buf_printf(b, "luster_messages_total{type=\"%s\",outcome=\"%s\"} %llu\n", c->name,
+                   reply_kind_name((reply_kind_t)k), (unsigned long long)c->outcomes[k]);
+  prom_head(b, "luster_script_memory_bytes", "gauge", "Bytes held by each script's Lua state.");
+  for (script_t *s = host_scripts(); s; s = s->next)
+    if (!s->error) {
+      buf_adds(b, "luster_script_memory_bytes{file=\"");
+      prom_label(b, s->file);
+      buf_printf(b, "\"} %zu\n", s->mem);
+    }
+  prom_head(b, "luster_script_errors", "gauge", "Scripts that failed to load and are not serving.");
+  int errors = 0;
+  for (script_t *s = host_scripts(); s; s = s->next) errors += s->error != NULL;
+  buf_printf(b, "luster_script_errors %d\n", errors);
 }

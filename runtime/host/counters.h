@@ -6,7 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "entity/msg.h"
+#include "core/buf.h"
+#include "loop/msg.h"
 
 typedef struct host_counters_s host_counters_t;
 struct host_counters_s {
@@ -26,5 +27,8 @@ host_counters_t *host_counters_for(const char *name, size_t len, int entity);
 host_counters_t *host_counters(void);
 /* At exit, after host_shutdown. */
 void host_counters_free(void);
+/* GET /metrics: these counters per type name, messages per outcome, and
+ * each script's memory and load errors. */
+void host_metrics(buf_t *b);
 
 #endif

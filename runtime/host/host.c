@@ -17,11 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli/log.h"
-#include "cluster/cluster.h"
+#include "loop/log.h"
 #include "core/buf.h"
-#include "entity/durable_state.h"
-#include "entity/entity.h"
 #include "host/json.h"
 
 /* How often (in VM instructions) the budget hook runs. Small enough that a
@@ -307,7 +304,7 @@ static int host__bg_here(const etype_t *ty);
 static void host__task_lost(task_t *t);
 
 static void task_resume(task_t *t, int nargs) {
-  if (cluster_on && ((t->inst && !cluster_serving(t->inst->shard)) || (!t->inst && !host__bg_here(t->type)))) {
+  if ((t->inst && !placement_may_run(host__cfg.placement, t->inst->shard)) || (!t->inst && !host__bg_here(t->type))) {
     /* The lease of its shard ran out while it waited: nothing more runs. */
     host__task_lost(t);
     return;
@@ -412,7 +409,7 @@ static void task__restart_background(task_t *t);
  * with `kind` and `text`, and the instance goes on with its next one. */
 static void task__end_handle(task_t *t, reply_kind_t kind, const char *text) {
   msg_t *m = t->msg;
-  inst_t *inst = t->inst;
+  host_inst_t *inst = t->inst;
   size_t len;
   char *body = reply_error_body(kind, NULL, text, &len);
   t->type->counters->outcomes[kind]++;
@@ -420,13 +417,13 @@ static void task__end_handle(task_t *t, reply_kind_t kind, const char *text) {
   free(body);
   host__task_free(t);
   if (kind == REPLY_DEFECT && inst->type->durable) inst->reset = 1; /* a raised run leaves no trace */
-  em_handled(inst);
+  host__cfg.em->handled(inst);
 }
 
 static void task__end_activate(task_t *t, const char *error) {
-  inst_t *inst = t->inst;
+  host_inst_t *inst = t->inst;
   host__task_free(t);
-  em_activated(inst, error);
+  host__cfg.em->activated(inst, error);
 }
 
 static void task__finish(task_t *t, int nres) {
@@ -438,7 +435,7 @@ static void task__finish(task_t *t, int nres) {
     const char *body = nres >= 2 ? lua_tolstring(co, -1, &blen) : NULL;
     reply_kind_t kind;
     msg_t *m = t->msg;
-    inst_t *inst = t->inst;
+    host_inst_t *inst = t->inst;
     if (!k || !body || reply_kind_parse(k, klen, &kind) != 0) {
       size_t len;
       char *eb = reply_error_body(REPLY_DEFECT, NULL, "the runtime's dispatch returned no reply", &len);
@@ -446,25 +443,25 @@ static void task__finish(task_t *t, int nres) {
       msg_finish(m, REPLY_DEFECT, eb, len);
       free(eb);
     } else if (inst->type->durable) {
-      int now = dstate_handled(inst, m, kind, body, blen); /* saves the state, then releases the reply */
+      int now = host__cfg.em->durable_reply(inst, m, kind, body, blen); /* saves the state, then releases the reply */
       host__task_free(t);
-      if (now) em_handled(inst);
+      if (now) host__cfg.em->handled(inst);
       return;
     } else {
       t->type->counters->outcomes[kind]++;
       msg_finish(m, kind, body, blen);
     }
     host__task_free(t);
-    em_handled(inst);
+    host__cfg.em->handled(inst);
     return;
   }
   case TASK_ACTIVATE: {
-    inst_t *inst = t->inst;
+    host_inst_t *inst = t->inst;
     if (nres >= 2 && lua_istable(co, -2)) {
       inst->ctx_ref = luaL_ref(co, LUA_REGISTRYINDEX);
       inst->handlers_ref = luaL_ref(co, LUA_REGISTRYINDEX);
       host__task_free(t);
-      em_activated(inst, NULL);
+      host__cfg.em->activated(inst, NULL);
     } else {
       task__end_activate(t, "activate returned no handlers");
     }
@@ -493,11 +490,11 @@ static void task__error(task_t *t, int status) {
         log_warn("%s/%.*s: %s raised (attempt %u of %d), retrying in %llu ms: %s", t->type->name,
                  (int)(m->id_len > 64 ? 64 : m->id_len), m->id, t->type->rpcs[m->rpc].tag, m->attempts,
                  HOST_PERSISTED_ATTEMPTS, (unsigned long long)delay, text);
-        inst_t *inst = t->inst;
+        host_inst_t *inst = t->inst;
         t->msg = NULL;
         host__task_free(t);
-        em_retry(inst, m, delay);
-        em_handled(inst);
+        host__cfg.em->retry(inst, m, delay);
+        host__cfg.em->handled(inst);
         break;
       }
       char *again = malloc(strlen(text) + 64);
@@ -522,7 +519,7 @@ static void task__error(task_t *t, int status) {
  * Entity work
  * ------------------------------------------------------------------------- */
 
-void host_activate(inst_t *inst, const char *snapshot, size_t snapshot_len) {
+void host_activate(host_inst_t *inst, const char *snapshot, size_t snapshot_len) {
   etype_t *ty = inst->type;
   script_t *s = ty->script;
   task_t *t = task_new(s, TASK_ACTIVATE);
@@ -543,7 +540,7 @@ static int host__decode(lua_State *L) {
   return 1;
 }
 
-void host_handle(inst_t *inst, msg_t *msg) {
+void host_handle(host_inst_t *inst, msg_t *msg) {
   etype_t *ty = inst->type;
   script_t *s = ty->script;
   task_t *t = task_new(s, TASK_HANDLE);
@@ -610,7 +607,7 @@ void host__gc_fire(timer_entry_t *te) {
   s->gc_freed = 0;
 }
 
-void host_release_instance(inst_t *inst) {
+void host_release_instance(host_inst_t *inst) {
   script_t *s = inst->type->script;
   lua_State *L = s->L;
   luaL_unref(L, LUA_REGISTRYINDEX, inst->handlers_ref);
@@ -623,7 +620,7 @@ void host_release_instance(inst_t *inst) {
   }
 }
 
-char *host_snapshot(inst_t *inst, size_t *len) {
+char *host_snapshot(host_inst_t *inst, size_t *len) {
   etype_t *ty = inst->type;
   script_t *s = ty->script;
   lua_State *L = s->L;
@@ -734,7 +731,7 @@ static void host__restart_fire(timer_entry_t *te) {
  * shard of its name, so exactly one runner runs it and it moves with the
  * shard. */
 static int host__bg_here(const etype_t *ty) {
-  return !cluster_on || cluster_serving(cluster_shard_of(ty->name, ty->name_len));
+  return placement_may_run_key(host__cfg.placement, ty->name, ty->name_len);
 }
 
 static void host__task_lost(task_t *t) {

@@ -10,8 +10,9 @@
 #include "core/buf.h"
 #include "core/htab.h"
 #include "host/counters.h"
-#include "entity/msg.h"
-#include "entity/sched.h"
+#include "loop/msg.h"
+#include "loop/placement.h"
+#include "loop/sched.h"
 
 #define HOST_THREAD_POOL 64
 /* A persisted message whose handler raises runs at most this many times,
@@ -23,6 +24,41 @@ typedef struct script_s script_t;
 typedef struct etype_s etype_t;
 typedef struct task_s task_t;
 struct inst_s;
+
+/* An instance as the host sees it: the entity manager's inst_t
+ * (entity/entity.h) holds one and passes it to host_activate / host_handle;
+ * the host reports back through host_em_t with the same pointer. */
+typedef struct host_inst_s {
+  etype_t *type;
+  const char *id;
+  size_t id_len;
+  uint32_t shard;
+  int handlers_ref, ctx_ref; /* the instance's handlers and ctx, in its script's registry */
+  uint8_t reset; /* durable: a raised run leaves its state in memory unsaved (entity.c re-activates) */
+} host_inst_t;
+
+/* What the host tells the entity manager, and asks of it: filled by the
+ * entity layer (em_host_ops, entity.h) and handed over in host_config_t, so
+ * the host never includes entity/. */
+typedef struct host_em_s {
+  /* Per type: the manager's own fields in etype_t (created, freed, counted). */
+  void (*type_init)(etype_t *t);
+  void (*type_free)(etype_t *t);
+  size_t (*instances)(const etype_t *t);
+  /* A reload replaced old by repl (NULL: the type is gone). */
+  void (*migrate)(etype_t *old, etype_t *repl);
+  /* Outcomes of the work host_activate / host_handle started. */
+  void (*activated)(host_inst_t *i, const char *error);
+  void (*handled)(host_inst_t *i);
+  void (*retry)(host_inst_t *i, msg_t *m, uint64_t delay_ms);
+  /* A durable type's handler finished: saves the state, then releases the
+   * reply; 1 when it called handled itself. */
+  int (*durable_reply)(host_inst_t *i, msg_t *m, reply_kind_t kind, const char *body, size_t len);
+  /* ctx:keep_alive and ctx:forget. forget returns -EINVAL for a type that
+   * is not durable. */
+  void (*keep_alive)(etype_t *t, const char *id, size_t len, int on);
+  int (*forget)(etype_t *t, const char *id, size_t len);
+} host_em_t;
 
 typedef struct rpc_def_s {
   char *tag;
@@ -36,6 +72,7 @@ typedef enum { DEF_ENTITY, DEF_SINGLETON, DEF_CRON } def_kind_t;
 
 /* One entity type (or singleton / cron job) as defined by a script. */
 struct etype_s {
+  msg_typeref_t ref; /* first: messages that point at this type (loop/msg.h) */
   etype_t *next;  /* in the registry of live types */
   etype_t *snext; /* in its script's list */
   def_kind_t kind;
@@ -53,12 +90,11 @@ struct etype_s {
   /* Entity manager state (see entity.c). */
   htab_t instances;
   uint64_t active;
-  struct inst_s *idle_head, *idle_tail;
+  struct inst_s *idle_head, *idle_tail; /* the manager's instances (entity.h) */
   timer_entry_t idle_timer;
   uint64_t running, queued; /* messages running now, and waiting in mailboxes */
   host_counters_t *counters; /* of its name, kept across versions (counters.h); set when served */
   int retired;         /* replaced by a reload; kept while instances, tasks or messages use it */
-  size_t refs;         /* messages that point at this type */
   task_t *runner_task; /* singleton / cron */
   struct restart_s *restart; /* pending restart of a singleton / cron job */
 };
@@ -100,7 +136,7 @@ struct task_s {
   lua_State *co;
   int co_ref;
   task_kind_t kind;
-  struct inst_s *inst;
+  host_inst_t *inst;
   etype_t *type;
   msg_t *msg;
   call_t *call; /* outgoing call this task waits on */
@@ -126,6 +162,8 @@ typedef struct host_config_s {
   const char *runner_name; /* ctx.runner */
   uint32_t shards;
   uint64_t cron_catch_up_ms; /* missed cron instants younger than this run on return */
+  const host_em_t *em;                /* the entity manager (required) */
+  const placement_ops_t *placement;   /* the cluster (NULL: one runner) */
 } host_config_t;
 
 /* Loads every top-level *.lua of cfg->dir. Returns the number of scripts that
@@ -157,12 +195,12 @@ void host_rescan(host_reload_report_t *rep, buf_t *json);
 int host_watch_dirs(char ***dirs);
 
 /* Entity work, called by the entity manager. */
-void host_activate(struct inst_s *inst, const char *snapshot, size_t snapshot_len);
-void host_handle(struct inst_s *inst, msg_t *msg);
-void host_release_instance(struct inst_s *inst);
+void host_activate(host_inst_t *inst, const char *snapshot, size_t snapshot_len);
+void host_handle(host_inst_t *inst, msg_t *msg);
+void host_release_instance(host_inst_t *inst);
 /* The instance's snapshot as JSON (malloc'd), or NULL when its handlers
  * define none (or it failed: logged). */
-char *host_snapshot(struct inst_s *inst, size_t *len);
+char *host_snapshot(host_inst_t *inst, size_t *len);
 /* A retired type lost an instance: its script may be closed. */
 void host_type_released(etype_t *t);
 /* Runs a persisted RPC's payload check, primary key and deliver_at in the

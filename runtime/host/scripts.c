@@ -13,9 +13,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "core/buf.h"
-#include "entity/entity.h"
 
 host_config_t host__cfg;
 script_t *host__script_list;
@@ -102,6 +101,7 @@ static char *host__dupfield(lua_State *L, int idx, const char *name, size_t *len
 static etype_t *host__read_def(script_t *s, lua_State *L) {
   etype_t *ty = calloc(1, sizeof *ty);
   ty->script = s;
+  ty->ref.released = host_type_released;
   size_t klen;
   char *kind = host__dupfield(L, -1, "kind", &klen);
   ty->kind = strcmp(kind, "singleton") == 0 ? DEF_SINGLETON : strcmp(kind, "cron") == 0 ? DEF_CRON : DEF_ENTITY;
@@ -134,7 +134,7 @@ static etype_t *host__read_def(script_t *s, lua_State *L) {
   }
   lua_pushvalue(L, -1);
   ty->def_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  em_type_init(ty);
+  host__cfg.em->type_init(ty);
   return ty;
 }
 
@@ -147,7 +147,7 @@ static void etype_free(etype_t *ty) {
     timer_cancel(&ty->restart->timer);
     free(ty->restart);
   }
-  em_type_free(ty);
+  host__cfg.em->type_free(ty);
   free(ty);
 }
 
@@ -278,7 +278,7 @@ static void host__close_check(sched_item_t *it) {
   script_t *s = (script_t *)((char *)it - offsetof(script_t, close_item));
   if (!s->retired || s->tasks > 0) return;
   for (etype_t *ty = s->types; ty; ty = ty->snext)
-    if (em_instances(ty) > 0 || ty->refs > 0) return;
+    if (host__cfg.em->instances(ty) > 0 || ty->ref.refs > 0) return;
   script_t **pp = &host_retired;
   while (*pp && *pp != s) pp = &(*pp)->next;
   if (*pp) *pp = s->next;
@@ -374,7 +374,7 @@ static void host__install(script_t *s, script_t *old) {
   for (etype_t *ty = old->types; ty; ty = ty->snext) {
     if (ty->kind == DEF_ENTITY) {
       etype_t *repl = host_find_type(ty->name, ty->name_len);
-      em_migrate(ty, repl && repl->kind == DEF_ENTITY ? repl : NULL);
+      host__cfg.em->migrate(ty, repl && repl->kind == DEF_ENTITY ? repl : NULL);
     } else {
       host__stop_runner_task(ty);
     }
@@ -396,7 +396,7 @@ static void host__remove(script_t *s) {
   s->next = host_retired;
   host_retired = s;
   for (etype_t *ty = s->types; ty; ty = ty->snext) {
-    if (ty->kind == DEF_ENTITY) em_migrate(ty, NULL);
+    if (ty->kind == DEF_ENTITY) host__cfg.em->migrate(ty, NULL);
     else host__stop_runner_task(ty);
   }
   sched_push(&s->close_item, host__close_check);
@@ -529,8 +529,9 @@ static void host__json_list(buf_t *json, const char *key, char **files, int n, i
   buf_addc(json, ']');
 }
 
-void host_rescan(host_reload_report_t *rep, buf_t *json) {
-  memset(rep, 0, sizeof *rep);
+/* The top-level *.lua files of the script directory, sorted; *out is
+ * malloc'd (and each name). */
+static size_t host__list_dir(char ***out) {
   char **names = NULL;
   size_t n = 0, cap = 0;
   DIR *d = opendir(host__cfg.dir);
@@ -552,81 +553,86 @@ void host_rescan(host_reload_report_t *rep, buf_t *json) {
     closedir(d);
   }
   if (n) qsort(names, n, sizeof *names, host__cmp);
-  char **changed_libs = NULL;
-  size_t nlib = host__lib_changes(&changed_libs);
+  *out = names;
+  return n;
+}
 
-  char **done_loaded = calloc(n + 1, sizeof(char *)), **done_reloaded = calloc(n + 1, sizeof(char *));
-  buf_t failed;
-  buf_init(&failed);
-  buf_addc(&failed, '[');
-
-  for (size_t i = 0; i < n; i++) {
-    script_t *cur = host__find_script(names[i]);
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", host__cfg.dir, names[i]);
-    size_t len = 0;
-    char *src = host__read_file(path, &len);
-    char ver[17] = "";
-    if (src) host__hash_hex(src, len, ver);
-    free(src);
-    int lib_hit = cur && (cur->error ? nlib > 0 : host__uses_lib(cur, changed_libs, nlib));
-    if (cur && strcmp(cur->version, ver) == 0 && !lib_hit) {
-      if (cur->reload_error) { /* the file is back to the version that serves */
-        log_info("%s is back to version %s, which kept serving", cur->file, cur->version);
-        free(cur->reload_error);
-        cur->reload_error = NULL;
-      }
-      rep->unchanged++;
-      continue;
-    }
-    script_t *s = script__new(names[i]);
-    script_t *other = NULL;
-    const char *clash = NULL;
-    int ok = script_load(s) == 0;
-    if (ok && (clash = host__conflict(s, cur, &other)) != NULL) {
-      script__fail(s, "%s: '%s' is already defined by %s; each entity type, singleton and cron job must be "
-                      "defined by one script only",
-                   s->file, clash, other->file);
-      script_close(s);
-      ok = 0;
-    }
-    if (!ok) {
-      rep->failed++;
-      if (failed.len > 1) buf_addc(&failed, ',');
-      buf_adds(&failed, "{\"file\":");
-      buf_add_json_str(&failed, s->file, strlen(s->file));
-      buf_adds(&failed, ",\"message\":");
-      buf_add_json_str(&failed, s->error, strlen(s->error));
-      buf_addc(&failed, '}');
-      if (cur && !cur->error) {
-        log_error("reloading %s failed, version %s keeps serving: %s", s->file, cur->version, s->error);
-        free(cur->reload_error);
-        cur->reload_error = s->error;
-        s->error = NULL;
-        script__free(s);
-      } else {
-        log_error("script %s", s->error);
-        if (cur) host__remove(cur);
-        host__install(s, NULL);
-      }
-      continue;
-    }
-    if (cur && cur->error) {
-      host__remove(cur);
-      cur = NULL;
-    }
-    host__install(s, cur);
-    int count = 0;
-    for (etype_t *ty = s->types; ty; ty = ty->snext) count++;
-    if (cur) {
-      log_info("reloaded %s (version %s, was %s)", s->file, s->version, cur->version);
-      done_reloaded[rep->reloaded++] = names[i];
-    } else {
-      log_info("loaded %s (%d definition%s, version %s)", s->file, count, count == 1 ? "" : "s", s->version);
-      done_loaded[rep->loaded++] = names[i];
-    }
+/* A new version that failed to load: the old one keeps serving (or, when
+ * there is none that works, the failed one is installed to report it). */
+static void host__rescan_failed(script_t *s, script_t *cur, buf_t *failed) {
+  if (failed->len > 1) buf_addc(failed, ',');
+  buf_adds(failed, "{\"file\":");
+  buf_add_json_str(failed, s->file, strlen(s->file));
+  buf_adds(failed, ",\"message\":");
+  buf_add_json_str(failed, s->error, strlen(s->error));
+  buf_addc(failed, '}');
+  if (cur && !cur->error) {
+    log_error("reloading %s failed, version %s keeps serving: %s", s->file, cur->version, s->error);
+    free(cur->reload_error);
+    cur->reload_error = s->error;
+    s->error = NULL;
+    script__free(s);
+  } else {
+    log_error("script %s", s->error);
+    if (cur) host__remove(cur);
+    host__install(s, NULL);
   }
-  /* Files that are gone. */
+}
+
+typedef enum { RESCAN_UNCHANGED, RESCAN_FAILED, RESCAN_LOADED, RESCAN_RELOADED } rescan_t;
+
+/* One file of the directory: loaded when new, reloaded when its source or
+ * a lib/ module it uses changed. */
+static rescan_t host__rescan_one(const char *name, char **changed_libs, size_t nlib, buf_t *failed) {
+  script_t *cur = host__find_script(name);
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s", host__cfg.dir, name);
+  size_t len = 0;
+  char *src = host__read_file(path, &len);
+  char ver[17] = "";
+  if (src) host__hash_hex(src, len, ver);
+  free(src);
+  int lib_hit = cur && (cur->error ? nlib > 0 : host__uses_lib(cur, changed_libs, nlib));
+  if (cur && strcmp(cur->version, ver) == 0 && !lib_hit) {
+    if (cur->reload_error) { /* the file is back to the version that serves */
+      log_info("%s is back to version %s, which kept serving", cur->file, cur->version);
+      free(cur->reload_error);
+      cur->reload_error = NULL;
+    }
+    return RESCAN_UNCHANGED;
+  }
+  script_t *s = script__new(name);
+  script_t *other = NULL;
+  const char *clash = NULL;
+  int ok = script_load(s) == 0;
+  if (ok && (clash = host__conflict(s, cur, &other)) != NULL) {
+    script__fail(s, "%s: '%s' is already defined by %s; each entity type, singleton and cron job must be "
+                    "defined by one script only",
+                 s->file, clash, other->file);
+    script_close(s);
+    ok = 0;
+  }
+  if (!ok) {
+    host__rescan_failed(s, cur, failed);
+    return RESCAN_FAILED;
+  }
+  if (cur && cur->error) {
+    host__remove(cur);
+    cur = NULL;
+  }
+  host__install(s, cur);
+  int count = 0;
+  for (etype_t *ty = s->types; ty; ty = ty->snext) count++;
+  if (cur) {
+    log_info("reloaded %s (version %s, was %s)", s->file, s->version, cur->version);
+    return RESCAN_RELOADED;
+  }
+  log_info("loaded %s (%d definition%s, version %s)", s->file, count, count == 1 ? "" : "s", s->version);
+  return RESCAN_LOADED;
+}
+
+/* Scripts whose file is gone stop serving; returns their names (malloc'd). */
+static char **host__remove_gone(char **names, size_t n, int *nremoved) {
   char **removed = calloc(1, sizeof(char *));
   script_t *s = host__script_list;
   while (s) {
@@ -636,12 +642,34 @@ void host_rescan(host_reload_report_t *rep, buf_t *json) {
       if (strcmp(names[i], s->file) == 0) present = 1;
     if (!present) {
       log_info("%s was removed: its definitions stop serving", s->file);
-      removed = realloc(removed, (size_t)(rep->removed + 1) * sizeof(char *));
-      removed[rep->removed++] = strdup(s->file);
+      removed = realloc(removed, (size_t)(*nremoved + 1) * sizeof(char *));
+      removed[(*nremoved)++] = strdup(s->file);
       host__remove(s);
     }
     s = next;
   }
+  return removed;
+}
+
+void host_rescan(host_reload_report_t *rep, buf_t *json) {
+  memset(rep, 0, sizeof *rep);
+  char **names = NULL;
+  size_t n = host__list_dir(&names);
+  char **changed_libs = NULL;
+  size_t nlib = host__lib_changes(&changed_libs);
+  char **done_loaded = calloc(n + 1, sizeof(char *)), **done_reloaded = calloc(n + 1, sizeof(char *));
+  buf_t failed;
+  buf_init(&failed);
+  buf_addc(&failed, '[');
+  for (size_t i = 0; i < n; i++) {
+    switch (host__rescan_one(names[i], changed_libs, nlib, &failed)) {
+    case RESCAN_UNCHANGED: rep->unchanged++; break;
+    case RESCAN_FAILED: rep->failed++; break;
+    case RESCAN_LOADED: done_loaded[rep->loaded++] = names[i]; break;
+    case RESCAN_RELOADED: done_reloaded[rep->reloaded++] = names[i]; break;
+    }
+  }
+  char **removed = host__remove_gone(names, n, &rep->removed);
   host_start_background();
   if (json) {
     int first = 1;

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "host/host.h"
 
 /* Long enough to gather the events of one save, short enough that a new

@@ -13,7 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "core/prom.h"
+#include "loop/log.h"
 #include "net/sock.h"
 
 struct http_server_s {
@@ -647,4 +648,18 @@ int http_req_from_loopback(const http_req_t *r) {
     return IN6_IS_ADDR_LOOPBACK(a);
   }
   return 0;
+}
+/* GET /metrics: requests, responses per status class, refusals, connections. */
+void http_metrics(buf_t *b) {
+  const http_stats_t *hs = http_stats();
+  prom_head(b, "luster_http_requests_total", "counter", "HTTP requests parsed.");
+  buf_printf(b, "luster_http_requests_total %llu\n", (unsigned long long)hs->requests_total);
+  prom_head(b, "luster_http_responses_total", "counter", "HTTP responses, per status class.");
+  for (int i = 1; i < 6; i++)
+    buf_printf(b, "luster_http_responses_total{class=\"%dxx\"} %llu\n", i, (unsigned long long)hs->by_status[i]);
+  prom_head(b, "luster_http_rejected_total", "counter",
+                  "HTTP requests refused before routing (malformed, too large, too slow).");
+  buf_printf(b, "luster_http_rejected_total %llu\n", (unsigned long long)hs->rejected_total);
+  prom_head(b, "luster_http_connections", "gauge", "Open HTTP connections.");
+  buf_printf(b, "luster_http_connections %llu\n", (unsigned long long)hs->connections_open);
 }

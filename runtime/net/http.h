@@ -67,5 +67,7 @@ typedef struct http_stats_s {
   uint64_t by_status[6]; /* 1xx..5xx, index by status/100 */
 } http_stats_t;
 const http_stats_t *http_stats(void);
+/* GET /metrics: the numbers of http_stats. */
+void http_metrics(buf_t *b);
 
 #endif

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "core/hash.h"
 #include "core/parse.h"
 #include "net/transport_int.h"

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "net/transport_int.h"
 
 /* --- requests in and replies out ----------------------------------------- */

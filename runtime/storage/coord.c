@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "core/buf.h"
 #include "core/hash.h"
 #include "storage/pgconn.h"

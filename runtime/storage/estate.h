@@ -15,17 +15,11 @@
 
 #include <stddef.h>
 
-typedef struct {
-  const char *type, *id;
-  size_t type_len, id_len;
-  const char *bytes; /* the encoded snapshot; NULL: forget (delete the row) */
-  size_t len;
-} estate_write_t;
+#include "loop/msg.h" /* estate_write_t, estate_done_cb */
 
 /* ok 0: the read failed (err says why). found 0: no state saved. bytes are
  * valid during the callback only. */
 typedef void (*estate_load_cb)(void *ud, int ok, int found, const char *bytes, size_t len, const char *err);
-typedef void (*estate_done_cb)(void *ud, int ok, const char *err);
 
 /* One backend's state operations; ctx is the backend's own value. */
 typedef struct {

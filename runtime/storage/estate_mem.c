@@ -7,7 +7,7 @@
 
 #include "core/hash.h"
 #include "core/htab.h"
-#include "entity/sched.h"
+#include "loop/sched.h"
 
 typedef struct {
   htab_node_t node;

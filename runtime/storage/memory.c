@@ -6,11 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "core/buf.h"
 #include "core/hash.h"
 #include "core/jsoncanon.h"
-#include "host/host.h"
 #include "storage/estate_mem.h"
 
 /* Done records wait in two queues, each in done order: keyed ones for the
@@ -106,17 +105,16 @@ static void mem__fingerprint(const msg_t *m, unsigned char fp[STORAGE_FP_LEN]) {
   buf_free(&canon);
 }
 
-pmsg_t *storage_put(const msg_t *m, const char *pk, store_status_t *status) {
+pmsg_t *storage_put(const msg_t *m, const storage_names_t *names, const char *pk, store_status_t *status) {
   unsigned char fp[STORAGE_FP_LEN];
   buf_t key;
   buf_init(&key);
   if (pk) {
-    etype_t *t = m->type;
-    buf_add(&key, t->name, t->name_len);
+    buf_add(&key, names->type, names->type_len);
     buf_addc(&key, '\0');
     buf_add(&key, m->id, m->id_len);
     buf_addc(&key, '\0');
-    buf_add(&key, t->rpcs[m->rpc].tag, t->rpcs[m->rpc].tag_len);
+    buf_add(&key, names->rpc, names->rpc_len);
     buf_addc(&key, '\0');
     buf_adds(&key, pk);
     uint64_t h = hash_bytes(key.data, key.len);

@@ -38,7 +38,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "core/hash.h"
 #include "core/heap.h"
 #include "core/htab.h"

@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "core/buf.h"
-#include "entity/sched.h"
+#include "loop/sched.h"
 #include "storage/coord.h"
 #include "storage/pgconn.h"
 

@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #include "core/htab.h"
-#include "entity/msg.h"
+#include "loop/msg.h"
 
 #define STORAGE_UNKEYED_MS 60000
 
@@ -48,10 +48,18 @@ int storage_init_memory(uint64_t retention_ms);
 /* Answers every caller still waiting with `unavailable` (queued on the ready
  * queue) and frees every record. */
 void storage_close(void);
+/* The names a keyed record is found by besides m's id and the primary key:
+ * its type's name and its RPC's tag, as plain strings (storage knows no
+ * types). */
+typedef struct {
+  const char *type, *rpc;
+  size_t type_len, rpc_len;
+} storage_names_t;
+
 /* Stores m's record (under m->request_id), or finds the one stored under the
- * same key: *status says which, and STORE_CONFLICT when that one's payload
- * differs from m's. */
-pmsg_t *storage_put(const msg_t *m, const char *pk, store_status_t *status);
+ * same key (names, m's id, pk): *status says which, and STORE_CONFLICT when
+ * that one's payload differs from m's. */
+pmsg_t *storage_put(const msg_t *m, const storage_names_t *names, const char *pk, store_status_t *status);
 /* Adds a caller waiting for the reply (completed at once when it is known);
  * a call that already finished (timed out, caller gone) is not added. */
 void storage_wait(pmsg_t *p, call_t *c);

@@ -19,7 +19,9 @@ typedef struct gateway_info_s {
 
 void gateway_init(const gateway_info_t *info);
 void gateway_on_request(http_req_t *req);
-void gateway_cluster_json(buf_t *b);
+/* GET /cluster (admin/cluster_json.c). */
+void gateway_cluster_json(buf_t *b, const gateway_info_t *gw);
+/* GET /metrics (admin/metrics.c). */
 void gateway_metrics(buf_t *b);
 
 #endif

@@ -1,14 +1,13 @@
 /* msg.c - messages, replies and calls. */
-#include "entity/msg.h"
+#include "loop/msg.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 #include "core/buf.h"
-#include "host/host.h"
 
 static const char *const reply_names[REPLY__COUNT] = {
     "ok", "failure", "defect", "schema", "not_found", "timeout", "unavailable", "mailbox_full", "accepted",
@@ -134,7 +133,7 @@ msg_t *msg_new(struct etype_s *type, int rpc, const char *id, size_t id_len, con
     m->headers_len = headers_len;
   }
   m->request_id = msg_next_request_id();
-  type->refs++;
+  ((msg_typeref_t *)(void *)type)->refs++;
   return m;
 }
 
@@ -221,11 +220,13 @@ uint64_t msg_next_request_id(void) {
 }
 
 void msg_set_type(msg_t *m, struct etype_s *t) {
-  etype_t *old = m->type;
+  /* msg_typeref_t is the first member of every type record (host.h). */
+  struct etype_s *old = m->type;
   m->type = t;
-  if (t) t->refs++;
+  if (t) ((msg_typeref_t *)(void *)t)->refs++;
   if (old) {
-    old->refs--;
-    host_type_released(old);
+    msg_typeref_t *r = (msg_typeref_t *)(void *)old;
+    r->refs--;
+    if (r->released) r->released(old);
   }
 }

@@ -1,18 +1,19 @@
 /* sched.c - ready queue (drained from a uv_idle handle) and a heap of
  * deadlines behind one uv_timer. */
-#include "entity/sched.h"
+#include "loop/sched.h"
 
 #include <stddef.h>
 #include <stdlib.h>
-#include <sys/time.h>
 
-#include "cli/log.h"
+#include "loop/log.h"
 
 static uv_loop_t *sched_uv;
 static uv_idle_t sched_idle;
 static sched_item_t *sched_head, *sched_tail;
 static uv_timer_t sched_timer;
 static heap_t sched_heap;
+static lclock_t sched_real_clock;
+static const lclock_t *sched_clk;
 
 /* How many items one idle callback runs before letting the loop poll for I/O:
  * large enough to amortise the loop turn, small enough that a flood of local
@@ -48,27 +49,49 @@ void sched_push(sched_item_t *it, sched_cb run) {
 
 uv_loop_t *sched_loop(void) { return sched_uv; }
 
-uint64_t sched_now(void) { return uv_now(sched_uv); }
+uint64_t sched_now(void) { return sched_clk->mono_ms(sched_clk->ctx); }
+uint64_t sched_mono_fresh_ms(void) { return sched_clk->mono_fresh_ms(sched_clk->ctx); }
+const lclock_t *sched_clock(void) { return sched_clk; }
+
+static void sched__arm(void);
+void sched_set_clock(const lclock_t *c) {
+  sched_clk = c ? c : &sched_real_clock;
+  sched__arm();
+}
 
 uint64_t sched_wall_ms(void) {
-  struct timeval tv;
-  gettimeofday(&tv, NULL);
-  return (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u;
+  /* Before sched_init (request ids made early) the real clock answers. */
+  if (!sched_clk) {
+    lclock_t c;
+    clock_real_init(&c, NULL);
+    return c.wall_ms(c.ctx);
+  }
+  return sched_clk->wall_ms(sched_clk->ctx);
 }
 
 static void sched__timer_cb(uv_timer_t *h);
 
 static void sched__arm(void) {
   heap_node_t *top = heap_top(&sched_heap);
-  if (!top) { uv_timer_stop(&sched_timer); return; }
-  uint64_t now = uv_now(sched_uv);
+  if (!top || sched_clk->is_virtual) { uv_timer_stop(&sched_timer); return; }
+  uint64_t now = sched_now();
   uv_timer_start(&sched_timer, sched__timer_cb, top->due > now ? top->due - now : 0, 0);
 }
 
 static void sched__timer_cb(uv_timer_t *h) {
   (void)h;
   uv_update_time(sched_uv);
-  uint64_t now = uv_now(sched_uv);
+  sched_fire_due();
+}
+
+int sched_next_due(uint64_t *due) {
+  heap_node_t *top = heap_top(&sched_heap);
+  *due = top ? top->due : 0;
+  return top != NULL;
+}
+
+void sched_fire_due(void) {
+  uint64_t now = sched_now();
   heap_node_t *top;
   while ((top = heap_top(&sched_heap)) && top->due <= now) {
     heap_pop(&sched_heap);
@@ -108,6 +131,8 @@ void timer_cancel(timer_entry_t *t) {
 
 void sched_init(uv_loop_t *loop) {
   sched_uv = loop;
+  clock_real_init(&sched_real_clock, loop);
+  sched_clk = &sched_real_clock;
   uv_idle_init(loop, &sched_idle);
   uv_timer_init(loop, &sched_timer);
   heap_init(&sched_heap);

@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "core/heap.h"
+#include "loop/clock.h"
 
 typedef struct sched_item_s sched_item_t;
 typedef void (*sched_cb)(sched_item_t *it);
@@ -42,6 +43,17 @@ int timer_pending(const timer_entry_t *t);
 uint64_t sched_now(void);
 /* Wall clock, milliseconds since the epoch. */
 uint64_t sched_wall_ms(void);
+/* Monotonic ms read now, not the loop turn's cached time (the lease check). */
+uint64_t sched_mono_fresh_ms(void);
+/* The clock the scheduler runs on: the real one from sched_init until
+ * sched_set_clock(c) (c outlives the scheduler; a virtual clock's timers
+ * then fire only from clock_advance). */
+void sched_set_clock(const lclock_t *c);
+const lclock_t *sched_clock(void);
+/* For a virtual clock: the earliest pending timer's due time (0 when none),
+ * and firing every timer due at the clock's time now. */
+int sched_next_due(uint64_t *due);
+void sched_fire_due(void);
 void sched_close(void);
 
 #endif

@@ -1,6 +1,6 @@
 /* log.c - timestamped, levelled lines on stderr. One write per line, so lines
  * from a runner stay whole when several runners share a terminal. */
-#include "cli/log.h"
+#include "loop/log.h"
 
 #include <stdarg.h>
 #include <stdio.h>

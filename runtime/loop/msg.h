@@ -10,8 +10,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "entity/sched.h"
-#include "storage/estate.h"
+#include "loop/sched.h"
+
+/* A durable entity's new state, as the envelope carries it to storage with
+ * a reply (storage/estate.h uses the same two types). */
+typedef struct {
+  const char *type, *id;
+  size_t type_len, id_len;
+  const char *bytes; /* the encoded snapshot; NULL: forget (delete the row) */
+  size_t len;
+} estate_write_t;
+typedef void (*estate_done_cb)(void *ud, int ok, const char *err);
 
 typedef enum {
   REPLY_OK = 0,
@@ -33,6 +42,14 @@ int reply_kind_parse(const char *s, size_t n, reply_kind_t *out);
 typedef struct call_s call_t;
 typedef struct msg_s msg_t;
 struct etype_s;
+
+/* The envelope knows a message's type only as a count of the messages that
+ * point at it: the type's record (host.h) starts with this, and `released`
+ * (set by the layer that owns types) runs when the count drops. */
+typedef struct msg_typeref_s {
+  size_t refs;
+  void (*released)(struct etype_s *t);
+} msg_typeref_t;
 
 /* Body: for OK and FAILURE the JSON value; for every other kind a JSON object
  * {"kind": ..., "message": ..., ["path": ...]}. */

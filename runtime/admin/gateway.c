@@ -1,0 +1,271 @@
+/* gateway.c - maps HTTP requests to entity calls and replies to status codes:
+ * 200 value, 422 declared failure, 400 schema, 404 unknown, 500 defect,
+ * 503 unavailable or mailbox full (with Retry-After), 504 timeout,
+ * 202 accepted (?discard=1). Answers to persisted RPCs carry X-Request-Id;
+ * GET /requests/{id} answers a stored message's reply from any runner (202
+ * while it is pending). */
+#include "admin/gateway.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <http_parser.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "admin/console.h"
+#include "cluster/cluster.h"
+#include "cluster/durable.h"
+#include "cluster/router.h"
+#include "core/url.h"
+#include "entity/entity.h"
+#include "host/host.h"
+#include "loop/log.h"
+#include "storage/storage.h"
+
+static gateway_info_t gw;
+
+#define GW_MAX_TIMEOUT_MS 86400000ull
+
+void gateway_init(const gateway_info_t *info) { gw = *info; }
+
+static void gw__json(http_req_t *r, int status, const char *extra, const char *body, size_t len) {
+  http_respond(r, status, "application/json", extra, body, len);
+}
+
+static void gw__error(http_req_t *r, int status, const char *kind, const char *path, const char *msg) {
+  buf_t b;
+  buf_init(&b);
+  buf_adds(&b, "{\"error\":{\"kind\":\"");
+  buf_adds(&b, kind);
+  buf_adds(&b, "\",\"message\":");
+  buf_add_json_str(&b, msg, strlen(msg));
+  if (path || strcmp(kind, "schema") == 0) {
+    buf_adds(&b, ",\"path\":");
+    buf_add_json_str(&b, path ? path : "", path ? strlen(path) : 0);
+  }
+  buf_adds(&b, "}}");
+  gw__json(r, status, status == 405 ? "Allow: POST\r\n" : NULL, b.data, b.len);
+  buf_free(&b);
+}
+
+static int gw__status(reply_kind_t k) {
+  switch (k) {
+  case REPLY_OK: return 200;
+  case REPLY_ACCEPTED: return 202;
+  case REPLY_FAILURE: return 422;
+  case REPLY_SCHEMA: return 400;
+  case REPLY_NOT_FOUND: return 404;
+  case REPLY_CONFLICT: return 409;
+  case REPLY_TIMEOUT: return 504;
+  case REPLY_UNAVAILABLE:
+  case REPLY_MAILBOX_FULL: return 503;
+  default: return 500;
+  }
+}
+
+static void gw__abort(http_req_t *r);
+
+static void gw__answer(call_t *c, reply_kind_t kind, const char *body, size_t len, int lookup) {
+  http_req_t *r = c->ud;
+  int status = gw__status(kind);
+  buf_t b;
+  buf_init(&b);
+  buf_reserve(&b, len + 64);
+  switch (kind) {
+  case REPLY_OK: buf_adds(&b, "{\"value\":"); buf_add(&b, body, len); buf_addc(&b, '}'); break;
+  case REPLY_FAILURE: buf_adds(&b, "{\"failure\":"); buf_add(&b, body, len); buf_addc(&b, '}'); break;
+  case REPLY_ACCEPTED:
+    if (c->request_id)
+      buf_printf(&b, "{\"%s\":true,\"request_id\":\"%llu\"}", lookup ? "pending" : "accepted",
+                 (unsigned long long)c->request_id);
+    else
+      buf_adds(&b, "{\"accepted\":true}");
+    break;
+  default: buf_adds(&b, "{\"error\":"); buf_add(&b, body, len); buf_addc(&b, '}'); break;
+  }
+  char extra[96];
+  size_t n = 0;
+  if (status == 503) n += (size_t)snprintf(extra + n, sizeof extra - n, "Retry-After: 1\r\n");
+  if (c->request_id)
+    snprintf(extra + n, sizeof extra - n, "X-Request-Id: %llu\r\n", (unsigned long long)c->request_id);
+  gw__json(r, status, n || c->request_id ? extra : NULL, b.data, b.len);
+  buf_free(&b);
+}
+
+static void gw__reply(call_t *c, reply_kind_t kind, const char *body, size_t len) {
+  gw__answer(c, kind, body, len, 0);
+}
+
+static void gw__looked_up(call_t *c, reply_kind_t kind, const char *body, size_t len) {
+  gw__answer(c, kind, body, len, 1);
+}
+
+/* GET /requests/{id}: a persisted message's reply, from any runner. */
+static void gw__request(http_req_t *r, const slice_t *id) {
+  if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
+    static const char msg[] = "{\"error\":{\"kind\":\"method_not_allowed\",\"message\":\"use GET\"}}";
+    http_respond(r, 405, "application/json", "Allow: GET\r\n", msg, sizeof msg - 1);
+    return;
+  }
+  uint64_t rid = 0;
+  int ok = id->len > 0 && id->len <= 19;
+  for (size_t i = 0; ok && i < id->len; i++) {
+    if (id->ptr[i] < '0' || id->ptr[i] > '9') ok = 0;
+    else rid = rid * 10 + (uint64_t)(id->ptr[i] - '0');
+  }
+  if (!ok || rid == 0) {
+    gw__error(r, 400, "schema", "id", "a request id is the decimal number from X-Request-Id");
+    return;
+  }
+  call_t *c = call_new(gw__looked_up, r, gw.call_timeout_ms);
+  r->ud = c;
+  r->on_abort = gw__abort;
+  router_lookup(rid, c);
+}
+
+static void gw__abort(http_req_t *r) {
+  call_t *c = r->ud;
+  if (c) call_cancel(c);
+  r->ud = NULL;
+}
+
+static int gw__flag(const slice_t *q, const char *key) {
+  char v[16];
+  int n = url_query_get(q->ptr, q->len, key, v, sizeof v);
+  if (n < 0) return 0;
+  return n == 0 || strcmp(v, "1") == 0 || strcmp(v, "true") == 0;
+}
+
+static void gw__entity(http_req_t *r, const slice_t *seg, const slice_t *query) {
+  const slice_t *type = &seg[1], *id = &seg[2], *rpc = &seg[3];
+  if (r->method != HTTP_POST) {
+    gw__error(r, 405, "method_not_allowed", NULL, "entity calls use POST");
+    return;
+  }
+  uint64_t timeout = gw.call_timeout_ms;
+  char tv[32];
+  if (url_query_get(query->ptr, query->len, "timeout", tv, sizeof tv) >= 0) {
+    char *end;
+    errno = 0;
+    unsigned long long ms = strtoull(tv, &end, 10);
+    if (*tv < '0' || *tv > '9' || *end != '\0' || ms == 0) {
+      gw__error(r, 400, "schema", "timeout", "timeout must be a positive number of milliseconds");
+      return;
+    }
+    /* Deadlines are now + timeout on a 64-bit clock: a huge value would wrap
+     * around and expire at once. A day is longer than any sane call. */
+    if (errno == ERANGE || ms > GW_MAX_TIMEOUT_MS) {
+      gw__error(r, 400, "schema", "timeout", "timeout must be at most 86400000 milliseconds (one day)");
+      return;
+    }
+    timeout = ms;
+  }
+  unsigned flags = gw__flag(query, "discard") ? MSG_DISCARD : 0;
+  call_t *c = call_new(gw__reply, r, timeout);
+  r->ud = c;
+  r->on_abort = gw__abort;
+  router_send(type->ptr, type->len, id->ptr, id->len, rpc->ptr, rpc->len, r->body.data, r->body.len,
+              r->headers.data, r->headers.len, flags, c);
+}
+
+/* POST /admin/reload: rescans the script directory now (also without
+ * watching, --no-reload) and answers what it did. */
+static void gw__admin_reload(http_req_t *r) {
+  if (strcmp(gw.admin, "none") == 0 || (strcmp(gw.admin, "any") != 0 && !http_req_from_loopback(r))) {
+    gw__error(r, 403, "forbidden", NULL,
+              strcmp(gw.admin, "none") == 0 ? "admin endpoints are turned off (--admin none)"
+                                            : "admin endpoints answer loopback clients only (--admin any to allow others)");
+    return;
+  }
+  if (r->method != HTTP_POST) {
+    gw__error(r, 405, "method_not_allowed", NULL, "use POST /admin/reload");
+    return;
+  }
+  host_reload_report_t rep;
+  buf_t b;
+  buf_init(&b);
+  host_rescan(&rep, &b);
+  gw__json(r, rep.failed ? 422 : 200, NULL, b.data, b.len);
+  buf_free(&b);
+}
+
+/* GET /: the console page, built into the binary; it polls /cluster and
+ * /metrics from the browser and fetches nothing else. */
+static void gw__console(http_req_t *r) {
+  if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
+    static const char msg[] = "{\"error\":{\"kind\":\"method_not_allowed\",\"message\":\"use GET\"}}";
+    http_respond(r, 405, "application/json", "Allow: GET\r\n", msg, sizeof msg - 1);
+    return;
+  }
+  size_t len;
+  const char *page = console_page(&len);
+  http_respond(r, 200, "text/html; charset=utf-8",
+               "Cache-Control: no-cache\r\n"
+               "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
+               "style-src 'unsafe-inline'; connect-src 'self'; img-src data:\r\n",
+               page, len);
+}
+
+void gateway_on_request(http_req_t *r) {
+  slice_t path, query;
+  url_split(r->url.data, r->url.len, &path, &query);
+  char store[8192 + 16];
+  slice_t seg[8];
+  int n = url_segments(path.ptr, path.len, store, sizeof store, seg, 8);
+  if (n < 0) {
+    gw__error(r, 400, "schema", NULL, "malformed request path (bad percent-encoding, NUL byte, or too many segments)");
+    return;
+  }
+#define SEG_IS(i, s) (seg[i].len == sizeof(s) - 1 && memcmp(seg[i].ptr, s, sizeof(s) - 1) == 0)
+  if (n == 4 && SEG_IS(0, "entities")) {
+    gw__entity(r, seg, &query);
+    return;
+  }
+  if (n == 2 && SEG_IS(0, "requests")) {
+    gw__request(r, &seg[1]);
+    return;
+  }
+  if (n == 2 && SEG_IS(0, "admin") && SEG_IS(1, "reload")) {
+    gw__admin_reload(r);
+    return;
+  }
+  if (n == 1 && seg[0].len == 0) { /* "/" */
+    gw__console(r);
+    return;
+  }
+  if (n == 1 && SEG_IS(0, "health")) {
+    if (cluster_on && !cluster_healthy()) {
+      static const char no[] = "{\"status\":\"not serving: not (or no longer) a live member of the cluster\"}";
+      gw__json(r, 503, NULL, no, sizeof no - 1);
+      return;
+    }
+    static const char ok[] = "{\"status\":\"serving\"}";
+    gw__json(r, 200, NULL, ok, sizeof ok - 1);
+    return;
+  }
+  if (n == 1 && (SEG_IS(0, "cluster") || SEG_IS(0, "metrics"))) {
+    if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
+      static const char msg[] = "{\"error\":{\"kind\":\"method_not_allowed\",\"message\":\"use GET\"}}";
+      http_respond(r, 405, "application/json", "Allow: GET\r\n", msg, sizeof msg - 1);
+      return;
+    }
+    buf_t b;
+    buf_init(&b);
+    if (SEG_IS(0, "cluster")) {
+      gateway_cluster_json(&b, &gw);
+      gw__json(r, 200, NULL, b.data, b.len);
+    } else {
+      gateway_metrics(&b);
+      http_respond(r, 200, "text/plain; version=0.0.4", NULL, b.data, b.len);
+    }
+    buf_free(&b);
+    return;
+  }
+  if (n >= 1 && SEG_IS(0, "entities")) {
+    gw__error(r, 404, "not_found", NULL, "entity calls are POST /entities/{type}/{id}/{rpc}");
+    return;
+  }
+  gw__error(r, 404, "not_found", NULL, "no such route; try POST /entities/{type}/{id}/{rpc}, "
+                                       "GET /requests/{id}, GET /cluster, GET /metrics, GET /health or GET / (the console)");
+#undef SEG_IS
+}

@@ -1,0 +1,18 @@
+/* metrics.c - the body of GET /metrics (Prometheus text): each module
+ * writes its own part. */
+#include "admin/gateway.h"
+#include "cluster/cluster.h"
+#include "cluster/durable.h"
+#include "entity/entity.h"
+#include "host/host.h"
+#include "net/http.h"
+
+/* The order is the exposition's: instances, messages and scripts, then
+ * persisted messages, HTTP, and the cluster when there is one. */
+void gateway_metrics(buf_t *b) {
+  em_metrics(b);
+  host_metrics(b);
+  durable_metrics(b);
+  http_metrics(b);
+  if (cluster_on) cluster_metrics(b);
+}
