@@ -151,7 +151,7 @@ LUA_LIBS     := $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4) -
 FUZZ_SRC_parse     := runtime/core/parse.c
 FUZZ_SRC_frame     := runtime/core/frame.c
 FUZZ_SRC_json      := runtime/host/json.c
-FUZZ_SRC_http      := fuzz/fake_uv.c runtime/net/http.c runtime/core/buf.c runtime/core/url.c runtime/loop/log.c runtime/core/prom.c
+FUZZ_SRC_http      := fuzz/fake_uv.c runtime/net/http.c runtime/core/buf.c runtime/core/url.c runtime/loop/log.c runtime/core/prom.c runtime/core/histo.c
 FUZZ_SRC_transport := fuzz/fake_uv.c runtime/net/tp_conn.c runtime/net/tp_server.c runtime/net/tp_client.c runtime/core/buf.c runtime/core/hash.c \
                       runtime/core/htab.c runtime/core/parse.c runtime/core/frame.c runtime/loop/log.c
 FUZZ_SRC_schema    := fuzz/lua_harness.c runtime/host/json.c

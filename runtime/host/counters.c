@@ -28,9 +28,23 @@ host_counters_t *host_counters_for(const char *name, size_t len, int entity) {
   c->name[len] = '\0';
   c->name_len = len;
   c->entity = entity;
+  c->rpcs_tail = &c->rpcs;
   *host_counters_tail = c;
   host_counters_tail = &c->next;
   return c;
+}
+
+histo_t *host_counters_rpc(host_counters_t *c, const char *tag, size_t len) {
+  for (host_rpc_histo_t *r = c->rpcs; r; r = r->next)
+    if (r->tag_len == len && memcmp(r->tag, tag, len) == 0) return &r->h;
+  host_rpc_histo_t *r = calloc(1, sizeof *r);
+  if (!r || !(r->tag = malloc(len + 1))) abort(); /* as buf.c: no path on without heap */
+  memcpy(r->tag, tag, len);
+  r->tag[len] = '\0';
+  r->tag_len = len;
+  *c->rpcs_tail = r;
+  c->rpcs_tail = &r->next;
+  return &r->h;
 }
 
 host_counters_t *host_counters(void) { return host_counters_list; }
@@ -39,11 +53,38 @@ void host_counters_free(void) {
   while (host_counters_list) {
     host_counters_t *c = host_counters_list;
     host_counters_list = c->next;
+    while (c->rpcs) {
+      host_rpc_histo_t *r = c->rpcs;
+      c->rpcs = r->next;
+      free(r->tag);
+      free(r);
+    }
     free(c->name);
     free(c);
   }
   host_counters_tail = &host_counters_list;
 }
+/* luster_rpc_duration_seconds: one histogram per type name and RPC tag
+ * that ran at least once (an RPC never called adds no lines). */
+static void host__rpc_durations(buf_t *b) {
+  prom_head(b, "luster_rpc_duration_seconds", "histogram",
+            "Handler time per type and RPC: from the handler's start to its outcome.");
+  buf_t labels;
+  buf_init(&labels);
+  for (host_counters_t *c = host_counters(); c; c = c->next)
+    for (host_rpc_histo_t *r = c->rpcs; r; r = r->next) {
+      if (!r->h.count) continue;
+      labels.len = 0;
+      buf_adds(&labels, "type=\"");
+      prom_label(&labels, c->name);
+      buf_adds(&labels, "\",rpc=\"");
+      prom_label(&labels, r->tag);
+      buf_adds(&labels, "\"");
+      histo_write(b, "luster_rpc_duration_seconds", labels.data, &r->h);
+    }
+  buf_free(&labels);
+}
+
 /* GET /metrics: counters of every type name served since the start (so a
  * reload or a removed file never makes them go back), and the scripts. */
 void host_metrics(buf_t *b) {
@@ -71,6 +112,7 @@ void host_metrics(buf_t *b) {
       if (c->outcomes[k])
         buf_printf(b, "luster_messages_total{type=\"%s\",outcome=\"%s\"} %llu\n", c->name,
                    reply_kind_name((reply_kind_t)k), (unsigned long long)c->outcomes[k]);
+  host__rpc_durations(b);
   prom_head(b, "luster_script_memory_bytes", "gauge", "Bytes held by each script's Lua state.");
   for (script_t *s = host_scripts(); s; s = s->next)
     if (!s->error) {

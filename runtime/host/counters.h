@@ -7,9 +7,19 @@
 #include <stdint.h>
 
 #include "core/buf.h"
+#include "core/histo.h"
 #include "loop/msg.h"
 
 typedef struct host_counters_s host_counters_t;
+/* The handler-time histogram of one RPC tag of a type, kept like the
+ * counters across reloads; rpc_def_t caches a pointer to its `h`. */
+typedef struct host_rpc_histo_s host_rpc_histo_t;
+struct host_rpc_histo_s {
+  host_rpc_histo_t *next; /* in order of first definition */
+  char *tag;
+  size_t tag_len;
+  histo_t h;
+};
 struct host_counters_s {
   host_counters_t *next; /* in order of first definition */
   char *name;
@@ -18,11 +28,14 @@ struct host_counters_s {
   uint64_t activations, passivations;
   uint64_t state_writes; /* durable types: saved states written (or deleted), unchanged ones not counted */
   uint64_t outcomes[REPLY__COUNT];
+  host_rpc_histo_t *rpcs, **rpcs_tail; /* luster_rpc_duration_seconds, per tag */
 };
 
 /* The counters of type `name`, created (at zero) on its first definition;
  * the same record for every later version of the type. */
 host_counters_t *host_counters_for(const char *name, size_t len, int entity);
+/* The histogram of RPC `tag` of c, created empty on its first definition. */
+histo_t *host_counters_rpc(host_counters_t *c, const char *tag, size_t len);
 /* Every type name defined since the start, removed ones included. */
 host_counters_t *host_counters(void);
 /* At exit, after host_shutdown. */

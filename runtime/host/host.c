@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include "loop/log.h"
 #include "core/buf.h"
@@ -407,9 +408,17 @@ static void task__restart_background(task_t *t);
 
 /* Ends a handler task that did not return normally: its message is answered
  * with `kind` and `text`, and the instance goes on with its next one. */
+/* A handler's outcome: its time goes to its RPC's histogram (the pointer
+ * cached on rpc_def_t, so no lookup here). */
+static void task__observe(task_t *t) {
+  histo_t *h = t->type->rpcs[t->msg->rpc].histo;
+  if (h) histo_observe(h, uv_hrtime() - t->start_ns);
+}
+
 static void task__end_handle(task_t *t, reply_kind_t kind, const char *text) {
   msg_t *m = t->msg;
   host_inst_t *inst = t->inst;
+  task__observe(t);
   size_t len;
   char *body = reply_error_body(kind, NULL, text, &len);
   t->type->counters->outcomes[kind]++;
@@ -436,6 +445,7 @@ static void task__finish(task_t *t, int nres) {
     reply_kind_t kind;
     msg_t *m = t->msg;
     host_inst_t *inst = t->inst;
+    task__observe(t);
     if (!k || !body || reply_kind_parse(k, klen, &kind) != 0) {
       size_t len;
       char *eb = reply_error_body(REPLY_DEFECT, NULL, "the runtime's dispatch returned no reply", &len);
@@ -544,6 +554,7 @@ void host_handle(host_inst_t *inst, msg_t *msg) {
   etype_t *ty = inst->type;
   script_t *s = ty->script;
   task_t *t = task_new(s, TASK_HANDLE);
+  t->start_ns = uv_hrtime();
   t->inst = inst;
   t->msg = msg;
   t->type = ty;

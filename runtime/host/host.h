@@ -66,6 +66,7 @@ typedef struct rpc_def_s {
   int persisted;
   int has_primary_key;
   int has_deliver_at;
+  histo_t *histo; /* its handler times, of its type name (counters.h); set when served */
 } rpc_def_t;
 
 typedef enum { DEF_ENTITY, DEF_SINGLETON, DEF_CRON } def_kind_t;
@@ -145,6 +146,7 @@ struct task_s {
   int reusable; /* finished normally: its coroutine can run the next task */
   int freed;    /* released while queued; the queue frees the struct */
   int waiting;  /* yielded by luster (a call or a sleep), not by the script */
+  uint64_t start_ns; /* a handler's start (uv_hrtime), for luster_rpc_duration_seconds */
   uint64_t used; /* instructions this handler or activation ran so far, across its waits */
   int armed;     /* counted by the budget hook (see host.c) */
   volatile int ticks; /* CPU-timer ticks that found it running (see host.c) */

@@ -333,6 +333,8 @@ static void host__register_types(script_t *s) {
   while (*tail) tail = &(*tail)->next;
   for (etype_t *ty = s->types; ty; ty = ty->snext) {
     ty->counters = host_counters_for(ty->name, ty->name_len, ty->kind == DEF_ENTITY);
+    for (int i = 0; i < ty->nrpcs; i++)
+      ty->rpcs[i].histo = host_counters_rpc(ty->counters, ty->rpcs[i].tag, ty->rpcs[i].tag_len);
     *tail = ty;
     tail = &ty->next;
   }

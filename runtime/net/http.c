@@ -270,12 +270,26 @@ static void http__flush(http_conn_t *c) {
   http__timer_update(c);
 }
 
+/* The time from the request parsed in full to its response queued, per
+ * status code; a request refused before it was parsed counts as zero. */
+static void http__time(const http_req_t *r, int status) {
+  uint64_t now = uv_hrtime();
+  int i = 0;
+  while (i < http_st.ncodes && http_st.codes[i] != status) i++;
+  if (i == http_st.ncodes) {
+    if (i == HTTP_TIMED_CODES) return;
+    http_st.codes[http_st.ncodes++] = status;
+  }
+  histo_observe(&http_st.durations[i], r->start_ns ? now - r->start_ns : 0);
+}
+
 void http_respond(http_req_t *r, int status, const char *content_type, const char *extra, const char *body,
                   size_t len) {
   if (r->answered) return;
   r->answered = 1;
   r->on_abort = NULL;
   http_st.by_status[status / 100 < 6 ? status / 100 : 5]++;
+  http__time(r, status);
   http_conn_t *c = r->conn;
   if (!c) { /* its connection is gone; the request was only kept for this */
     http__req_free(r);
@@ -442,6 +456,7 @@ static int http__on_complete(http_parser *p) {
   http_req_t *r = c->cur;
   c->cur = NULL;
   r->complete = 1;
+  r->start_ns = uv_hrtime();
   r->method = p->method;
   r->keep_alive = http_should_keep_alive(p);
   if (!r->url.data) buf_adds(&r->url, "/");
@@ -657,6 +672,13 @@ void http_metrics(buf_t *b) {
   prom_head(b, "luster_http_responses_total", "counter", "HTTP responses, per status class.");
   for (int i = 1; i < 6; i++)
     buf_printf(b, "luster_http_responses_total{class=\"%dxx\"} %llu\n", i, (unsigned long long)hs->by_status[i]);
+  prom_head(b, "luster_http_request_duration_seconds", "histogram",
+            "HTTP request parsed to its response queued, per status code.");
+  for (int i = 0; i < hs->ncodes; i++) {
+    char labels[32];
+    snprintf(labels, sizeof labels, "code=\"%d\"", hs->codes[i]);
+    histo_write(b, "luster_http_request_duration_seconds", labels, &hs->durations[i]);
+  }
   prom_head(b, "luster_http_rejected_total", "counter",
                   "HTTP requests refused before routing (malformed, too large, too slow).");
   buf_printf(b, "luster_http_rejected_total %llu\n", (unsigned long long)hs->rejected_total);

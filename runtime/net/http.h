@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "core/buf.h"
+#include "core/histo.h"
 
 typedef struct http_server_s http_server_t;
 typedef struct http_conn_s http_conn_t;
@@ -45,6 +46,7 @@ struct http_req_s {
   int complete;      /* fully parsed */
   int answered;      /* response ready */
   int close_after;
+  uint64_t start_ns; /* parsed in full (uv_hrtime), for luster_http_request_duration_seconds */
   buf_t resp;
   http_abort_cb on_abort;
   void *ud;
@@ -62,9 +64,16 @@ const char *http_method_name(int method);
 /* True when the request's client connected from a loopback address. */
 int http_req_from_loopback(const http_req_t *r);
 
+/* Distinct status codes timed; the server and gateway answer with fewer
+ * than twenty, so a fixed table needs no allocation on the hot path. */
+#define HTTP_TIMED_CODES 32
+
 typedef struct http_stats_s {
   uint64_t connections_total, connections_open, requests_total, rejected_total;
   uint64_t by_status[6]; /* 1xx..5xx, index by status/100 */
+  int ncodes;
+  int codes[HTTP_TIMED_CODES]; /* in order of first use */
+  histo_t durations[HTTP_TIMED_CODES]; /* request parsed to response queued, per code */
 } http_stats_t;
 const http_stats_t *http_stats(void);
 /* GET /metrics: the numbers of http_stats. */
