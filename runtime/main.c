@@ -368,6 +368,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "check") == 0) return cmd_check(&cfg);
   if (strcmp(cmd, "call") == 0) return client_call(&cfg);
   if (strcmp(cmd, "status") == 0) return client_status(&cfg);
+  if (strcmp(cmd, "where") == 0) return client_where(&cfg);
   fprintf(stderr, "luster: unknown command '%s'\n", cmd);
   config_usage(stderr);
   return 2;

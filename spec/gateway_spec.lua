@@ -479,6 +479,70 @@ describe("the HTTP gateway", function()
     end)
   end)
 
+  describe("GET /entities/{type}/{id}", function()
+    it("says where an id lives: inactive before a call, active after, without activating it", function()
+      local status, doc = r:request("GET", "/entities/Counter/where-1")
+      assert.are.equal(200, status)
+      assert.are.same({ type = "Counter", id = "where-1", shard = doc.shard, runner = r:cluster().runner.address,
+        active = false, mailbox = 0 }, doc)
+      assert.is_true(doc.shard == math.floor(doc.shard) and doc.shard >= 1)
+      -- Asking did not activate it.
+      assert.is_false((select(2, r:request("GET", "/entities/Counter/where-1"))).active)
+      assert.are.equal(200, (r:call("Counter", "where-1", "Increment", { amount = 1 })))
+      local _, after = r:request("GET", "/entities/Counter/where-1")
+      assert.is_true(after.active)
+      assert.are.equal(doc.shard, after.shard)
+    end)
+
+    it("counts the messages queued for an id while its handler sleeps", function()
+      local conns = {}
+      for i = 1, 3 do
+        local c = r:connect()
+        c:send(post("/entities/Sleeper/where-q/Sleep", cjson.encode({ ms = i == 1 and 800 or 0, tag = "t" .. i })))
+        conns[i] = c
+        -- The first one must start first: wait until it runs (or is queued) before sending the next.
+        if i == 1 then
+          H.wait_for("the first Sleep to run", 5, function()
+            return r:metric('luster_running_messages{type="Sleeper"}') == 1
+          end)
+        end
+      end
+      local doc = H.wait_for("two messages queued behind the sleeping one", 5, function()
+        local _, d = r:request("GET", "/entities/Sleeper/where-q")
+        return d.mailbox == 2 and d
+      end)
+      assert.is_true(doc.active)
+      for _, c in ipairs(conns) do
+        assert.are.equal(200, (H.read_response(c)))
+        c:close()
+      end
+      assert.are.equal(0, (select(2, r:request("GET", "/entities/Sleeper/where-q"))).mailbox)
+    end)
+
+    it("answers 404 naming an unknown type, 400 for an empty id, 405 for other methods", function()
+      local status, doc = r:request("GET", "/entities/Nope/x")
+      assert.are.equal(404, status)
+      assert.are.same({ kind = "not_found", message = "unknown entity type 'Nope'" }, doc.error)
+      status = r:request("GET", "/entities/Counter/")
+      assert.are.equal(400, status)
+      status = r:request("POST", "/entities/Counter/x", "{}")
+      assert.are.equal(405, status)
+    end)
+
+    it("`luster where` prints it as lines, and exits 1 with the error for an unknown type", function()
+      r:call("Counter", "where-cli", "Increment", { amount = 1 })
+      local code, out, err = H.cli(("where --url %s Counter where-cli"):format(r.url))
+      assert.are.equal(0, code, err)
+      local shard = (select(2, r:request("GET", "/entities/Counter/where-cli"))).shard
+      assert.are.equal(("type     Counter\nid       where-cli\nshard    %d\nrunner   %s\nactive   true\nmailbox  0\n")
+        :format(shard, r:cluster().runner.address), out)
+      code, out, err = H.cli(("where --url %s Nope x"):format(r.url))
+      assert.are.equal(1, code)
+      assert.are.equal("", out)
+      assert.matches("not_found (HTTP 404): unknown entity type 'Nope'", err, 1, true)
+    end)
+  end)
+
   describe("the CLI", function()
     it("`luster call` prints the value and exits 0", function()
       local code, out, err = H.cli(("call --url %s Counter cli-1 Increment %s"):format(r.url,

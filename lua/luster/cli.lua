@@ -50,6 +50,23 @@ function M.format_call(status, body)
   return nil, string.format("%s (HTTP %d): %s", tostring(e.kind or "error"), status, msg), 1
 end
 
+-- `luster where TYPE ID`: one line per field, as GET /entities/{type}/{id} answers.
+function M.format_where(status, body)
+  local ok, doc = pcall(cjson.decode, body)
+  if not ok or type(doc) ~= "table" then
+    return nil, string.format("unexpected answer (HTTP %d): %s", status, body), 1
+  end
+  if status ~= 200 then
+    local e = type(doc.error) == "table" and doc.error or {}
+    return nil, string.format("%s (HTTP %d): %s", tostring(e.kind or "error"), status, tostring(e.message or body)), 1
+  end
+  local lines = {}
+  for _, k in ipairs({ "type", "id", "shard", "runner", "active", "mailbox" }) do
+    lines[#lines + 1] = string.format("%-8s %s", k, tostring(math.tointeger(doc[k]) or doc[k]))
+  end
+  return table.concat(lines, "\n"), nil, 0
+end
+
 local function table_text(header, rows)
   local widths = {}
   for i, h in ipairs(header) do widths[i] = #h end

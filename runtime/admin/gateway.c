@@ -16,6 +16,7 @@
 #include "cluster/cluster.h"
 #include "cluster/durable.h"
 #include "cluster/router.h"
+#include "cluster/where.h"
 #include "core/url.h"
 #include "entity/entity.h"
 #include "host/host.h"
@@ -168,6 +169,25 @@ static void gw__entity(http_req_t *r, const slice_t *seg, const slice_t *query) 
               r->headers.data, r->headers.len, flags, c);
 }
 
+/* GET /entities/{type}/{id}: the answer object as it is on success. */
+static void gw__where_reply(call_t *c, reply_kind_t kind, const char *body, size_t len) {
+  if (kind == REPLY_OK) gw__json(c->ud, 200, NULL, body, len);
+  else gw__answer(c, kind, body, len, 0);
+}
+
+static void gw__where(http_req_t *r, const slice_t *seg) {
+  if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
+    static const char msg[] = "{\"error\":{\"kind\":\"method_not_allowed\",\"message\":"
+                              "\"use GET /entities/{type}/{id}, or POST /entities/{type}/{id}/{rpc} for a call\"}}";
+    http_respond(r, 405, "application/json", "Allow: GET\r\n", msg, sizeof msg - 1);
+    return;
+  }
+  call_t *c = call_new(gw__where_reply, r, gw.call_timeout_ms);
+  r->ud = c;
+  r->on_abort = gw__abort;
+  where_ask(seg[1].ptr, seg[1].len, seg[2].ptr, seg[2].len, gw.runner, gw.shards, c);
+}
+
 /* POST /admin/reload: rescans the script directory now (also without
  * watching, --no-reload) and answers what it did. */
 static void gw__admin_reload(http_req_t *r) {
@@ -221,6 +241,10 @@ void gateway_on_request(http_req_t *r) {
     gw__entity(r, seg, &query);
     return;
   }
+  if (n == 3 && SEG_IS(0, "entities")) {
+    gw__where(r, seg);
+    return;
+  }
   if (n == 2 && SEG_IS(0, "requests")) {
     gw__request(r, &seg[1]);
     return;
@@ -262,7 +286,8 @@ void gateway_on_request(http_req_t *r) {
     return;
   }
   if (n >= 1 && SEG_IS(0, "entities")) {
-    gw__error(r, 404, "not_found", NULL, "entity calls are POST /entities/{type}/{id}/{rpc}");
+    gw__error(r, 404, "not_found", NULL,
+              "entity calls are POST /entities/{type}/{id}/{rpc}; GET /entities/{type}/{id} says where an id lives");
     return;
   }
   gw__error(r, 404, "not_found", NULL, "no such route; try POST /entities/{type}/{id}/{rpc}, "

@@ -249,3 +249,22 @@ int client_status(config_t *cfg) {
   buf_free(&resp);
   return code;
 }
+
+int client_where(config_t *cfg) {
+  if (cfg->nargs != 2) {
+    fprintf(stderr, "usage: luster where [--url URL] TYPE ID\n");
+    return 2;
+  }
+  buf_t path, resp;
+  buf_init(&path);
+  buf_init(&resp);
+  buf_adds(&path, "/entities/");
+  client__pct(&path, cfg->args[0]);
+  buf_addc(&path, '/');
+  client__pct(&path, cfg->args[1]);
+  int status = client__request(cfg->url, "GET", path.data, "", 0, cfg->call_timeout_ms + 5000, &resp);
+  int code = status < 0 ? 1 : client__format("format_where", status, &resp);
+  buf_free(&path);
+  buf_free(&resp);
+  return code;
+}

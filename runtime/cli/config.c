@@ -47,7 +47,7 @@ static const opt_t config_opts[] = {
     {"idle-timeout", OPT_DURATION, OFF(idle_timeout_ms), "60s", "idle keep-alive connections close after"},
     {"shutdown-timeout", OPT_DURATION, OFF(shutdown_timeout_ms), "10s", "graceful shutdown waits at most"},
     {"log-level", OPT_STR, OFF(log_level), "info", "debug, info, warn or error"},
-    {"url", OPT_STR, OFF(url), "http://127.0.0.1:8080", "runner to talk to (call, status)"},
+    {"url", OPT_STR, OFF(url), "http://127.0.0.1:8080", "runner to talk to (call, status, where)"},
     {"admin", OPT_STR, OFF(admin), "loopback", "who may POST /admin/reload: loopback, any or none"},
     {"no-reload", OPT_FLAG, OFF(no_reload), "0", "do not watch the script directory"},
 };
@@ -67,6 +67,7 @@ void config_usage(FILE *out) {
           "  luster check DIR                           load and validate every script\n"
           "  luster call [--url URL] TYPE ID RPC [JSON]  one call through a runner's HTTP gateway\n"
           "  luster status [--url URL]                  runners, shards and entities, as a table\n"
+          "  luster where [--url URL] TYPE ID           the shard, owner runner and state of one id\n"
           "\nflags (each also read from the environment variable shown):\n");
   for (size_t i = 0; i < NOPTS; i++) {
     char env[64];

@@ -17,6 +17,7 @@
 #include "loop/log.h"
 #include "cluster/cluster.h"
 #include "cluster/durable.h"
+#include "cluster/where.h"
 #include "core/buf.h"
 #include "entity/entity.h"
 #include "host/host.h"
@@ -230,8 +231,6 @@ void router_lookup(uint64_t request_id, call_t *c) {
  * Cluster routing
  * ------------------------------------------------------------------------- */
 
-#define ROUTER_NOT_OWNER 100 /* reply kind on the wire: "not mine, ask again" */
-#define ROUTER_F_HANDOFF 0x100 /* request flag: payload is an instance snapshot */
 
 static struct {
   uint32_t n;
@@ -557,6 +556,10 @@ static void router__inbound_done(call_t *c, reply_kind_t kind, const char *body,
 }
 
 void router_inbound(tp_inbound_t *in, const frame_request_t *req) {
+  if (req->flags & ROUTER_F_WHERE) {
+    where_inbound(in, req);
+    return;
+  }
   if (req->flags & ROUTER_F_HANDOFF) {
     /* Only the shard's owner keeps it: elsewhere it would wait for an
      * instance that never starts here. The sender tries again. */

@@ -13,6 +13,10 @@
 /* Upper bound on entity id length, in bytes. */
 #define ROUTER_MAX_ID 1024
 
+#define ROUTER_NOT_OWNER 100   /* reply kind on the wire: "not mine, ask again" */
+#define ROUTER_F_HANDOFF 0x100 /* request flag: payload is an instance snapshot */
+#define ROUTER_F_WHERE 0x200   /* request flag: where does (type, id) live (cluster/where.c) */
+
 /* Sends one message; the reply (or REPLY_ACCEPTED with MSG_DISCARD) reaches
  * `call`, which must not be NULL. */
 void router_send(const char *type, size_t type_len, const char *id, size_t id_len, const char *tag, size_t tag_len,
