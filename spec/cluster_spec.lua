@@ -171,6 +171,40 @@ describe("cluster", function()
     end)
   end)
 
+  it("says where an id lives from either runner, the non-owner asking the owner", function()
+    in_cluster({}, function(start)
+      local rs = { start(), start() }
+      H.wait_cluster(rs[1], 2)
+      local map = owners(rs[1]:cluster())
+      local remote_seen = {}
+      for i = 1, 12 do
+        local id = "w" .. i
+        local before = {}
+        for k, r in ipairs(rs) do
+          local status, doc = r:request("GET", "/entities/Probe/" .. id)
+          assert.are.equal(200, status, id .. " through " .. r.url)
+          assert.is_false(doc.active)
+          assert.are.equal(map[doc.shard], doc.runner)
+          if doc.runner ~= r.address then remote_seen[k] = true end
+          before[k] = doc
+        end
+        assert.are.same(before[1], before[2])
+        local status, v = hit(rs[1], id)
+        assert.are.equal(200, status)
+        assert.are.equal(v.runner, before[1].runner)
+        for _, r in ipairs(rs) do
+          local _, doc = r:request("GET", "/entities/Probe/" .. id)
+          assert.is_true(doc.active, id .. " through " .. r.url)
+          assert.are.equal(0, doc.mailbox)
+        end
+      end
+      assert.is_true(remote_seen[1] and remote_seen[2], "each runner answered for ids it does not own")
+      local status, doc = rs[2]:request("GET", "/entities/Nope/x")
+      assert.are.equal(404, status)
+      assert.are.equal("unknown entity type 'Nope'", doc.error.message)
+    end)
+  end)
+
   it("moves only about a quarter of the shards to a fourth runner joining under load, failing no call", function()
     in_cluster({ args = "--call-timeout 10s" }, function(start)
       local rs = { start(), start(), start() }
