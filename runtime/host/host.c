@@ -406,8 +406,6 @@ static char *task__error_text(task_t *t, int status) {
 
 static void task__restart_background(task_t *t);
 
-/* Ends a handler task that did not return normally: its message is answered
- * with `kind` and `text`, and the instance goes on with its next one. */
 /* A handler's outcome: its time goes to its RPC's histogram (the pointer
  * cached on rpc_def_t, so no lookup here). */
 static void task__observe(task_t *t) {
@@ -415,6 +413,8 @@ static void task__observe(task_t *t) {
   if (h) histo_observe(h, uv_hrtime() - t->start_ns);
 }
 
+/* Ends a handler task that did not return normally: its message is answered
+ * with `kind` and `text`, and the instance goes on with its next one. */
 static void task__end_handle(task_t *t, reply_kind_t kind, const char *text) {
   msg_t *m = t->msg;
   host_inst_t *inst = t->inst;
