@@ -34,6 +34,9 @@ void router_conflict(call_t *c, const msg_t *m, const char *pk);
 /* Drops messages waiting for their deliver_at or for an owner (shutdown). */
 void router_shutdown(void);
 
+/* Every mode, before the first message: the scheduler the router's timers,
+ * persisted jobs and calls run on. */
+void router_use(sched_t *s);
 /* Cluster mode: per-shard hold queues and the transport's request hooks. */
 void router_init(uint32_t shards, size_t max_frame);
 /* A message whose shard is not served here any more goes back to routing

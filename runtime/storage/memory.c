@@ -24,6 +24,7 @@ static htab_t mem_keys, mem_rids;
 static pmsg_t *mem_all;
 static mem_queue_t mem_q[2];
 static size_t mem_count;
+static sched_t *mem_sched; /* the owner's scheduler (storage_init_memory) */
 
 static int mem__eq(const htab_node_t *n, const void *key, size_t len) {
   const pmsg_t *p = (const pmsg_t *)((const char *)n - offsetof(pmsg_t, node));
@@ -52,7 +53,7 @@ static void mem__free(pmsg_t *p) {
 #define MEM_PRUNE_BATCH 10000
 static void mem__prune(timer_entry_t *t) {
   mem_queue_t *q = (mem_queue_t *)((char *)t - offsetof(mem_queue_t, timer));
-  uint64_t now = sched_now();
+  uint64_t now = sched_now(mem_sched);
   int n = 0;
   while (q->head && q->head->done_at + q->keep_ms <= now && n < MEM_PRUNE_BATCH) {
     pmsg_t *p = q->head;
@@ -64,12 +65,13 @@ static void mem__prune(timer_entry_t *t) {
   if (q->head) timer_add(t, n == MEM_PRUNE_BATCH ? now + 10 : q->head->done_at + q->keep_ms);
 }
 
-int storage_init_memory(uint64_t retention_ms) {
+int storage_init_memory(sched_t *s, uint64_t retention_ms) {
+  mem_sched = s;
   htab_init(&mem_keys);
   htab_init(&mem_rids);
   mem_q[0].keep_ms = retention_ms < STORAGE_UNKEYED_MS ? retention_ms : STORAGE_UNKEYED_MS;
   mem_q[1].keep_ms = retention_ms;
-  for (int i = 0; i < 2; i++) timer_entry_init(&mem_q[i].timer, mem__prune);
+  for (int i = 0; i < 2; i++) timer_entry_init(&mem_q[i].timer, s, mem__prune);
   return 0;
 }
 
@@ -197,7 +199,7 @@ static void mem__reply(stored_t *s, reply_kind_t kind, const char *body, size_t 
     mem_done_t *d = calloc(1, sizeof *d);
     d->done = done;
     d->ud = ud;
-    sched_push(&d->item, mem__state_done);
+    sched_push(mem_sched, &d->item, mem__state_done);
   }
   if (p->done) return; /* it has its reply: its state was applied with it */
   if (w) estate_mem_apply(w);
@@ -209,7 +211,7 @@ static void mem__reply(stored_t *s, reply_kind_t kind, const char *body, size_t 
   p->reply_len = len;
   while (p->waiters) call_complete(p->waiters, kind, body, len); /* unlinks itself */
   mem_queue_t *q = &mem_q[p->keyed];
-  p->done_at = sched_now();
+  p->done_at = sched_now(mem_sched);
   if (q->tail) q->tail->rnext = p; else q->head = p;
   q->tail = p;
   if (!timer_pending(&q->timer)) timer_add(&q->timer, p->done_at + q->keep_ms);

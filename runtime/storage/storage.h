@@ -44,7 +44,7 @@ typedef struct pmsg_s {
   call_t *waiters;
 } pmsg_t;
 
-int storage_init_memory(uint64_t retention_ms);
+int storage_init_memory(sched_t *s, uint64_t retention_ms);
 /* Answers every caller still waiting with `unavailable` (queued on the ready
  * queue) and frees every record. */
 void storage_close(void);
