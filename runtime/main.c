@@ -34,6 +34,7 @@
 #if !defined(__SANITIZE_ADDRESS__)
 /* The runner's scheduler (one runtime per process until runtime_new). */
 static sched_t main_sched;
+static mem_store_t *main_mem; /* the embedded store of `luster run` */
 static void main__fatal(int sig) {
   char head[96];
   int n = snprintf(head, sizeof head, "luster: fatal signal %d (%s); stack:\n", sig, strsignal(sig));
@@ -236,7 +237,7 @@ static void main__shutdown(uv_loop_t *loop) {
   sched_drain(&main_sched);
   router_shutdown();
   durable_close(); /* after every message is gone: replies not yet stored leave their messages pending */
-  storage_close(); /* callers still waiting for stored messages: unavailable */
+  storage_free(main_mem); /* callers still waiting for stored messages: unavailable */
   sched_drain(&main_sched);
   estate_mem_close();
   if (main_http) http_server_free(main_http);
@@ -266,8 +267,9 @@ static int cmd_run(config_t *cfg) {
   sched_init(&main_sched, loop);
   hc.sched = &main_sched;
   em_init(&main_sched, hc.shards);
-  router_use(&main_sched);
-  storage_init_memory(&main_sched, cfg->retention_ms);
+  main_mem = storage_new(&main_sched, cfg->retention_ms);
+  if (!main_mem) return 1;
+  router_use(&main_sched, main_mem);
   sqls_t *sq = NULL;
   if (sqlite && main__open_sqlite(loop, cfg, hc.shards, &sq) != 0) return 1;
   int failed = host_load_dir(&hc);

@@ -786,7 +786,7 @@ void durable_close(void) {
 void durable_metrics(buf_t *b) {
   if (!durable_on()) {
     prom_head(b, "luster_persisted_messages", "gauge", "Persisted messages and replies held by storage.");
-    buf_printf(b, "luster_persisted_messages %zu\n", storage_count());
+    buf_printf(b, "luster_persisted_messages %zu\n", router_stored_count());
   } else {
     const ms_stats_t *ps = durable_store_stats();
     const durable_stats_t *ds = durable_stats();

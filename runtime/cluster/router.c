@@ -31,6 +31,7 @@ typedef struct persist_job_s {
 } persist_job_t;
 
 static sched_t *router_sched; /* the owner's, from router_use */
+static mem_store_t *router_mem; /* the embedded store, from router_use */
 static persist_job_t *router_delayed;
 
 static void router__undelay(persist_job_t *j) {
@@ -122,7 +123,7 @@ static void router__persist(sched_item_t *it) {
   store_status_t st;
   const rpc_def_t *rd = &m->type->rpcs[m->rpc];
   storage_names_t names = {m->type->name, rd->tag, m->type->name_len, rd->tag_len};
-  pmsg_t *rec = storage_put(m, &names, pk, &st);
+  pmsg_t *rec = storage_put(router_mem, m, &names, pk, &st);
   if (!rec || st == STORE_CONFLICT) {
     if (rec) router_conflict(call, m, pk);
     else call_fail(call, REPLY_UNAVAILABLE, "storage is out of memory");
@@ -224,7 +225,7 @@ void router_send(const char *type, size_t type_len, const char *id, size_t id_le
 
 void router_lookup(uint64_t request_id, call_t *c) {
   if (durable_on()) durable_lookup(request_id, c);
-  else storage_get(request_id, c);
+  else storage_get(router_mem, request_id, c);
 }
 
 /* ---------------------------------------------------------------------------
@@ -470,7 +471,12 @@ void router_wake(void) {
   if (rt.held) sched_push(router_sched, &rt.wake, router__flush);
 }
 
-void router_use(sched_t *s) { router_sched = s; }
+void router_use(sched_t *s, mem_store_t *mem) {
+  router_sched = s;
+  router_mem = mem;
+}
+
+size_t router_stored_count(void) { return storage_count(router_mem); }
 
 void router_init(uint32_t shards, size_t max_frame) {
   rt.n = shards;
