@@ -35,7 +35,7 @@ TEST_PKGS := clang iproute2 gnuplot-nox prometheus chromium
 SOAK_MINUTES ?= 30
 
 .PHONY: all deps test-deps test layers run asan asan-test clean bench soak fuzz fuzz-build
-all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/luster_sqlite.so $(BUILD)/pgconn_check $(BUILD)/luster_otlp.so $(BUILD)/luster_loop.so
+all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/luster_sqlite.so $(BUILD)/pgconn_check $(BUILD)/luster_otlp.so $(BUILD)/luster_loop.so $(BUILD)/luster_memstore.so
 
 $(BUILD)/luster: $(OBJ)
 	$(CC) $(OPT) $(SANITIZE) -rdynamic -o $@ $(OBJ) $(ALLOC_LIB) $(LIBS)
@@ -95,6 +95,14 @@ $(BUILD)/luster_loop.so: $(LOOP_MOD_SRC) $(wildcard runtime/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ $(LOOP_MOD_SRC) -luv
 
+# storage/memory.c alone on a scheduler and a virtual clock, for spec/memstore_spec.lua.
+MEM_MOD_SRC := spec/support/luster_memstore.c runtime/storage/memory.c runtime/storage/estate_mem.c \
+               runtime/loop/msg.c runtime/loop/sched.c runtime/loop/clock.c runtime/loop/log.c \
+               runtime/core/heap.c runtime/core/htab.c runtime/core/hash.c runtime/core/buf.c runtime/core/jsoncanon.c
+$(BUILD)/luster_memstore.so: $(MEM_MOD_SRC) $(wildcard runtime/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ $(MEM_MOD_SRC) -luv -lcrypto
+
 # storage/pgconn.c on its own against a real server, for spec/pgconn_spec.lua.
 PGCHECK_SRC := spec/support/pgconn_check.c runtime/storage/pgconn.c runtime/loop/log.c \
                runtime/core/hash.c runtime/core/heap.c runtime/core/htab.c
@@ -133,7 +141,7 @@ run: deps
 	$(BUILD)/luster run examples/counter --http 127.0.0.1:8080
 
 asan: deps test-deps
-	$(MAKE) build/luster_core.so build/luster_sqlite.so build/luster_otlp.so build/luster_loop.so fuzz-build
+	$(MAKE) build/luster_core.so build/luster_sqlite.so build/luster_otlp.so build/luster_loop.so build/luster_memstore.so fuzz-build
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  LUSTER_BIN=$(abspath build-asan/luster) LUSTER_ASAN=1 BUILD=build-asan sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)

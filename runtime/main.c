@@ -32,6 +32,9 @@
  * the signal's default action ends it. Sanitizer builds keep their own
  * reports. */
 #if !defined(__SANITIZE_ADDRESS__)
+/* The runner's scheduler (one runtime per process until runtime_new). */
+static sched_t main_sched;
+static mem_store_t *main_mem; /* the embedded store of `luster run` */
 static void main__fatal(int sig) {
   char head[96];
   int n = snprintf(head, sizeof head, "luster: fatal signal %d (%s); stack:\n", sig, strsignal(sig));
@@ -146,7 +149,7 @@ static int main__open_sqlite(uv_loop_t *loop, const config_t *cfg, uint32_t shar
     return -1;
   }
   *out = s;
-  durable_init(sqls_ops(s), shards, cfg->retention_ms);
+  durable_init(&main_sched, sqls_ops(s), shards, cfg->retention_ms);
   durable_acquired(); /* one runner serves every shard: deliver what an earlier run left pending */
   log_info("storage: SQLite file %s (synchronous %s)", cfg->storage + 7, cfg->sqlite_sync);
   return 0;
@@ -197,11 +200,11 @@ static int main__start_cluster(uv_loop_t *loop, const config_t *cfg, uint32_t sh
   };
   router_init(shards, cc.max_frame);
   char err[1024];
-  if (cluster_start(loop, &cc, err, sizeof err) != 0) {
+  if (cluster_start(&main_sched, loop, &cc, err, sizeof err) != 0) {
     fprintf(stderr, "luster run: %s\n", err);
     return 1;
   }
-  if (pgs_open(loop, cfg->storage, cfg->table_prefix) != 0 || durable_init(pgs_ops(), shards, cfg->retention_ms)) {
+  if (pgs_open(&main_sched, loop, cfg->storage, cfg->table_prefix) != 0 || durable_init(&main_sched, pgs_ops(), shards, cfg->retention_ms)) {
     fprintf(stderr, "luster run: cannot open the PostgreSQL connection for persisted messages\n");
     return 1;
   }
@@ -228,19 +231,19 @@ static void main__shutdown(uv_loop_t *loop) {
   watch_stop();
   em_stop_all();
   host_cancel_tasks();
-  sched_drain();
+  sched_drain(&main_sched);
   em_stop_all();
   cluster_close(); /* transport and PostgreSQL sessions: their waiting callers learn now */
-  sched_drain();
+  sched_drain(&main_sched);
   router_shutdown();
   durable_close(); /* after every message is gone: replies not yet stored leave their messages pending */
-  storage_close(); /* callers still waiting for stored messages: unavailable */
-  sched_drain();
+  storage_free(main_mem); /* callers still waiting for stored messages: unavailable */
+  sched_drain(&main_sched);
   estate_mem_close();
   if (main_http) http_server_free(main_http);
   host_shutdown();
   em_close();
-  sched_close();
+  sched_close(&main_sched);
   uv_walk(loop, main__close_walk, NULL);
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
@@ -261,9 +264,12 @@ static int cmd_run(config_t *cfg) {
   uv_loop_t *loop = uv_default_loop();
   signal(SIGPIPE, SIG_IGN);
   main__fatal_handlers();
-  sched_init(loop);
-  em_init(hc.shards);
-  storage_init_memory(cfg->retention_ms);
+  sched_init(&main_sched, loop);
+  hc.sched = &main_sched;
+  em_init(&main_sched, hc.shards);
+  main_mem = storage_new(&main_sched, cfg->retention_ms);
+  if (!main_mem) return 1;
+  router_use(&main_sched, main_mem);
   sqls_t *sq = NULL;
   if (sqlite && main__open_sqlite(loop, cfg, hc.shards, &sq) != 0) return 1;
   int failed = host_load_dir(&hc);
@@ -276,7 +282,7 @@ static int cmd_run(config_t *cfg) {
   /* Lives as long as this function, which runs the loop to its end. */
   estate_ops_t sq_state;
   if (sq) sq_state = sqls_estate_ops(sq);
-  dstate_set_ops(clustered ? pgs_estate_ops() : sq ? &sq_state : estate_mem_ops());
+  dstate_set_ops(clustered ? pgs_estate_ops() : sq ? &sq_state : estate_mem_ops(&main_sched));
   if (!host_scripts()) log_warn("no *.lua scripts in %s: nothing to serve yet", cfg->dir);
   if (!clustered && !sqlite) main__memory_warning();
 
@@ -288,9 +294,10 @@ static int cmd_run(config_t *cfg) {
       .storage = cfg->storage,
       .dir = cfg->dir,
       .shards = hc.shards,
-      .started_ms = sched_wall_ms(),
+      .started_ms = sched_wall_ms(&main_sched),
       .call_timeout_ms = cfg->call_timeout_ms,
       .admin = cfg->admin,
+      .sched = &main_sched,
   };
   gateway_init(&gi);
   if (clustered && main__start_cluster(loop, cfg, hc.shards, bound) != 0) return 1;
@@ -319,8 +326,9 @@ static int cmd_check(config_t *cfg) {
   host_config_t hc;
   main__host_config(cfg, &hc);
   log_set_level(LOG_OFF); /* every problem is printed below, once */
-  sched_init(uv_default_loop());
-  em_init(hc.shards);
+  sched_init(&main_sched, uv_default_loop());
+  hc.sched = &main_sched;
+  em_init(&main_sched, hc.shards);
   int failed = host_load_dir(&hc);
   if (failed < 0) {
     fprintf(stderr, "luster check: cannot read script directory '%s': %s\n", cfg->dir, strerror(-failed));
@@ -345,7 +353,7 @@ static int cmd_check(config_t *cfg) {
   printf("%d script%s, %d failed\n", n, n == 1 ? "" : "s", failed);
   host_shutdown();
   em_close();
-  sched_close();
+  sched_close(&main_sched);
   uv_run(uv_default_loop(), UV_RUN_DEFAULT);
   return failed ? 1 : (n == 0 ? 1 : 0);
 }

@@ -118,7 +118,7 @@ static void gw__request(http_req_t *r, const slice_t *id) {
     gw__error(r, 400, "schema", "id", "a request id is the decimal number from X-Request-Id");
     return;
   }
-  call_t *c = call_new(gw__looked_up, r, gw.call_timeout_ms);
+  call_t *c = call_new(gw.sched, gw__looked_up, r, gw.call_timeout_ms);
   r->ud = c;
   r->on_abort = gw__abort;
   router_lookup(rid, c);
@@ -162,7 +162,7 @@ static void gw__entity(http_req_t *r, const slice_t *seg, const slice_t *query) 
     timeout = ms;
   }
   unsigned flags = gw__flag(query, "discard") ? MSG_DISCARD : 0;
-  call_t *c = call_new(gw__reply, r, timeout);
+  call_t *c = call_new(gw.sched, gw__reply, r, timeout);
   r->ud = c;
   r->on_abort = gw__abort;
   router_send(type->ptr, type->len, id->ptr, id->len, rpc->ptr, rpc->len, r->body.data, r->body.len,

@@ -4,6 +4,7 @@
 #define LUSTER_GATEWAY_H
 
 #include "core/buf.h"
+#include "loop/sched.h"
 #include "net/http.h"
 
 typedef struct gateway_info_s {
@@ -15,6 +16,7 @@ typedef struct gateway_info_s {
   uint64_t started_ms;
   uint64_t call_timeout_ms;
   const char *admin; /* who may use the admin routes: "loopback", "any" or "none" */
+  sched_t *sched;    /* the runtime's scheduler: calls wait on it */
 } gateway_info_t;
 
 void gateway_init(const gateway_info_t *info);

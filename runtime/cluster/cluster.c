@@ -79,11 +79,12 @@ static struct {
   uint64_t last_refresh_us, max_refresh_us;
   uint64_t membership_reads, membership_changes;
   transport_t *tp; /* the runner transport, from cluster_init to cluster_close */
+  sched_t *sched;  /* the owner's, from cluster_start */
 } cl;
 
 /* A fresh reading of the scheduler's clock (loop/clock.h), never the loop
  * turn's cached time: after a stall the lease must look as old as it is. */
-uint64_t cluster_mono_ms(void) { return sched_mono_fresh_ms(); }
+uint64_t cluster_mono_ms(void) { return sched_mono_fresh_ms(cl.sched); }
 
 uint32_t cluster_shard_of(const char *id, size_t len) { return hash_shard(id, len, cl.n); }
 const char *cluster_self(void) { return cl.address; }
@@ -135,7 +136,7 @@ static void cluster__fence_fire(timer_entry_t *t) {
   (void)t;
   uint64_t now = cluster_mono_ms();
   if (now < cluster_safe_until) {
-    timer_add(&cl.fence_timer, sched_now() + (cluster_safe_until - now));
+    timer_add(&cl.fence_timer, sched_now(cl.sched) + (cluster_safe_until - now));
     return;
   }
   cl.lease_failures++;
@@ -154,7 +155,7 @@ static void cluster__confirmed(uint64_t sent) {
   cl.confirmed_sent = sent;
   cluster_safe_until = sent + cl.lease - cl.margin;
   uint64_t now = cluster_mono_ms();
-  if (cluster_safe_until > now) timer_add(&cl.fence_timer, sched_now() + (cluster_safe_until - now));
+  if (cluster_safe_until > now) timer_add(&cl.fence_timer, sched_now(cl.sched) + (cluster_safe_until - now));
 }
 
 typedef struct {
@@ -192,7 +193,7 @@ static void cluster__ping_done(void *ud, int ok, const char *err) {
 static void cluster__lock_self_done(void *ud, int ok, int got);
 
 static void cluster__refresh_fire(timer_entry_t *t) {
-  timer_add(t, sched_now() + cl.lease / 4);
+  timer_add(t, sched_now(cl.sched) + cl.lease / 4);
   if (!cl.lock_up || cl.lock_busy) return;
   if (!cl.member_locked) {
     cl.lock_busy = 1;
@@ -435,7 +436,7 @@ static void cluster__read_members(void) {
 
 void cluster_suspect(void) {
   if (!cluster_on) return;
-  cl.fast_poll_until = sched_now() + 3000;
+  cl.fast_poll_until = sched_now(cl.sched) + 3000;
   cluster__read_members();
 }
 
@@ -462,7 +463,7 @@ static void cluster__heartbeat(void) {
 
 static void cluster__poll_fire(timer_entry_t *t) {
   static unsigned ticks;
-  uint64_t now = sched_now();
+  uint64_t now = sched_now(cl.sched);
   int fast = now < cl.fast_poll_until;
   timer_add(t, now + (fast ? 50 : 100));
   /* Membership every 500 ms (every 50 ms while a peer is suspect); a
@@ -624,7 +625,7 @@ static void cluster__reconcile(void) {
         release[s] = 1;
         nrel++;
         cluster_shard_state[s] = SHARD_RELEASING;
-        cl.release_started[s] = sched_now();
+        cl.release_started[s] = sched_now(cl.sched);
       }
       break;
     case SHARD_RELEASING:
@@ -677,7 +678,7 @@ static void cluster__reconcile_item(sched_item_t *it) {
   cluster__reconcile();
 }
 
-static void cluster__schedule_reconcile(void) { sched_push(&cl.reconcile_item, cluster__reconcile_item); }
+static void cluster__schedule_reconcile(void) { sched_push(cl.sched, &cl.reconcile_item, cluster__reconcile_item); }
 
 static void cluster__leave_step(void);
 
@@ -705,10 +706,10 @@ static void cluster__handoff_overdue(uint64_t now) {
 }
 
 static void cluster__tick_fire(timer_entry_t *t) {
-  timer_add(t, sched_now() + 100);
+  timer_add(t, sched_now(cl.sched) + 100);
   /* In-flight work on a shard being handed over gets a bounded time. */
   uint8_t *late = NULL;
-  uint64_t now = sched_now();
+  uint64_t now = sched_now(cl.sched);
   for (uint32_t s = 1; s <= cl.n; s++) {
     if (cluster_shard_state[s] == SHARD_RELEASING && em_shard_instances(s) > 0 &&
         now - cl.release_started[s] > cl.cfg.handoff_timeout_ms) {
@@ -825,7 +826,8 @@ static int cluster__start_transport(uv_loop_t *loop, const cluster_config_t *cfg
   return 0;
 }
 
-int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_t errlen) {
+int cluster_start(sched_t *sched, uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_t errlen) {
+  cl.sched = sched;
   cl.cfg = *cfg;
   cl.n = cfg->shards;
   /* The server ends a silent lock session a little before --lease, so that
@@ -863,13 +865,13 @@ int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_
   cl.owner = malloc(sizeof *cl.owner * (cl.n + 1));
   for (uint32_t s = 0; s <= cl.n; s++) cl.owner[s] = -1;
   cluster_on = 1;
-  timer_entry_init(&cl.refresh_timer, cluster__refresh_fire);
-  timer_entry_init(&cl.fence_timer, cluster__fence_fire);
-  timer_entry_init(&cl.tick_timer, cluster__tick_fire);
-  timer_entry_init(&cl.poll_timer, cluster__poll_fire);
-  timer_add(&cl.refresh_timer, sched_now() + cl.lease / 4);
-  timer_add(&cl.tick_timer, sched_now() + 100);
-  timer_add(&cl.poll_timer, sched_now() + 100);
+  timer_entry_init(&cl.refresh_timer, cl.sched, cluster__refresh_fire);
+  timer_entry_init(&cl.fence_timer, cl.sched, cluster__fence_fire);
+  timer_entry_init(&cl.tick_timer, cl.sched, cluster__tick_fire);
+  timer_entry_init(&cl.poll_timer, cl.sched, cluster__poll_fire);
+  timer_add(&cl.refresh_timer, sched_now(cl.sched) + cl.lease / 4);
+  timer_add(&cl.tick_timer, sched_now(cl.sched) + 100);
+  timer_add(&cl.poll_timer, sched_now(cl.sched) + 100);
   if (coord_open(loop, &cc, cl.self_id) != 0) {
     snprintf(err, errlen, "cannot open PostgreSQL connections");
     return -1;

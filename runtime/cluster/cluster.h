@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "core/buf.h"
+#include "loop/sched.h"
 #include "net/transport.h"
 
 typedef struct {
@@ -55,7 +56,7 @@ uint32_t cluster_shard_of(const char *id, size_t len);
 
 /* Blocking registration (before the loop), then connections, transport and
  * timers on the loop. Returns 0, or -1 with a message in err. */
-int cluster_start(uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_t errlen);
+int cluster_start(sched_t *s, uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_t errlen);
 /* Graceful leave: hand every shard off, unregister; then cluster_left() is 1. */
 void cluster_leave(void);
 int cluster_left(void);

@@ -80,6 +80,7 @@ static struct {
   size_t nparked, cap_parked;
   const ms_ops_t *ops; /* the backend: PostgreSQL or SQLite */
   durable_stats_t st;
+  sched_t *sched; /* the owner's, from durable_init */
 } du;
 
 const durable_stats_t *durable_stats(void) {
@@ -229,10 +230,10 @@ static void du__start(known_t *k, msg_t *m) {
 
 static void du__arm_due(uint64_t at) {
   if (!at || (du.due_at && du.due_at <= at && timer_pending(&du.due_timer))) return;
-  uint64_t wall = sched_wall_ms();
+  uint64_t wall = sched_wall_ms(du.sched);
   du.due_at = at;
   timer_cancel(&du.due_timer);
-  timer_add(&du.due_timer, sched_now() + (at > wall ? at - wall : 0));
+  timer_add(&du.due_timer, sched_now(du.sched) + (at > wall ? at - wall : 0));
 }
 
 static void du__checked(void *ud, int ok, uint64_t seq, int found, int done, int kind, const char *reply, size_t len,
@@ -299,7 +300,7 @@ void durable_deliver(msg_t *m) {
     return;
   }
   uint64_t seq = m->request_id;
-  if (m->deliver_at > sched_wall_ms()) { /* not due yet: the owner's timer brings it */
+  if (m->deliver_at > sched_wall_ms(du.sched)) { /* not due yet: the owner's timer brings it */
     du__arm_due(m->deliver_at);
     if (m->call) {
       m->call->request_id = seq;
@@ -419,7 +420,7 @@ static void du__scan_page(uint64_t after) {
     return;
   }
   du.st.scans++;
-  if (after == 0) du.scan_from = sched_wall_ms();
+  if (after == 0) du.scan_from = sched_wall_ms(du.sched);
   du.ops->scan(du.ops->ctx, du.held, n, du.scan_from, after, DUR_SCAN_PAGE, du__scanned, NULL);
 }
 
@@ -441,12 +442,12 @@ static void du__scan_item(sched_item_t *it) {
 void durable_acquired(void) {
   if (!du.on) return;
   du.acq_gen++;
-  if (!du.scan_item.queued) sched_push(&du.scan_item, du__scan_item);
+  if (!du.scan_item.queued) sched_push(du.sched, &du.scan_item, du__scan_item);
 }
 
 static void du__scan_fire(timer_entry_t *t) {
   du__scan();
-  timer_add(t, sched_now() + DUR_SCAN_EVERY_MS);
+  timer_add(t, sched_now(du.sched) + DUR_SCAN_EVERY_MS);
 }
 
 static void du__due_fire(timer_entry_t *t) {
@@ -458,15 +459,15 @@ static void du__due_fire(timer_entry_t *t) {
 static void du__pruned(void *ud, int ok, uint64_t deleted) {
   (void)ud;
   if (!du.on) return;
-  timer_add(&du.prune_timer, sched_now() + (ok && deleted == DUR_PRUNE_BATCH ? 20 : DUR_PRUNE_EVERY_MS));
+  timer_add(&du.prune_timer, sched_now(du.sched) + (ok && deleted == DUR_PRUNE_BATCH ? 20 : DUR_PRUNE_EVERY_MS));
 }
 
 static void du__prune_fire(timer_entry_t *t) {
   int n = du__held();
-  uint64_t wall = sched_wall_ms();
+  uint64_t wall = sched_wall_ms(du.sched);
   if (n && wall > du.retention_ms)
     du.ops->prune(du.ops->ctx, du.held, n, wall - du.retention_ms, DUR_PRUNE_BATCH, du__pruned, NULL);
-  else timer_add(t, sched_now() + DUR_PRUNE_EVERY_MS);
+  else timer_add(t, sched_now(du.sched) + DUR_PRUNE_EVERY_MS);
 }
 
 /* ---------------------------------------------------------------------------
@@ -496,7 +497,7 @@ static void du__wait(uint64_t seq, uint64_t due, call_t *c) {
   if (due > w->due) w->due = due;
   c->request_id = seq;
   call_list_add(&w->calls, c);
-  if (!timer_pending(&du.poll_timer)) timer_add(&du.poll_timer, sched_now() + DUR_POLL_MS);
+  if (!timer_pending(&du.poll_timer)) timer_add(&du.poll_timer, sched_now(du.sched) + DUR_POLL_MS);
 }
 
 static void du__polled(void *ud, int ok, uint64_t seq, int found, int done, int kind, const char *reply, size_t len,
@@ -511,7 +512,7 @@ static void du__polled(void *ud, int ok, uint64_t seq, int found, int done, int 
 }
 
 static void du__poll_fire(timer_entry_t *t) {
-  uint64_t wall = sched_wall_ms();
+  uint64_t wall = sched_wall_ms(du.sched);
   size_t i;
   htab_node_t *n = htab_first(&du.waits, &i);
   while (n) {
@@ -526,7 +527,7 @@ static void du__poll_fire(timer_entry_t *t) {
     }
     n = next;
   }
-  if (du.waits.count) timer_add(t, sched_now() + DUR_POLL_MS);
+  if (du.waits.count) timer_add(t, sched_now(du.sched) + DUR_POLL_MS);
 }
 
 static void du__stored(void *ud, ms_put_status_t st, uint64_t seq, int kind, const char *reply, size_t len,
@@ -571,7 +572,7 @@ static void du__stored(void *ud, ms_put_status_t st, uint64_t seq, int kind, con
     call_complete(c, REPLY_ACCEPTED, "", 0);
     c = NULL;
   }
-  if (at > sched_wall_ms()) {
+  if (at > sched_wall_ms(du.sched)) {
     /* The owner learns when it is due; the caller reads the reply then. */
     if (c) du__wait(seq, at, c);
     c = NULL;
@@ -723,19 +724,20 @@ void durable_cron(int op, const char *name, uint64_t at, call_t *c) {
  * Life
  * ------------------------------------------------------------------------- */
 
-int durable_init(const ms_ops_t *ops, uint32_t shards, uint64_t retention_ms) {
+int durable_init(sched_t *s, const ms_ops_t *ops, uint32_t shards, uint64_t retention_ms) {
+  du.sched = s;
   du.ops = ops;
   du.n = shards;
   du.held = malloc(sizeof *du.held * shards);
   du.retention_ms = retention_ms;
   htab_init(&du.known);
   htab_init(&du.waits);
-  timer_entry_init(&du.scan_timer, du__scan_fire);
-  timer_entry_init(&du.due_timer, du__due_fire);
-  timer_entry_init(&du.poll_timer, du__poll_fire);
-  timer_entry_init(&du.prune_timer, du__prune_fire);
-  timer_add(&du.scan_timer, sched_now() + DUR_SCAN_EVERY_MS);
-  timer_add(&du.prune_timer, sched_now() + DUR_PRUNE_EVERY_MS);
+  timer_entry_init(&du.scan_timer, du.sched, du__scan_fire);
+  timer_entry_init(&du.due_timer, du.sched, du__due_fire);
+  timer_entry_init(&du.poll_timer, du.sched, du__poll_fire);
+  timer_entry_init(&du.prune_timer, du.sched, du__prune_fire);
+  timer_add(&du.scan_timer, sched_now(du.sched) + DUR_SCAN_EVERY_MS);
+  timer_add(&du.prune_timer, sched_now(du.sched) + DUR_PRUNE_EVERY_MS);
   du.on = 1;
   return 0;
 }
@@ -784,7 +786,7 @@ void durable_close(void) {
 void durable_metrics(buf_t *b) {
   if (!durable_on()) {
     prom_head(b, "luster_persisted_messages", "gauge", "Persisted messages and replies held by storage.");
-    buf_printf(b, "luster_persisted_messages %zu\n", storage_count());
+    buf_printf(b, "luster_persisted_messages %zu\n", router_stored_count());
   } else {
     const ms_stats_t *ps = durable_store_stats();
     const durable_stats_t *ds = durable_stats();

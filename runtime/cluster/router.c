@@ -31,6 +31,8 @@ typedef struct persist_job_s {
   struct persist_job_s *dprev, *dnext; /* while waiting for deliver_at */
 } persist_job_t;
 
+static sched_t *router_sched; /* the owner's, from router_use */
+static mem_store_t *router_mem; /* the embedded store, from router_use */
 static persist_job_t *router_delayed;
 
 static void router__undelay(persist_job_t *j) {
@@ -122,7 +124,7 @@ static void router__persist(sched_item_t *it) {
   store_status_t st;
   const rpc_def_t *rd = &m->type->rpcs[m->rpc];
   storage_names_t names = {m->type->name, rd->tag, m->type->name_len, rd->tag_len};
-  pmsg_t *rec = storage_put(m, &names, pk, &st);
+  pmsg_t *rec = storage_put(router_mem, m, &names, pk, &st);
   if (!rec || st == STORE_CONFLICT) {
     if (rec) router_conflict(call, m, pk);
     else call_fail(call, REPLY_UNAVAILABLE, "storage is out of memory");
@@ -145,11 +147,11 @@ static void router__persist(sched_item_t *it) {
   }
   m->flags |= MSG_PERSISTED;
   m->stored = &rec->base;
-  uint64_t wall = sched_wall_ms();
+  uint64_t wall = sched_wall_ms(router_sched);
   if (at > wall) {
     j->msg = m;
-    timer_entry_init(&j->due, router__due);
-    timer_add(&j->due, sched_now() + (at - wall));
+    timer_entry_init(&j->due, router_sched, router__due);
+    timer_add(&j->due, sched_now(router_sched) + (at - wall));
     j->dprev = NULL;
     j->dnext = router_delayed;
     if (router_delayed) router_delayed->dprev = j;
@@ -224,7 +226,7 @@ void router_send(const char *type, size_t type_len, const char *id, size_t id_le
 
 void router_lookup(uint64_t request_id, call_t *c) {
   if (durable_on()) durable_lookup(request_id, c);
-  else storage_get(request_id, c);
+  else storage_get(router_mem, request_id, c);
 }
 
 /* ---------------------------------------------------------------------------
@@ -263,7 +265,7 @@ static void router__local_call(msg_t *m, call_t *call) {
     persist_job_t *j = calloc(1, sizeof *j);
     j->msg = m;
     j->call = call;
-    sched_push(&j->item, router__persist);
+    sched_push(router_sched, &j->item, router__persist);
     return;
   }
   if (m->flags & MSG_DISCARD) {
@@ -277,7 +279,7 @@ static void router__local_call(msg_t *m, call_t *call) {
 static void router__local(msg_t *m) { router__local_call(m, msg_detach_call(m)); }
 
 static void router__arm_retry(void) {
-  if (!timer_pending(&rt.retry)) timer_add(&rt.retry, sched_now() + 100);
+  if (!timer_pending(&rt.retry)) timer_add(&rt.retry, sched_now(router_sched) + 100);
 }
 
 /* A stored message that leaves this runner's hands (held, forwarded) stops
@@ -297,7 +299,7 @@ void router_route_stored(msg_t *m) { router__route(m); }
 static void router__hold(uint32_t shard, msg_t *m) {
   router__unstore(m);
   m->next = NULL;
-  m->enqueued_at = sched_now();
+  m->enqueued_at = sched_now(router_sched);
   if (rt.tail[shard]) rt.tail[shard]->next = m; else rt.head[shard] = m;
   rt.tail[shard] = m;
   rt.held++;
@@ -350,7 +352,7 @@ static void router__forward(msg_t *m, uint32_t shard, tp_peer_t *peer) {
   const rpc_def_t *r = &m->type->rpcs[m->rpc];
   uint64_t timeout = host_config()->call_timeout_ms;
   if (m->call && timer_pending(&m->call->deadline)) {
-    uint64_t due = m->call->deadline.node.due, now = sched_now();
+    uint64_t due = m->call->deadline.node.due, now = sched_now(router_sched);
     timeout = due > now ? due - now : 1;
   }
   router__unstore(m);
@@ -422,7 +424,7 @@ void router_reroute(msg_t *m) {
 static void router__flush(sched_item_t *it) {
   (void)it;
   if (!cluster_on || !rt.held) return;
-  uint64_t now = sched_now(), limit = host_config()->call_timeout_ms;
+  uint64_t now = sched_now(router_sched), limit = host_config()->call_timeout_ms;
   for (uint32_t s = 1; s <= rt.n; s++) {
     msg_t *m = rt.head[s];
     if (!m) continue;
@@ -465,8 +467,15 @@ static void router__retry_fire(timer_entry_t *t) {
 }
 
 void router_wake(void) {
-  if (rt.held) sched_push(&rt.wake, router__flush);
+  if (rt.held) sched_push(router_sched, &rt.wake, router__flush);
 }
+
+void router_use(sched_t *s, mem_store_t *mem) {
+  router_sched = s;
+  router_mem = mem;
+}
+
+size_t router_stored_count(void) { return storage_count(router_mem); }
 
 void router_init(uint32_t shards, size_t max_frame) {
   rt.n = shards;
@@ -474,7 +483,7 @@ void router_init(uint32_t shards, size_t max_frame) {
   rt.head = calloc(shards + 1, sizeof *rt.head);
   rt.tail = calloc(shards + 1, sizeof *rt.tail);
   rt.handoffs = calloc(shards + 1, sizeof *rt.handoffs);
-  timer_entry_init(&rt.retry, router__retry_fire);
+  timer_entry_init(&rt.retry, router_sched, router__retry_fire);
 }
 
 /* Graceful hand-off: the instance's snapshot goes to the shard's new owner,
@@ -590,7 +599,7 @@ void router_inbound(tp_inbound_t *in, const frame_request_t *req) {
     tp_reply(in, ROUTER_NOT_OWNER, "", 0);
     return;
   }
-  call_t *c = call_new(router__inbound_done, in, req->timeout_ms ? req->timeout_ms : host_config()->call_timeout_ms);
+  call_t *c = call_new(router_sched, router__inbound_done, in, req->timeout_ms ? req->timeout_ms : host_config()->call_timeout_ms);
   tp_inbound_set_ud(in, c);
   msg_t *m = router__new_msg(req->type.p, req->type.n, req->id.p, req->id.n, req->tag.p, req->tag.n, req->payload.p,
                              req->payload.n, req->headers.n ? req->headers.p : NULL, req->headers.n,

@@ -38,6 +38,13 @@ void router_conflict(call_t *c, const msg_t *m, const char *pk);
 /* Drops messages waiting for their deliver_at or for an owner (shutdown). */
 void router_shutdown(void);
 
+/* Every mode, before the first message: the scheduler the router's timers,
+ * persisted jobs and calls run on, and the embedded store persisted messages
+ * go to when no durable store is configured. */
+struct mem_store_s;
+void router_use(sched_t *s, struct mem_store_s *mem);
+/* Records the embedded store holds (GET /metrics). */
+size_t router_stored_count(void);
 /* Cluster mode: per-shard hold queues and the transport's request hooks. */
 void router_init(uint32_t shards, size_t max_frame);
 /* A message whose shard is not served here any more goes back to routing

@@ -28,6 +28,7 @@
 #include "entity/durable_state.h"
 
 static uint32_t em_shards = 300;
+static sched_t *em_sched; /* the owner's scheduler (em_init) */
 static uint32_t *em_counts; /* instances per shard, [1..em_shards] */
 /* Where shards run (loop/placement.h), as the wiring gave it to the host. */
 static const placement_ops_t *em__placement(void) { return host_config()->placement; }
@@ -58,7 +59,8 @@ static int em__eq(const htab_node_t *n, const void *key, size_t len) {
 
 static void em__idle_fire(timer_entry_t *te);
 
-void em_init(uint32_t shards) {
+void em_init(sched_t *s, uint32_t shards) {
+  em_sched = s;
   em_shards = shards ? shards : 1;
   free(em_counts);
   em_counts = calloc(em_shards + 1, sizeof *em_counts);
@@ -207,7 +209,7 @@ static void em__stash_take(inst_t *i) {
 
 void em_type_init(etype_t *t) {
   htab_init(&t->instances);
-  timer_entry_init(&t->idle_timer, em__idle_fire);
+  timer_entry_init(&t->idle_timer, em_sched, em__idle_fire);
 }
 
 uint64_t em_active_total(void) {
@@ -237,7 +239,7 @@ static void em__idle_add(inst_t *i) {
   etype_t *t = i->h.type;
   if (i->idle || i->keep_alive || i->retiring || i->state != INST_READY) return;
   i->idle = 1;
-  i->idle_since = sched_now();
+  i->idle_since = sched_now(em_sched);
   i->idle_prev = t->idle_tail;
   i->idle_next = NULL;
   if (t->idle_tail) t->idle_tail->idle_next = i; else t->idle_head = i;
@@ -288,7 +290,7 @@ static void em__passivate(inst_t *i) {
 
 static void em__idle_fire(timer_entry_t *te) {
   etype_t *t = (etype_t *)((char *)te - offsetof(etype_t, idle_timer));
-  uint64_t now = sched_now();
+  uint64_t now = sched_now(em_sched);
   while (t->idle_head && t->idle_head->idle_since + t->max_idle_ms <= now) {
     inst_t *i = t->idle_head;
     if (i->ready.queued) em__idle_remove(i); /* its pump will run, and re-add it if still idle */
@@ -311,7 +313,7 @@ static void em__drop_mailbox(inst_t *i) {
   i->mb_len = 0;
 }
 
-static void em__schedule(inst_t *i) { sched_push(&i->ready, em__pump); }
+static void em__schedule(inst_t *i) { sched_push(em_sched, &i->ready, em__pump); }
 
 /* A retiring instance with nothing running hands over and goes. */
 static void em__retire(inst_t *i) {
@@ -457,7 +459,7 @@ static inst_t *em__create(etype_t *t, const char *id, size_t len, uint64_t h) {
 
 static void em__enqueue(inst_t *i, msg_t *m) {
   m->next = NULL;
-  m->enqueued_at = sched_now();
+  m->enqueued_at = sched_now(em_sched);
   if (i->mb_tail) i->mb_tail->next = m; else i->mb_head = m;
   i->mb_tail = m;
   i->mb_len++;
@@ -568,15 +570,15 @@ void em_retry(inst_t *i, msg_t *m, uint64_t delay_ms) {
   if (!i->mb_tail) i->mb_tail = m;
   i->mb_len++;
   i->h.type->queued++;
-  m->enqueued_at = sched_now();
+  m->enqueued_at = sched_now(em_sched);
   if (!i->backoff) {
     i->backoff = malloc(sizeof *i->backoff);
     if (!i->backoff) return; /* runs again at once */
     i->backoff->inst = i;
-    timer_entry_init(&i->backoff->timer, em__backoff_fire);
+    timer_entry_init(&i->backoff->timer, em_sched, em__backoff_fire);
   }
   timer_cancel(&i->backoff->timer);
-  timer_add(&i->backoff->timer, sched_now() + delay_ms);
+  timer_add(&i->backoff->timer, sched_now(em_sched) + delay_ms);
 }
 
 void em_keep_alive(etype_t *t, const char *id, size_t len, int on) {

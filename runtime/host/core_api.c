@@ -92,7 +92,7 @@ static int core_call(lua_State *L) {
     return 2;
   }
   uint64_t tmo = timeout > 0 ? (uint64_t)timeout : host__cfg.call_timeout_ms;
-  call_t *c = call_new(host__task_call_cb, t, tmo);
+  call_t *c = call_new(host__cfg.sched, host__task_call_cb, t, tmo);
   t->call = c;
   const placement_ops_t *pl_ops = host__cfg.placement;
   pl_ops->send(pl_ops->ctx, type, tl, id, il, tag, gl, payload, pl, NULL, 0, discard ? MSG_DISCARD : 0, c);
@@ -103,7 +103,7 @@ static int core_call(lua_State *L) {
 static int core_sleep(lua_State *L) {
   lua_Integer ms = luaL_checkinteger(L, 1);
   task_t *t = core__task(L, "luster.sleep");
-  timer_add(&t->sleep, sched_now() + (ms > 0 ? (uint64_t)ms : 0));
+  timer_add(&t->sleep, sched_now(host__cfg.sched) + (ms > 0 ? (uint64_t)ms : 0));
   t->waiting = 1;
   return lua_yield(L, 0);
 }
@@ -135,7 +135,7 @@ static int core_runner(lua_State *L) {
 }
 
 static int core_wall(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)sched_wall_ms());
+  lua_pushinteger(L, (lua_Integer)sched_wall_ms(host__cfg.sched));
   return 1;
 }
 
@@ -164,7 +164,7 @@ static int core_cron(lua_State *L) {
   if (!p || !p->cron_on(p->ctx)) return 0;
   if (op < 0 || op > 2) return luaL_error(L, "bad cron operation");
   task_t *t = core__task(L, "cron bookkeeping");
-  call_t *c = call_new(host__task_call_cb, t, 10000);
+  call_t *c = call_new(host__cfg.sched, host__task_call_cb, t, 10000);
   t->call = c;
   p->cron(p->ctx, (int)op, name, at > 0 ? (uint64_t)at : 0, c);
   t->waiting = 1;

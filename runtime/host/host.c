@@ -253,7 +253,7 @@ static void task__resume_item(sched_item_t *it);
 static void task__sleep_fire(timer_entry_t *te) {
   task_t *t = (task_t *)((char *)te - offsetof(task_t, sleep));
   t->nargs = 0;
-  sched_push(&t->item, task__resume_item);
+  sched_push(host__cfg.sched, &t->item, task__resume_item);
 }
 
 static task_t *task_new(script_t *s, task_kind_t kind) {
@@ -269,7 +269,7 @@ static task_t *task_new(script_t *s, task_kind_t kind) {
     t->co = lua_newthread(s->L);
     t->co_ref = luaL_ref(s->L, LUA_REGISTRYINDEX);
   }
-  timer_entry_init(&t->sleep, task__sleep_fire);
+  timer_entry_init(&t->sleep, host__cfg.sched, task__sleep_fire);
   s->tasks++;
   t->tnext = host_tasks;
   if (host_tasks) host_tasks->tprev = t;
@@ -627,7 +627,7 @@ void host_release_instance(host_inst_t *inst) {
   s->gc_freed++;
   if (!timer_pending(&s->gc_timer)) {
     uint64_t wait = s->gc_cost_ms * HOST_GC_COST_FACTOR;
-    timer_add(&s->gc_timer, sched_now() + (wait > HOST_GC_DELAY_MS ? wait : HOST_GC_DELAY_MS));
+    timer_add(&s->gc_timer, sched_now(host__cfg.sched) + (wait > HOST_GC_DELAY_MS ? wait : HOST_GC_DELAY_MS));
   }
 }
 
@@ -718,7 +718,7 @@ static void host__start_runner_task(etype_t *ty) {
   script_t *s = ty->script;
   task_t *t = task_new(s, ty->kind == DEF_CRON ? TASK_CRON : TASK_SINGLETON);
   t->type = ty;
-  t->started_ms = sched_wall_ms();
+  t->started_ms = sched_wall_ms(host__cfg.sched);
   ty->runner_task = t;
   lua_State *co = t->co;
   lua_rawgeti(co, LUA_REGISTRYINDEX, ty->kind == DEF_CRON ? s->ref_run_cron : s->ref_run_singleton);
@@ -727,7 +727,7 @@ static void host__start_runner_task(etype_t *ty) {
   lua_pushlstring(co, ty->name, ty->name_len);
   lua_call(co, 1, 1); /* ctx for a singleton has no id */
   t->nargs = 2;
-  sched_push(&t->item, task__resume_item);
+  sched_push(host__cfg.sched, &t->item, task__resume_item);
 }
 
 
@@ -789,10 +789,10 @@ static void task__restart_background(task_t *t) {
   host__task_free(t);
   restart_t *r = calloc(1, sizeof *r);
   if (!r) return;
-  timer_entry_init(&r->timer, host__restart_fire);
+  timer_entry_init(&r->timer, host__cfg.sched, host__restart_fire);
   r->type = ty;
   ty->restart = r;
-  timer_add(&r->timer, sched_now() + 1000);
+  timer_add(&r->timer, sched_now(host__cfg.sched) + 1000);
 }
 
 void host_start_background(void) {

@@ -166,6 +166,7 @@ typedef struct host_config_s {
   uint64_t cron_catch_up_ms; /* missed cron instants younger than this run on return */
   const host_em_t *em;                /* the entity manager (required) */
   const placement_ops_t *placement;   /* the cluster (NULL: one runner) */
+  sched_t *sched;                     /* the owner's scheduler (required) */
 } host_config_t;
 
 /* Loads every top-level *.lua of cfg->dir. Returns the number of scripts that

@@ -289,7 +289,7 @@ static void host__close_check(sched_item_t *it) {
 static int host_closing;
 
 void host_type_released(etype_t *t) {
-  if (t->retired && !host_closing) sched_push(&t->script->close_item, host__close_check);
+  if (t->retired && !host_closing) sched_push(host__cfg.sched, &t->script->close_item, host__close_check);
 }
 
 static script_t *script__new(const char *file) {
@@ -300,7 +300,7 @@ static script_t *script__new(const char *file) {
   s->file = strdup(file);
   s->mem_limit = host__cfg.memory_limit;
   s->budget = host__cfg.instruction_budget;
-  timer_entry_init(&s->gc_timer, host__gc_fire);
+  timer_entry_init(&s->gc_timer, host__cfg.sched, host__gc_fire);
   return s;
 }
 
@@ -381,7 +381,7 @@ static void host__install(script_t *s, script_t *old) {
       host__stop_runner_task(ty);
     }
   }
-  sched_push(&old->close_item, host__close_check);
+  sched_push(host__cfg.sched, &old->close_item, host__close_check);
 }
 
 /* Removes a script whose file is gone. */
@@ -401,7 +401,7 @@ static void host__remove(script_t *s) {
     if (ty->kind == DEF_ENTITY) host__cfg.em->migrate(ty, NULL);
     else host__stop_runner_task(ty);
   }
-  sched_push(&s->close_item, host__close_check);
+  sched_push(host__cfg.sched, &s->close_item, host__close_check);
 }
 
 static script_t *host__find_script(const char *file) {

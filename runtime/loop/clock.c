@@ -45,15 +45,15 @@ void clock_virtual_init(vclock_t *v, uint64_t wall_start_ms) {
   v->clock.is_virtual = 1;
 }
 
-void clock_advance(vclock_t *v, uint64_t ms) {
+void clock_advance(vclock_t *v, sched_t *s, uint64_t ms) {
   uint64_t target = v->mono + ms;
-  if (sched_clock() == &v->clock) {
+  if (s && sched_clock(s) == &v->clock) {
     /* One timer at a time, the clock at its due instant, so a timer that
      * re-arms itself within the window fires again in order. */
     uint64_t due;
-    while (sched_next_due(&due) && due <= target) {
+    while (sched_next_due(s, &due) && due <= target) {
       if (due > v->mono) v->mono = due;
-      sched_fire_due();
+      sched_fire_due(s);
     }
   }
   v->mono = target;

@@ -32,8 +32,9 @@ typedef struct {
   uint64_t mono, wall_start;
 } vclock_t;
 void clock_virtual_init(vclock_t *v, uint64_t wall_start_ms);
-/* Moves v forward by ms, firing the scheduler's due timers in order when v is
- * the scheduler's clock (sched_set_clock). */
-void clock_advance(vclock_t *v, uint64_t ms);
+/* Moves v forward by ms, firing s's due timers in order when v is s's clock
+ * (sched_set_clock; s may be NULL). */
+struct sched_s;
+void clock_advance(vclock_t *v, struct sched_s *s, uint64_t ms);
 
 #endif

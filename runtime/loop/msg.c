@@ -48,14 +48,14 @@ static void call__timeout(timer_entry_t *t) {
   call_fail(c, REPLY_TIMEOUT, "no reply within %llu ms", (unsigned long long)c->timeout_ms);
 }
 
-call_t *call_new(call_cb cb, void *ud, uint64_t timeout_ms) {
+call_t *call_new(sched_t *s, call_cb cb, void *ud, uint64_t timeout_ms) {
   call_t *c = xmalloc(sizeof *c);
   memset(c, 0, sizeof *c);
   c->cb = cb;
   c->ud = ud;
   c->timeout_ms = timeout_ms;
-  timer_entry_init(&c->deadline, call__timeout);
-  if (timeout_ms) timer_add(&c->deadline, sched_now() + timeout_ms);
+  timer_entry_init(&c->deadline, s, call__timeout);
+  if (timeout_ms) timer_add(&c->deadline, sched_now(s) + timeout_ms);
   return c;
 }
 
@@ -82,7 +82,7 @@ void call_complete(call_t *c, reply_kind_t kind, const char *body, size_t len) {
   memcpy(c->body, body, len);
   c->body[len] = '\0';
   c->len = len;
-  sched_push(&c->item, call__run);
+  sched_push(c->deadline.sched, &c->item, call__run);
 }
 
 void call_fail(call_t *c, reply_kind_t kind, const char *fmt, ...) {
@@ -103,7 +103,7 @@ void call_cancel(call_t *c) {
   if (c->done) return; /* queued: freed when the queue reaches it */
   c->done = 1;
   call__detach(c);
-  sched_push(&c->item, call__run);
+  sched_push(c->deadline.sched, &c->item, call__run);
 }
 
 static void msg__unlink_call(call_t *c) {
@@ -215,7 +215,7 @@ uint64_t msg_next_request_id(void) {
   /* Unique within this process run: start from the wall clock in microseconds
    * so ids do not repeat across restarts of one runner either. */
   static uint64_t next;
-  if (!next) next = sched_wall_ms() * 1000u;
+  if (!next) next = sched_wall_ms(NULL) * 1000u;
   return ++next;
 }
 

@@ -74,7 +74,8 @@ struct call_s {
 };
 
 /* timeout_ms 0 = no deadline. */
-call_t *call_new(call_cb cb, void *ud, uint64_t timeout_ms);
+/* The call's deadline and its callback run on s (the caller's scheduler). */
+call_t *call_new(sched_t *s, call_cb cb, void *ud, uint64_t timeout_ms);
 /* Records the reply (copying body) and queues the callback; later replies
  * (and a NULL call) are ignored. The call is freed after its callback returns. */
 void call_complete(call_t *c, reply_kind_t kind, const char *body, size_t len);

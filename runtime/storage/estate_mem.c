@@ -35,6 +35,7 @@ static struct {
   htab_t rows;
   em_op_t *head, *tail;
   sched_item_t flush;
+  sched_t *sched; /* the owner's, from estate_mem_ops */
   int init;
 } es;
 
@@ -120,7 +121,7 @@ static em_op_t *es__op(const char *type, size_t tl, const char *id, size_t il) {
   op->next = NULL;
   if (es.tail) es.tail->next = op; else es.head = op;
   es.tail = op;
-  sched_push(&es.flush, es__flush);
+  sched_push(es.sched, &es.flush, es__flush);
   return op;
 }
 
@@ -146,7 +147,8 @@ static void es__save(void *ctx, const estate_write_t *w, estate_done_cb cb, void
   }
 }
 
-const estate_ops_t *estate_mem_ops(void) {
+const estate_ops_t *estate_mem_ops(sched_t *s) {
+  es.sched = s;
   static const estate_ops_t ops = {NULL, es__load, es__save};
   return &ops;
 }

@@ -6,7 +6,8 @@
 #include "storage/estate.h"
 
 /* The memory backend's operations (see estate.h). */
-const estate_ops_t *estate_mem_ops(void);
+/* The store's operations; its completions run on s. */
+const estate_ops_t *estate_mem_ops(sched_t *s);
 /* Applies w at once: a persisted message's reply and its state are stored
  * together (memory.c). */
 void estate_mem_apply(const estate_write_t *w);

@@ -18,12 +18,16 @@ typedef struct {
   pmsg_t *head, *tail;
   uint64_t keep_ms;
   timer_entry_t timer;
+  mem_store_t *ms;
 } mem_queue_t;
 
-static htab_t mem_keys, mem_rids;
-static pmsg_t *mem_all;
-static mem_queue_t mem_q[2];
-static size_t mem_count;
+struct mem_store_s {
+  htab_t keys, rids;
+  pmsg_t *all;
+  mem_queue_t q[2];
+  size_t count;
+  sched_t *sched;
+};
 
 static int mem__eq(const htab_node_t *n, const void *key, size_t len) {
   const pmsg_t *p = (const pmsg_t *)((const char *)n - offsetof(pmsg_t, node));
@@ -38,21 +42,23 @@ static int mem__rid_eq(const htab_node_t *n, const void *key, size_t len) {
 static uint64_t mem__rid_hash(uint64_t rid) { return hash_bytes(&rid, sizeof rid); }
 
 static void mem__free(pmsg_t *p) {
-  if (p->keyed) htab_remove(&mem_keys, &p->node);
-  htab_remove(&mem_rids, &p->rnode);
-  if (p->aprev) p->aprev->anext = p->anext; else mem_all = p->anext;
+  mem_store_t *ms = p->store;
+  if (p->keyed) htab_remove(&ms->keys, &p->node);
+  htab_remove(&ms->rids, &p->rnode);
+  if (p->aprev) p->aprev->anext = p->anext; else ms->all = p->anext;
   if (p->anext) p->anext->aprev = p->aprev;
   free(p->key);
   free(p->reply);
   free(p);
-  mem_count--;
+  ms->count--;
 }
 
 /* Prunes in small batches so a large backlog never stalls the loop. */
 #define MEM_PRUNE_BATCH 10000
 static void mem__prune(timer_entry_t *t) {
   mem_queue_t *q = (mem_queue_t *)((char *)t - offsetof(mem_queue_t, timer));
-  uint64_t now = sched_now();
+  mem_store_t *ms = q->ms;
+  uint64_t now = sched_now(ms->sched);
   int n = 0;
   while (q->head && q->head->done_at + q->keep_ms <= now && n < MEM_PRUNE_BATCH) {
     pmsg_t *p = q->head;
@@ -64,30 +70,38 @@ static void mem__prune(timer_entry_t *t) {
   if (q->head) timer_add(t, n == MEM_PRUNE_BATCH ? now + 10 : q->head->done_at + q->keep_ms);
 }
 
-int storage_init_memory(uint64_t retention_ms) {
-  htab_init(&mem_keys);
-  htab_init(&mem_rids);
-  mem_q[0].keep_ms = retention_ms < STORAGE_UNKEYED_MS ? retention_ms : STORAGE_UNKEYED_MS;
-  mem_q[1].keep_ms = retention_ms;
-  for (int i = 0; i < 2; i++) timer_entry_init(&mem_q[i].timer, mem__prune);
-  return 0;
+mem_store_t *storage_new(sched_t *s, uint64_t retention_ms) {
+  mem_store_t *ms = calloc(1, sizeof *ms);
+  if (!ms) return NULL;
+  ms->sched = s;
+  htab_init(&ms->keys);
+  htab_init(&ms->rids);
+  ms->q[0].keep_ms = retention_ms < STORAGE_UNKEYED_MS ? retention_ms : STORAGE_UNKEYED_MS;
+  ms->q[1].keep_ms = retention_ms;
+  for (int i = 0; i < 2; i++) {
+    ms->q[i].ms = ms;
+    timer_entry_init(&ms->q[i].timer, s, mem__prune);
+  }
+  return ms;
 }
 
-void storage_close(void) {
+void storage_free(mem_store_t *ms) {
+  if (!ms) return;
   for (int i = 0; i < 2; i++) {
-    timer_cancel(&mem_q[i].timer);
-    mem_q[i].head = mem_q[i].tail = NULL;
+    timer_cancel(&ms->q[i].timer);
+    ms->q[i].head = ms->q[i].tail = NULL;
   }
-  while (mem_all) {
-    pmsg_t *p = mem_all;
+  while (ms->all) {
+    pmsg_t *p = ms->all;
     while (p->waiters) call_fail(p->waiters, REPLY_UNAVAILABLE, "the runner is shutting down");
     mem__free(p);
   }
-  htab_free(&mem_keys);
-  htab_free(&mem_rids);
+  htab_free(&ms->keys);
+  htab_free(&ms->rids);
+  free(ms);
 }
 
-size_t storage_count(void) { return mem_count; }
+size_t storage_count(const mem_store_t *ms) { return ms ? ms->count : 0; }
 
 static void mem__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller,
                        const estate_write_t *w, estate_done_cb done, void *ud);
@@ -105,7 +119,7 @@ static void mem__fingerprint(const msg_t *m, unsigned char fp[STORAGE_FP_LEN]) {
   buf_free(&canon);
 }
 
-pmsg_t *storage_put(const msg_t *m, const storage_names_t *names, const char *pk, store_status_t *status) {
+pmsg_t *storage_put(mem_store_t *ms, const msg_t *m, const storage_names_t *names, const char *pk, store_status_t *status) {
   unsigned char fp[STORAGE_FP_LEN];
   buf_t key;
   buf_init(&key);
@@ -118,7 +132,7 @@ pmsg_t *storage_put(const msg_t *m, const storage_names_t *names, const char *pk
     buf_addc(&key, '\0');
     buf_adds(&key, pk);
     uint64_t h = hash_bytes(key.data, key.len);
-    htab_node_t *n = htab_find(&mem_keys, h, mem__eq, key.data, key.len);
+    htab_node_t *n = htab_find(&ms->keys, h, mem__eq, key.data, key.len);
     mem__fingerprint(m, fp);
     if (n) {
       pmsg_t *p = (pmsg_t *)((char *)n - offsetof(pmsg_t, node));
@@ -129,22 +143,23 @@ pmsg_t *storage_put(const msg_t *m, const storage_names_t *names, const char *pk
   }
   pmsg_t *p = calloc(1, sizeof *p);
   if (!p) { buf_free(&key); return NULL; }
+  p->store = ms;
   p->base.reply = mem__reply;
   p->base.drop = mem__drop;
   p->rid = m->request_id;
   p->rnode.hash = mem__rid_hash(p->rid);
-  htab_insert(&mem_rids, &p->rnode);
+  htab_insert(&ms->rids, &p->rnode);
   if (pk) {
     p->key = buf_steal(&key, &p->key_len);
     p->node.hash = hash_bytes(p->key, p->key_len);
     p->keyed = 1;
     memcpy(p->fp, fp, STORAGE_FP_LEN);
-    htab_insert(&mem_keys, &p->node);
+    htab_insert(&ms->keys, &p->node);
   }
-  p->anext = mem_all;
-  if (mem_all) mem_all->aprev = p;
-  mem_all = p;
-  mem_count++;
+  p->anext = ms->all;
+  if (ms->all) ms->all->aprev = p;
+  ms->all = p;
+  ms->count++;
   *status = STORE_NEW;
   return p;
 }
@@ -159,8 +174,8 @@ void storage_wait(pmsg_t *p, call_t *c) {
   call_list_add(&p->waiters, c);
 }
 
-void storage_get(uint64_t rid, call_t *c) {
-  htab_node_t *n = htab_find(&mem_rids, mem__rid_hash(rid), mem__rid_eq, &rid, sizeof rid);
+void storage_get(mem_store_t *ms, uint64_t rid, call_t *c) {
+  htab_node_t *n = htab_find(&ms->rids, mem__rid_hash(rid), mem__rid_eq, &rid, sizeof rid);
   c->request_id = rid;
   if (!n) {
     call_fail(c, REPLY_NOT_FOUND, "no stored message has request id %llu (or its reply was pruned)",
@@ -189,6 +204,7 @@ static void mem__state_done(sched_item_t *it) {
 static void mem__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller,
                        const estate_write_t *w, estate_done_cb done, void *ud) {
   pmsg_t *p = (pmsg_t *)s;
+  mem_store_t *ms = p->store;
   if (caller) {
     caller->request_id = p->rid;
     call_complete(caller, kind, body, len);
@@ -197,7 +213,7 @@ static void mem__reply(stored_t *s, reply_kind_t kind, const char *body, size_t 
     mem_done_t *d = calloc(1, sizeof *d);
     d->done = done;
     d->ud = ud;
-    sched_push(&d->item, mem__state_done);
+    sched_push(ms->sched, &d->item, mem__state_done);
   }
   if (p->done) return; /* it has its reply: its state was applied with it */
   if (w) estate_mem_apply(w);
@@ -208,8 +224,8 @@ static void mem__reply(stored_t *s, reply_kind_t kind, const char *body, size_t 
   p->reply[len] = '\0';
   p->reply_len = len;
   while (p->waiters) call_complete(p->waiters, kind, body, len); /* unlinks itself */
-  mem_queue_t *q = &mem_q[p->keyed];
-  p->done_at = sched_now();
+  mem_queue_t *q = &ms->q[p->keyed];
+  p->done_at = sched_now(ms->sched);
   if (q->tail) q->tail->rnext = p; else q->head = p;
   q->tail = p;
   if (!timer_pending(&q->timer)) timer_add(&q->timer, p->done_at + q->keep_ms);

@@ -46,6 +46,7 @@ static struct {
   char *sql_reply_plain, *sql_esave, *sql_eload;
   pgs_queue_t put, state, reply, esave, eload;
   sched_item_t flush;
+  sched_t *sched; /* the owner's, from pgs_open */
   int open;
   ms_stats_t st;
 } ps;
@@ -64,7 +65,8 @@ static void pgs__state(void *ud, int up, const char *why) {
   else log_debug("storage: messages connection up");
 }
 
-int pgs_open(uv_loop_t *loop, const char *conninfo, const char *prefix) {
+int pgs_open(sched_t *s, uv_loop_t *loop, const char *conninfo, const char *prefix) {
+  ps.sched = s;
   ps.sql_put = coord_sql(
       "WITH ins AS (INSERT INTO %1$smessages"
       " (shard, type, entity_id, rpc, dedupe, ref, payload, headers, deliver_at, created_at)"
@@ -199,7 +201,7 @@ static void pgs__enqueue(pgs_queue_t *q, pgs_entry_t *e) {
   if (q->tail) q->tail->next = e; else q->head = e;
   q->tail = e;
   q->n++;
-  if (!ps.flush.queued) sched_push(&ps.flush, pgs__flush);
+  if (!ps.flush.queued) sched_push(ps.sched, &ps.flush, pgs__flush);
 }
 
 /* Takes up to PGS_MAX_BATCH entries off q. */
@@ -228,7 +230,7 @@ static void pgs__batch_done(pgs_queue_t *q, pgs_batch_t *b) {
   }
   free(b);
   q->inflight--;
-  if (q->n && !ps.flush.queued && ps.open) sched_push(&ps.flush, pgs__flush);
+  if (q->n && !ps.flush.queued && ps.open) sched_push(ps.sched, &ps.flush, pgs__flush);
 }
 
 static const char *pgs__why(pgc_status_t st, const char *err) {
@@ -260,7 +262,7 @@ static void pgs__send_put(void) {
     pgs__arr_int(&a[8], (int64_t)m->deliver_at);
   }
   char now[24];
-  snprintf(now, sizeof now, "%" PRIu64, sched_wall_ms());
+  snprintf(now, sizeof now, "%" PRIu64, sched_wall_ms(ps.sched));
   const char *v[10];
   for (int i = 0; i < 9; i++) v[i] = pgs__arr_end(&a[i]);
   v[9] = now;
@@ -451,7 +453,7 @@ static void pgs__send_reply(void) {
   }
   ps.st.state_saves += (uint64_t)states;
   char now[24];
-  snprintf(now, sizeof now, "%" PRIu64, sched_wall_ms());
+  snprintf(now, sizeof now, "%" PRIu64, sched_wall_ms(ps.sched));
   const char *v[8] = {pgs__arr_end(&a[0]), pgs__arr_end(&a[1]), pgs__arr_end(&a[2]), now,
                       pgs__arr_end(&a[3]), pgs__arr_end(&a[4]), pgs__arr_end(&a[5]), pgs__arr_end(&a[6])};
   ps.st.reply_batches++;
@@ -522,7 +524,7 @@ static void pgs__send_esave(void) {
   for (int i = 0; i < b->n; i++) pgs__arr_state(a, b->e[i]);
   ps.st.state_saves += (uint64_t)b->n;
   char now[24];
-  snprintf(now, sizeof now, "%" PRIu64, sched_wall_ms());
+  snprintf(now, sizeof now, "%" PRIu64, sched_wall_ms(ps.sched));
   const char *v[5] = {pgs__arr_end(&a[0]), pgs__arr_end(&a[1]), pgs__arr_end(&a[2]), pgs__arr_end(&a[3]), now};
   pgc_query(ps.c, ps.sql_esave, 5, v, NULL, PGS_TIMEOUT_MS, pgs__esave_done, b);
   for (int i = 0; i < 4; i++) buf_free(&a[i]);

@@ -19,7 +19,7 @@
 #include "storage/estate.h"
 #include "storage/msgstore.h"
 
-int pgs_open(uv_loop_t *loop, const char *conninfo, const char *prefix);
+int pgs_open(sched_t *s, uv_loop_t *loop, const char *conninfo, const char *prefix);
 /* Fails everything waiting (callbacks run now) and closes the connection. */
 void pgs_close(void);
 int pgs_up(void);

@@ -25,8 +25,12 @@
 /* CONFLICT: the key is stored with a different payload; nothing is stored. */
 typedef enum { STORE_NEW = 0, STORE_PENDING, STORE_DONE, STORE_CONFLICT } store_status_t;
 
+/* The embedded store: one per runtime (storage_new), nothing process-wide. */
+typedef struct mem_store_s mem_store_t;
+
 typedef struct pmsg_s {
   stored_t base;       /* what its message calls when it ends */
+  mem_store_t *store;  /* the store that holds it */
   htab_node_t node;    /* by key, when it has a primary key */
   htab_node_t rnode;   /* by request id */
   struct pmsg_s *rnext; /* retention queue of done records */
@@ -44,10 +48,11 @@ typedef struct pmsg_s {
   call_t *waiters;
 } pmsg_t;
 
-int storage_init_memory(uint64_t retention_ms);
+/* A store whose completions and pruning run on s; NULL: out of memory. */
+mem_store_t *storage_new(sched_t *s, uint64_t retention_ms);
 /* Answers every caller still waiting with `unavailable` (queued on the ready
- * queue) and frees every record. */
-void storage_close(void);
+ * queue) and frees every record and the store (NULL: nothing). */
+void storage_free(mem_store_t *ms);
 /* The names a keyed record is found by besides m's id and the primary key:
  * its type's name and its RPC's tag, as plain strings (storage knows no
  * types). */
@@ -59,13 +64,13 @@ typedef struct {
 /* Stores m's record (under m->request_id), or finds the one stored under the
  * same key (names, m's id, pk): *status says which, and STORE_CONFLICT when
  * that one's payload differs from m's. */
-pmsg_t *storage_put(const msg_t *m, const storage_names_t *names, const char *pk, store_status_t *status);
+pmsg_t *storage_put(mem_store_t *ms, const msg_t *m, const storage_names_t *names, const char *pk, store_status_t *status);
 /* Adds a caller waiting for the reply (completed at once when it is known);
  * a call that already finished (timed out, caller gone) is not added. */
 void storage_wait(pmsg_t *p, call_t *c);
 /* GET /requests/{id}: completes c with the stored reply, REPLY_ACCEPTED
  * while the message is pending, REPLY_NOT_FOUND when no such id is kept. */
-void storage_get(uint64_t request_id, call_t *c);
-size_t storage_count(void);
+void storage_get(mem_store_t *ms, uint64_t request_id, call_t *c);
+size_t storage_count(const mem_store_t *ms);
 
 #endif

@@ -18,9 +18,10 @@ typedef struct {
   uint64_t rearm_every; /* > 0: adds itself again this much later */
 } vtimer_t;
 
-/* One scheduler per process (loop/sched.c), so one state for the module. */
+/* The spec drives one scheduler at a time, so one state for the module. */
 typedef struct {
   uv_loop_t loop;
+  sched_t sched;
   vclock_t clock;
   lua_State *L;
   int fired; /* registry ref of the list of {id, at} */
@@ -35,11 +36,11 @@ static void lp__fire(timer_entry_t *te) {
   lua_createtable(L, 2, 0);
   lua_pushinteger(L, v->id);
   lua_rawseti(L, -2, 1);
-  lua_pushinteger(L, (lua_Integer)sched_now());
+  lua_pushinteger(L, (lua_Integer)sched_now(&ls->sched));
   lua_rawseti(L, -2, 2);
   lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
   lua_pop(L, 1);
-  if (v->rearm_every) timer_add(&v->t, sched_now() + v->rearm_every);
+  if (v->rearm_every) timer_add(&v->t, sched_now(&ls->sched) + v->rearm_every);
   else free(v);
 }
 
@@ -48,9 +49,9 @@ static int lp_start(lua_State *L) {
   if (ls) return luaL_error(L, "already started");
   ls = calloc(1, sizeof *ls);
   uv_loop_init(&ls->loop);
-  sched_init(&ls->loop);
+  sched_init(&ls->sched, &ls->loop);
   clock_virtual_init(&ls->clock, (uint64_t)luaL_checkinteger(L, 1));
-  sched_set_clock(&ls->clock.clock);
+  sched_set_clock(&ls->sched, &ls->clock.clock);
   lua_newtable(L);
   ls->fired = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
@@ -61,7 +62,7 @@ static int lp_timer(lua_State *L) {
   vtimer_t *v = calloc(1, sizeof *v);
   v->id = (int)luaL_checkinteger(L, 1);
   v->rearm_every = (uint64_t)luaL_optinteger(L, 3, 0);
-  timer_entry_init(&v->t, lp__fire);
+  timer_entry_init(&v->t, &ls->sched, lp__fire);
   timer_add(&v->t, (uint64_t)luaL_checkinteger(L, 2));
   return 0;
 }
@@ -71,7 +72,7 @@ static int lp_advance(lua_State *L) {
   ls->L = L;
   lua_newtable(L);
   lua_rawseti(L, LUA_REGISTRYINDEX, ls->fired);
-  clock_advance(&ls->clock, (uint64_t)luaL_checkinteger(L, 1));
+  clock_advance(&ls->clock, &ls->sched, (uint64_t)luaL_checkinteger(L, 1));
   /* The real loop has nothing to wake for: its timer stays stopped. */
   uv_run(&ls->loop, UV_RUN_NOWAIT);
   lua_rawgeti(L, LUA_REGISTRYINDEX, ls->fired);
@@ -79,15 +80,15 @@ static int lp_advance(lua_State *L) {
 }
 
 static int lp_now(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)sched_now());
-  lua_pushinteger(L, (lua_Integer)sched_wall_ms());
+  lua_pushinteger(L, (lua_Integer)sched_now(&ls->sched));
+  lua_pushinteger(L, (lua_Integer)sched_wall_ms(&ls->sched));
   return 2;
 }
 
 /* stop(): frees the scheduler; pending timers are dropped. */
 static int lp_stop(lua_State *L) {
   if (!ls) return 0;
-  sched_close();
+  sched_close(&ls->sched);
   uv_run(&ls->loop, UV_RUN_DEFAULT);
   uv_loop_close(&ls->loop);
   luaL_unref(L, LUA_REGISTRYINDEX, ls->fired);
