@@ -182,7 +182,7 @@ static void gw__where(http_req_t *r, const slice_t *seg) {
     http_respond(r, 405, "application/json", "Allow: GET\r\n", msg, sizeof msg - 1);
     return;
   }
-  call_t *c = call_new(gw__where_reply, r, gw.call_timeout_ms);
+  call_t *c = call_new(gw.sched, gw__where_reply, r, gw.call_timeout_ms);
   r->ud = c;
   r->on_abort = gw__abort;
   where_ask(seg[1].ptr, seg[1].len, seg[2].ptr, seg[2].len, gw.runner, gw.shards, c);
