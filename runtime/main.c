@@ -35,6 +35,7 @@
 /* The runner's scheduler (one runtime per process until runtime_new). */
 static sched_t main_sched;
 static mem_store_t *main_mem; /* the embedded store of `luster run` */
+static em_t *main_em;         /* the entity manager */
 static void main__fatal(int sig) {
   char head[96];
   int n = snprintf(head, sizeof head, "luster: fatal signal %d (%s); stack:\n", sig, strsignal(sig));
@@ -196,6 +197,7 @@ static int main__start_cluster(uv_loop_t *loop, const config_t *cfg, uint32_t sh
       .weight = (uint32_t)cfg->weight,
       .lease_ms = cfg->lease_ms,
       .handoff_timeout_ms = cfg->shutdown_timeout_ms * 6 / 10,
+      .em = main_em,
       .max_frame = (cfg->max_body > (16u << 20) ? cfg->max_body : (16u << 20)) + (1u << 20),
   };
   router_init(shards, cc.max_frame);
@@ -229,10 +231,10 @@ static void main__signals(uv_loop_t *loop, config_t *cfg) {
  * idle instances, then each module's own resources. */
 static void main__shutdown(uv_loop_t *loop) {
   watch_stop();
-  em_stop_all();
+  em_stop_all(main_em);
   host_cancel_tasks();
   sched_drain(&main_sched);
-  em_stop_all();
+  em_stop_all(main_em);
   cluster_close(); /* transport and PostgreSQL sessions: their waiting callers learn now */
   sched_drain(&main_sched);
   router_shutdown();
@@ -242,7 +244,7 @@ static void main__shutdown(uv_loop_t *loop) {
   estate_mem_close();
   if (main_http) http_server_free(main_http);
   host_shutdown();
-  em_close();
+  em_free(main_em);
   sched_close(&main_sched);
   uv_walk(loop, main__close_walk, NULL);
   uv_run(loop, UV_RUN_DEFAULT);
@@ -266,10 +268,13 @@ static int cmd_run(config_t *cfg) {
   main__fatal_handlers();
   sched_init(&main_sched, loop);
   hc.sched = &main_sched;
-  em_init(&main_sched, hc.shards);
+  main_em = em_new(&main_sched, hc.shards);
+  if (!main_em) return 1;
+  em_set_host(main_em, em_host_default());
+  hc.em = em_host_ops(main_em);
   main_mem = storage_new(&main_sched, cfg->retention_ms);
   if (!main_mem) return 1;
-  router_use(&main_sched, main_mem);
+  router_use(&main_sched, main_mem, main_em);
   sqls_t *sq = NULL;
   if (sqlite && main__open_sqlite(loop, cfg, hc.shards, &sq) != 0) return 1;
   int failed = host_load_dir(&hc);
@@ -282,7 +287,7 @@ static int cmd_run(config_t *cfg) {
   /* Lives as long as this function, which runs the loop to its end. */
   estate_ops_t sq_state;
   if (sq) sq_state = sqls_estate_ops(sq);
-  dstate_set_ops(clustered ? pgs_estate_ops() : sq ? &sq_state : estate_mem_ops(&main_sched));
+  dstate_set_ops(main_em, clustered ? pgs_estate_ops() : sq ? &sq_state : estate_mem_ops(&main_sched));
   if (!host_scripts()) log_warn("no *.lua scripts in %s: nothing to serve yet", cfg->dir);
   if (!clustered && !sqlite) main__memory_warning();
 
@@ -298,6 +303,7 @@ static int cmd_run(config_t *cfg) {
       .call_timeout_ms = cfg->call_timeout_ms,
       .admin = cfg->admin,
       .sched = &main_sched,
+      .em = main_em,
   };
   gateway_init(&gi);
   if (clustered && main__start_cluster(loop, cfg, hc.shards, bound) != 0) return 1;
@@ -328,7 +334,10 @@ static int cmd_check(config_t *cfg) {
   log_set_level(LOG_OFF); /* every problem is printed below, once */
   sched_init(&main_sched, uv_default_loop());
   hc.sched = &main_sched;
-  em_init(&main_sched, hc.shards);
+  main_em = em_new(&main_sched, hc.shards);
+  if (!main_em) return 1;
+  em_set_host(main_em, em_host_default());
+  hc.em = em_host_ops(main_em);
   int failed = host_load_dir(&hc);
   if (failed < 0) {
     fprintf(stderr, "luster check: cannot read script directory '%s': %s\n", cfg->dir, strerror(-failed));
@@ -352,7 +361,7 @@ static int cmd_check(config_t *cfg) {
   }
   printf("%d script%s, %d failed\n", n, n == 1 ? "" : "s", failed);
   host_shutdown();
-  em_close();
+  em_free(main_em);
   sched_close(&main_sched);
   uv_run(uv_default_loop(), UV_RUN_DEFAULT);
   return failed ? 1 : (n == 0 ? 1 : 0);

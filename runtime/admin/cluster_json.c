@@ -54,7 +54,7 @@ static void gw__runners_json(buf_t *b, const gateway_info_t *gw) {
   buf_adds(b, ",\"scripts\":");
   buf_add_json_str(b, gw->dir, strlen(gw->dir));
   buf_printf(b, ",\"started_at\":%llu,\"healthy\":true,\"active\":%llu}", (unsigned long long)gw->started_ms,
-             (unsigned long long)em_active_total());
+             (unsigned long long)em_active_total(gw->em));
   if (cluster_on) {
     buf_adds(b, ",\"cluster\":");
     cluster_json_info(b);
@@ -66,7 +66,7 @@ static void gw__runners_json(buf_t *b, const gateway_info_t *gw) {
     buf_adds(b, ",\"runners\":[{\"address\":");
     buf_add_json_str(b, gw->runner, strlen(gw->runner));
     buf_printf(b, ",\"healthy\":true,\"shards\":%u,\"active\":%llu}]", gw->shards,
-               (unsigned long long)em_active_total());
+               (unsigned long long)em_active_total(gw->em));
     buf_printf(b, ",\"shards\":{\"count\":%u,\"owners\":[{\"runner\":", gw->shards);
     buf_add_json_str(b, gw->runner, strlen(gw->runner));
     buf_printf(b, ",\"ranges\":[[1,%u]]}]}", gw->shards);

@@ -279,7 +279,7 @@ void gateway_on_request(http_req_t *r) {
       gateway_cluster_json(&b, &gw);
       gw__json(r, 200, NULL, b.data, b.len);
     } else {
-      gateway_metrics(&b);
+      gateway_metrics(&b, &gw);
       http_respond(r, 200, "text/plain; version=0.0.4", NULL, b.data, b.len);
     }
     buf_free(&b);

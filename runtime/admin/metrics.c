@@ -9,8 +9,8 @@
 
 /* The order is the exposition's: instances, messages and scripts, then
  * persisted messages, HTTP, and the cluster when there is one. */
-void gateway_metrics(buf_t *b) {
-  em_metrics(b);
+void gateway_metrics(buf_t *b, const gateway_info_t *gw) {
+  em_metrics(gw->em, b);
   host_metrics(b);
   durable_metrics(b);
   http_metrics(b);

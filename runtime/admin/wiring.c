@@ -1,6 +1,7 @@
 /* wiring.c - the placement table (loop/placement.h) answered by cluster/
- * (leases, router, durable delivery), and the host's entity-manager table:
- * the only place where the layers below learn what is above them. */
+ * (leases, router, durable delivery): with the entity manager's table
+ * (em_host_ops of the owner's em_t), the only place where the layers below
+ * learn what is above them. */
 #include "admin/wiring.h"
 
 #include <stdlib.h>
@@ -8,7 +9,6 @@
 #include "cluster/cluster.h"
 #include "cluster/durable.h"
 #include "cluster/router.h"
-#include "entity/entity.h"
 
 static int wiring__may_run(void *ctx, uint32_t shard) { return cluster_serving(shard); }
 
@@ -59,6 +59,5 @@ const placement_ops_t *wiring_placement(void) {
 }
 
 void wiring_host(host_config_t *hc) {
-  hc->em = em_host_ops();
   hc->placement = wiring_placement();
 }

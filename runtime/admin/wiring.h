@@ -8,7 +8,7 @@
 /* The cluster's answers to placement questions: local, unleased answers
  * while no cluster runs (cluster_on 0). */
 const placement_ops_t *wiring_placement(void);
-/* Sets hc's entity manager and placement tables. */
+/* Sets hc's placement table (hc->em is the owner's em_host_ops(em)). */
 void wiring_host(host_config_t *hc);
 
 #endif

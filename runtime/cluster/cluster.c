@@ -124,7 +124,7 @@ static void cluster__fence(const char *why) {
     /* Handed-over snapshots not yet claimed stay: nothing runs from them
      * here, and they go on to whoever serves their shard next (or are used
      * here again if that is this runner). */
-    em_fence_shards(mask);
+    em_fence_shards(cl.cfg.em, mask);
     host_background_update();
   }
   free(mask);
@@ -585,7 +585,7 @@ static void cluster__unlocked(void *ud, int ok, const char *err) {
 /* A shard being released can be unlocked once nothing of it is left here:
  * no instance, no stashed snapshot to hand on, no hand-off unconfirmed. */
 static int cluster__drained(uint32_t s) {
-  return em_shard_instances(s) == 0 && em_shard_stashed(s) == 0 && router_handoffs_pending(s) == 0;
+  return em_shard_instances(cl.cfg.em, s) == 0 && em_shard_stashed(cl.cfg.em, s) == 0 && router_handoffs_pending(s) == 0;
 }
 
 void cluster_shard_drained(uint32_t shard) {
@@ -608,7 +608,7 @@ static void cluster__reconcile(void) {
     int mine = cl.self_index >= 0 && cl.owner[s] == cl.self_index && !cl.leaving;
     uint8_t st = cluster_shard_state[s];
     int elsewhere = st == SHARD_NONE && !mine && cl.owner[s] >= 0;
-    if ((elsewhere || (st == SHARD_RELEASING && em_shard_instances(s) == 0)) && em_shard_stashed(s)) {
+    if ((elsewhere || (st == SHARD_RELEASING && em_shard_instances(cl.cfg.em, s) == 0)) && em_shard_stashed(cl.cfg.em, s)) {
       if (!hand_on) hand_on = calloc(cl.n + 1, 1);
       hand_on[s] = 1;
     }
@@ -638,12 +638,12 @@ static void cluster__reconcile(void) {
     }
   }
   if (hand_on) {
-    em_stash_hand_on(hand_on);
+    em_stash_hand_on(cl.cfg.em, hand_on);
     free(hand_on);
   }
   if (nrel) {
     log_info("cluster: handing over %u shard%s", nrel, nrel == 1 ? "" : "s");
-    em_release_shards(release);
+    em_release_shards(cl.cfg.em, release);
     host_background_update();
     router_wake();
     free(release);
@@ -688,7 +688,7 @@ static void cluster__leave_step(void);
 static void cluster__handoff_overdue(uint64_t now) {
   uint8_t *late = NULL;
   for (uint32_t s = 1; s <= cl.n; s++) {
-    if (cluster_shard_state[s] == SHARD_RELEASING && em_shard_instances(s) == 0 && !cluster__drained(s) &&
+    if (cluster_shard_state[s] == SHARD_RELEASING && em_shard_instances(cl.cfg.em, s) == 0 && !cluster__drained(s) &&
         now - cl.release_started[s] > cl.cfg.handoff_timeout_ms) {
       if (!late) late = calloc(cl.n + 1, 1);
       late[s] = 1;
@@ -697,7 +697,7 @@ static void cluster__handoff_overdue(uint64_t now) {
   if (!late) return;
   uint32_t unconfirmed = 0;
   for (uint32_t s = 1; s <= cl.n; s++) unconfirmed += late[s] ? router_handoffs_pending(s) : 0;
-  uint32_t dropped = em_stash_drop(late);
+  uint32_t dropped = em_stash_drop(cl.cfg.em, late);
   router_handoffs_forget(late);
   log_warn("cluster: the new owners did not confirm %u snapshot%s of shards being handed over within %" PRIu64
            " ms (%u not delivered, dropped); unlocking without them", dropped + unconfirmed,
@@ -711,7 +711,7 @@ static void cluster__tick_fire(timer_entry_t *t) {
   uint8_t *late = NULL;
   uint64_t now = sched_now(cl.sched);
   for (uint32_t s = 1; s <= cl.n; s++) {
-    if (cluster_shard_state[s] == SHARD_RELEASING && em_shard_instances(s) > 0 &&
+    if (cluster_shard_state[s] == SHARD_RELEASING && em_shard_instances(cl.cfg.em, s) > 0 &&
         now - cl.release_started[s] > cl.cfg.handoff_timeout_ms) {
       if (!late) late = calloc(cl.n + 1, 1);
       late[s] = 1;
@@ -720,7 +720,7 @@ static void cluster__tick_fire(timer_entry_t *t) {
   if (late) {
     log_warn("cluster: work on shards being handed over ran past %" PRIu64 " ms; stopping it",
              cl.cfg.handoff_timeout_ms);
-    em_fence_shards(late);
+    em_fence_shards(cl.cfg.em, late);
     free(late);
   }
   cluster__handoff_overdue(now);
@@ -979,7 +979,7 @@ void cluster_json_runners(buf_t *b) {
                m->stopping ? "leaving" : cluster__takes_shards(i) ? "serving" : "secret mismatch",
                m->heartbeat_age_ms, self ? cluster__count(SHARD_HELD) : m->held,
                assigned, self ? "true" : (m->peer && tp_peer_ready(m->peer) ? "true" : "false"));
-    if (self) buf_printf(b, ",\"active\":%" PRIu64, em_active_total());
+    if (self) buf_printf(b, ",\"active\":%" PRIu64, em_active_total(cl.cfg.em));
     buf_adds(b, ",\"scripts\":{");
     char *own = self ? cluster__scripts_text() : NULL;
     const char *text = self ? own : m->scripts ? m->scripts : "";

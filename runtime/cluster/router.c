@@ -33,6 +33,7 @@ typedef struct persist_job_s {
 
 static sched_t *router_sched; /* the owner's, from router_use */
 static mem_store_t *router_mem; /* the embedded store, from router_use */
+static em_t *router_em; /* the entity manager, from router_use */
 static persist_job_t *router_delayed;
 
 static void router__undelay(persist_job_t *j) {
@@ -470,9 +471,10 @@ void router_wake(void) {
   if (rt.held) sched_push(router_sched, &rt.wake, router__flush);
 }
 
-void router_use(sched_t *s, mem_store_t *mem) {
+void router_use(sched_t *s, mem_store_t *mem, em_t *em) {
   router_sched = s;
   router_mem = mem;
+  router_em = em;
 }
 
 size_t router_stored_count(void) { return storage_count(router_mem); }
@@ -519,7 +521,7 @@ static void router__handoff_done(void *ud, tp_status_t st, uint8_t kind, const c
      * the membership read this asks for. */
     rt.st.handoffs_lost++;
     cluster_suspect();
-    em_stash_snapshot(h->names, h->type_len, h->names + h->type_len, h->id_len, h->snap, h->len);
+    em_stash_snapshot(router_em, h->names, h->type_len, h->names + h->type_len, h->id_len, h->snap, h->len);
   } else {
     free(h->snap);
   }
@@ -538,7 +540,7 @@ void router_handoff(const char *type, size_t type_len, const char *id, size_t id
     return;
   }
   if (r != ROUTE_REMOTE || !(h = malloc(sizeof *h + type_len + id_len))) {
-    em_stash_snapshot(type, type_len, id, id_len, snap, len); /* the release tries again */
+    em_stash_snapshot(router_em, type, type_len, id, id_len, snap, len); /* the release tries again */
     return;
   }
   h->shard = shard;
@@ -583,7 +585,7 @@ void router_inbound(tp_inbound_t *in, const frame_request_t *req) {
     char *snap = malloc(req->payload.n + 1);
     if (snap) {
       memcpy(snap, req->payload.p, req->payload.n);
-      em_stash_snapshot(req->type.p, req->type.n, req->id.p, req->id.n, snap, req->payload.n);
+      em_stash_snapshot(router_em, req->type.p, req->type.n, req->id.p, req->id.n, snap, req->payload.n);
     }
     tp_reply(in, REPLY_ACCEPTED, "", 0);
     return;

@@ -3,14 +3,13 @@
 #include "entity/durable_state.h"
 
 #include <errno.h>
-#include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "loop/log.h"
 #include "core/buf.h"
-#include "host/host_int.h"
+#include "entity/em_int.h"
 
 /* A load or save in flight for one instance. */
 typedef struct ds_op_s {
@@ -43,12 +42,9 @@ static void ds__set_base(struct dstate_s *ds, char *bytes, size_t len) {
   ds->has_base = bytes != NULL;
 }
 
-/* The backend's operations: one storage per process, set by the wiring
- * before any script runs; kept beside nothing else because no other part
- * of the entity manager talks to storage. */
-static const estate_ops_t *ds_ops;
-
-void dstate_set_ops(const estate_ops_t *ops) { ds_ops = ops; }
+/* The backend's operations, in the manager (em_t.estate): set by the
+ * wiring before any script runs. */
+void dstate_set_ops(em_t *em, const estate_ops_t *ops) { em->estate = ops; }
 
 static struct dstate_s *ds__get(inst_t *i) {
   if (!i->ds) i->ds = calloc(1, sizeof *i->ds);
@@ -103,7 +99,8 @@ static void ds__loaded(void *ud, int ok, int found, const char *bytes, size_t le
   ds__set_base(ds, found ? ds__dup(bytes, len) : NULL, found ? len : 0);
   ds->row = found;
   ds->forget = 0;
-  host_activate(&i->h, ds->base, ds->base_len);
+  em_t *em = i->h.type->em;
+  em->host.activate(em->host.ud, &i->h, ds->base, ds->base_len);
 }
 
 void dstate_activate(inst_t *i) {
@@ -112,37 +109,19 @@ void dstate_activate(inst_t *i) {
   op->inst = i;
   ds->op = op;
   etype_t *t = i->h.type;
-  ds_ops->load(ds_ops->ctx, t->name, t->name_len, i->id, i->h.id_len, ds__loaded, op);
+  const estate_ops_t *ops = t->em->estate;
+  ops->load(ops->ctx, t->name, t->name_len, i->id, i->h.id_len, ds__loaded, op);
 }
 
 /* ---------------------------------------------------------------------------
  * After a message
  * ------------------------------------------------------------------------- */
 
-static const char ds__oom[] = "memory limit exceeded";
-
 /* The instance's snapshot() as encoded bytes (NULL: it returned nil, or it
  * failed and *err says why). */
 static char *ds__snapshot(inst_t *i, size_t *len, char **err) {
-  etype_t *t = i->h.type;
-  script_t *s = t->script;
-  lua_State *L = s->L;
-  *err = NULL;
-  *len = 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_snapshot);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->def_ref);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, i->h.handlers_ref);
-  int st = host__pcall(s, L, 2, 1, 0);
-  char *out = NULL;
-  if (st == LUA_ERRMEM) {
-    *err = ds__dup(ds__oom, strlen(ds__oom));
-  } else if (st != LUA_OK) {
-    *err = host__error_text(L, L);
-  } else if (lua_type(L, -1) == LUA_TSTRING) {
-    const char *p = lua_tolstring(L, -1, len);
-    out = ds__dup(p, *len);
-  }
-  lua_pop(L, 1);
+  em_t *em = i->h.type->em;
+  char *out = em->host.state_snapshot(em->host.ud, &i->h, len, err);
   const char *bad = *err ? NULL
                     : out && !ds__utf8(out, *len) ? "its snapshot is stored as text: it must be valid UTF-8"
                     : !ds__utf8(i->id, i->h.id_len) ? "the entity's id is stored as text: it must be valid UTF-8 without NUL bytes"
@@ -276,7 +255,8 @@ int dstate_handled(inst_t *i, msg_t *m, reply_kind_t kind, const char *body, siz
     op->kind = kind;
     op->body = ds__dup(body, len);
     op->len = len;
-    ds_ops->save(ds_ops->ctx, &w, ds__saved, op);
+    const estate_ops_t *ops = t->em->estate;
+    ops->save(ops->ctx, &w, ds__saved, op);
   }
   return 0;
 }

@@ -18,8 +18,9 @@
 #include "entity/entity.h"
 #include "storage/estate.h"
 
-/* The storage backend's state operations (set once by the wiring). */
-void dstate_set_ops(const estate_ops_t *ops);
+/* The storage backend's state operations for em's durable types (set once
+ * by the wiring, before any script runs). */
+void dstate_set_ops(em_t *em, const estate_ops_t *ops);
 /* Activates i (state INST_ACTIVATING) with its saved snapshot, once read. */
 void dstate_activate(inst_t *i);
 /* Activation succeeded: an instance without a saved row notes the state

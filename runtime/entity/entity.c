@@ -26,20 +26,17 @@
 #include "core/hash.h"
 #include "core/prom.h"
 #include "entity/durable_state.h"
+#include "entity/em_int.h"
 
-static uint32_t em_shards = 300;
-static sched_t *em_sched; /* the owner's scheduler (em_init) */
-static uint32_t *em_counts; /* instances per shard, [1..em_shards] */
-/* Where shards run (loop/placement.h), as the wiring gave it to the host. */
-static const placement_ops_t *em__placement(void) { return host_config()->placement; }
+/* Where shards run (loop/placement.h), as the host was told by the wiring. */
+static const placement_ops_t *em__placement(em_t *em) { return em->host.placement(em->host.ud); }
 
 /* Snapshots handed over by a shard's previous owner, waiting for the first
  * message that activates their instance here. An entry is the only copy of
  * that instance's state, so it never expires: it leaves when its instance
  * activates, when its shard is handed on (em_stash_hand_on), or when its
  * new owner does not take it within the hand-off time (em_stash_drop).
- * Beside em_counts because, like it, it belongs to the one entity manager
- * of this process. */
+ * Kept in the em_t beside its per-shard counts. */
 typedef struct stash_s {
   htab_node_t node;
   struct stash_s *prev, *next; /* oldest first */
@@ -48,9 +45,6 @@ typedef struct stash_s {
   size_t snap_len, type_len, id_len, key_len;
   char key[]; /* type NUL id */
 } stash_t;
-static htab_t em_stash;
-static stash_t *em_stash_head, *em_stash_tail;
-static uint32_t *em_stash_counts; /* stashed snapshots per shard, [1..em_shards] */
 
 static int em__eq(const htab_node_t *n, const void *key, size_t len) {
   const inst_t *i = (const inst_t *)n;
@@ -59,31 +53,41 @@ static int em__eq(const htab_node_t *n, const void *key, size_t len) {
 
 static void em__idle_fire(timer_entry_t *te);
 
-void em_init(sched_t *s, uint32_t shards) {
-  em_sched = s;
-  em_shards = shards ? shards : 1;
-  free(em_counts);
-  em_counts = calloc(em_shards + 1, sizeof *em_counts);
-  free(em_stash_counts);
-  em_stash_counts = calloc(em_shards + 1, sizeof *em_stash_counts);
-  htab_init(&em_stash);
+static void em__host_ops_init(em_t *em);
+
+em_t *em_new(sched_t *s, uint32_t shards) {
+  em_t *em = calloc(1, sizeof *em);
+  if (!em) return NULL;
+  em->sched = s;
+  em->shards = shards ? shards : 1;
+  em->counts = calloc(em->shards + 1, sizeof *em->counts);
+  em->stash_counts = calloc(em->shards + 1, sizeof *em->stash_counts);
+  if (!em->counts || !em->stash_counts) {
+    free(em->counts);
+    free(em->stash_counts);
+    free(em);
+    return NULL;
+  }
+  htab_init(&em->stash);
+  em__host_ops_init(em);
+  return em;
 }
 
-uint32_t em_shard_instances(uint32_t shard) { return shard <= em_shards && em_counts ? em_counts[shard] : 0; }
-uint32_t em_shard_stashed(uint32_t shard) {
-  return shard <= em_shards && em_stash_counts ? em_stash_counts[shard] : 0;
-}
+void em_set_host(em_t *em, const em_host_t *host) { em->host = *host; }
+
+uint32_t em_shard_instances(em_t *em, uint32_t shard) { return shard <= em->shards ? em->counts[shard] : 0; }
+uint32_t em_shard_stashed(em_t *em, uint32_t shard) { return shard <= em->shards ? em->stash_counts[shard] : 0; }
 
 static int em__stash_eq(const htab_node_t *n, const void *key, size_t len) {
   const stash_t *st = (const stash_t *)n;
   return st->key_len == len && memcmp(st->key, key, len) == 0;
 }
 
-static void em__stash_unlink(stash_t *st) {
-  htab_remove(&em_stash, &st->node);
-  if (st->prev) st->prev->next = st->next; else em_stash_head = st->next;
-  if (st->next) st->next->prev = st->prev; else em_stash_tail = st->prev;
-  if (em_stash_counts && st->shard <= em_shards && em_stash_counts[st->shard]) em_stash_counts[st->shard]--;
+static void em__stash_unlink(em_t *em, stash_t *st) {
+  htab_remove(&em->stash, &st->node);
+  if (st->prev) st->prev->next = st->next; else em->stash_head = st->next;
+  if (st->next) st->next->prev = st->prev; else em->stash_tail = st->prev;
+  if (st->shard <= em->shards && em->stash_counts[st->shard]) em->stash_counts[st->shard]--;
 }
 
 static void em__stash_free(stash_t *st) {
@@ -104,10 +108,10 @@ static inst_t *em__find(etype_t *t, const char *id, size_t len, uint64_t h);
  * yet takes the snapshot itself; one that has activated keeps its own state
  * (it began without the snapshot, which is stale now). Returns 1 when the
  * snapshot was dealt with. */
-static int em__stash_to_instance(const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
+static int em__stash_to_instance(em_t *em, const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
                                  size_t len) {
-  etype_t *t = host_find_type(type, type_len);
-  inst_t *i = t && t->kind == DEF_ENTITY ? em__find(t, id, id_len, hash_bytes(id, id_len)) : NULL;
+  etype_t *t = em->host.find_type(em->host.ud, type, type_len);
+  inst_t *i = t && t->kind == DEF_ENTITY && t->em == em ? em__find(t, id, id_len, hash_bytes(id, id_len)) : NULL;
   if (!i || i->retiring) return 0; /* a retiring one is going: the snapshot may be its own, stashed to go on */
   if (i->state == INST_NEW && !i->retiring && !i->snapshot) {
     i->snapshot = snap;
@@ -120,41 +124,42 @@ static int em__stash_to_instance(const char *type, size_t type_len, const char *
   return 1;
 }
 
-void em_stash_snapshot(const char *type, size_t type_len, const char *id, size_t id_len, char *snap, size_t len) {
-  if (em__stash_to_instance(type, type_len, id, id_len, snap, len)) return;
+void em_stash_snapshot(em_t *em, const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
+                       size_t len) {
+  if (em__stash_to_instance(em, type, type_len, id, id_len, snap, len)) return;
   stash_t *st = malloc(sizeof *st + type_len + 1 + id_len);
   if (!st) { free(snap); return; }
   st->key_len = em__stash_key(st->key, type, type_len, id, id_len);
   st->type_len = type_len;
   st->id_len = id_len;
-  st->shard = hash_shard(id, id_len, em_shards);
+  st->shard = hash_shard(id, id_len, em->shards);
   st->node.hash = hash_bytes(st->key, st->key_len);
-  stash_t *old = (stash_t *)htab_find(&em_stash, st->node.hash, em__stash_eq, st->key, st->key_len);
+  stash_t *old = (stash_t *)htab_find(&em->stash, st->node.hash, em__stash_eq, st->key, st->key_len);
   if (old) {
-    em__stash_unlink(old);
+    em__stash_unlink(em, old);
     em__stash_free(old);
   }
   st->snap = snap;
   st->snap_len = len;
   st->next = NULL;
-  st->prev = em_stash_tail;
-  if (em_stash_tail) em_stash_tail->next = st; else em_stash_head = st;
-  em_stash_tail = st;
-  if (htab_insert(&em_stash, &st->node) != 0) {
-    em__stash_unlink(st);
+  st->prev = em->stash_tail;
+  if (em->stash_tail) em->stash_tail->next = st; else em->stash_head = st;
+  em->stash_tail = st;
+  if (htab_insert(&em->stash, &st->node) != 0) {
+    em__stash_unlink(em, st);
     em__stash_free(st);
     return;
   }
-  if (em_stash_counts && st->shard <= em_shards) em_stash_counts[st->shard]++;
+  if (st->shard <= em->shards) em->stash_counts[st->shard]++;
 }
 
 /* Takes out every entry of the shards in mask, oldest first, as a list. */
-static stash_t *em__stash_take_shards(const uint8_t *mask) {
+static stash_t *em__stash_take_shards(em_t *em, const uint8_t *mask) {
   stash_t *head = NULL, *tail = NULL;
-  for (stash_t *st = em_stash_head, *next; st; st = next) {
+  for (stash_t *st = em->stash_head, *next; st; st = next) {
     next = st->next;
-    if (st->shard > em_shards || !mask[st->shard]) continue;
-    em__stash_unlink(st);
+    if (st->shard > em->shards || !mask[st->shard]) continue;
+    em__stash_unlink(em, st);
     st->next = NULL;
     if (tail) tail->next = st; else head = st;
     tail = st;
@@ -162,14 +167,14 @@ static stash_t *em__stash_take_shards(const uint8_t *mask) {
   return head;
 }
 
-void em_stash_hand_on(const uint8_t *mask) {
-  if (!em_stash.count) return;
+void em_stash_hand_on(em_t *em, const uint8_t *mask) {
+  if (!em->stash.count) return;
   /* Taken out first: em_handoff may stash a snapshot again (its new owner
    * is not reachable yet), and that must not feed this walk. */
-  stash_t *st = em__stash_take_shards(mask);
+  stash_t *st = em__stash_take_shards(em, mask);
   while (st) {
     stash_t *next = st->next;
-    const placement_ops_t *p = em__placement();
+    const placement_ops_t *p = em__placement(em);
     if (p && p->handoff)
       p->handoff(p->ctx, st->key, st->type_len, st->key + st->type_len + 1, st->id_len, st->snap, st->snap_len);
     else free(st->snap);
@@ -178,10 +183,10 @@ void em_stash_hand_on(const uint8_t *mask) {
   }
 }
 
-uint32_t em_stash_drop(const uint8_t *mask) {
-  if (!em_stash.count) return 0;
+uint32_t em_stash_drop(em_t *em, const uint8_t *mask) {
+  if (!em->stash.count) return 0;
   uint32_t n = 0;
-  stash_t *st = em__stash_take_shards(mask);
+  stash_t *st = em__stash_take_shards(em, mask);
   while (st) {
     stash_t *next = st->next;
     em__stash_free(st);
@@ -193,28 +198,31 @@ uint32_t em_stash_drop(const uint8_t *mask) {
 
 /* Gives a new instance the snapshot its previous owner handed over. */
 static void em__stash_take(inst_t *i) {
-  if (!em_stash.count || i->h.type->durable) return; /* a durable type's saved row is its state */
+  em_t *em = i->h.type->em;
+  if (!em->stash.count || i->h.type->durable) return; /* a durable type's saved row is its state */
   size_t tl = i->h.type->name_len;
   char *key = malloc(tl + 1 + i->h.id_len);
   if (!key) return;
   size_t kl = em__stash_key(key, i->h.type->name, tl, i->id, i->h.id_len);
-  stash_t *st = (stash_t *)htab_find(&em_stash, hash_bytes(key, kl), em__stash_eq, key, kl);
+  stash_t *st = (stash_t *)htab_find(&em->stash, hash_bytes(key, kl), em__stash_eq, key, kl);
   free(key);
   if (!st) return;
-  em__stash_unlink(st);
+  em__stash_unlink(em, st);
   i->snapshot = st->snap;
   i->snapshot_len = st->snap_len;
   free(st);
 }
 
-void em_type_init(etype_t *t) {
+void em_type_init(em_t *em, etype_t *t) {
+  t->em = em;
   htab_init(&t->instances);
-  timer_entry_init(&t->idle_timer, em_sched, em__idle_fire);
+  timer_entry_init(&t->idle_timer, em->sched, em__idle_fire);
 }
 
-uint64_t em_active_total(void) {
+uint64_t em_active_total(em_t *em) {
   uint64_t n = 0;
-  for (etype_t *t = host_types(); t; t = t->next) n += t->active;
+  for (etype_t *t = em->host.types(em->host.ud); t; t = t->next)
+    if (t->em == em) n += t->active;
   return n;
 }
 
@@ -239,7 +247,7 @@ static void em__idle_add(inst_t *i) {
   etype_t *t = i->h.type;
   if (i->idle || i->keep_alive || i->retiring || i->state != INST_READY) return;
   i->idle = 1;
-  i->idle_since = sched_now(em_sched);
+  i->idle_since = sched_now(t->em->sched);
   i->idle_prev = t->idle_tail;
   i->idle_next = NULL;
   if (t->idle_tail) t->idle_tail->idle_next = i; else t->idle_head = i;
@@ -261,23 +269,24 @@ static void em__backoff_end(inst_t *i) {
 
 static void em__destroy(inst_t *i) {
   etype_t *t = i->h.type;
+  em_t *em = t->em;
   em__backoff_end(i);
   /* Keep reload hand-over links true whichever side goes first. */
   if (i->predecessor) i->predecessor->successor = NULL;
   if (i->successor) i->successor->predecessor = NULL;
   em__idle_remove(i);
   htab_remove(&t->instances, &i->node);
-  if (i->h.handlers_ref != LUA_NOREF || i->h.ctx_ref != LUA_NOREF) host_release_instance(&i->h);
+  if (i->h.handlers_ref != LUA_NOREF || i->h.ctx_ref != LUA_NOREF) em->host.release(em->host.ud, &i->h);
   if (i->state == INST_READY) t->active--;
   uint32_t shard = i->h.shard;
   dstate_inst_free(i);
   free(i->snapshot);
   free(i);
-  if (em_counts && shard <= em_shards && em_counts[shard] && --em_counts[shard] == 0 ) {
-    const placement_ops_t *p = em__placement();
+  if (shard <= em->shards && em->counts[shard] && --em->counts[shard] == 0) {
+    const placement_ops_t *p = em__placement(em);
     if (p && p->shard_drained) p->shard_drained(p->ctx, shard);
   }
-  host_type_released(t);
+  em->host.type_released(em->host.ud, t);
 }
 
 static void em__passivate(inst_t *i) {
@@ -290,7 +299,7 @@ static void em__passivate(inst_t *i) {
 
 static void em__idle_fire(timer_entry_t *te) {
   etype_t *t = (etype_t *)((char *)te - offsetof(etype_t, idle_timer));
-  uint64_t now = sched_now(em_sched);
+  uint64_t now = sched_now(t->em->sched);
   while (t->idle_head && t->idle_head->idle_since + t->max_idle_ms <= now) {
     inst_t *i = t->idle_head;
     if (i->ready.queued) em__idle_remove(i); /* its pump will run, and re-add it if still idle */
@@ -313,25 +322,26 @@ static void em__drop_mailbox(inst_t *i) {
   i->mb_len = 0;
 }
 
-static void em__schedule(inst_t *i) { sched_push(em_sched, &i->ready, em__pump); }
+static void em__schedule(inst_t *i) { sched_push(i->h.type->em->sched, &i->ready, em__pump); }
 
 /* A retiring instance with nothing running hands over and goes. */
 static void em__retire(inst_t *i) {
   if (i->ready.queued) return; /* its pump retires it */
   inst_t *succ = i->successor;
+  em_t *em = i->h.type->em;
   size_t len = 0;
   /* A fenced instance (handoff 2) lost its lease: its state may be stale. */
   /* A durable instance's state is its saved row, which its successor or
    * new owner reads: nothing is handed over. */
   int keep = i->handoff != 2 && !i->h.type->durable;
-  char *snap = (i->state == INST_READY && i->h.handlers_ref != LUA_NOREF && keep) ? host_snapshot(&i->h, &len) : NULL;
+  char *snap = (i->state == INST_READY && i->h.handlers_ref != LUA_NOREF && keep) ? em->host.snapshot(em->host.ud, &i->h, &len) : NULL;
   if (!snap && i->snapshot && keep) { /* never activated: the snapshot it was given travels on */
     snap = i->snapshot;
     len = i->snapshot_len;
     i->snapshot = NULL;
   }
   i->successor = NULL;
-  const placement_ops_t *p = em__placement();
+  const placement_ops_t *p = em__placement(em);
   if (i->handoff == 1 && snap && p && p->handoff) {
     p->handoff(p->ctx, i->h.type->name, i->h.type->name_len, i->id, i->h.id_len, snap, len);
     snap = NULL;
@@ -355,7 +365,7 @@ static void em__reroute_mailbox(inst_t *i) {
     msg_t *next = m->next;
     i->h.type->queued--;
     m->next = NULL;
-    const placement_ops_t *p = em__placement();
+    const placement_ops_t *p = em__placement(i->h.type->em);
     if (p && p->reroute) p->reroute(p->ctx, m); else msg_free(m);
     m = next;
   }
@@ -380,11 +390,12 @@ static void em__evict(inst_t *i) {
 static void em__pump(sched_item_t *it) {
   inst_t *i = (inst_t *)((char *)it - offsetof(inst_t, ready));
   etype_t *t = i->h.type;
+  em_t *em = t->em;
   if (i->retiring) {
     if (i->running == 0 && i->state != INST_ACTIVATING) em__retire(i);
     return;
   }
-  if (!placement_may_run(em__placement(), i->h.shard)) { /* the lease ran out since the message was queued */
+  if (!placement_may_run(em__placement(em), i->h.shard)) { /* the lease ran out since the message was queued */
     em__evict(i);
     return;
   }
@@ -396,7 +407,7 @@ static void em__pump(sched_item_t *it) {
     size_t snap_len = i->snapshot_len;
     i->snapshot = NULL;
     if (t->durable) dstate_activate(i); /* from its saved row, not a handed-over snapshot */
-    else host_activate(&i->h, snap, snap_len);
+    else em->host.activate(em->host.ud, &i->h, snap, snap_len);
     free(snap);
     return;
   }
@@ -415,7 +426,7 @@ static void em__pump(sched_item_t *it) {
     i->running++;
     t->running++;
     em__idle_remove(i);
-    host_handle(&i->h, m); /* may finish at once and call em_handled */
+    em->host.handle(em->host.ud, &i->h, m); /* may finish at once and call em_handled */
     if (i->retiring || i->state != INST_READY) return; /* a reset instance activates again first */
   }
   if (i->running == 0 && !i->mb_head) em__idle_add(i);
@@ -435,7 +446,8 @@ static void em__reset(inst_t *i) {
   em__idle_remove(i);
   if (i->state == INST_READY) i->h.type->active--;
   i->state = INST_NEW;
-  if (i->h.handlers_ref != LUA_NOREF || i->h.ctx_ref != LUA_NOREF) host_release_instance(&i->h);
+  em_t *em = i->h.type->em;
+  if (i->h.handlers_ref != LUA_NOREF || i->h.ctx_ref != LUA_NOREF) em->host.release(em->host.ud, &i->h);
   /* Its pump activates it, or frees it: never freed here, as this may run
    * inside its pump (a handler that finished at once). */
   em__schedule(i);
@@ -450,16 +462,16 @@ static inst_t *em__create(etype_t *t, const char *id, size_t len, uint64_t h) {
   i->h.type = t;
   i->node.hash = h;
   i->h.handlers_ref = i->h.ctx_ref = LUA_NOREF;
-  i->h.shard = hash_shard(id, len, em_shards);
+  i->h.shard = hash_shard(id, len, t->em->shards);
   if (htab_insert(&t->instances, &i->node) != 0) { free(i); return NULL; }
-  if (em_counts) em_counts[i->h.shard]++;
+  t->em->counts[i->h.shard]++;
   em__stash_take(i);
   return i;
 }
 
 static void em__enqueue(inst_t *i, msg_t *m) {
   m->next = NULL;
-  m->enqueued_at = sched_now(em_sched);
+  m->enqueued_at = sched_now(i->h.type->em->sched);
   if (i->mb_tail) i->mb_tail->next = m; else i->mb_head = m;
   i->mb_tail = m;
   i->mb_len++;
@@ -471,8 +483,9 @@ static void em__enqueue(inst_t *i, msg_t *m) {
 static int em__retarget(msg_t *m) {
   etype_t *old = m->type;
   const rpc_def_t *r = &old->rpcs[m->rpc];
-  etype_t *t = host_find_type(old->name, old->name_len);
-  int rpc = t && t->kind == DEF_ENTITY ? etype_find_rpc(t, r->tag, r->tag_len) : -1;
+  em_t *em = old->em;
+  etype_t *t = em->host.find_type(em->host.ud, old->name, old->name_len);
+  int rpc = t && t->kind == DEF_ENTITY && t->em == em ? em->host.find_rpc(em->host.ud, t, r->tag, r->tag_len) : -1;
   if (rpc < 0) return -ENOENT;
   msg_set_type(m, t);
   m->rpc = rpc;
@@ -570,15 +583,16 @@ void em_retry(inst_t *i, msg_t *m, uint64_t delay_ms) {
   if (!i->mb_tail) i->mb_tail = m;
   i->mb_len++;
   i->h.type->queued++;
-  m->enqueued_at = sched_now(em_sched);
+  sched_t *s = i->h.type->em->sched;
+  m->enqueued_at = sched_now(s);
   if (!i->backoff) {
     i->backoff = malloc(sizeof *i->backoff);
     if (!i->backoff) return; /* runs again at once */
     i->backoff->inst = i;
-    timer_entry_init(&i->backoff->timer, em_sched, em__backoff_fire);
+    timer_entry_init(&i->backoff->timer, s, em__backoff_fire);
   }
   timer_cancel(&i->backoff->timer);
-  timer_add(&i->backoff->timer, sched_now(em_sched) + delay_ms);
+  timer_add(&i->backoff->timer, sched_now(s) + delay_ms);
 }
 
 void em_keep_alive(etype_t *t, const char *id, size_t len, int on) {
@@ -635,14 +649,15 @@ void em_migrate(etype_t *old, etype_t *repl) {
   }
 }
 
-static void em__each_in(const uint8_t *mask, void (*fn)(inst_t *i)) {
-  for (etype_t *t = host_types(); t; t = t->next) {
+static void em__each_in(em_t *em, const uint8_t *mask, void (*fn)(inst_t *i)) {
+  for (etype_t *t = em->host.types(em->host.ud); t; t = t->next) {
+    if (t->em != em) continue;
     size_t it;
     htab_node_t *n = htab_first(&t->instances, &it);
     while (n) {
       inst_t *i = (inst_t *)n;
       n = htab_next(&t->instances, n, &it);
-      if (i->h.shard <= em_shards && mask[i->h.shard] && !(i->retiring && !i->handoff)) fn(i);
+      if (i->h.shard <= em->shards && mask[i->h.shard] && !(i->retiring && !i->handoff)) fn(i);
     }
   }
 }
@@ -656,9 +671,9 @@ static void em__release_one(inst_t *i) {
   if (i->running == 0 && i->state != INST_ACTIVATING && i->state != INST_WAITING) em__retire(i);
 }
 
-void em_release_shards(const uint8_t *mask) {
-  em__each_in(mask, em__release_one);
-  em_stash_hand_on(mask);
+void em_release_shards(em_t *em, const uint8_t *mask) {
+  em__each_in(em, mask, em__release_one);
+  em_stash_hand_on(em, mask);
 }
 
 static void em__fence_one(inst_t *i) {
@@ -666,13 +681,14 @@ static void em__fence_one(inst_t *i) {
   em__evict(i);
 }
 
-void em_fence_shards(const uint8_t *mask) {
-  host_cancel_shard_tasks(mask);
-  em__each_in(mask, em__fence_one);
+void em_fence_shards(em_t *em, const uint8_t *mask) {
+  em->host.cancel_shard_tasks(em->host.ud, mask);
+  em__each_in(em, mask, em__fence_one);
 }
 
-void em_stop_all(void) {
-  for (etype_t *t = host_types(); t; t = t->next) {
+void em_stop_all(em_t *em) {
+  for (etype_t *t = em->host.types(em->host.ud); t; t = t->next) {
+    if (t->em != em) continue;
     timer_cancel(&t->idle_timer);
     size_t it;
     htab_node_t *n = htab_first(&t->instances, &it);
@@ -685,17 +701,17 @@ void em_stop_all(void) {
   }
 }
 
-void em_close(void) {
-  while (em_stash_head) {
-    stash_t *st = em_stash_head;
-    em__stash_unlink(st);
+void em_free(em_t *em) {
+  if (!em) return;
+  while (em->stash_head) {
+    stash_t *st = em->stash_head;
+    em__stash_unlink(em, st);
     em__stash_free(st);
   }
-  htab_free(&em_stash);
-  free(em_counts);
-  em_counts = NULL;
-  free(em_stash_counts);
-  em_stash_counts = NULL;
+  htab_free(&em->stash);
+  free(em->counts);
+  free(em->stash_counts);
+  free(em);
 }
 
 void em_type_free(etype_t *t) {
@@ -707,7 +723,8 @@ void em_type_free(etype_t *t) {
     n = htab_next(&t->instances, n, &it);
     em__drop_mailbox(i);
     em__backoff_end(i);
-    if (em_counts && i->h.shard <= em_shards && em_counts[i->h.shard]) em_counts[i->h.shard]--;
+    em_t *em = t->em;
+    if (i->h.shard <= em->shards && em->counts[i->h.shard]) em->counts[i->h.shard]--;
     dstate_inst_free(i);
     free(i->snapshot);
     free(i);
@@ -725,9 +742,12 @@ static int em__host_durable_reply(host_inst_t *h, msg_t *m, reply_kind_t kind, c
   return dstate_handled(em__of(h), m, kind, body, len);
 }
 
-const host_em_t *em_host_ops(void) {
-  static const host_em_t ops = {
-      .type_init = em_type_init,
+static void em__host_type_init(void *ud, etype_t *t) { em_type_init(ud, t); }
+
+static void em__host_ops_init(em_t *em) {
+  em->host_ops = (host_em_t){
+      .ud = em,
+      .type_init = em__host_type_init,
       .type_free = em_type_free,
       .instances = em_instances,
       .migrate = em_migrate,
@@ -738,10 +758,11 @@ const host_em_t *em_host_ops(void) {
       .keep_alive = em_keep_alive,
       .forget = dstate_forget,
   };
-  return &ops;
 }
+
+const host_em_t *em_host_ops(em_t *em) { return &em->host_ops; }
 /* GET /metrics: the manager's gauges per entity type served now. */
-void em_metrics(buf_t *b) {
+void em_metrics(em_t *em, buf_t *b) {
   static const struct {
     const char *name, *help;
     size_t off;
@@ -752,8 +773,8 @@ void em_metrics(buf_t *b) {
   };
   for (size_t m = 0; m < sizeof gauges / sizeof gauges[0]; m++) {
     prom_head(b, gauges[m].name, "gauge", gauges[m].help);
-    for (etype_t *t = host_types(); t; t = t->next)
-      if (t->kind == DEF_ENTITY)
+    for (etype_t *t = em->host.types(em->host.ud); t; t = t->next)
+      if (t->kind == DEF_ENTITY && t->em == em)
         buf_printf(b, "%s{type=\"%s\"} %llu\n", gauges[m].name, t->name,
                    (unsigned long long)*(const uint64_t *)((const char *)t + gauges[m].off));
   }

@@ -41,8 +41,9 @@ typedef struct host_inst_s {
  * entity layer (em_host_ops, entity.h) and handed over in host_config_t, so
  * the host never includes entity/. */
 typedef struct host_em_s {
+  void *ud; /* the manager (passed to type_init; the others reach it through the type) */
   /* Per type: the manager's own fields in etype_t (created, freed, counted). */
-  void (*type_init)(etype_t *t);
+  void (*type_init)(void *ud, etype_t *t);
   void (*type_free)(etype_t *t);
   size_t (*instances)(const etype_t *t);
   /* A reload replaced old by repl (NULL: the type is gone). */
@@ -89,6 +90,7 @@ struct etype_s {
   uint32_t mailbox;
   int durable; /* its instances' state is saved (entity/durable_state.h) */
   /* Entity manager state (see entity.c). */
+  struct em_s *em; /* the manager serving it (set by host_em_t.type_init) */
   htab_t instances;
   uint64_t active;
   struct inst_s *idle_head, *idle_tail; /* the manager's instances (entity.h) */

@@ -134,7 +134,7 @@ static etype_t *host__read_def(script_t *s, lua_State *L) {
   }
   lua_pushvalue(L, -1);
   ty->def_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  host__cfg.em->type_init(ty);
+  host__cfg.em->type_init(host__cfg.em->ud, ty);
   return ty;
 }
 
