@@ -35,7 +35,7 @@ TEST_PKGS := clang iproute2 gnuplot-nox prometheus chromium
 SOAK_MINUTES ?= 30
 
 .PHONY: all deps test-deps test layers run asan asan-test clean bench soak fuzz fuzz-build
-all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/luster_sqlite.so $(BUILD)/pgconn_check $(BUILD)/luster_otlp.so $(BUILD)/luster_loop.so $(BUILD)/luster_memstore.so
+all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/luster_sqlite.so $(BUILD)/pgconn_check $(BUILD)/luster_otlp.so $(BUILD)/luster_loop.so $(BUILD)/luster_memstore.so $(BUILD)/luster_em.so
 
 $(BUILD)/luster: $(OBJ)
 	$(CC) $(OPT) $(SANITIZE) -rdynamic -o $@ $(OBJ) $(ALLOC_LIB) $(LIBS)
@@ -103,6 +103,14 @@ $(BUILD)/luster_memstore.so: $(MEM_MOD_SRC) $(wildcard runtime/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ $(MEM_MOD_SRC) -luv -lcrypto
 
+# entity/ alone on a fake host and a virtual clock, for spec/em_spec.lua.
+EM_MOD_SRC := spec/support/luster_em.c runtime/entity/entity.c runtime/entity/durable_state.c \
+              runtime/loop/msg.c runtime/loop/sched.c runtime/loop/clock.c runtime/loop/log.c \
+              runtime/core/heap.c runtime/core/htab.c runtime/core/hash.c runtime/core/buf.c runtime/core/prom.c
+$(BUILD)/luster_em.so: $(EM_MOD_SRC) $(wildcard runtime/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -fPIC -shared -o $@ $(EM_MOD_SRC) -luv
+
 # storage/pgconn.c on its own against a real server, for spec/pgconn_spec.lua.
 PGCHECK_SRC := spec/support/pgconn_check.c runtime/storage/pgconn.c runtime/loop/log.c \
                runtime/core/hash.c runtime/core/heap.c runtime/core/htab.c
@@ -141,7 +149,7 @@ run: deps
 	$(BUILD)/luster run examples/counter --http 127.0.0.1:8080
 
 asan: deps test-deps
-	$(MAKE) build/luster_core.so build/luster_sqlite.so build/luster_otlp.so build/luster_loop.so build/luster_memstore.so fuzz-build
+	$(MAKE) build/luster_core.so build/luster_sqlite.so build/luster_otlp.so build/luster_loop.so build/luster_memstore.so build/luster_em.so fuzz-build
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  LUSTER_BIN=$(abspath build-asan/luster) LUSTER_ASAN=1 BUILD=build-asan sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)
