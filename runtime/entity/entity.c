@@ -334,7 +334,9 @@ static void em__retire(inst_t *i) {
   /* A durable instance's state is its saved row, which its successor or
    * new owner reads: nothing is handed over. */
   int keep = i->handoff != 2 && !i->h.type->durable;
-  char *snap = (i->state == INST_READY && i->h.handlers_ref != LUA_NOREF && keep) ? em->host.snapshot(em->host.ud, &i->h, &len) : NULL;
+  char *snap = (i->state == INST_READY && i->h.handlers_ref != LUA_NOREF && keep)
+                   ? em->host.snapshot(em->host.ud, &i->h, &len)
+                   : NULL;
   if (!snap && i->snapshot && keep) { /* never activated: the snapshot it was given travels on */
     snap = i->snapshot;
     len = i->snapshot_len;
