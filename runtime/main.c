@@ -35,6 +35,8 @@
 /* The runner's scheduler (one runtime per process until runtime_new). */
 static sched_t main_sched;
 static mem_store_t *main_mem; /* the embedded store of `luster run` */
+static pgstore_t *main_pgs;   /* a cluster's persisted messages */
+static estate_ops_t main_pg_state; /* its durable entity state (filled once it is open) */
 static void main__fatal(int sig) {
   char head[96];
   int n = snprintf(head, sizeof head, "luster: fatal signal %d (%s); stack:\n", sig, strsignal(sig));
@@ -204,7 +206,9 @@ static int main__start_cluster(uv_loop_t *loop, const config_t *cfg, uint32_t sh
     fprintf(stderr, "luster run: %s\n", err);
     return 1;
   }
-  if (pgs_open(&main_sched, loop, cfg->storage, cfg->table_prefix) != 0 || durable_init(&main_sched, pgs_ops(), shards, cfg->retention_ms)) {
+  main_pgs = pgs_open(&main_sched, loop, cfg->storage, cfg->table_prefix);
+  if (main_pgs) main_pg_state = pgs_estate_ops(main_pgs);
+  if (!main_pgs || durable_init(&main_sched, pgs_ops(main_pgs), shards, cfg->retention_ms)) {
     fprintf(stderr, "luster run: cannot open the PostgreSQL connection for persisted messages\n");
     return 1;
   }
@@ -282,7 +286,7 @@ static int cmd_run(config_t *cfg) {
   /* Lives as long as this function, which runs the loop to its end. */
   estate_ops_t sq_state;
   if (sq) sq_state = sqls_estate_ops(sq);
-  dstate_set_ops(clustered ? pgs_estate_ops() : sq ? &sq_state : estate_mem_ops(&main_sched));
+  dstate_set_ops(clustered ? &main_pg_state : sq ? &sq_state : estate_mem_ops(&main_sched));
   if (!host_scripts()) log_warn("no *.lua scripts in %s: nothing to serve yet", cfg->dir);
   if (!clustered && !sqlite) main__memory_warning();
 
