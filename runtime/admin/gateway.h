@@ -17,6 +17,9 @@ typedef struct gateway_info_s {
   uint64_t call_timeout_ms;
   const char *admin; /* who may use the admin routes: "loopback", "any" or "none" */
   sched_t *sched;    /* the runtime's scheduler: calls wait on it */
+  struct cluster_s *cluster; /* the runtime's cluster (off with one runner), router and durable delivery */
+  struct router_s *router;
+  struct durable_s *durable;
 } gateway_info_t;
 
 void gateway_init(const gateway_info_t *info);
@@ -24,6 +27,6 @@ void gateway_on_request(http_req_t *req);
 /* GET /cluster (admin/cluster_json.c). */
 void gateway_cluster_json(buf_t *b, const gateway_info_t *gw);
 /* GET /metrics (admin/metrics.c). */
-void gateway_metrics(buf_t *b);
+void gateway_metrics(buf_t *b, const gateway_info_t *gw);
 
 #endif
