@@ -34,7 +34,7 @@ static void check(int ok, const char *what) {
   }
 }
 
-static void on_request(tp_inbound_t *in, const frame_request_t *req) {
+static void on_request(void *ud, tp_inbound_t *in, const frame_request_t *req) {
   check(req->type.n <= 4096 && req->payload.n <= 4096, "a request string longer than its frame");
   if (defer_answers && nlater < MAX_LATER) {
     later[nlater++] = in;
@@ -43,7 +43,7 @@ static void on_request(tp_inbound_t *in, const frame_request_t *req) {
   tp_reply(in, 0, req->payload.p, req->payload.n);
 }
 
-static void on_abandoned(tp_inbound_t *in) {
+static void on_abandoned(void *ud, tp_inbound_t *in) {
   for (int i = 0; i < nlater; i++)
     if (later[i] == in) {
       later[i] = later[--nlater];

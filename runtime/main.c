@@ -36,6 +36,12 @@
 static sched_t main_sched;
 static mem_store_t *main_mem; /* the embedded store of `luster run` */
 static em_t *main_em;         /* the entity manager */
+static pgstore_t *main_pgs;   /* a cluster's persisted messages */
+static estate_ops_t main_pg_state; /* its durable entity state (filled once it is open) */
+static router_t *main_router;
+static durable_t *main_durable;
+static cluster_t *main_cluster; /* off unless --storage postgres://... */
+static wiring_t main_wiring;    /* the placement table's context */
 static void main__fatal(int sig) {
   char head[96];
   int n = snprintf(head, sizeof head, "luster: fatal signal %d (%s); stack:\n", sig, strsignal(sig));
@@ -73,8 +79,8 @@ static int main_stopping;
 static void main__stop_check(uv_timer_t *t) {
   uint64_t busy = 0;
   for (etype_t *ty = host_types(); ty; ty = ty->next) busy += ty->running + ty->queued;
-  busy += (uint64_t)durable_busy(); /* stores and replies not committed yet */
-  int handed_over = !cluster_on || cluster_left();
+  busy += (uint64_t)durable_busy(main_durable); /* stores and replies not committed yet */
+  int handed_over = !cluster_on(main_cluster) || cluster_left(main_cluster);
   if ((busy == 0 && handed_over && http_stats()->connections_open == 0) || uv_now(t->loop) >= main_stop_deadline) {
     if (!handed_over) log_warn("shutdown: shards were still being handed over after the shutdown timeout");
     if (busy)
@@ -94,7 +100,7 @@ static void main__signal(uv_signal_t *s, int signum) {
            signum == SIGINT ? "SIGINT" : "SIGTERM", (unsigned long long)cfg->shutdown_timeout_ms);
   if (main_http) http_server_stop(main_http);
   watch_stop();
-  if (cluster_on) cluster_leave();
+  if (cluster_on(main_cluster)) cluster_leave(main_cluster);
   main_stop_deadline = uv_now(s->loop) + cfg->shutdown_timeout_ms;
   uv_timer_start(&main_stop_timer, main__stop_check, 0, 20);
 }
@@ -114,7 +120,7 @@ static void main__host_config(const config_t *cfg, host_config_t *hc) {
   hc->runner_name = cfg->advertise ? cfg->advertise : cfg->listen ? cfg->listen : "local";
   hc->shards = (uint32_t)cfg->shards;
   hc->cron_catch_up_ms = cfg->cron_catch_up_ms;
-  wiring_host(hc);
+  wiring_host(hc, &main_wiring);
 }
 
 /* On memory storage, what the scripts ask to keep lasts only as long as
@@ -150,8 +156,8 @@ static int main__open_sqlite(uv_loop_t *loop, const config_t *cfg, uint32_t shar
     return -1;
   }
   *out = s;
-  durable_init(&main_sched, sqls_ops(s), shards, cfg->retention_ms);
-  durable_acquired(); /* one runner serves every shard: deliver what an earlier run left pending */
+  durable_init(main_durable, sqls_ops(s), shards, cfg->retention_ms);
+  durable_acquired(main_durable); /* one runner serves every shard: deliver what an earlier run left pending */
   log_info("storage: SQLite file %s (synchronous %s)", cfg->storage + 7, cfg->sqlite_sync);
   return 0;
 }
@@ -200,13 +206,15 @@ static int main__start_cluster(uv_loop_t *loop, const config_t *cfg, uint32_t sh
       .em = main_em,
       .max_frame = (cfg->max_body > (16u << 20) ? cfg->max_body : (16u << 20)) + (1u << 20),
   };
-  router_init(shards, cc.max_frame);
+  router_init(main_router, shards, cc.max_frame);
   char err[1024];
-  if (cluster_start(&main_sched, loop, &cc, err, sizeof err) != 0) {
+  if (cluster_start(main_cluster, loop, &cc, err, sizeof err) != 0) {
     fprintf(stderr, "luster run: %s\n", err);
     return 1;
   }
-  if (pgs_open(&main_sched, loop, cfg->storage, cfg->table_prefix) != 0 || durable_init(&main_sched, pgs_ops(), shards, cfg->retention_ms)) {
+  main_pgs = pgs_open(&main_sched, loop, cfg->storage, cfg->table_prefix);
+  if (main_pgs) main_pg_state = pgs_estate_ops(main_pgs);
+  if (!main_pgs || durable_init(main_durable, pgs_ops(main_pgs), shards, cfg->retention_ms)) {
     fprintf(stderr, "luster run: cannot open the PostgreSQL connection for persisted messages\n");
     return 1;
   }
@@ -235,10 +243,10 @@ static void main__shutdown(uv_loop_t *loop) {
   host_cancel_tasks();
   sched_drain(&main_sched);
   em_stop_all(main_em);
-  cluster_close(); /* transport and PostgreSQL sessions: their waiting callers learn now */
+  cluster_close(main_cluster); /* transport and PostgreSQL sessions: their waiting callers learn now */
   sched_drain(&main_sched);
-  router_shutdown();
-  durable_close(); /* after every message is gone: replies not yet stored leave their messages pending */
+  router_shutdown(main_router);
+  durable_close(main_durable); /* after every message is gone: replies not yet stored leave their messages pending */
   storage_free(main_mem); /* callers still waiting for stored messages: unavailable */
   sched_drain(&main_sched);
   estate_mem_close();
@@ -249,6 +257,9 @@ static void main__shutdown(uv_loop_t *loop) {
   uv_walk(loop, main__close_walk, NULL);
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
+  cluster_free(main_cluster);
+  durable_free(main_durable);
+  router_free(main_router);
   log_info("stopped");
 }
 
@@ -274,7 +285,12 @@ static int cmd_run(config_t *cfg) {
   hc.em = em_host_ops(main_em);
   main_mem = storage_new(&main_sched, cfg->retention_ms);
   if (!main_mem) return 1;
-  router_use(&main_sched, main_mem, main_em);
+  main_router = router_new(&main_sched, main_mem, main_em);
+  main_durable = durable_new(&main_sched, main_router);
+  main_cluster = cluster_new(&main_sched, main_router, main_durable);
+  main_wiring.cluster = main_cluster;
+  main_wiring.router = main_router;
+  main_wiring.durable = main_durable;
   sqls_t *sq = NULL;
   if (sqlite && main__open_sqlite(loop, cfg, hc.shards, &sq) != 0) return 1;
   int failed = host_load_dir(&hc);
@@ -287,7 +303,7 @@ static int cmd_run(config_t *cfg) {
   /* Lives as long as this function, which runs the loop to its end. */
   estate_ops_t sq_state;
   if (sq) sq_state = sqls_estate_ops(sq);
-  dstate_set_ops(main_em, clustered ? pgs_estate_ops() : sq ? &sq_state : estate_mem_ops(&main_sched));
+  dstate_set_ops(main_em, clustered ? &main_pg_state : sq ? &sq_state : estate_mem_ops(&main_sched));
   if (!host_scripts()) log_warn("no *.lua scripts in %s: nothing to serve yet", cfg->dir);
   if (!clustered && !sqlite) main__memory_warning();
 
@@ -304,6 +320,9 @@ static int cmd_run(config_t *cfg) {
       .admin = cfg->admin,
       .sched = &main_sched,
       .em = main_em,
+      .cluster = main_cluster,
+      .router = main_router,
+      .durable = main_durable,
   };
   gateway_init(&gi);
   if (clustered && main__start_cluster(loop, cfg, hc.shards, bound) != 0) return 1;

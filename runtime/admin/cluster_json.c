@@ -23,15 +23,16 @@ static void gw__ms_or_null(buf_t *b, const char *key, uint64_t ms) {
  * runner that runs it: null elsewhere (ask that runner). */
 static void gw__background_json(buf_t *b, const gateway_info_t *gw, const etype_t *t) {
   const char *where = NULL;
-  if (!cluster_on) {
+  if (!cluster_on(gw->cluster)) {
     where = gw->runner;
   } else {
     tp_peer_t *peer = NULL;
-    route_t rt = cluster_route(cluster_shard_of(t->name, t->name_len), &peer);
-    if (rt == ROUTE_LOCAL) where = cluster_self();
+    route_t rt = cluster_route(gw->cluster, cluster_shard_of(gw->cluster, t->name, t->name_len), &peer);
+    if (rt == ROUTE_LOCAL) where = cluster_self(gw->cluster);
     else if (rt == ROUTE_REMOTE && peer) where = tp_peer_addr(peer);
   }
-  const task_t *task = where && (!cluster_on || where == cluster_self()) ? t->runner_task : NULL;
+  const task_t *task =
+      where && (!cluster_on(gw->cluster) || where == cluster_self(gw->cluster)) ? t->runner_task : NULL;
   buf_adds(b, ",\"runner\":");
   if (where) buf_add_json_str(b, where, strlen(where));
   else buf_adds(b, "null");
@@ -55,13 +56,13 @@ static void gw__runners_json(buf_t *b, const gateway_info_t *gw) {
   buf_add_json_str(b, gw->dir, strlen(gw->dir));
   buf_printf(b, ",\"started_at\":%llu,\"healthy\":true,\"active\":%llu}", (unsigned long long)gw->started_ms,
              (unsigned long long)em_active_total(gw->em));
-  if (cluster_on) {
+  if (cluster_on(gw->cluster)) {
     buf_adds(b, ",\"cluster\":");
-    cluster_json_info(b);
+    cluster_json_info(gw->cluster, b);
     buf_adds(b, ",\"runners\":");
-    cluster_json_runners(b);
+    cluster_json_runners(gw->cluster, b);
     buf_adds(b, ",\"shards\":");
-    cluster_json_shards(b);
+    cluster_json_shards(gw->cluster, b);
   } else {
     buf_adds(b, ",\"runners\":[{\"address\":");
     buf_add_json_str(b, gw->runner, strlen(gw->runner));

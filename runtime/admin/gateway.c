@@ -121,7 +121,7 @@ static void gw__request(http_req_t *r, const slice_t *id) {
   call_t *c = call_new(gw.sched, gw__looked_up, r, gw.call_timeout_ms);
   r->ud = c;
   r->on_abort = gw__abort;
-  router_lookup(rid, c);
+  router_lookup(gw.router, rid, c);
 }
 
 static void gw__abort(http_req_t *r) {
@@ -165,7 +165,7 @@ static void gw__entity(http_req_t *r, const slice_t *seg, const slice_t *query) 
   call_t *c = call_new(gw.sched, gw__reply, r, timeout);
   r->ud = c;
   r->on_abort = gw__abort;
-  router_send(type->ptr, type->len, id->ptr, id->len, rpc->ptr, rpc->len, r->body.data, r->body.len,
+  router_send(gw.router, type->ptr, type->len, id->ptr, id->len, rpc->ptr, rpc->len, r->body.data, r->body.len,
               r->headers.data, r->headers.len, flags, c);
 }
 
@@ -185,7 +185,7 @@ static void gw__where(http_req_t *r, const slice_t *seg) {
   call_t *c = call_new(gw.sched, gw__where_reply, r, gw.call_timeout_ms);
   r->ud = c;
   r->on_abort = gw__abort;
-  where_ask(seg[1].ptr, seg[1].len, seg[2].ptr, seg[2].len, gw.runner, gw.shards, c);
+  where_ask(gw.cluster, seg[1].ptr, seg[1].len, seg[2].ptr, seg[2].len, gw.runner, gw.shards, c);
 }
 
 /* POST /admin/reload: rescans the script directory now (also without
@@ -258,7 +258,7 @@ void gateway_on_request(http_req_t *r) {
     return;
   }
   if (n == 1 && SEG_IS(0, "health")) {
-    if (cluster_on && !cluster_healthy()) {
+    if (cluster_on(gw.cluster) && !cluster_healthy(gw.cluster)) {
       static const char no[] = "{\"status\":\"not serving: not (or no longer) a live member of the cluster\"}";
       gw__json(r, 503, NULL, no, sizeof no - 1);
       return;

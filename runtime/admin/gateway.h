@@ -17,6 +17,9 @@ typedef struct gateway_info_s {
   uint64_t call_timeout_ms;
   const char *admin; /* who may use the admin routes: "loopback", "any" or "none" */
   sched_t *sched;    /* the runtime's scheduler: calls wait on it */
+  struct cluster_s *cluster; /* the runtime's cluster (off with one runner), router and durable delivery */
+  struct router_s *router;
+  struct durable_s *durable;
   struct em_s *em;   /* the runtime's entity manager */
 } gateway_info_t;
 

@@ -12,7 +12,7 @@
 void gateway_metrics(buf_t *b, const gateway_info_t *gw) {
   em_metrics(gw->em, b);
   host_metrics(b);
-  durable_metrics(b);
+  durable_metrics(gw->durable, b);
   http_metrics(b);
-  if (cluster_on) cluster_metrics(b);
+  if (cluster_on(gw->cluster)) cluster_metrics(gw->cluster, b);
 }

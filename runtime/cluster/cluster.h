@@ -32,15 +32,23 @@ typedef struct {
 /* A shard's state on this runner (see cluster.c). */
 enum { SHARD_NONE = 0, SHARD_ACQUIRING, SHARD_HELD, SHARD_RELEASING, SHARD_UNLOCKING };
 
-/* Read by the inline check below; written only by cluster.c. */
-extern int cluster_on;
-extern uint8_t *cluster_shard_state; /* [shard], 1..shards */
-extern uint64_t cluster_safe_until;
-uint64_t cluster_mono_ms(void);
+/* One runner's membership, assignment and leases: its sessions, shard
+ * states, members and timers. Off (cluster_on 0: one runner, every shard
+ * served here) until cluster_start, and again after cluster_close. */
+typedef struct cluster_s cluster_t;
+struct router_s;
+struct durable_s;
 
-static inline int cluster_serving(uint32_t shard) {
-  return !cluster_on || (cluster_shard_state[shard] == SHARD_HELD && cluster_mono_ms() < cluster_safe_until);
-}
+/* The router and durable delivery learn the cluster here (it reads their
+ * state and they its leases). Freed by cluster_free (after the loop ended). */
+cluster_t *cluster_new(sched_t *s, struct router_s *rt, struct durable_s *du);
+void cluster_free(cluster_t *cl);
+/* Started and not closed (0 for NULL). */
+int cluster_on(const cluster_t *cl);
+uint64_t cluster_mono_ms(const cluster_t *cl);
+/* This runner holds the shard's lock and its lease is fresh (always 1 when
+ * the cluster is off). */
+int cluster_serving(const cluster_t *cl, uint32_t shard);
 
 typedef enum {
   ROUTE_LOCAL = 0, /* this runner serves the shard now */
@@ -49,34 +57,34 @@ typedef enum {
   ROUTE_HOLD,      /* no reachable owner yet: wait for the assignment to change */
 } route_t;
 
-route_t cluster_route(uint32_t shard, tp_peer_t **peer);
+route_t cluster_route(cluster_t *cl, uint32_t shard, tp_peer_t **peer);
 /* Some runner (maybe this one) is assigned the shard: 0 when no runner takes
  * shards (the last one is leaving). */
-int cluster_has_owner(uint32_t shard);
-uint32_t cluster_shard_of(const char *id, size_t len);
+int cluster_has_owner(const cluster_t *cl, uint32_t shard);
+uint32_t cluster_shard_of(const cluster_t *cl, const char *id, size_t len);
 
 /* Blocking registration (before the loop), then connections, transport and
  * timers on the loop. Returns 0, or -1 with a message in err. */
-int cluster_start(sched_t *s, uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_t errlen);
+int cluster_start(cluster_t *cl, uv_loop_t *loop, const cluster_config_t *cfg, char *err, size_t errlen);
 /* Graceful leave: hand every shard off, unregister; then cluster_left() is 1. */
-void cluster_leave(void);
-int cluster_left(void);
+void cluster_leave(cluster_t *cl);
+int cluster_left(const cluster_t *cl);
 /* Registered, lock session up, not leaving: GET /health answers 200. */
-int cluster_healthy(void);
+int cluster_healthy(const cluster_t *cl);
 /* Final teardown (after the loop stopped). */
-void cluster_close(void);
+void cluster_close(cluster_t *cl);
 /* Something suggests the membership changed (a peer not answering, "not
  * owner"): read it again soon. */
-void cluster_suspect(void);
+void cluster_suspect(cluster_t *cl);
 /* The entity manager emptied a shard that is being released. */
-void cluster_shard_drained(uint32_t shard);
+void cluster_shard_drained(cluster_t *cl, uint32_t shard);
 
 /* Parts of GET /cluster: this runner's lease and sessions, every live
  * runner, and the shard map (assignment, and states here). */
-void cluster_json_info(buf_t *b);
-void cluster_json_runners(buf_t *b);
-void cluster_json_shards(buf_t *b);
-void cluster_metrics(buf_t *b);  /* Prometheus lines */
-const char *cluster_self(void);  /* advertised address */
+void cluster_json_info(cluster_t *cl, buf_t *b);
+void cluster_json_runners(cluster_t *cl, buf_t *b);
+void cluster_json_shards(cluster_t *cl, buf_t *b);
+void cluster_metrics(cluster_t *cl, buf_t *b);  /* Prometheus lines */
+const char *cluster_self(const cluster_t *cl);  /* advertised address */
 
 #endif

@@ -30,6 +30,7 @@
  * checked until its reply is stored or it leaves. Its callers wait here. */
 typedef struct known_s {
   stored_t base;
+  durable_t *du;
   htab_node_t node;
   uint64_t seq;
   msg_t *checking; /* a forwarded message while its state is read */
@@ -44,6 +45,7 @@ typedef struct known_s {
 /* Callers waiting for the reply of a message delivered elsewhere (sender
  * side: a duplicate key, or a deliver_at in the future). */
 typedef struct wait_s {
+  durable_t *du;
   htab_node_t node;
   uint64_t seq, due;
   call_t *calls;
@@ -52,6 +54,7 @@ typedef struct wait_s {
 
 /* A caller waiting while something is stored or read. */
 typedef struct {
+  durable_t *du;
   call_t *call;
   msg_t *m;
   uint64_t deliver_at;
@@ -59,7 +62,7 @@ typedef struct {
   int op;
 } ticket_t;
 
-static struct {
+struct durable_s {
   int on;
   uint32_t n;
   uint64_t retention_ms;
@@ -80,20 +83,22 @@ static struct {
   size_t nparked, cap_parked;
   const ms_ops_t *ops; /* the backend: PostgreSQL or SQLite */
   durable_stats_t st;
-  sched_t *sched; /* the owner's, from durable_init */
-} du;
+  sched_t *sched; /* the owner's, from durable_new */
+  router_t *rt;   /* the owner's, from durable_new */
+  cluster_t *cl;  /* set by cluster_new (off until it starts) */
+};
 
-const durable_stats_t *durable_stats(void) {
-  du.st.running = du.known.count;
-  return &du.st;
+const durable_stats_t *durable_stats(durable_t *du) {
+  du->st.running = du->known.count;
+  return &du->st;
 }
 
-int durable_up(void) { return du.on && du.ops->up(du.ops->ctx); }
-int durable_on(void) { return du.on; }
-int durable_busy(void) { return du.on ? du.ops->busy(du.ops->ctx) : 0; }
-const ms_stats_t *durable_store_stats(void) {
+int durable_up(durable_t *du) { return du && du->on && du->ops->up(du->ops->ctx); }
+int durable_on(durable_t *du) { return du && du->on; }
+int durable_busy(durable_t *du) { return du && du->on ? du->ops->busy(du->ops->ctx) : 0; }
+const ms_stats_t *durable_store_stats(durable_t *du) {
   static const ms_stats_t none;
-  return du.on ? du.ops->stats(du.ops->ctx) : &none;
+  return du && du->on ? du->ops->stats(du->ops->ctx) : &none;
 }
 
 static int du__seq_eq(const htab_node_t *n, const void *key, size_t len) {
@@ -131,8 +136,9 @@ static void du__ticket_unlink(call_t *c) {
   t->call = NULL;
 }
 
-static ticket_t *du__ticket(call_t *c) {
+static ticket_t *du__ticket(durable_t *du, call_t *c) {
   ticket_t *t = calloc(1, sizeof *t);
+  t->du = du;
   if (c && !c->done) {
     t->call = c;
     c->holder = t;
@@ -154,19 +160,21 @@ static call_t *du__ticket_take(ticket_t *t) {
  * Owner: messages delivered here
  * ------------------------------------------------------------------------- */
 
-static known_t *du__known(uint64_t seq) {
-  htab_node_t *n = htab_find(&du.known, du__hash(seq), du__seq_eq, &seq, sizeof seq);
+static known_t *du__known(durable_t *du, uint64_t seq) {
+  htab_node_t *n = htab_find(&du->known, du__hash(seq), du__seq_eq, &seq, sizeof seq);
   return n ? (known_t *)((char *)n - offsetof(known_t, node)) : NULL;
 }
 
 static void du__known_free(known_t *k) {
-  htab_remove(&du.known, &k->node);
+  durable_t *du = k->du;
+  htab_remove(&du->known, &k->node);
   free(k->body);
   free(k);
 }
 
 static void du__committed(void *ud, int ok, const char *err) {
   known_t *k = ud;
+  durable_t *du = k->du;
   if (k->done) {
     estate_done_cb done = k->done;
     k->done = NULL;
@@ -179,16 +187,17 @@ static void du__committed(void *ud, int ok, const char *err) {
     snprintf(why, sizeof why, "the reply could not be stored (%s); the message will run again", err ? err : "?");
     du__list_fail(&k->waiters, why);
   }
-  if (du.on) du__known_free(k);
+  if (du->on) du__known_free(k);
 }
 
 static void du__store_reply(known_t *k, reply_kind_t kind, const char *body, size_t len, const estate_write_t *w) {
+  durable_t *du = k->du;
   k->kind = kind;
   k->body = malloc(len + 1);
   memcpy(k->body, body, len);
   k->body[len] = '\0';
   k->len = len;
-  du.ops->reply(du.ops->ctx, k->seq, (int)kind, body, len, w, du__committed, k);
+  du->ops->reply(du->ops->ctx, k->seq, (int)kind, body, len, w, du__committed, k);
 }
 
 static void du__reply(stored_t *s, reply_kind_t kind, const char *body, size_t len, call_t *caller,
@@ -206,47 +215,50 @@ static void du__drop(stored_t *s) {
   du__known_free(k);
 }
 
-static known_t *du__known_new(uint64_t seq) {
+static known_t *du__known_new(durable_t *du, uint64_t seq) {
   known_t *k = calloc(1, sizeof *k);
+  k->du = du;
   k->base.reply = du__reply;
   k->base.drop = du__drop;
   k->seq = seq;
   k->node.hash = du__hash(seq);
-  htab_insert(&du.known, &k->node);
+  htab_insert(&du->known, &k->node);
   return k;
 }
 
 /* Hands m to its instance, as the message k stands for. */
 static void du__start(known_t *k, msg_t *m) {
+  durable_t *du = k->du;
   m->stored = &k->base;
   if (m->call && (m->flags & MSG_DISCARD)) { /* a forward that waits for nothing more */
     call_t *c = msg_detach_call(m);
     c->request_id = k->seq;
     call_complete(c, REPLY_ACCEPTED, "", 0);
   }
-  du.st.delivered++;
-  router_deliver_stored(m);
+  du->st.delivered++;
+  router_deliver_stored(du->rt, m);
 }
 
-static void du__arm_due(uint64_t at) {
-  if (!at || (du.due_at && du.due_at <= at && timer_pending(&du.due_timer))) return;
-  uint64_t wall = sched_wall_ms(du.sched);
-  du.due_at = at;
-  timer_cancel(&du.due_timer);
-  timer_add(&du.due_timer, sched_now(du.sched) + (at > wall ? at - wall : 0));
+static void du__arm_due(durable_t *du, uint64_t at) {
+  if (!at || (du->due_at && du->due_at <= at && timer_pending(&du->due_timer))) return;
+  uint64_t wall = sched_wall_ms(du->sched);
+  du->due_at = at;
+  timer_cancel(&du->due_timer);
+  timer_add(&du->due_timer, sched_now(du->sched) + (at > wall ? at - wall : 0));
 }
 
 static void du__checked(void *ud, int ok, uint64_t seq, int found, int done, int kind, const char *reply, size_t len,
                         const char *err) {
   known_t *k = ud;
+  durable_t *du = k->du;
   msg_t *m = k->checking;
   k->checking = NULL;
-  if (!du.on || !ok || !found || done) {
+  if (!du->on || !ok || !found || done) {
     if (m) {
       call_list_add(&k->waiters, msg_detach_call(m));
       msg_free(m);
     }
-    if (!du.on) {
+    if (!du->on) {
       du__list_fail(&k->waiters, "the runner is shutting down");
     } else if (!ok) {
       char why[512];
@@ -259,49 +271,49 @@ static void du__checked(void *ud, int ok, uint64_t seq, int found, int done, int
                   seq);
       }
     } else {
-      du.st.duplicates_skipped++;
+      du->st.duplicates_skipped++;
       du__list_complete(&k->waiters, seq, (reply_kind_t)kind, reply, len);
     }
-    if (du.on) du__known_free(k);
+    if (du->on) du__known_free(k);
     return;
   }
   du__start(k, m);
 }
 
-static void du__park(msg_t *m) {
-  if (du.nparked == du.cap_parked) {
-    size_t cap = du.cap_parked ? 2 * du.cap_parked : 64;
-    msg_t **p = realloc(du.parked, cap * sizeof *p);
+static void du__park(durable_t *du, msg_t *m) {
+  if (du->nparked == du->cap_parked) {
+    size_t cap = du->cap_parked ? 2 * du->cap_parked : 64;
+    msg_t **p = realloc(du->parked, cap * sizeof *p);
     if (!p) {
       call_fail(msg_detach_call(m), REPLY_UNAVAILABLE, "out of memory while shards are taken over");
       msg_free(m);
       return;
     }
-    du.parked = p;
-    du.cap_parked = cap;
+    du->parked = p;
+    du->cap_parked = cap;
   }
-  du.parked[du.nparked++] = m;
+  du->parked[du->nparked++] = m;
 }
 
 /* After the takeover scan delivered the older messages: the parked ones go
  * on, in the order they arrived. */
-static void du__release_parked(void) {
-  msg_t **p = du.parked;
-  size_t n = du.nparked;
-  du.parked = NULL;
-  du.nparked = du.cap_parked = 0;
-  for (size_t i = 0; i < n; i++) durable_deliver(p[i]);
+static void du__release_parked(durable_t *du) {
+  msg_t **p = du->parked;
+  size_t n = du->nparked;
+  du->parked = NULL;
+  du->nparked = du->cap_parked = 0;
+  for (size_t i = 0; i < n; i++) durable_deliver(du, p[i]);
   free(p);
 }
 
-void durable_deliver(msg_t *m) {
+void durable_deliver(durable_t *du, msg_t *m) {
   if (m->stored) { /* delivered here already and back from a mailbox: the same run goes on */
-    router_deliver_stored(m);
+    router_deliver_stored(du->rt, m);
     return;
   }
   uint64_t seq = m->request_id;
-  if (m->deliver_at > sched_wall_ms(du.sched)) { /* not due yet: the owner's timer brings it */
-    du__arm_due(m->deliver_at);
+  if (m->deliver_at > sched_wall_ms(du->sched)) { /* not due yet: the owner's timer brings it */
+    du__arm_due(du, m->deliver_at);
     if (m->call) {
       m->call->request_id = seq;
       call_complete(m->call, REPLY_ACCEPTED, "", 0);
@@ -309,7 +321,7 @@ void durable_deliver(msg_t *m) {
     msg_free(m);
     return;
   }
-  known_t *k = du__known(seq);
+  known_t *k = du__known(du, seq);
   if (k) { /* delivered here already: wait for that run's reply */
     if (m->call) {
       call_t *c = msg_detach_call(m);
@@ -320,67 +332,67 @@ void durable_deliver(msg_t *m) {
         call_list_add(&k->waiters, c);
       }
     }
-    du.st.duplicates_skipped++;
+    du->st.duplicates_skipped++;
     msg_free(m);
     return;
   }
-  if (du.settled_gen != du.acq_gen) {
-    du__park(m);
+  if (du->settled_gen != du->acq_gen) {
+    du__park(du, m);
     return;
   }
-  k = du__known_new(seq);
+  k = du__known_new(du, seq);
   if (m->flags & MSG_FRESH) { /* stored by this runner a moment ago: nobody else can have run it */
     m->flags &= ~(unsigned)MSG_FRESH;
     du__start(k, m);
     return;
   }
   k->checking = m;
-  du.st.forwarded_checks++;
-  du.ops->state(du.ops->ctx, seq, du__checked, k);
+  du->st.forwarded_checks++;
+  du->ops->state(du->ops->ctx, seq, du__checked, k);
 }
 
 /* ---------------------------------------------------------------------------
  * Owner: scans of pending messages
  * ------------------------------------------------------------------------- */
 
-/* Fills du.held with the shards served here now; returns how many. */
-static int du__held(void) {
+/* Fills du->held with the shards served here now; returns how many. */
+static int du__held(durable_t *du) {
   int n = 0;
-  for (uint32_t s = 1; s <= du.n; s++)
-    if (cluster_serving(s)) du.held[n++] = s;
+  for (uint32_t s = 1; s <= du->n; s++)
+    if (cluster_serving(du->cl, s)) du->held[n++] = s;
   return n;
 }
 
-static void du__scan_page(uint64_t after);
+static void du__scan_page(durable_t *du, uint64_t after);
 
 static void du__next_due(void *ud, int ok, uint64_t due) {
-  (void)ud;
-  if (!du.on || !ok) return;
-  if (due) du__arm_due(due);
+  durable_t *du = ud;
+  if (!du->on || !ok) return;
+  if (due) du__arm_due(du, due);
 }
 
-static void du__scan_end(void) {
-  du.scanning = 0;
-  if (du.scan_gen == du.acq_gen && du.settled_gen != du.acq_gen) {
-    du.settled_gen = du.acq_gen;
-    du__release_parked();
+static void du__scan_end(durable_t *du) {
+  du->scanning = 0;
+  if (du->scan_gen == du->acq_gen && du->settled_gen != du->acq_gen) {
+    du->settled_gen = du->acq_gen;
+    du__release_parked(du);
   }
-  int n = du__held();
-  du.due_at = 0;
-  timer_cancel(&du.due_timer);
+  int n = du__held(du);
+  du->due_at = 0;
+  timer_cancel(&du->due_timer);
   /* From the scan's own instant, not now: a message that fell due while the
    * scan ran was not in it, and must arm the timer (at once) all the same. */
-  if (n) du.ops->next_due(du.ops->ctx, du.held, n, du.scan_from, du__next_due, NULL);
-  if (du.rescan) {
-    du.rescan = 0;
-    du.scanning = 1;
-    du__scan_page(0);
+  if (n) du->ops->next_due(du->ops->ctx, du->held, n, du->scan_from, du__next_due, du);
+  if (du->rescan) {
+    du->rescan = 0;
+    du->scanning = 1;
+    du__scan_page(du, 0);
   }
 }
 
-static void du__deliver_row(const ms_row_t *w) {
-  if (du__known(w->seq) || !cluster_serving(w->shard)) return;
-  known_t *k = du__known_new(w->seq);
+static void du__deliver_row(durable_t *du, const ms_row_t *w) {
+  if (du__known(du, w->seq) || !cluster_serving(du->cl, w->shard)) return;
+  known_t *k = du__known_new(du, w->seq);
   etype_t *t = host_find_type(w->type, w->type_len);
   int rpc = t && t->kind == DEF_ENTITY ? etype_find_rpc(t, w->rpc, w->rpc_len) : -1;
   if (rpc < 0) { /* its type or RPC went away with a script change: retrying cannot help */
@@ -401,110 +413,115 @@ static void du__deliver_row(const ms_row_t *w) {
 }
 
 static void du__scanned(void *ud, int ok, const ms_row_t *rows, int nrows) {
-  (void)ud;
-  if (!du.on) return;
+  durable_t *du = ud;
+  if (!du->on) return;
   if (!ok) {
-    du.scanning = 0;
+    du->scanning = 0;
     return; /* the next periodic scan tries again */
   }
-  for (int i = 0; i < nrows; i++) du__deliver_row(&rows[i]);
-  if (nrows == DUR_SCAN_PAGE) du__scan_page(rows[nrows - 1].seq);
-  else du__scan_end();
+  for (int i = 0; i < nrows; i++) du__deliver_row(du, &rows[i]);
+  if (nrows == DUR_SCAN_PAGE) du__scan_page(du, rows[nrows - 1].seq);
+  else du__scan_end(du);
 }
 
-static void du__scan_page(uint64_t after) {
-  if (after == 0) du.scan_gen = du.acq_gen;
-  int n = du__held();
+static void du__scan_page(durable_t *du, uint64_t after) {
+  if (after == 0) du->scan_gen = du->acq_gen;
+  int n = du__held(du);
   if (n == 0) {
-    du__scan_end();
+    du__scan_end(du);
     return;
   }
-  du.st.scans++;
-  if (after == 0) du.scan_from = sched_wall_ms(du.sched);
-  du.ops->scan(du.ops->ctx, du.held, n, du.scan_from, after, DUR_SCAN_PAGE, du__scanned, NULL);
+  du->st.scans++;
+  if (after == 0) du->scan_from = sched_wall_ms(du->sched);
+  du->ops->scan(du->ops->ctx, du->held, n, du->scan_from, after, DUR_SCAN_PAGE, du__scanned, du);
 }
 
-static void du__scan(void) {
-  if (!du.on) return;
-  if (du.scanning) {
-    du.rescan = 1;
+static void du__scan(durable_t *du) {
+  if (!du->on) return;
+  if (du->scanning) {
+    du->rescan = 1;
     return;
   }
-  du.scanning = 1;
-  du__scan_page(0);
+  du->scanning = 1;
+  du__scan_page(du, 0);
 }
 
 static void du__scan_item(sched_item_t *it) {
-  (void)it;
-  du__scan();
+  durable_t *du = (durable_t *)((char *)it - offsetof(durable_t, scan_item));
+  du__scan(du);
 }
 
-void durable_acquired(void) {
-  if (!du.on) return;
-  du.acq_gen++;
-  if (!du.scan_item.queued) sched_push(du.sched, &du.scan_item, du__scan_item);
+void durable_acquired(durable_t *du) {
+  if (!du->on) return;
+  du->acq_gen++;
+  if (!du->scan_item.queued) sched_push(du->sched, &du->scan_item, du__scan_item);
 }
 
 static void du__scan_fire(timer_entry_t *t) {
-  du__scan();
-  timer_add(t, sched_now(du.sched) + DUR_SCAN_EVERY_MS);
+  durable_t *du = (durable_t *)((char *)t - offsetof(durable_t, scan_timer));
+  du__scan(du);
+  timer_add(t, sched_now(du->sched) + DUR_SCAN_EVERY_MS);
 }
 
 static void du__due_fire(timer_entry_t *t) {
-  (void)t;
-  du.due_at = 0;
-  du__scan();
+  durable_t *du = (durable_t *)((char *)t - offsetof(durable_t, due_timer));
+  du->due_at = 0;
+  du__scan(du);
 }
 
 static void du__pruned(void *ud, int ok, uint64_t deleted) {
-  (void)ud;
-  if (!du.on) return;
-  timer_add(&du.prune_timer, sched_now(du.sched) + (ok && deleted == DUR_PRUNE_BATCH ? 20 : DUR_PRUNE_EVERY_MS));
+  durable_t *du = ud;
+  if (!du->on) return;
+  timer_add(&du->prune_timer, sched_now(du->sched) + (ok && deleted == DUR_PRUNE_BATCH ? 20 : DUR_PRUNE_EVERY_MS));
 }
 
 static void du__prune_fire(timer_entry_t *t) {
-  int n = du__held();
-  uint64_t wall = sched_wall_ms(du.sched);
-  if (n && wall > du.retention_ms)
-    du.ops->prune(du.ops->ctx, du.held, n, wall - du.retention_ms, DUR_PRUNE_BATCH, du__pruned, NULL);
-  else timer_add(t, sched_now(du.sched) + DUR_PRUNE_EVERY_MS);
+  durable_t *du = (durable_t *)((char *)t - offsetof(durable_t, prune_timer));
+  int n = du__held(du);
+  uint64_t wall = sched_wall_ms(du->sched);
+  if (n && wall > du->retention_ms)
+    du->ops->prune(du->ops->ctx, du->held, n, wall - du->retention_ms, DUR_PRUNE_BATCH, du__pruned, du);
+  else timer_add(t, sched_now(du->sched) + DUR_PRUNE_EVERY_MS);
 }
 
 /* ---------------------------------------------------------------------------
  * Sender
  * ------------------------------------------------------------------------- */
 
-static wait_t *du__wait_find(uint64_t seq) {
-  htab_node_t *n = htab_find(&du.waits, du__hash(seq), du__wait_eq, &seq, sizeof seq);
+static wait_t *du__wait_find(durable_t *du, uint64_t seq) {
+  htab_node_t *n = htab_find(&du->waits, du__hash(seq), du__wait_eq, &seq, sizeof seq);
   return n ? (wait_t *)((char *)n - offsetof(wait_t, node)) : NULL;
 }
 
 static void du__wait_free(wait_t *w) {
-  htab_remove(&du.waits, &w->node);
+  durable_t *du = w->du;
+  htab_remove(&du->waits, &w->node);
   free(w);
 }
 
 /* c waits for message seq's reply, read from storage every DUR_POLL_MS from
  * `due` (wall ms) on. */
-static void du__wait(uint64_t seq, uint64_t due, call_t *c) {
-  wait_t *w = du__wait_find(seq);
+static void du__wait(durable_t *du, uint64_t seq, uint64_t due, call_t *c) {
+  wait_t *w = du__wait_find(du, seq);
   if (!w) {
     w = calloc(1, sizeof *w);
+    w->du = du;
     w->seq = seq;
     w->node.hash = du__hash(seq);
-    htab_insert(&du.waits, &w->node);
+    htab_insert(&du->waits, &w->node);
   }
   if (due > w->due) w->due = due;
   c->request_id = seq;
   call_list_add(&w->calls, c);
-  if (!timer_pending(&du.poll_timer)) timer_add(&du.poll_timer, sched_now(du.sched) + DUR_POLL_MS);
+  if (!timer_pending(&du->poll_timer)) timer_add(&du->poll_timer, sched_now(du->sched) + DUR_POLL_MS);
 }
 
 static void du__polled(void *ud, int ok, uint64_t seq, int found, int done, int kind, const char *reply, size_t len,
                        const char *err) {
   wait_t *w = ud;
+  durable_t *du = w->du;
   w->polling = 0;
-  if (!du.on) return;
+  if (!du->on) return;
   if (ok && found && done) du__list_complete(&w->calls, seq, (reply_kind_t)kind, reply, len);
   else if (ok && !found)
     while (w->calls) call_fail(w->calls, REPLY_NOT_FOUND, "message %" PRIu64 " is no longer stored", seq);
@@ -512,27 +529,29 @@ static void du__polled(void *ud, int ok, uint64_t seq, int found, int done, int 
 }
 
 static void du__poll_fire(timer_entry_t *t) {
-  uint64_t wall = sched_wall_ms(du.sched);
+  durable_t *du = (durable_t *)((char *)t - offsetof(durable_t, poll_timer));
+  uint64_t wall = sched_wall_ms(du->sched);
   size_t i;
-  htab_node_t *n = htab_first(&du.waits, &i);
+  htab_node_t *n = htab_first(&du->waits, &i);
   while (n) {
-    htab_node_t *next = htab_next(&du.waits, n, &i);
+    htab_node_t *next = htab_next(&du->waits, n, &i);
     wait_t *w = (wait_t *)((char *)n - offsetof(wait_t, node));
     if (!w->calls && !w->polling) {
       du__wait_free(w);
     } else if (!w->polling && w->due <= wall) {
       w->polling = 1;
-      du.st.retries_polled++;
-      du.ops->state(du.ops->ctx, w->seq, du__polled, w);
+      du->st.retries_polled++;
+      du->ops->state(du->ops->ctx, w->seq, du__polled, w);
     }
     n = next;
   }
-  if (du.waits.count) timer_add(t, sched_now(du.sched) + DUR_POLL_MS);
+  if (du->waits.count) timer_add(t, sched_now(du->sched) + DUR_POLL_MS);
 }
 
 static void du__stored(void *ud, ms_put_status_t st, uint64_t seq, int kind, const char *reply, size_t len,
                        const char *err) {
   ticket_t *t = ud;
+  durable_t *du = t->du;
   msg_t *m = t->m;
   call_t *c = du__ticket_take(t);
   uint64_t at = t->deliver_at;
@@ -560,7 +579,7 @@ static void du__stored(void *ud, ms_put_status_t st, uint64_t seq, int kind, con
     return;
   case MS_PENDING: /* a duplicate of a message not done yet: wait for the first's reply */
     if (discard) call_complete(c, REPLY_ACCEPTED, "", 0);
-    else if (c) du__wait(seq, 0, c);
+    else if (c) du__wait(du, seq, 0, c);
     msg_free(m);
     return;
   case MS_STORED: break;
@@ -572,17 +591,17 @@ static void du__stored(void *ud, ms_put_status_t st, uint64_t seq, int kind, con
     call_complete(c, REPLY_ACCEPTED, "", 0);
     c = NULL;
   }
-  if (at > sched_wall_ms(du.sched)) {
+  if (at > sched_wall_ms(du->sched)) {
     /* The owner learns when it is due; the caller reads the reply then. */
-    if (c) du__wait(seq, at, c);
+    if (c) du__wait(du, seq, at, c);
     c = NULL;
     m->flags |= MSG_DISCARD;
   }
   if (c) msg_attach_call(m, c);
-  uint32_t shard = hash_shard(m->id, m->id_len, du.n);
+  uint32_t shard = hash_shard(m->id, m->id_len, du->n);
   tp_peer_t *peer = NULL;
-  if (cluster_route(shard, &peer) == ROUTE_LOCAL && cluster_serving(shard)) m->flags |= MSG_FRESH;
-  router_route_stored(m);
+  if (cluster_route(du->cl, shard, &peer) == ROUTE_LOCAL && cluster_serving(du->cl, shard)) m->flags |= MSG_FRESH;
+  router_route_stored(du->rt, m);
 }
 
 /* Checks that a string can be stored as text (UTF-8, no NUL), as PostgreSQL
@@ -631,7 +650,7 @@ static void du__dedupe(const msg_t *m, const char *pk, char out[MS_DEDUPE_LEN + 
   out[MS_DEDUPE_LEN] = '\0';
 }
 
-void durable_send(msg_t *m, call_t *call, const char *pk, uint64_t deliver_at) {
+void durable_send(durable_t *du, msg_t *m, call_t *call, const char *pk, uint64_t deliver_at) {
   const char *bad = !du__utf8(m->id, m->id_len)            ? "id"
                     : !du__utf8(m->payload, m->payload_len) ? "payload"
                     : m->headers && !du__utf8(m->headers, m->headers_len) ? "headers"
@@ -645,9 +664,9 @@ void durable_send(msg_t *m, call_t *call, const char *pk, uint64_t deliver_at) {
     msg_free(m);
     return;
   }
-  if (!durable_up()) {
+  if (!durable_up(du)) {
     call_fail(call, REPLY_UNAVAILABLE, "storage (%s) is unavailable: the persisted message was not stored; retry later",
-              du.ops->name);
+              du->ops->name);
     msg_free(m);
     return;
   }
@@ -655,7 +674,7 @@ void durable_send(msg_t *m, call_t *call, const char *pk, uint64_t deliver_at) {
   if (pk) du__dedupe(m, pk, key);
   const rpc_def_t *r = &m->type->rpcs[m->rpc];
   ms_msg_t pm = {
-      .shard = hash_shard(m->id, m->id_len, du.n),
+      .shard = hash_shard(m->id, m->id_len, du->n),
       .type = m->type->name,
       .type_len = m->type->name_len,
       .id = m->id,
@@ -669,11 +688,11 @@ void durable_send(msg_t *m, call_t *call, const char *pk, uint64_t deliver_at) {
       .dedupe = pk ? key : NULL,
       .deliver_at = deliver_at,
   };
-  ticket_t *t = du__ticket(call);
+  ticket_t *t = du__ticket(du, call);
   t->m = m;
   t->deliver_at = deliver_at;
   t->pk = pk ? strdup(pk) : NULL;
-  du.ops->put(du.ops->ctx, &pm, du__stored, t);
+  du->ops->put(du->ops->ctx, &pm, du__stored, t);
 }
 
 /* ---------------------------------------------------------------------------
@@ -694,12 +713,12 @@ static void du__looked_up(void *ud, int ok, uint64_t seq, int found, int done, i
   else call_complete(c, (reply_kind_t)kind, reply, len);
 }
 
-void durable_lookup(uint64_t rid, call_t *c) {
-  if (!durable_up()) {
-    call_fail(c, REPLY_UNAVAILABLE, "storage (%s) is unavailable; retry later", du.ops->name);
+void durable_lookup(durable_t *du, uint64_t rid, call_t *c) {
+  if (!durable_up(du)) {
+    call_fail(c, REPLY_UNAVAILABLE, "storage (%s) is unavailable; retry later", du->ops->name);
     return;
   }
-  du.ops->state(du.ops->ctx, rid, du__looked_up, du__ticket(c));
+  du->ops->state(du->ops->ctx, rid, du__looked_up, du__ticket(du, c));
 }
 
 static void du__cron_done(void *ud, int ok, int64_t a, int64_t b, const char *err) {
@@ -716,49 +735,65 @@ static void du__cron_done(void *ud, int ok, int64_t a, int64_t b, const char *er
   call_complete(c, REPLY_OK, body, (size_t)n);
 }
 
-void durable_cron(int op, const char *name, uint64_t at, call_t *c) {
-  du.ops->cron(du.ops->ctx, (ms_cron_op_t)op, name, at, du__cron_done, du__ticket(c));
+void durable_cron(durable_t *du, int op, const char *name, uint64_t at, call_t *c) {
+  du->ops->cron(du->ops->ctx, (ms_cron_op_t)op, name, at, du__cron_done, du__ticket(du, c));
 }
 
 /* ---------------------------------------------------------------------------
  * Life
  * ------------------------------------------------------------------------- */
 
-int durable_init(sched_t *s, const ms_ops_t *ops, uint32_t shards, uint64_t retention_ms) {
-  du.sched = s;
-  du.ops = ops;
-  du.n = shards;
-  du.held = malloc(sizeof *du.held * shards);
-  du.retention_ms = retention_ms;
-  htab_init(&du.known);
-  htab_init(&du.waits);
-  timer_entry_init(&du.scan_timer, du.sched, du__scan_fire);
-  timer_entry_init(&du.due_timer, du.sched, du__due_fire);
-  timer_entry_init(&du.poll_timer, du.sched, du__poll_fire);
-  timer_entry_init(&du.prune_timer, du.sched, du__prune_fire);
-  timer_add(&du.scan_timer, sched_now(du.sched) + DUR_SCAN_EVERY_MS);
-  timer_add(&du.prune_timer, sched_now(du.sched) + DUR_PRUNE_EVERY_MS);
-  du.on = 1;
+durable_t *durable_new(sched_t *s, router_t *rt) {
+  durable_t *du = calloc(1, sizeof *du);
+  if (!du) abort();
+  du->sched = s;
+  du->rt = rt;
+  router__set_durable(rt, du);
+  return du;
+}
+
+void durable__set_cluster(durable_t *du, cluster_t *cl) { du->cl = cl; }
+
+void durable_free(durable_t *du) {
+  if (!du) return;
+  durable_close(du);
+  free(du);
+}
+
+int durable_init(durable_t *du, const ms_ops_t *ops, uint32_t shards, uint64_t retention_ms) {
+  du->ops = ops;
+  du->n = shards;
+  du->held = malloc(sizeof *du->held * shards);
+  du->retention_ms = retention_ms;
+  htab_init(&du->known);
+  htab_init(&du->waits);
+  timer_entry_init(&du->scan_timer, du->sched, du__scan_fire);
+  timer_entry_init(&du->due_timer, du->sched, du__due_fire);
+  timer_entry_init(&du->poll_timer, du->sched, du__poll_fire);
+  timer_entry_init(&du->prune_timer, du->sched, du__prune_fire);
+  timer_add(&du->scan_timer, sched_now(du->sched) + DUR_SCAN_EVERY_MS);
+  timer_add(&du->prune_timer, sched_now(du->sched) + DUR_PRUNE_EVERY_MS);
+  du->on = 1;
   return 0;
 }
 
-void durable_close(void) {
-  if (!du.on) return;
-  /* Statements in flight answer now (unavailable); the callbacks see du.on. */
-  du.ops->close(du.ops->ctx);
-  du.on = 0;
-  timer_cancel(&du.scan_timer);
-  timer_cancel(&du.due_timer);
-  timer_cancel(&du.poll_timer);
-  timer_cancel(&du.prune_timer);
+void durable_close(durable_t *du) {
+  if (!du->on) return;
+  /* Statements in flight answer now (unavailable); the callbacks see du->on. */
+  du->ops->close(du->ops->ctx);
+  du->on = 0;
+  timer_cancel(&du->scan_timer);
+  timer_cancel(&du->due_timer);
+  timer_cancel(&du->poll_timer);
+  timer_cancel(&du->prune_timer);
   size_t i;
   htab_node_t *n;
-  while ((n = htab_first(&du.waits, &i))) {
+  while ((n = htab_first(&du->waits, &i))) {
     wait_t *w = (wait_t *)((char *)n - offsetof(wait_t, node));
     du__list_fail(&w->calls, "the runner is shutting down");
     du__wait_free(w);
   }
-  while ((n = htab_first(&du.known, &i))) {
+  while ((n = htab_first(&du->known, &i))) {
     known_t *k = (known_t *)((char *)n - offsetof(known_t, node));
     du__list_fail(&k->waiters, "the runner is shutting down");
     if (k->checking) {
@@ -768,28 +803,28 @@ void durable_close(void) {
     }
     du__known_free(k);
   }
-  for (size_t j = 0; j < du.nparked; j++) {
-    call_t *c = msg_detach_call(du.parked[j]);
+  for (size_t j = 0; j < du->nparked; j++) {
+    call_t *c = msg_detach_call(du->parked[j]);
     if (c) call_fail(c, REPLY_UNAVAILABLE, "the runner is shutting down");
-    msg_free(du.parked[j]);
+    msg_free(du->parked[j]);
   }
-  free(du.parked);
-  du.parked = NULL;
-  du.nparked = du.cap_parked = 0;
-  htab_free(&du.known);
-  htab_free(&du.waits);
-  free(du.held);
-  du.held = NULL;
+  free(du->parked);
+  du->parked = NULL;
+  du->nparked = du->cap_parked = 0;
+  htab_free(&du->known);
+  htab_free(&du->waits);
+  free(du->held);
+  du->held = NULL;
 }
 /* GET /metrics: persisted messages, in memory storage or in the durable
  * store with this runner's delivery counters. */
-void durable_metrics(buf_t *b) {
-  if (!durable_on()) {
+void durable_metrics(durable_t *du, buf_t *b) {
+  if (!durable_on(du)) {
     prom_head(b, "luster_persisted_messages", "gauge", "Persisted messages and replies held by storage.");
-    buf_printf(b, "luster_persisted_messages %zu\n", router_stored_count());
+    buf_printf(b, "luster_persisted_messages %zu\n", router_stored_count(du->rt));
   } else {
-    const ms_stats_t *ps = durable_store_stats();
-    const durable_stats_t *ds = durable_stats();
+    const ms_stats_t *ps = durable_store_stats(du);
+    const durable_stats_t *ds = durable_stats(du);
     static const struct {
       const char *name, *type, *help;
       size_t off;

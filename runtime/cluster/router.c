@@ -25,27 +25,41 @@
 
 typedef struct persist_job_s {
   sched_item_t item;
+  router_t *rt;
   timer_entry_t due;
   msg_t *msg;
   call_t *call;
   struct persist_job_s *dprev, *dnext; /* while waiting for deliver_at */
 } persist_job_t;
 
-static sched_t *router_sched; /* the owner's, from router_use */
-static mem_store_t *router_mem; /* the embedded store, from router_use */
-static em_t *router_em; /* the entity manager, from router_use */
-static persist_job_t *router_delayed;
+struct router_s {
+  sched_t *sched;       /* the owner's */
+  mem_store_t *mem;     /* the embedded store, when no durable store is configured */
+  persist_job_t *delayed; /* persisted jobs waiting for their deliver_at */
+  durable_t *du;        /* set by durable_new */
+  cluster_t *cl;        /* set by cluster_new */
+  em_t *em;             /* takes handed-over snapshots */
+  uint32_t n;
+  size_t max_frame;
+  msg_t **head, **tail; /* held messages per shard, [1..n] */
+  uint32_t *handoffs;   /* hand-off frames sent and not yet answered, per shard */
+  uint64_t held;
+  timer_entry_t retry;
+  sched_item_t wake;
+  int flushing;
+  router_stats_t st;
+};
 
-static void router__undelay(persist_job_t *j) {
-  if (j->dprev) j->dprev->dnext = j->dnext; else router_delayed = j->dnext;
+static void router__undelay(router_t *rt, persist_job_t *j) {
+  if (j->dprev) j->dprev->dnext = j->dnext; else rt->delayed = j->dnext;
   if (j->dnext) j->dnext->dprev = j->dprev;
 }
 
-static void router__hold(uint32_t shard, msg_t *m);
-static void router__route(msg_t *m);
-static void router__local_call(msg_t *m, call_t *call);
+static void router__hold(router_t *rt, uint32_t shard, msg_t *m);
+static void router__route(router_t *rt, msg_t *m);
+static void router__local_call(router_t *rt, msg_t *m, call_t *call);
 
-static void router__deliver(msg_t *m, call_t *call) {
+static void router__deliver(router_t *rt, msg_t *m, call_t *call) {
   int rc = em_deliver(m);
   if (rc == 0) {
     if (call) call_complete(call, REPLY_ACCEPTED, "", 0);
@@ -53,7 +67,7 @@ static void router__deliver(msg_t *m, call_t *call) {
   }
   if (rc == -EAGAIN) { /* its instance is being handed to another runner */
     if (call) msg_attach_call(m, call);
-    router__hold(cluster_shard_of(m->id, m->id_len), m);
+    router__hold(rt, cluster_shard_of(rt->cl, m->id, m->id_len), m);
     return;
   }
   call_t *c = m->call ? msg_detach_call(m) : call;
@@ -95,14 +109,16 @@ void router_conflict(call_t *c, const msg_t *m, const char *pk) {
 
 static void router__due(timer_entry_t *t) {
   persist_job_t *j = (persist_job_t *)((char *)t - offsetof(persist_job_t, due));
+  router_t *rt = j->rt;
   msg_t *m = j->msg;
-  router__undelay(j);
+  router__undelay(rt, j);
   free(j);
-  router__deliver(m, NULL);
+  router__deliver(rt, m, NULL);
 }
 
 static void router__persist(sched_item_t *it) {
   persist_job_t *j = (persist_job_t *)it;
+  router_t *rt = j->rt;
   msg_t *m = j->msg;
   call_t *call = j->call;
   char *pk = NULL, *err = NULL;
@@ -116,16 +132,16 @@ static void router__persist(sched_item_t *it) {
     free(j);
     return;
   }
-  if (durable_on()) {
+  if (durable_on(rt->du)) {
     free(j);
-    durable_send(m, call, pk, at);
+    durable_send(rt->du, m, call, pk, at);
     free(pk);
     return;
   }
   store_status_t st;
   const rpc_def_t *rd = &m->type->rpcs[m->rpc];
   storage_names_t names = {m->type->name, rd->tag, m->type->name_len, rd->tag_len};
-  pmsg_t *rec = storage_put(router_mem, m, &names, pk, &st);
+  pmsg_t *rec = storage_put(rt->mem, m, &names, pk, &st);
   if (!rec || st == STORE_CONFLICT) {
     if (rec) router_conflict(call, m, pk);
     else call_fail(call, REPLY_UNAVAILABLE, "storage is out of memory");
@@ -148,19 +164,19 @@ static void router__persist(sched_item_t *it) {
   }
   m->flags |= MSG_PERSISTED;
   m->stored = &rec->base;
-  uint64_t wall = sched_wall_ms(router_sched);
+  uint64_t wall = sched_wall_ms(rt->sched);
   if (at > wall) {
     j->msg = m;
-    timer_entry_init(&j->due, router_sched, router__due);
-    timer_add(&j->due, sched_now(router_sched) + (at - wall));
+    timer_entry_init(&j->due, rt->sched, router__due);
+    timer_add(&j->due, sched_now(rt->sched) + (at - wall));
     j->dprev = NULL;
-    j->dnext = router_delayed;
-    if (router_delayed) router_delayed->dprev = j;
-    router_delayed = j;
+    j->dnext = rt->delayed;
+    if (rt->delayed) rt->delayed->dprev = j;
+    rt->delayed = j;
     return;
   }
   free(j);
-  router__deliver(m, NULL);
+  router__deliver(rt, m, NULL);
 }
 
 /* Answers a call for an RPC the type does not have, naming the ones it has
@@ -209,25 +225,25 @@ static msg_t *router__new_msg(const char *type, size_t type_len, const char *id,
   return m;
 }
 
-void router_send(const char *type, size_t type_len, const char *id, size_t id_len, const char *tag, size_t tag_len,
-                 const char *payload, size_t payload_len, const char *headers, size_t headers_len, unsigned flags,
-                 call_t *call) {
+void router_send(router_t *rt, const char *type, size_t type_len, const char *id, size_t id_len, const char *tag,
+                 size_t tag_len, const char *payload, size_t payload_len, const char *headers, size_t headers_len,
+                 unsigned flags, call_t *call) {
   msg_t *m = router__new_msg(type, type_len, id, id_len, tag, tag_len, payload, payload_len, headers, headers_len,
                              flags, call);
   if (!m) return;
-  if (!cluster_on || m->type->rpcs[m->rpc].persisted) {
+  if (!cluster_on(rt->cl) || m->type->rpcs[m->rpc].persisted) {
     /* One runner: straight to the entity manager. Persisted: stored here
      * first, wherever its owner is. */
-    router__local_call(m, call);
+    router__local_call(rt, m, call);
     return;
   }
   msg_attach_call(m, call);
-  router__route(m);
+  router__route(rt, m);
 }
 
-void router_lookup(uint64_t request_id, call_t *c) {
-  if (durable_on()) durable_lookup(request_id, c);
-  else storage_get(router_mem, request_id, c);
+void router_lookup(router_t *rt, uint64_t request_id, call_t *c) {
+  if (durable_on(rt->du)) durable_lookup(rt->du, request_id, c);
+  else storage_get(rt->mem, request_id, c);
 }
 
 /* ---------------------------------------------------------------------------
@@ -235,52 +251,41 @@ void router_lookup(uint64_t request_id, call_t *c) {
  * ------------------------------------------------------------------------- */
 
 
-static struct {
-  uint32_t n;
-  size_t max_frame;
-  msg_t **head, **tail; /* held messages per shard, [1..n] */
-  uint32_t *handoffs;   /* hand-off frames sent and not yet answered, per shard */
-  uint64_t held;
-  timer_entry_t retry;
-  sched_item_t wake;
-  int flushing;
-  router_stats_t st;
-} rt;
-
-const router_stats_t *router_stats(void) {
-  rt.st.held = rt.held;
-  return &rt.st;
+const router_stats_t *router_stats(router_t *rt) {
+  rt->st.held = rt->held;
+  return &rt->st;
 }
 
 /* Delivers on this runner: persisted messages are stored first (unless they
  * were stored before they came back from a mailbox). `call` is the caller,
  * not attached to m. */
-static void router__local_call(msg_t *m, call_t *call) {
+static void router__local_call(router_t *rt, msg_t *m, call_t *call) {
   if (m->flags & MSG_PERSISTED) { /* stored already */
     if (call) msg_attach_call(m, call);
-    if (durable_on()) durable_deliver(m);
-    else router__deliver(m, NULL);
+    if (durable_on(rt->du)) durable_deliver(rt->du, m);
+    else router__deliver(rt, m, NULL);
     return;
   }
   if (m->type->rpcs[m->rpc].persisted) {
     persist_job_t *j = calloc(1, sizeof *j);
+    j->rt = rt;
     j->msg = m;
     j->call = call;
-    sched_push(router_sched, &j->item, router__persist);
+    sched_push(rt->sched, &j->item, router__persist);
     return;
   }
   if (m->flags & MSG_DISCARD) {
-    router__deliver(m, call);
+    router__deliver(rt, m, call);
   } else {
     if (call) msg_attach_call(m, call);
-    router__deliver(m, NULL);
+    router__deliver(rt, m, NULL);
   }
 }
 
-static void router__local(msg_t *m) { router__local_call(m, msg_detach_call(m)); }
+static void router__local(router_t *rt, msg_t *m) { router__local_call(rt, m, msg_detach_call(m)); }
 
-static void router__arm_retry(void) {
-  if (!timer_pending(&rt.retry)) timer_add(&rt.retry, sched_now(router_sched) + 100);
+static void router__arm_retry(router_t *rt) {
+  if (!timer_pending(&rt->retry)) timer_add(&rt->retry, sched_now(rt->sched) + 100);
 }
 
 /* A stored message that leaves this runner's hands (held, forwarded) stops
@@ -294,26 +299,28 @@ static void router__unstore(msg_t *m) {
   }
 }
 
-void router_deliver_stored(msg_t *m) { router__deliver(m, NULL); }
-void router_route_stored(msg_t *m) { router__route(m); }
+void router_deliver_stored(router_t *rt, msg_t *m) { router__deliver(rt, m, NULL); }
+void router_route_stored(router_t *rt, msg_t *m) { router__route(rt, m); }
 
-static void router__hold(uint32_t shard, msg_t *m) {
+static void router__hold(router_t *rt, uint32_t shard, msg_t *m) {
   router__unstore(m);
   m->next = NULL;
-  m->enqueued_at = sched_now(router_sched);
-  if (rt.tail[shard]) rt.tail[shard]->next = m; else rt.head[shard] = m;
-  rt.tail[shard] = m;
-  rt.held++;
-  router__arm_retry();
+  m->enqueued_at = sched_now(rt->sched);
+  if (rt->tail[shard]) rt->tail[shard]->next = m; else rt->head[shard] = m;
+  rt->tail[shard] = m;
+  rt->held++;
+  router__arm_retry(rt);
 }
 
 typedef struct {
+  router_t *rt;
   msg_t *m;
   uint32_t shard;
 } fwd_t;
 
 static void router__forward_done(void *ud, tp_status_t st, uint8_t kind, const char *body, size_t len) {
   fwd_t *f = ud;
+  router_t *rt = f->rt;
   msg_t *m = f->m;
   uint32_t shard = f->shard;
   free(f);
@@ -340,20 +347,20 @@ static void router__forward_done(void *ud, tp_status_t st, uint8_t kind, const c
     return;
   }
   /* Not sent, or the peer's view differs: wait for a fresher assignment. */
-  rt.st.reroutes++;
-  cluster_suspect();
+  rt->st.reroutes++;
+  cluster_suspect(rt->cl);
   if (msg_abandoned(m)) {
     msg_free(m);
     return;
   }
-  router__hold(shard, m);
+  router__hold(rt, shard, m);
 }
 
-static void router__forward(msg_t *m, uint32_t shard, tp_peer_t *peer) {
+static void router__forward(router_t *rt, msg_t *m, uint32_t shard, tp_peer_t *peer) {
   const rpc_def_t *r = &m->type->rpcs[m->rpc];
   uint64_t timeout = host_config()->call_timeout_ms;
   if (m->call && timer_pending(&m->call->deadline)) {
-    uint64_t due = m->call->deadline.node.due, now = sched_now(router_sched);
+    uint64_t due = m->call->deadline.node.due, now = sched_now(rt->sched);
     timeout = due > now ? due - now : 1;
   }
   router__unstore(m);
@@ -368,10 +375,10 @@ static void router__forward(msg_t *m, uint32_t shard, tp_peer_t *peer) {
       .payload = {m->payload, (uint32_t)m->payload_len},
       .headers = {m->headers, (uint32_t)m->headers_len},
   };
-  if (rt.max_frame && frame_request_size(&req) - 4 > rt.max_frame) { /* would never fit: say so now */
+  if (rt->max_frame && frame_request_size(&req) - 4 > rt->max_frame) { /* would never fit: say so now */
     char text[256];
     snprintf(text, sizeof text, "the message (%zu bytes of payload) is larger than runners carry between them "
-             "(%zu bytes per frame)", m->payload_len, rt.max_frame);
+             "(%zu bytes per frame)", m->payload_len, rt->max_frame);
     size_t blen;
     char *b = reply_error_body(REPLY_DEFECT, NULL, text, &blen);
     msg_finish(m, REPLY_DEFECT, b, blen);
@@ -380,112 +387,128 @@ static void router__forward(msg_t *m, uint32_t shard, tp_peer_t *peer) {
   }
   fwd_t *f = malloc(sizeof *f);
   if (!f) abort();
+  f->rt = rt;
   f->m = m;
   f->shard = shard;
-  rt.st.forwarded++;
+  rt->st.forwarded++;
   tp_send(peer, &req, router__forward_done, f);
 }
 
 /* Sends m the way `r` (cluster_route's answer for its shard) says. */
-static void router__dispatch(msg_t *m, uint32_t shard, route_t r, tp_peer_t *peer) {
-  if (rt.head[shard] && !rt.flushing) { /* keep arrival order behind held ones */
-    router__hold(shard, m);
+static void router__dispatch(router_t *rt, msg_t *m, uint32_t shard, route_t r, tp_peer_t *peer) {
+  if (rt->head[shard] && !rt->flushing) { /* keep arrival order behind held ones */
+    router__hold(rt, shard, m);
     return;
   }
   switch (r) {
-  case ROUTE_LOCAL: router__local(m); break;
-  case ROUTE_REMOTE: router__forward(m, shard, peer); break;
-  default: router__hold(shard, m); break;
+  case ROUTE_LOCAL: router__local(rt, m); break;
+  case ROUTE_REMOTE: router__forward(rt, m, shard, peer); break;
+  default: router__hold(rt, shard, m); break;
   }
 }
 
 /* Where a message goes now. */
-static void router__route(msg_t *m) {
-  if (!cluster_on) {
-    router__local(m);
+static void router__route(router_t *rt, msg_t *m) {
+  if (!cluster_on(rt->cl)) {
+    router__local(rt, m);
     return;
   }
-  uint32_t shard = cluster_shard_of(m->id, m->id_len);
+  uint32_t shard = cluster_shard_of(rt->cl, m->id, m->id_len);
   tp_peer_t *peer = NULL;
-  route_t r = cluster_route(shard, &peer);
-  router__dispatch(m, shard, r, peer);
+  route_t r = cluster_route(rt->cl, shard, &peer);
+  router__dispatch(rt, m, shard, r, peer);
 }
 
-void router_reroute(msg_t *m) {
+void router_reroute(router_t *rt, msg_t *m) {
   if (msg_abandoned(m)) {
     msg_free(m);
     return;
   }
-  router__route(m);
+  router__route(rt, m);
 }
 
 /* Re-routes every held message, oldest first per shard; drops those whose
  * caller left, and fails those held past the call timeout with nobody
  * waiting on a deadline of their own. */
-static void router__flush(sched_item_t *it) {
-  (void)it;
-  if (!cluster_on || !rt.held) return;
-  uint64_t now = sched_now(router_sched), limit = host_config()->call_timeout_ms;
-  for (uint32_t s = 1; s <= rt.n; s++) {
-    msg_t *m = rt.head[s];
+static void router__flush_held(router_t *rt) {
+  if (!cluster_on(rt->cl) || !rt->held) return;
+  uint64_t now = sched_now(rt->sched), limit = host_config()->call_timeout_ms;
+  for (uint32_t s = 1; s <= rt->n; s++) {
+    msg_t *m = rt->head[s];
     if (!m) continue;
     tp_peer_t *peer = NULL;
-    route_t r = cluster_route(s, &peer);
-    rt.head[s] = rt.tail[s] = NULL;
-    rt.flushing = 1;
+    route_t r = cluster_route(rt->cl, s, &peer);
+    rt->head[s] = rt->tail[s] = NULL;
+    rt->flushing = 1;
     while (m) {
       msg_t *next = m->next;
       m->next = NULL;
-      rt.held--;
+      rt->held--;
       if (msg_abandoned(m)) {
         msg_free(m);
       } else if ((r == ROUTE_HOLD || r == ROUTE_HOLD_MINE) && now - m->enqueued_at > limit && !m->call) {
-        rt.st.expired++;
+        rt->st.expired++;
         log_warn("dropping a message for %s/%.*s: no runner took shard %u within %llu ms", m->type->name,
                  (int)(m->id_len > 64 ? 64 : m->id_len), m->id, s, (unsigned long long)limit);
         msg_free(m);
       } else if (r == ROUTE_HOLD || r == ROUTE_HOLD_MINE) {
         uint64_t since = m->enqueued_at;
-        router__hold(s, m);
+        router__hold(rt, s, m);
         m->enqueued_at = since;
       } else if (r == ROUTE_LOCAL) {
-        router__local(m);
+        router__local(rt, m);
       } else {
-        router__forward(m, s, peer);
+        router__forward(rt, m, s, peer);
       }
       m = next;
     }
-    rt.flushing = 0;
+    rt->flushing = 0;
   }
+}
+
+static void router__flush(sched_item_t *it) {
+  router__flush_held((router_t *)((char *)it - offsetof(router_t, wake)));
 }
 
 static void router__retry_fire(timer_entry_t *t) {
-  (void)t;
-  if (rt.held) {
-    router__flush(NULL);
-    if (rt.held) router__arm_retry();
+  router_t *rt = (router_t *)((char *)t - offsetof(router_t, retry));
+  if (rt->held) {
+    router__flush_held(rt);
+    if (rt->held) router__arm_retry(rt);
   }
 }
 
-void router_wake(void) {
-  if (rt.held) sched_push(router_sched, &rt.wake, router__flush);
+void router_wake(router_t *rt) {
+  if (rt->held) sched_push(rt->sched, &rt->wake, router__flush);
 }
 
-void router_use(sched_t *s, mem_store_t *mem, em_t *em) {
-  router_sched = s;
-  router_mem = mem;
-  router_em = em;
+router_t *router_new(sched_t *s, mem_store_t *mem, em_t *em) {
+  router_t *rt = calloc(1, sizeof *rt);
+  if (!rt) abort();
+  rt->sched = s;
+  rt->mem = mem;
+  rt->em = em;
+  return rt;
 }
 
-size_t router_stored_count(void) { return storage_count(router_mem); }
+void router_free(router_t *rt) {
+  if (!rt) return;
+  router_shutdown(rt);
+  free(rt);
+}
 
-void router_init(uint32_t shards, size_t max_frame) {
-  rt.n = shards;
-  rt.max_frame = max_frame;
-  rt.head = calloc(shards + 1, sizeof *rt.head);
-  rt.tail = calloc(shards + 1, sizeof *rt.tail);
-  rt.handoffs = calloc(shards + 1, sizeof *rt.handoffs);
-  timer_entry_init(&rt.retry, router_sched, router__retry_fire);
+void router__set_durable(router_t *rt, durable_t *du) { rt->du = du; }
+void router__set_cluster(router_t *rt, cluster_t *cl) { rt->cl = cl; }
+
+size_t router_stored_count(router_t *rt) { return storage_count(rt->mem); }
+
+void router_init(router_t *rt, uint32_t shards, size_t max_frame) {
+  rt->n = shards;
+  rt->max_frame = max_frame;
+  rt->head = calloc(shards + 1, sizeof *rt->head);
+  rt->tail = calloc(shards + 1, sizeof *rt->tail);
+  rt->handoffs = calloc(shards + 1, sizeof *rt->handoffs);
+  timer_entry_init(&rt->retry, rt->sched, router__retry_fire);
 }
 
 /* Graceful hand-off: the instance's snapshot goes to the shard's new owner,
@@ -495,54 +518,59 @@ void router_init(uint32_t shards, size_t max_frame) {
  * delivered (no reachable owner, "not owner", connection lost) goes back to
  * the stash, and the shard's release hands it on again. */
 typedef struct {
+  router_t *rt;
   uint32_t shard;
   size_t type_len, id_len, len;
   char *snap;
   char names[]; /* type, then id */
 } handoff_t;
 
-uint32_t router_handoffs_pending(uint32_t shard) { return rt.handoffs && shard <= rt.n ? rt.handoffs[shard] : 0; }
+uint32_t router_handoffs_pending(router_t *rt, uint32_t shard) {
+  return rt->handoffs && shard <= rt->n ? rt->handoffs[shard] : 0;
+}
 
-void router_handoffs_forget(const uint8_t *mask) {
-  for (uint32_t s = 1; rt.handoffs && s <= rt.n; s++)
-    if (mask[s]) rt.handoffs[s] = 0;
+void router_handoffs_forget(router_t *rt, const uint8_t *mask) {
+  for (uint32_t s = 1; rt->handoffs && s <= rt->n; s++)
+    if (mask[s]) rt->handoffs[s] = 0;
 }
 
 static void router__handoff_done(void *ud, tp_status_t st, uint8_t kind, const char *body, size_t len) {
   (void)body;
   (void)len;
   handoff_t *h = ud;
-  if (rt.handoffs && rt.handoffs[h->shard]) rt.handoffs[h->shard]--;
+  router_t *rt = h->rt;
+  if (rt->handoffs && rt->handoffs[h->shard]) rt->handoffs[h->shard]--;
   if (st == TP_REPLY && kind == REPLY_ACCEPTED) {
     free(h->snap);
-    if (cluster_on) cluster_shard_drained(h->shard);
-  } else if (cluster_on) {
+    if (cluster_on(rt->cl)) cluster_shard_drained(rt->cl, h->shard);
+  } else if (cluster_on(rt->cl)) {
     /* Stashed again; the release's next tick (100 ms) sends it again, after
      * the membership read this asks for. */
-    rt.st.handoffs_lost++;
-    cluster_suspect();
-    em_stash_snapshot(router_em, h->names, h->type_len, h->names + h->type_len, h->id_len, h->snap, h->len);
+    rt->st.handoffs_lost++;
+    cluster_suspect(rt->cl);
+    em_stash_snapshot(rt->em, h->names, h->type_len, h->names + h->type_len, h->id_len, h->snap, h->len);
   } else {
     free(h->snap);
   }
   free(h);
 }
 
-void router_handoff(const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
+void router_handoff(router_t *rt, const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
                             size_t len) {
-  uint32_t shard = cluster_shard_of(id, id_len);
+  uint32_t shard = cluster_shard_of(rt->cl, id, id_len);
   tp_peer_t *peer = NULL;
   handoff_t *h = NULL;
-  route_t r = cluster_route(shard, &peer);
-  if (r != ROUTE_REMOTE && !cluster_has_owner(shard)) { /* no runner left to take it */
-    rt.st.handoffs_lost++;
+  route_t r = cluster_route(rt->cl, shard, &peer);
+  if (r != ROUTE_REMOTE && !cluster_has_owner(rt->cl, shard)) { /* no runner left to take it */
+    rt->st.handoffs_lost++;
     free(snap);
     return;
   }
   if (r != ROUTE_REMOTE || !(h = malloc(sizeof *h + type_len + id_len))) {
-    em_stash_snapshot(router_em, type, type_len, id, id_len, snap, len); /* the release tries again */
+    em_stash_snapshot(rt->em, type, type_len, id, id_len, snap, len); /* the release tries again */
     return;
   }
+  h->rt = rt;
   h->shard = shard;
   h->type_len = type_len;
   h->id_len = id_len;
@@ -557,8 +585,8 @@ void router_handoff(const char *type, size_t type_len, const char *id, size_t id
       .id = {id, (uint32_t)id_len},
       .payload = {snap, (uint32_t)len},
   };
-  rt.st.handoffs++;
-  rt.handoffs[shard]++;
+  rt->st.handoffs++;
+  rt->handoffs[shard]++;
   tp_send(peer, &req, router__handoff_done, h);
 }
 
@@ -566,42 +594,43 @@ static void router__inbound_done(call_t *c, reply_kind_t kind, const char *body,
   tp_reply((tp_inbound_t *)c->ud, (uint8_t)kind, body, len);
 }
 
-void router_inbound(tp_inbound_t *in, const frame_request_t *req) {
+void router_inbound(router_t *rt, tp_inbound_t *in, const frame_request_t *req) {
   if (req->flags & ROUTER_F_WHERE) {
-    where_inbound(in, req);
+    where_inbound(rt->cl, in, req);
     return;
   }
   if (req->flags & ROUTER_F_HANDOFF) {
     /* Only the shard's owner keeps it: elsewhere it would wait for an
      * instance that never starts here. The sender tries again. */
-    uint32_t hs = cluster_shard_of(req->id.p, req->id.n);
+    uint32_t hs = cluster_shard_of(rt->cl, req->id.p, req->id.n);
     tp_peer_t *hp = NULL;
-    route_t hr = req->id.n > 0 ? cluster_route(hs, &hp) : ROUTE_HOLD;
+    route_t hr = req->id.n > 0 ? cluster_route(rt->cl, hs, &hp) : ROUTE_HOLD;
     if (hr != ROUTE_LOCAL && hr != ROUTE_HOLD_MINE) {
-      rt.st.not_owner++;
+      rt->st.not_owner++;
       tp_reply(in, ROUTER_NOT_OWNER, "", 0);
       return;
     }
     char *snap = malloc(req->payload.n + 1);
     if (snap) {
       memcpy(snap, req->payload.p, req->payload.n);
-      em_stash_snapshot(router_em, req->type.p, req->type.n, req->id.p, req->id.n, snap, req->payload.n);
+      em_stash_snapshot(rt->em, req->type.p, req->type.n, req->id.p, req->id.n, snap, req->payload.n);
     }
     tp_reply(in, REPLY_ACCEPTED, "", 0);
     return;
   }
-  rt.st.inbound++;
+  rt->st.inbound++;
   /* Served here, or about to be: otherwise the sender's view is stale. */
   int good_id = req->id.n > 0 && req->id.n <= ROUTER_MAX_ID; /* a bad one is refused below */
-  uint32_t shard = cluster_shard_of(req->id.p, req->id.n);
+  uint32_t shard = cluster_shard_of(rt->cl, req->id.p, req->id.n);
   tp_peer_t *peer = NULL;
-  route_t r = good_id ? cluster_route(shard, &peer) : ROUTE_LOCAL;
+  route_t r = good_id ? cluster_route(rt->cl, shard, &peer) : ROUTE_LOCAL;
   if (r != ROUTE_LOCAL && r != ROUTE_HOLD_MINE) {
-    rt.st.not_owner++;
+    rt->st.not_owner++;
     tp_reply(in, ROUTER_NOT_OWNER, "", 0);
     return;
   }
-  call_t *c = call_new(router_sched, router__inbound_done, in, req->timeout_ms ? req->timeout_ms : host_config()->call_timeout_ms);
+  call_t *c = call_new(rt->sched, router__inbound_done, in,
+                       req->timeout_ms ? req->timeout_ms : host_config()->call_timeout_ms);
   tp_inbound_set_ud(in, c);
   msg_t *m = router__new_msg(req->type.p, req->type.n, req->id.p, req->id.n, req->tag.p, req->tag.n, req->payload.p,
                              req->payload.n, req->headers.n ? req->headers.p : NULL, req->headers.n,
@@ -613,37 +642,37 @@ void router_inbound(tp_inbound_t *in, const frame_request_t *req) {
     m->deliver_at = req->deliver_at;
   }
   msg_attach_call(m, c);
-  router__dispatch(m, shard, r, peer);
+  router__dispatch(rt, m, shard, r, peer);
 }
 
-void router_inbound_abandoned(tp_inbound_t *in) {
+void router_inbound_abandoned(router_t *rt, tp_inbound_t *in) {
   call_t *c = tp_inbound_ud(in);
   if (c) call_cancel(c);
 }
 
-void router_shutdown(void) {
-  while (router_delayed) {
-    persist_job_t *j = router_delayed;
-    router__undelay(j);
+void router_shutdown(router_t *rt) {
+  while (rt->delayed) {
+    persist_job_t *j = rt->delayed;
+    router__undelay(rt, j);
     timer_cancel(&j->due);
     msg_free(j->msg);
     free(j);
   }
-  if (rt.head) {
-    for (uint32_t s = 1; s <= rt.n; s++) {
-      msg_t *m = rt.head[s];
+  if (rt->head) {
+    for (uint32_t s = 1; s <= rt->n; s++) {
+      msg_t *m = rt->head[s];
       while (m) {
         msg_t *next = m->next;
         msg_free(m);
         m = next;
       }
     }
-    timer_cancel(&rt.retry);
-    free(rt.head);
-    free(rt.tail);
-    free(rt.handoffs);
-    rt.head = rt.tail = NULL;
-    rt.handoffs = NULL;
-    rt.held = 0;
+    timer_cancel(&rt->retry);
+    free(rt->head);
+    free(rt->tail);
+    free(rt->handoffs);
+    rt->head = rt->tail = NULL;
+    rt->handoffs = NULL;
+    rt->held = 0;
   }
 }

@@ -65,8 +65,8 @@ static void where__done(void *ud, tp_status_t st, uint8_t kind, const char *body
   else call_fail(c, REPLY_UNAVAILABLE, "could not ask the shard's owner: %.*s", (int)(len > 200 ? 200 : len), body);
 }
 
-void where_ask(const char *type, size_t type_len, const char *id, size_t id_len, const char *self, uint32_t shards,
-               call_t *c) {
+void where_ask(cluster_t *cl, const char *type, size_t type_len, const char *id, size_t id_len, const char *self,
+               uint32_t shards, call_t *c) {
   etype_t *t = host_find_type(type, type_len);
   if (!t || t->kind != DEF_ENTITY) {
     call_fail(c, REPLY_NOT_FOUND, "unknown entity type '%.*s'", (int)(type_len > 128 ? 128 : type_len), type);
@@ -80,15 +80,15 @@ void where_ask(const char *type, size_t type_len, const char *id, size_t id_len,
     free(body);
     return;
   }
-  if (!cluster_on) {
+  if (!cluster_on(cl)) {
     where__local(c, t, id, id_len, hash_shard(id, id_len, shards), self);
     return;
   }
-  uint32_t shard = cluster_shard_of(id, id_len);
+  uint32_t shard = cluster_shard_of(cl, id, id_len);
   tp_peer_t *peer = NULL;
-  route_t r = cluster_route(shard, &peer);
+  route_t r = cluster_route(cl, shard, &peer);
   if (r == ROUTE_LOCAL || r == ROUTE_HOLD_MINE) {
-    where__local(c, t, id, id_len, shard, cluster_self());
+    where__local(c, t, id, id_len, shard, cluster_self(cl));
     return;
   }
   if (r != ROUTE_REMOTE || !peer) {
@@ -109,10 +109,10 @@ void where_ask(const char *type, size_t type_len, const char *id, size_t id_len,
   tp_send(peer, &req, where__done, w);
 }
 
-void where_inbound(tp_inbound_t *in, const frame_request_t *req) {
-  uint32_t shard = cluster_shard_of(req->id.p, req->id.n);
+void where_inbound(cluster_t *cl, tp_inbound_t *in, const frame_request_t *req) {
+  uint32_t shard = cluster_shard_of(cl, req->id.p, req->id.n);
   tp_peer_t *peer = NULL;
-  route_t r = req->id.n > 0 && req->id.n <= ROUTER_MAX_ID ? cluster_route(shard, &peer) : ROUTE_HOLD;
+  route_t r = req->id.n > 0 && req->id.n <= ROUTER_MAX_ID ? cluster_route(cl, shard, &peer) : ROUTE_HOLD;
   if (r != ROUTE_LOCAL && r != ROUTE_HOLD_MINE) {
     tp_reply(in, ROUTER_NOT_OWNER, "", 0);
     return;
@@ -122,13 +122,13 @@ void where_inbound(tp_inbound_t *in, const frame_request_t *req) {
   buf_init(&b);
   if (!t || t->kind != DEF_ENTITY) { /* loaded on the asker, not (yet) on the owner */
     buf_printf(&b, "unknown entity type '%.*s' on %s, the shard's owner", (int)(req->type.n > 128 ? 128 : req->type.n),
-               req->type.p, cluster_self());
+               req->type.p, cluster_self(cl));
     size_t len;
     char *body = reply_error_body(REPLY_NOT_FOUND, NULL, b.data, &len);
     tp_reply(in, REPLY_NOT_FOUND, body, len);
     free(body);
   } else {
-    where__json(&b, t, req->id.p, req->id.n, shard, cluster_self());
+    where__json(&b, t, req->id.p, req->id.n, shard, cluster_self(cl));
     tp_reply(in, REPLY_OK, b.data, b.len);
   }
   buf_free(&b);

@@ -89,7 +89,7 @@ void tp__run_downs(transport_t *t) {
     p->down_queued = 0;
     tp_why_t *why = p->down_why;
     p->down_why = NULL;
-    if (t->on_peer_down) t->on_peer_down(p->addr, why->s);
+    if (t->on_peer_down) t->on_peer_down(t->ud, p->addr, why->s);
     tp__why_unref(why);
   }
 }

@@ -191,6 +191,7 @@ transport_t *transport_new(uv_loop_t *loop, const tp_config_t *cfg) {
   t->on_request = cfg->on_request;
   t->on_abandoned = cfg->on_abandoned;
   t->on_peer_down = cfg->on_peer_down;
+  t->ud = cfg->ud;
   htab_init(&t->peers);
   t->deferred.prev = t->deferred.next = &t->deferred;
   t->kick = calloc(1, sizeof *t->kick);

@@ -57,7 +57,7 @@ void tp__in_closed(tp_conn_t *c) {
     tp_inbound_t *in = c->in_head;
     tp__inbound_unlink(in);
     in->abandoning = 1;
-    if (t->on_abandoned) t->on_abandoned(in);
+    if (t->on_abandoned) t->on_abandoned(t->ud, in);
     free(in);
   }
 }
@@ -132,7 +132,7 @@ static void tp__in_request(tp_conn_t *c, const frame_request_t *req) {
   c->in_tail = in;
   c->nin++;
   c->tp->st.requests_in++;
-  c->tp->on_request(in, req);
+  c->tp->on_request(c->tp->ud, in, req);
   tp__in_pressure(c);
 }
 

@@ -47,14 +47,15 @@ typedef struct {
   /* A request arrived. The receiver must later call tp_reply(in, ...) exactly
    * once, or get on_abandoned(in) first. It may keep `in` and read req's
    * strings only during this call (copy what it needs). */
-  void (*on_request)(tp_inbound_t *in, const frame_request_t *req);
+  void (*on_request)(void *ud, tp_inbound_t *in, const frame_request_t *req);
   /* The connection of `in` closed before the reply was given: the receiver
    * drops its reference (cancels the work). `in` is freed after this returns;
    * tp_reply must not be called for it afterwards. */
-  void (*on_abandoned)(tp_inbound_t *in);
+  void (*on_abandoned)(void *ud, tp_inbound_t *in);
   /* An outgoing connection to `addr` was lost or could not be made (refused,
    * reset, handshake failed). Used for fast failure detection. */
-  void (*on_peer_down)(const char *addr, const char *why);
+  void (*on_peer_down)(void *ud, const char *addr, const char *why);
+  void *ud; /* passed to the three callbacks above */
 } tp_config_t;
 
 typedef struct {

@@ -177,9 +177,10 @@ struct transport_s {
   size_t max_frame, high_water;
   uint64_t last_send_ns; /* when tp_send last queued a request (see the spin in tp__check_cb) */
   uint64_t handshake_ms, write_ms;
-  void (*on_request)(tp_inbound_t *, const frame_request_t *);
-  void (*on_abandoned)(tp_inbound_t *);
-  void (*on_peer_down)(const char *, const char *);
+  void (*on_request)(void *, tp_inbound_t *, const frame_request_t *);
+  void (*on_abandoned)(void *, tp_inbound_t *);
+  void (*on_peer_down)(void *, const char *, const char *);
+  void *ud; /* the callbacks' */
   uv_tcp_t *listener;
   tp_conn_t *conns_in;
   size_t nconns_in;

@@ -73,7 +73,7 @@ static const char *const coord_migrations[] = {
   "m.locktype = 'advisory' AND m.classid = $1::oid AND m.objid = r.id::oid AND m.objsubid = 2 AND m.granted"  \
   " AND m.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 
-static struct {
+struct coord_s {
   pgc_t *lock, *main;
   coord_config_t cfg;
   char prefix[48];
@@ -86,7 +86,7 @@ static struct {
   /* Statements naming tables are built once: pgconn prepares them by pointer. */
   char *sql_members, *sql_heartbeat, *sql_unregister, *sql_cleanup;
   unsigned beats;
-} co;
+};
 
 int coord_valid_prefix(const char *p) {
   size_t n = strlen(p);
@@ -113,12 +113,12 @@ char *coord_sql(const char *fmt, const char *prefix) {
   return buf_steal(&b, NULL);
 }
 
-static void coord__names(const coord_config_t *cfg) {
-  snprintf(co.prefix, sizeof co.prefix, "%s", cfg->prefix);
+static void coord__names(coord_t *co, const coord_config_t *cfg) {
+  snprintf(co->prefix, sizeof co->prefix, "%s", cfg->prefix);
   int32_t ns = coord__namespace(cfg->prefix);
-  snprintf(co.ns_shard, sizeof co.ns_shard, "%" PRId32, ns);
-  snprintf(co.ns_member, sizeof co.ns_member, "%" PRId32, ns + 1);
-  snprintf(co.channel, sizeof co.channel, "%scluster", cfg->prefix);
+  snprintf(co->ns_shard, sizeof co->ns_shard, "%" PRId32, ns);
+  snprintf(co->ns_member, sizeof co->ns_member, "%" PRId32, ns + 1);
+  snprintf(co->channel, sizeof co->channel, "%scluster", cfg->prefix);
 }
 
 /* ---------------------------------------------------------------------------
@@ -141,38 +141,38 @@ static int coord__exec(PGconn *c, const char *sql, int n, const char *const *val
   return 0;
 }
 
-static int coord__migrate(PGconn *c, char *err, size_t errlen) {
+static int coord__migrate(coord_t *co, PGconn *c, char *err, size_t errlen) {
   char *sql = NULL;
   PGresult *r = NULL;
   int rc = -1;
   if (coord__exec(c, "BEGIN", 0, NULL, NULL, err, errlen)) return -1;
-  const char *k[1] = {co.ns_shard};
+  const char *k[1] = {co->ns_shard};
   if (coord__exec(c, "SELECT pg_advisory_xact_lock($1::int, 0)", 1, k, NULL, err, errlen)) goto out;
   sql = coord_sql("CREATE TABLE IF NOT EXISTS %1$sschema_version (version integer PRIMARY KEY,"
-                   " applied_at timestamptz NOT NULL DEFAULT now())", co.prefix);
+                   " applied_at timestamptz NOT NULL DEFAULT now())", co->prefix);
   if (coord__exec(c, sql, 0, NULL, NULL, err, errlen)) goto out;
   free(sql);
-  sql = coord_sql("SELECT coalesce(max(version), 0) FROM %1$sschema_version", co.prefix);
+  sql = coord_sql("SELECT coalesce(max(version), 0) FROM %1$sschema_version", co->prefix);
   if (coord__exec(c, sql, 0, NULL, &r, err, errlen)) goto out;
   int have = atoi(PQgetvalue(r, 0, 0));
   PQclear(r);
   r = NULL;
   if (have > COORD_NMIGRATIONS) {
     snprintf(err, errlen, "the database's luster tables (prefix '%s') are at schema version %d, newer than this "
-             "build knows (%d): upgrade this runner", co.prefix, have, COORD_NMIGRATIONS);
+             "build knows (%d): upgrade this runner", co->prefix, have, COORD_NMIGRATIONS);
     goto out;
   }
   for (int v = have + 1; v <= COORD_NMIGRATIONS; v++) {
     free(sql);
-    sql = coord_sql(coord_migrations[v - 1], co.prefix);
+    sql = coord_sql(coord_migrations[v - 1], co->prefix);
     if (coord__exec(c, sql, 0, NULL, NULL, err, errlen)) goto out;
     free(sql);
-    sql = coord_sql("INSERT INTO %1$sschema_version (version) VALUES ($1::int)", co.prefix);
+    sql = coord_sql("INSERT INTO %1$sschema_version (version) VALUES ($1::int)", co->prefix);
     char vs[16];
     snprintf(vs, sizeof vs, "%d", v);
     const char *p[1] = {vs};
     if (coord__exec(c, sql, 1, p, NULL, err, errlen)) goto out;
-    log_info("storage: applied migration %d to tables with prefix '%s'", v, co.prefix);
+    log_info("storage: applied migration %d to tables with prefix '%s'", v, co->prefix);
   }
   rc = coord__exec(c, "COMMIT", 0, NULL, NULL, err, errlen);
 out:
@@ -188,24 +188,25 @@ static void coord__quiet(void *arg, const char *message) {
 
 /* Every live runner's secret proof must pass cfg->check_proof: a runner
  * with another secret would take shards whose calls its peers refuse. */
-static int coord__check_proofs(PGconn *c, const coord_config_t *cfg, char *err, size_t errlen) {
+static int coord__check_proofs(coord_t *co, PGconn *c, const coord_config_t *cfg, char *err, size_t errlen) {
   if (!cfg->check_proof) return 0;
   char *sql = coord_sql("SELECT r.address, r.secret_proof FROM %1$srunners r JOIN pg_locks m ON " COORD_MEMBER_LOCK
-                        " ORDER BY r.id", co.prefix);
+                        " ORDER BY r.id", co->prefix);
   PGresult *r = NULL;
-  const char *p1[1] = {co.ns_member};
+  const char *p1[1] = {co->ns_member};
   int rc = coord__exec(c, sql, 1, p1, &r, err, errlen);
   free(sql);
   for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
     const char *proof = PQgetisnull(r, i, 1) ? NULL : PQgetvalue(r, i, 1);
-    if (cfg->check_proof(PQgetvalue(r, i, 0), proof, err, errlen) != 0) rc = -1;
+    if (cfg->check_proof(cfg->ud, PQgetvalue(r, i, 0), proof, err, errlen) != 0) rc = -1;
   }
   PQclear(r);
   return rc;
 }
 
 int coord_bootstrap(const coord_config_t *cfg, int64_t *self_id, char *err, size_t errlen) {
-  coord__names(cfg);
+  coord_t names = {0}, *co = &names; /* only the names derived from the prefix */
+  coord__names(co, cfg);
   const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
   const char *vals[] = {cfg->conninfo, "5", "luster", NULL};
   PGconn *c = PQconnectdbParams(keys, vals, 1);
@@ -221,19 +222,19 @@ int coord_bootstrap(const coord_config_t *cfg, int64_t *self_id, char *err, size
   char *sql = NULL;
   PGresult *r = NULL;
   if (coord__exec(c, "SET statement_timeout = 10000", 0, NULL, NULL, err, errlen)) goto out;
-  if (coord__migrate(c, err, errlen)) goto out;
+  if (coord__migrate(co, c, err, errlen)) goto out;
   /* Every live runner must agree on the shard count: it decides where every
    * id lives. */
   /* Every live runner must agree on the shard count (it decides where every
    * id lives) and on the lease (a runner waits one lease for locks a
    * restarted server may have dropped). */
   sql = coord_sql("SELECT r.address, r.shards, r.lease_ms FROM %1$srunners r JOIN pg_locks m ON " COORD_MEMBER_LOCK
-                   " WHERE r.shards <> $2::int OR r.lease_ms <> $3::bigint ORDER BY r.id LIMIT 1", co.prefix);
+                   " WHERE r.shards <> $2::int OR r.lease_ms <> $3::bigint ORDER BY r.id LIMIT 1", co->prefix);
   char shards[16], weight[16], lease[24];
   snprintf(shards, sizeof shards, "%u", cfg->shards);
   snprintf(weight, sizeof weight, "%u", cfg->weight);
   snprintf(lease, sizeof lease, "%llu", (unsigned long long)cfg->lease_ms);
-  const char *p3[3] = {co.ns_member, shards, lease};
+  const char *p3[3] = {co->ns_member, shards, lease};
   if (coord__exec(c, sql, 3, p3, &r, err, errlen)) goto out;
   if (PQntuples(r) > 0) {
     if (strtoul(PQgetvalue(r, 0, 1), NULL, 10) != cfg->shards)
@@ -250,15 +251,15 @@ int coord_bootstrap(const coord_config_t *cfg, int64_t *self_id, char *err, size
   r = NULL;
   free(sql);
   sql = NULL;
-  if (coord__check_proofs(c, cfg, err, errlen)) goto out;
+  if (coord__check_proofs(co, c, cfg, err, errlen)) goto out;
   /* Rows of runners that died long ago (no lock, no heartbeat). */
   sql = coord_sql("DELETE FROM %1$srunners r WHERE r.heartbeat_at < now() - interval '10 minutes'"
-                   " AND NOT EXISTS (SELECT 1 FROM pg_locks m WHERE " COORD_MEMBER_LOCK ")", co.prefix);
-  const char *p1[1] = {co.ns_member};
+                   " AND NOT EXISTS (SELECT 1 FROM pg_locks m WHERE " COORD_MEMBER_LOCK ")", co->prefix);
+  const char *p1[1] = {co->ns_member};
   if (coord__exec(c, sql, 1, p1, NULL, err, errlen)) goto out;
   free(sql);
   sql = coord_sql("INSERT INTO %1$srunners (address, http, weight, shards, lease_ms, secret_proof)"
-                   " VALUES ($1, $2, $3::int, $4::int, $5::bigint, $6) RETURNING id", co.prefix);
+                   " VALUES ($1, $2, $3::int, $4::int, $5::bigint, $6) RETURNING id", co->prefix);
   const char *p6[6] = {cfg->address, cfg->http ? cfg->http : "", weight, shards, lease,
                        cfg->proof ? cfg->proof : ""};
   if (coord__exec(c, sql, 6, p6, &r, err, errlen)) goto out;
@@ -276,88 +277,94 @@ out:
  * ------------------------------------------------------------------------- */
 
 static void coord__lock_state(void *ud, int up, const char *why) {
-  (void)ud;
-  if (co.cfg.on_lock_state) co.cfg.on_lock_state(up, why);
+  coord_t *co = ud;
+  if (co->cfg.on_lock_state) co->cfg.on_lock_state(co->cfg.ud, up, why);
 }
 
 static void coord__main_state(void *ud, int up, const char *why) {
-  (void)ud;
-  if (co.cfg.on_main_state) co.cfg.on_main_state(up, why);
+  coord_t *co = ud;
+  if (co->cfg.on_main_state) co->cfg.on_main_state(co->cfg.ud, up, why);
 }
 
 static void coord__notify(void *ud, const char *channel, const char *payload) {
-  (void)ud;
-  if (strcmp(channel, co.channel) == 0 && co.cfg.on_notice) co.cfg.on_notice(payload);
+  coord_t *co = ud;
+  if (strcmp(channel, co->channel) == 0 && co->cfg.on_notice) co->cfg.on_notice(co->cfg.ud, payload);
 }
 
-int coord_open(uv_loop_t *loop, const coord_config_t *cfg, int64_t self_id) {
-  co.cfg = *cfg;
-  coord__names(cfg);
-  snprintf(co.self, sizeof co.self, "%" PRId64, self_id);
+coord_t *coord_open(uv_loop_t *loop, const coord_config_t *cfg, int64_t self_id) {
+  coord_t *co = calloc(1, sizeof *co);
+  if (!co) abort();
+  co->cfg = *cfg;
+  coord__names(co, cfg);
+  snprintf(co->self, sizeof co->self, "%" PRId64, self_id);
   /* The server ends this session (and so frees its locks) after one lease
    * without a round trip: the bound every lease decision relies on. */
-  snprintf(co.set_timeout, sizeof co.set_timeout, "SET idle_session_timeout = %llu",
+  snprintf(co->set_timeout, sizeof co->set_timeout, "SET idle_session_timeout = %llu",
            (unsigned long long)cfg->session_timeout_ms);
-  co.on_connect_lock[0] = co.set_timeout;
-  co.on_connect_lock[1] = "SET application_name = 'luster lock'";
-  co.on_connect_lock[2] = NULL;
-  snprintf(co.listen_sql, sizeof co.listen_sql, "LISTEN %s", co.channel);
-  co.on_connect_main[0] = co.listen_sql;
-  co.on_connect_main[1] = NULL;
-  co.sql_members = coord_sql(
+  co->on_connect_lock[0] = co->set_timeout;
+  co->on_connect_lock[1] = "SET application_name = 'luster lock'";
+  co->on_connect_lock[2] = NULL;
+  snprintf(co->listen_sql, sizeof co->listen_sql, "LISTEN %s", co->channel);
+  co->on_connect_main[0] = co->listen_sql;
+  co->on_connect_main[1] = NULL;
+  co->sql_members = coord_sql(
       "SELECT r.id, r.address, r.http, r.weight, r.shards, r.stopping,"
       " (extract(epoch from (now() - r.heartbeat_at)) * 1000)::bigint,"
       " (SELECT count(*) FROM pg_locks s WHERE s.locktype = 'advisory' AND s.classid = $2::oid"
       "   AND s.objsubid = 2 AND s.granted AND s.pid = m.pid), r.scripts, r.secret_proof"
       " FROM %1$srunners r JOIN pg_locks m ON " COORD_MEMBER_LOCK " ORDER BY r.id",
-      co.prefix);
+      co->prefix);
   /* An upsert: a runner frozen long enough for its row to be cleaned away
    * comes back with the same id. */
-  co.sql_heartbeat = coord_sql(
+  co->sql_heartbeat = coord_sql(
       "INSERT INTO %1$srunners (id, address, http, weight, shards, stopping, held, scripts, lease_ms, secret_proof)"
       " VALUES ($1::bigint, $2, $3, $4::int, $5::int, $6::boolean, $7::int, $8, $9::bigint, $10)"
       " ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopping = EXCLUDED.stopping, held = EXCLUDED.held,"
       " scripts = EXCLUDED.scripts",
-      co.prefix);
-  co.sql_unregister = coord_sql("DELETE FROM %1$srunners WHERE id = $1::bigint", co.prefix);
-  co.sql_cleanup = coord_sql("DELETE FROM %1$srunners r WHERE r.heartbeat_at < now() - interval '10 minutes'"
+      co->prefix);
+  co->sql_unregister = coord_sql("DELETE FROM %1$srunners WHERE id = $1::bigint", co->prefix);
+  co->sql_cleanup = coord_sql("DELETE FROM %1$srunners r WHERE r.heartbeat_at < now() - interval '10 minutes'"
                               " AND NOT EXISTS (SELECT 1 FROM pg_locks m WHERE " COORD_MEMBER_LOCK ")",
-                              co.prefix);
+                              co->prefix);
   pgc_opts_t lo = {
       .conninfo = cfg->conninfo,
       .name = "lock",
-      .on_connect = co.on_connect_lock,
+      .on_connect = co->on_connect_lock,
       .on_state = coord__lock_state,
       .connect_timeout_ms = cfg->lease_ms / 2 > 1000 ? cfg->lease_ms / 2 : 1000,
       .backoff_min_ms = 50,
       .backoff_max_ms = 1000,
+      .ud = co,
   };
   pgc_opts_t mo = lo;
   mo.name = "main";
-  mo.on_connect = co.on_connect_main;
+  mo.on_connect = co->on_connect_main;
   mo.on_state = coord__main_state;
   mo.on_notify = coord__notify;
-  co.lock = pgc_open(loop, &lo);
-  co.main = pgc_open(loop, &mo);
-  return co.lock && co.main ? 0 : -1;
+  co->lock = pgc_open(loop, &lo);
+  co->main = pgc_open(loop, &mo);
+  if (co->lock && co->main) return co;
+  coord_close(co);
+  return NULL;
 }
 
-void coord_close(void) {
-  if (co.lock) pgc_close(co.lock);
-  if (co.main) pgc_close(co.main);
-  co.lock = co.main = NULL;
-  free(co.sql_members);
-  free(co.sql_heartbeat);
-  free(co.sql_unregister);
-  free(co.sql_cleanup);
-  co.sql_members = co.sql_heartbeat = co.sql_unregister = co.sql_cleanup = NULL;
+void coord_close(coord_t *co) {
+  if (!co) return;
+  if (co->lock) pgc_close(co->lock);
+  if (co->main) pgc_close(co->main);
+  co->lock = co->main = NULL;
+  free(co->sql_members);
+  free(co->sql_heartbeat);
+  free(co->sql_unregister);
+  free(co->sql_cleanup);
+  free(co);
 }
 
-int coord_lock_up(void) { return co.lock && pgc_up(co.lock); }
-int coord_main_up(void) { return co.main && pgc_up(co.main); }
+int coord_lock_up(coord_t *co) { return co && co->lock && pgc_up(co->lock); }
+int coord_main_up(coord_t *co) { return co && co->main && pgc_up(co->main); }
 
-void coord_reset_lock(const char *why) {
-  if (co.lock) pgc_reset(co.lock, why);
+void coord_reset_lock(coord_t *co, const char *why) {
+  if (co && co->lock) pgc_reset(co->lock, why);
 }
 
 /* One pending request: the caller's callback and pointer. */
@@ -391,16 +398,16 @@ static void coord__lock_self_done(void *ud, pgc_status_t st, PGresult *res, cons
   free(r);
 }
 
-void coord_lock_self(uint64_t timeout_ms, void (*cb)(void *ud, int ok, int got), void *ud) {
-  if (!co.lock) return; /* closed: nothing answers any more */
-  const char *p[2] = {co.ns_member, co.self};
-  pgc_query(co.lock, "SELECT pg_try_advisory_lock($1::int, $2::int)", 2, p, NULL, timeout_ms,
+void coord_lock_self(coord_t *co, uint64_t timeout_ms, void (*cb)(void *ud, int ok, int got), void *ud) {
+  if (!co || !co->lock) return; /* closed: nothing answers any more */
+  const char *p[2] = {co->ns_member, co->self};
+  pgc_query(co->lock, "SELECT pg_try_advisory_lock($1::int, $2::int)", 2, p, NULL, timeout_ms,
             coord__lock_self_done, coord__req((void (*)(void))cb, ud));
 }
 
-void coord_ping(uint64_t timeout_ms, coord_done_cb cb, void *ud) {
-  if (!co.lock) return; /* closed: nothing answers any more */
-  pgc_query(co.lock, "SELECT 1", 0, NULL, NULL, timeout_ms, coord__done, coord__req((void (*)(void))cb, ud));
+void coord_ping(coord_t *co, uint64_t timeout_ms, coord_done_cb cb, void *ud) {
+  if (!co || !co->lock) return; /* closed: nothing answers any more */
+  pgc_query(co->lock, "SELECT 1", 0, NULL, NULL, timeout_ms, coord__done, coord__req((void (*)(void))cb, ud));
 }
 
 static void coord__age_done(void *ud, pgc_status_t st, PGresult *res, const char *err, const char *sqlstate) {
@@ -412,9 +419,9 @@ static void coord__age_done(void *ud, pgc_status_t st, PGresult *res, const char
   free(r);
 }
 
-void coord_server_age(uint64_t timeout_ms, void (*cb)(void *ud, int ok, int64_t age_ms), void *ud) {
-  if (!co.lock) return; /* closed: nothing answers any more */
-  pgc_query(co.lock, "SELECT (extract(epoch from (now() - pg_postmaster_start_time())) * 1000)::bigint", 0, NULL,
+void coord_server_age(coord_t *co, uint64_t timeout_ms, void (*cb)(void *ud, int ok, int64_t age_ms), void *ud) {
+  if (!co || !co->lock) return; /* closed: nothing answers any more */
+  pgc_query(co->lock, "SELECT (extract(epoch from (now() - pg_postmaster_start_time())) * 1000)::bigint", 0, NULL,
             NULL, timeout_ms, coord__age_done, coord__req((void (*)(void))cb, ud));
 }
 
@@ -440,21 +447,21 @@ static void coord__try_done(void *ud, pgc_status_t st, PGresult *res, const char
   free(r);
 }
 
-void coord_try_shards(const uint32_t *shards, int n, uint64_t timeout_ms,
+void coord_try_shards(coord_t *co, const uint32_t *shards, int n, uint64_t timeout_ms,
                       void (*cb)(void *ud, int ok, const uint32_t *got, int ngot), void *ud) {
-  if (!co.lock) return; /* closed: nothing answers any more */
+  if (!co || !co->lock) return; /* closed: nothing answers any more */
   char *arr = coord__array(shards, n);
-  const char *p[2] = {co.ns_shard, arr};
-  pgc_query(co.lock, "SELECT s FROM unnest($2::int[]) AS s WHERE pg_try_advisory_lock($1::int, s)", 2, p, NULL,
+  const char *p[2] = {co->ns_shard, arr};
+  pgc_query(co->lock, "SELECT s FROM unnest($2::int[]) AS s WHERE pg_try_advisory_lock($1::int, s)", 2, p, NULL,
             timeout_ms, coord__try_done, coord__req((void (*)(void))cb, ud));
   free(arr);
 }
 
-void coord_unlock_shards(const uint32_t *shards, int n, uint64_t timeout_ms, coord_done_cb cb, void *ud) {
-  if (!co.lock) return; /* closed: nothing answers any more */
+void coord_unlock_shards(coord_t *co, const uint32_t *shards, int n, uint64_t timeout_ms, coord_done_cb cb, void *ud) {
+  if (!co || !co->lock) return; /* closed: nothing answers any more */
   char *arr = coord__array(shards, n);
-  const char *p[2] = {co.ns_shard, arr};
-  pgc_query(co.lock, "SELECT count(*) FROM unnest($2::int[]) AS s WHERE pg_advisory_unlock($1::int, s)", 2, p,
+  const char *p[2] = {co->ns_shard, arr};
+  pgc_query(co->lock, "SELECT count(*) FROM unnest($2::int[]) AS s WHERE pg_advisory_unlock($1::int, s)", 2, p,
             NULL, timeout_ms, coord__done, coord__req((void (*)(void))cb, ud));
   free(arr);
 }
@@ -481,10 +488,10 @@ static void coord__members_done(void *ud, pgc_status_t st, PGresult *res, const 
   free(r);
 }
 
-void coord_members(uint64_t timeout_ms, void (*cb)(void *ud, int ok, coord_member_t *m, int n), void *ud) {
-  if (!co.main) return; /* closed: nothing answers any more */
-  const char *p[2] = {co.ns_member, co.ns_shard};
-  pgc_query(co.main, co.sql_members, 2, p, NULL, timeout_ms, coord__members_done,
+void coord_members(coord_t *co, uint64_t timeout_ms, void (*cb)(void *ud, int ok, coord_member_t *m, int n), void *ud) {
+  if (!co || !co->main) return; /* closed: nothing answers any more */
+  const char *p[2] = {co->ns_member, co->ns_shard};
+  pgc_query(co->main, co->sql_members, 2, p, NULL, timeout_ms, coord__members_done,
             coord__req((void (*)(void))cb, ud));
 }
 
@@ -503,35 +510,35 @@ static void coord__ignore(void *ud, int ok, const char *err) {
   if (!ok) log_debug("storage: cluster bookkeeping statement failed: %s", err);
 }
 
-void coord_heartbeat(int stopping, uint32_t held, const char *scripts, uint64_t timeout_ms, coord_done_cb cb,
-                     void *ud) {
-  if (!co.main) return; /* closed: nothing answers any more */
+void coord_heartbeat(coord_t *co, int stopping, uint32_t held, const char *scripts, uint64_t timeout_ms,
+                     coord_done_cb cb, void *ud) {
+  if (!co || !co->main) return; /* closed: nothing answers any more */
   char weight[16], shards[16], h[16];
-  snprintf(weight, sizeof weight, "%u", co.cfg.weight);
-  snprintf(shards, sizeof shards, "%u", co.cfg.shards);
+  snprintf(weight, sizeof weight, "%u", co->cfg.weight);
+  snprintf(shards, sizeof shards, "%u", co->cfg.shards);
   snprintf(h, sizeof h, "%u", held);
   char lease[24];
-  snprintf(lease, sizeof lease, "%llu", (unsigned long long)co.cfg.lease_ms);
-  const char *p[10] = {co.self, co.cfg.address, co.cfg.http ? co.cfg.http : "", weight, shards,
+  snprintf(lease, sizeof lease, "%llu", (unsigned long long)co->cfg.lease_ms);
+  const char *p[10] = {co->self, co->cfg.address, co->cfg.http ? co->cfg.http : "", weight, shards,
                        stopping ? "true" : "false", h, scripts ? scripts : "", lease,
-                       co.cfg.proof ? co.cfg.proof : ""};
-  pgc_query(co.main, co.sql_heartbeat, 10, p, NULL, timeout_ms, coord__done, coord__req((void (*)(void))cb, ud));
-  if (++co.beats % 64 == 0) {
-    const char *pc[1] = {co.ns_member};
-    pgc_query(co.main, co.sql_cleanup, 1, pc, NULL, timeout_ms, coord__done,
+                       co->cfg.proof ? co->cfg.proof : ""};
+  pgc_query(co->main, co->sql_heartbeat, 10, p, NULL, timeout_ms, coord__done, coord__req((void (*)(void))cb, ud));
+  if (++co->beats % 64 == 0) {
+    const char *pc[1] = {co->ns_member};
+    pgc_query(co->main, co->sql_cleanup, 1, pc, NULL, timeout_ms, coord__done,
               coord__req((void (*)(void))coord__ignore, NULL));
   }
 }
 
-void coord_unregister(uint64_t timeout_ms, coord_done_cb cb, void *ud) {
-  if (!co.main) return; /* closed: nothing answers any more */
-  const char *p[1] = {co.self};
-  pgc_query(co.main, co.sql_unregister, 1, p, NULL, timeout_ms, coord__done, coord__req((void (*)(void))cb, ud));
+void coord_unregister(coord_t *co, uint64_t timeout_ms, coord_done_cb cb, void *ud) {
+  if (!co || !co->main) return; /* closed: nothing answers any more */
+  const char *p[1] = {co->self};
+  pgc_query(co->main, co->sql_unregister, 1, p, NULL, timeout_ms, coord__done, coord__req((void (*)(void))cb, ud));
 }
 
-void coord_notify(const char *what) {
-  if (!co.main) return; /* closed: nothing answers any more */
-  const char *p[2] = {co.channel, what};
-  pgc_query(co.main, "SELECT pg_notify($1, $2)", 2, p, NULL, 2000, coord__done,
+void coord_notify(coord_t *co, const char *what) {
+  if (!co || !co->main) return; /* closed: nothing answers any more */
+  const char *p[2] = {co->channel, what};
+  pgc_query(co->main, "SELECT pg_notify($1, $2)", 2, p, NULL, 2000, coord__done,
             coord__req((void (*)(void))coord__ignore, NULL));
 }

@@ -32,14 +32,15 @@ typedef struct {
   uint32_t weight, shards;
   uint64_t lease_ms;           /* --lease, identical on every runner */
   uint64_t session_timeout_ms; /* idle_session_timeout of the lock session (a little under the lease) */
-  void (*on_lock_state)(int up, const char *why);
-  void (*on_main_state)(int up, const char *why);
-  void (*on_notice)(const char *payload);
+  void *ud; /* passed to the three callbacks below */
+  void (*on_lock_state)(void *ud, int up, const char *why);
+  void (*on_main_state)(void *ud, int up, const char *why);
+  void (*on_notice)(void *ud, const char *payload);
   /* This runner's proof of the cluster secret, published in its row, and the
    * check every live runner's proof (NULL: it published none) must pass at
    * bootstrap: 0, or -1 with a message in err. */
   const char *proof;
-  int (*check_proof)(const char *address, const char *proof, char *err, size_t errlen);
+  int (*check_proof)(void *ud, const char *address, const char *proof, char *err, size_t errlen);
 } coord_config_t;
 
 typedef struct {
@@ -64,33 +65,39 @@ char *coord_sql(const char *fmt, const char *prefix);
  * cfg->check_proof, and registers this runner. Returns 0 with *self_id, or -1 with a
  * message in err. */
 int coord_bootstrap(const coord_config_t *cfg, int64_t *self_id, char *err, size_t errlen);
-/* Opens the lock and main connections on the loop. */
-int coord_open(uv_loop_t *loop, const coord_config_t *cfg, int64_t self_id);
-void coord_close(void);
+/* One runner's coordination: its lock and main sessions and statements. */
+typedef struct coord_s coord_t;
+
+/* Opens the lock and main connections on the loop (NULL when they cannot be
+ * set up). cfg's strings must outlive the value. */
+coord_t *coord_open(uv_loop_t *loop, const coord_config_t *cfg, int64_t self_id);
+/* Closes both sessions (their waiting callers learn now) and frees co. The
+ * operations below do nothing on a NULL co (closed: nothing answers). */
+void coord_close(coord_t *co);
 
 /* Lock session. `ok` is 1 only for a confirmed result within the deadline. */
 typedef void (*coord_done_cb)(void *ud, int ok, const char *err);
-void coord_lock_self(uint64_t timeout_ms, void (*cb)(void *ud, int ok, int got), void *ud);
-void coord_ping(uint64_t timeout_ms, coord_done_cb cb, void *ud);
+void coord_lock_self(coord_t *co, uint64_t timeout_ms, void (*cb)(void *ud, int ok, int got), void *ud);
+void coord_ping(coord_t *co, uint64_t timeout_ms, coord_done_cb cb, void *ud);
 /* Milliseconds since the PostgreSQL server started (to wait out leases held
  * on a server that restarted). */
-void coord_server_age(uint64_t timeout_ms, void (*cb)(void *ud, int ok, int64_t age_ms), void *ud);
+void coord_server_age(coord_t *co, uint64_t timeout_ms, void (*cb)(void *ud, int ok, int64_t age_ms), void *ud);
 /* Tries to lock shards; cb gets the ones acquired. */
-void coord_try_shards(const uint32_t *shards, int n, uint64_t timeout_ms,
+void coord_try_shards(coord_t *co, const uint32_t *shards, int n, uint64_t timeout_ms,
                       void (*cb)(void *ud, int ok, const uint32_t *got, int ngot), void *ud);
-void coord_unlock_shards(const uint32_t *shards, int n, uint64_t timeout_ms, coord_done_cb cb, void *ud);
+void coord_unlock_shards(coord_t *co, const uint32_t *shards, int n, uint64_t timeout_ms, coord_done_cb cb, void *ud);
 /* Drops the lock session now (every lock it held is released by the server
  * as soon as it sees the connection close); it reconnects after backoff. */
-void coord_reset_lock(const char *why);
+void coord_reset_lock(coord_t *co, const char *why);
 
 /* Main session. */
-void coord_members(uint64_t timeout_ms, void (*cb)(void *ud, int ok, coord_member_t *m, int n), void *ud);
+void coord_members(coord_t *co, uint64_t timeout_ms, void (*cb)(void *ud, int ok, coord_member_t *m, int n), void *ud);
 void coord_free_members(coord_member_t *m, int n);
-void coord_heartbeat(int stopping, uint32_t held, const char *scripts, uint64_t timeout_ms, coord_done_cb cb,
-                     void *ud);
-void coord_unregister(uint64_t timeout_ms, coord_done_cb cb, void *ud);
-void coord_notify(const char *what);
-int coord_lock_up(void);
-int coord_main_up(void);
+void coord_heartbeat(coord_t *co, int stopping, uint32_t held, const char *scripts, uint64_t timeout_ms,
+                     coord_done_cb cb, void *ud);
+void coord_unregister(coord_t *co, uint64_t timeout_ms, coord_done_cb cb, void *ud);
+void coord_notify(coord_t *co, const char *what);
+int coord_lock_up(coord_t *co);
+int coord_main_up(coord_t *co);
 
 #endif
