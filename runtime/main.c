@@ -35,6 +35,7 @@
 /* The runner's scheduler (one runtime per process until runtime_new). */
 static sched_t main_sched;
 static mem_store_t *main_mem; /* the embedded store of `luster run` */
+static estate_mem_t *main_estate; /* its durable entity state */
 static void main__fatal(int sig) {
   char head[96];
   int n = snprintf(head, sizeof head, "luster: fatal signal %d (%s); stack:\n", sig, strsignal(sig));
@@ -239,7 +240,8 @@ static void main__shutdown(uv_loop_t *loop) {
   durable_close(); /* after every message is gone: replies not yet stored leave their messages pending */
   storage_free(main_mem); /* callers still waiting for stored messages: unavailable */
   sched_drain(&main_sched);
-  estate_mem_close();
+  estate_mem_free(main_estate);
+  main_estate = NULL;
   if (main_http) http_server_free(main_http);
   host_shutdown();
   em_close();
@@ -267,7 +269,8 @@ static int cmd_run(config_t *cfg) {
   sched_init(&main_sched, loop);
   hc.sched = &main_sched;
   em_init(&main_sched, hc.shards);
-  main_mem = storage_new(&main_sched, cfg->retention_ms);
+  main_estate = estate_mem_new(&main_sched);
+  main_mem = main_estate ? storage_new(&main_sched, main_estate, cfg->retention_ms) : NULL;
   if (!main_mem) return 1;
   router_use(&main_sched, main_mem);
   sqls_t *sq = NULL;
@@ -282,7 +285,7 @@ static int cmd_run(config_t *cfg) {
   /* Lives as long as this function, which runs the loop to its end. */
   estate_ops_t sq_state;
   if (sq) sq_state = sqls_estate_ops(sq);
-  dstate_set_ops(clustered ? pgs_estate_ops() : sq ? &sq_state : estate_mem_ops(&main_sched));
+  dstate_set_ops(clustered ? pgs_estate_ops() : sq ? &sq_state : estate_mem_ops(main_estate));
   if (!host_scripts()) log_warn("no *.lua scripts in %s: nothing to serve yet", cfg->dir);
   if (!clustered && !sqlite) main__memory_warning();
 
