@@ -36,6 +36,7 @@
 static sched_t main_sched;
 static mem_store_t *main_mem; /* the embedded store of `luster run` */
 static estate_mem_t *main_estate; /* its durable entity state */
+static host_t *main_host; /* the scripts of `luster run` and `luster check` */
 static void main__fatal(int sig) {
   char head[96];
   int n = snprintf(head, sizeof head, "luster: fatal signal %d (%s); stack:\n", sig, strsignal(sig));
@@ -72,7 +73,7 @@ static int main_stopping;
 
 static void main__stop_check(uv_timer_t *t) {
   uint64_t busy = 0;
-  for (etype_t *ty = host_types(); ty; ty = ty->next) busy += ty->running + ty->queued;
+  for (etype_t *ty = host_types(main_host); ty; ty = ty->next) busy += ty->running + ty->queued;
   busy += (uint64_t)durable_busy(); /* stores and replies not committed yet */
   int handed_over = !cluster_on || cluster_left();
   if ((busy == 0 && handed_over && http_stats()->connections_open == 0) || uv_now(t->loop) >= main_stop_deadline) {
@@ -93,7 +94,7 @@ static void main__signal(uv_signal_t *s, int signum) {
   log_info("%s: finishing in-flight messages (at most %llu ms), then exiting",
            signum == SIGINT ? "SIGINT" : "SIGTERM", (unsigned long long)cfg->shutdown_timeout_ms);
   if (main_http) http_server_stop(main_http);
-  watch_stop();
+  watch_stop(main_host);
   if (cluster_on) cluster_leave();
   main_stop_deadline = uv_now(s->loop) + cfg->shutdown_timeout_ms;
   uv_timer_start(&main_stop_timer, main__stop_check, 0, 20);
@@ -123,10 +124,10 @@ static void main__memory_warning(void) {
   const char *reasons[4];
   int n = 0;
   int persisted = 0;
-  for (etype_t *t = host_types(); t; t = t->next)
+  for (etype_t *t = host_types(main_host); t; t = t->next)
     for (int i = 0; t->kind == DEF_ENTITY && i < t->nrpcs; i++) persisted |= t->rpcs[i].persisted;
   int durable = 0;
-  for (etype_t *t = host_types(); t; t = t->next) durable |= t->kind == DEF_ENTITY && t->durable;
+  for (etype_t *t = host_types(main_host); t; t = t->next) durable |= t->kind == DEF_ENTITY && t->durable;
   if (persisted) reasons[n++] = "persisted RPCs (their stored messages and replies)";
   if (durable) reasons[n++] = "durable entities (their saved state)";
   if (n == 0) return;
@@ -150,7 +151,7 @@ static int main__open_sqlite(uv_loop_t *loop, const config_t *cfg, uint32_t shar
     return -1;
   }
   *out = s;
-  durable_init(&main_sched, sqls_ops(s), shards, cfg->retention_ms);
+  durable_init(&main_sched, main_host, sqls_ops(s), shards, cfg->retention_ms);
   durable_acquired(); /* one runner serves every shard: deliver what an earlier run left pending */
   log_info("storage: SQLite file %s (synchronous %s)", cfg->storage + 7, cfg->sqlite_sync);
   return 0;
@@ -198,6 +199,7 @@ static int main__start_cluster(uv_loop_t *loop, const config_t *cfg, uint32_t sh
       .lease_ms = cfg->lease_ms,
       .handoff_timeout_ms = cfg->shutdown_timeout_ms * 6 / 10,
       .max_frame = (cfg->max_body > (16u << 20) ? cfg->max_body : (16u << 20)) + (1u << 20),
+      .host = main_host,
   };
   router_init(shards, cc.max_frame);
   char err[1024];
@@ -205,7 +207,7 @@ static int main__start_cluster(uv_loop_t *loop, const config_t *cfg, uint32_t sh
     fprintf(stderr, "luster run: %s\n", err);
     return 1;
   }
-  if (pgs_open(&main_sched, loop, cfg->storage, cfg->table_prefix) != 0 || durable_init(&main_sched, pgs_ops(), shards, cfg->retention_ms)) {
+  if (pgs_open(&main_sched, loop, cfg->storage, cfg->table_prefix) != 0 || durable_init(&main_sched, main_host, pgs_ops(), shards, cfg->retention_ms)) {
     fprintf(stderr, "luster run: cannot open the PostgreSQL connection for persisted messages\n");
     return 1;
   }
@@ -229,9 +231,9 @@ static void main__signals(uv_loop_t *loop, config_t *cfg) {
  * leaving), then the running tasks, then whatever that queued, then the now
  * idle instances, then each module's own resources. */
 static void main__shutdown(uv_loop_t *loop) {
-  watch_stop();
+  watch_stop(main_host);
   em_stop_all();
-  host_cancel_tasks();
+  host_cancel_tasks(main_host);
   sched_drain(&main_sched);
   em_stop_all();
   cluster_close(); /* transport and PostgreSQL sessions: their waiting callers learn now */
@@ -243,7 +245,8 @@ static void main__shutdown(uv_loop_t *loop) {
   estate_mem_free(main_estate);
   main_estate = NULL;
   if (main_http) http_server_free(main_http);
-  host_shutdown();
+  host_free(main_host);
+  main_host = NULL;
   em_close();
   sched_close(&main_sched);
   uv_walk(loop, main__close_walk, NULL);
@@ -268,25 +271,27 @@ static int cmd_run(config_t *cfg) {
   main__fatal_handlers();
   sched_init(&main_sched, loop);
   hc.sched = &main_sched;
-  em_init(&main_sched, hc.shards);
+  main_host = host_new(&hc);
+  if (!main_host) return 1;
+  em_init(&main_sched, main_host, hc.shards);
   main_estate = estate_mem_new(&main_sched);
   main_mem = main_estate ? storage_new(&main_sched, main_estate, cfg->retention_ms) : NULL;
   if (!main_mem) return 1;
-  router_use(&main_sched, main_mem);
+  router_use(&main_sched, main_mem, main_host);
   sqls_t *sq = NULL;
   if (sqlite && main__open_sqlite(loop, cfg, hc.shards, &sq) != 0) return 1;
-  int failed = host_load_dir(&hc);
+  int failed = host_load_dir(main_host);
   if (failed < 0) {
     fprintf(stderr, "luster run: cannot read script directory '%s': %s\n", cfg->dir, strerror(-failed));
     return 1;
   }
   int ntypes = 0;
-  for (etype_t *t = host_types(); t; t = t->next) ntypes++;
+  for (etype_t *t = host_types(main_host); t; t = t->next) ntypes++;
   /* Lives as long as this function, which runs the loop to its end. */
   estate_ops_t sq_state;
   if (sq) sq_state = sqls_estate_ops(sq);
   dstate_set_ops(clustered ? pgs_estate_ops() : sq ? &sq_state : estate_mem_ops(main_estate));
-  if (!host_scripts()) log_warn("no *.lua scripts in %s: nothing to serve yet", cfg->dir);
+  if (!host_scripts(main_host)) log_warn("no *.lua scripts in %s: nothing to serve yet", cfg->dir);
   if (!clustered && !sqlite) main__memory_warning();
 
   char bound[128] = "none";
@@ -301,11 +306,12 @@ static int cmd_run(config_t *cfg) {
       .call_timeout_ms = cfg->call_timeout_ms,
       .admin = cfg->admin,
       .sched = &main_sched,
+      .host = main_host,
   };
   gateway_init(&gi);
   if (clustered && main__start_cluster(loop, cfg, hc.shards, bound) != 0) return 1;
-  host_start_background();
-  if (!cfg->no_reload) watch_start(loop);
+  host_start_background(main_host);
+  if (!cfg->no_reload) watch_start(main_host, loop);
 
   main__signals(loop, cfg);
   log_info("luster runner serving %d definition%s from %s (%d script%s failed to load; %s); http %s", ntypes,
@@ -331,14 +337,16 @@ static int cmd_check(config_t *cfg) {
   log_set_level(LOG_OFF); /* every problem is printed below, once */
   sched_init(&main_sched, uv_default_loop());
   hc.sched = &main_sched;
-  em_init(&main_sched, hc.shards);
-  int failed = host_load_dir(&hc);
+  main_host = host_new(&hc);
+  if (!main_host) return 1;
+  em_init(&main_sched, main_host, hc.shards);
+  int failed = host_load_dir(main_host);
   if (failed < 0) {
     fprintf(stderr, "luster check: cannot read script directory '%s': %s\n", cfg->dir, strerror(-failed));
     return 1;
   }
   int n = 0;
-  for (script_t *s = host_scripts(); s; s = s->next) {
+  for (script_t *s = host_scripts(main_host); s; s = s->next) {
     n++;
     if (s->error) {
       printf("FAIL %s\n     %s\n", s->file, s->error);
@@ -354,7 +362,8 @@ static int cmd_check(config_t *cfg) {
     printf("%s\n", s->types ? ")" : "");
   }
   printf("%d script%s, %d failed\n", n, n == 1 ? "" : "s", failed);
-  host_shutdown();
+  host_free(main_host);
+  main_host = NULL;
   em_close();
   sched_close(&main_sched);
   uv_run(uv_default_loop(), UV_RUN_DEFAULT);

@@ -17,6 +17,7 @@ typedef struct gateway_info_s {
   uint64_t call_timeout_ms;
   const char *admin; /* who may use the admin routes: "loopback", "any" or "none" */
   sched_t *sched;    /* the runtime's scheduler: calls wait on it */
+  struct host_s *host; /* the runtime's scripts and types */
 } gateway_info_t;
 
 void gateway_init(const gateway_info_t *info);
@@ -24,6 +25,6 @@ void gateway_on_request(http_req_t *req);
 /* GET /cluster (admin/cluster_json.c). */
 void gateway_cluster_json(buf_t *b, const gateway_info_t *gw);
 /* GET /metrics (admin/metrics.c). */
-void gateway_metrics(buf_t *b);
+void gateway_metrics(buf_t *b, const gateway_info_t *gw);
 
 #endif

@@ -125,7 +125,7 @@ static void cluster__fence(const char *why) {
      * here, and they go on to whoever serves their shard next (or are used
      * here again if that is this runner). */
     em_fence_shards(mask);
-    host_background_update();
+    host_background_update(cl.cfg.host);
   }
   free(mask);
   cl.acquiring_busy = cl.unlocking_busy = 0;
@@ -449,7 +449,7 @@ static void cluster__heartbeat_done(void *ud, int ok, const char *err) {
 static char *cluster__scripts_text(void) {
   buf_t b;
   buf_init(&b);
-  for (script_t *sc = host_scripts(); sc; sc = sc->next)
+  for (script_t *sc = host_scripts(cl.cfg.host); sc; sc = sc->next)
     buf_printf(&b, "%s\t%s\n", sc->file, sc->error ? "error" : sc->version);
   if (!b.data) buf_adds(&b, "");
   return buf_steal(&b, NULL);
@@ -537,7 +537,7 @@ static void cluster__acquired(void *ud, int ok, const uint32_t *got, int ngot) {
   if (ngot) {
     log_info("cluster: now serving %d more shard%s (%u in all)", ngot, ngot == 1 ? "" : "s",
              cluster__count(SHARD_HELD));
-    host_background_update();
+    host_background_update(cl.cfg.host);
     durable_acquired(); /* first: held messages that router_wake sends on wait for its scan */
     router_wake();
   }
@@ -644,7 +644,7 @@ static void cluster__reconcile(void) {
   if (nrel) {
     log_info("cluster: handing over %u shard%s", nrel, nrel == 1 ? "" : "s");
     em_release_shards(release);
-    host_background_update();
+    host_background_update(cl.cfg.host);
     router_wake();
     free(release);
     /* Shards that had nothing running are empty now. */

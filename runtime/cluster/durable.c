@@ -81,6 +81,7 @@ static struct {
   const ms_ops_t *ops; /* the backend: PostgreSQL or SQLite */
   durable_stats_t st;
   sched_t *sched; /* the owner's, from durable_init */
+  host_t *host;   /* the types stored messages go to, from durable_init */
 } du;
 
 const durable_stats_t *durable_stats(void) {
@@ -381,7 +382,7 @@ static void du__scan_end(void) {
 static void du__deliver_row(const ms_row_t *w) {
   if (du__known(w->seq) || !cluster_serving(w->shard)) return;
   known_t *k = du__known_new(w->seq);
-  etype_t *t = host_find_type(w->type, w->type_len);
+  etype_t *t = host_find_type(du.host, w->type, w->type_len);
   int rpc = t && t->kind == DEF_ENTITY ? etype_find_rpc(t, w->rpc, w->rpc_len) : -1;
   if (rpc < 0) { /* its type or RPC went away with a script change: retrying cannot help */
     char text[512];
@@ -724,8 +725,9 @@ void durable_cron(int op, const char *name, uint64_t at, call_t *c) {
  * Life
  * ------------------------------------------------------------------------- */
 
-int durable_init(sched_t *s, const ms_ops_t *ops, uint32_t shards, uint64_t retention_ms) {
+int durable_init(sched_t *s, host_t *h, const ms_ops_t *ops, uint32_t shards, uint64_t retention_ms) {
   du.sched = s;
+  du.host = h;
   du.ops = ops;
   du.n = shards;
   du.held = malloc(sizeof *du.held * shards);

@@ -23,7 +23,8 @@
 /* Takes the opened backend ops (closed by durable_close). Without a
  * cluster every shard is served here: call durable_acquired() to deliver
  * what an earlier run left pending. */
-int durable_init(sched_t *s, const ms_ops_t *ops, uint32_t shards, uint64_t retention_ms);
+struct host_s;
+int durable_init(sched_t *s, struct host_s *h, const ms_ops_t *ops, uint32_t shards, uint64_t retention_ms);
 void durable_close(void);
 
 /* A persisted message checked by its script (primary key pk or NULL, due at

@@ -33,6 +33,7 @@ typedef struct persist_job_s {
 
 static sched_t *router_sched; /* the owner's, from router_use */
 static mem_store_t *router_mem; /* the embedded store, from router_use */
+static host_t *router_host;     /* the types routed to, from router_use */
 static persist_job_t *router_delayed;
 
 static void router__undelay(persist_job_t *j) {
@@ -184,7 +185,7 @@ static void router__unknown_rpc(const etype_t *t, const char *tag, size_t tag_le
 static msg_t *router__new_msg(const char *type, size_t type_len, const char *id, size_t id_len, const char *tag,
                               size_t tag_len, const char *payload, size_t payload_len, const char *headers,
                               size_t headers_len, unsigned flags, call_t *call) {
-  etype_t *t = host_find_type(type, type_len);
+  etype_t *t = host_find_type(router_host, type, type_len);
   if (!t || t->kind != DEF_ENTITY) {
     call_fail(call, REPLY_NOT_FOUND, "unknown entity type '%.*s'", (int)(type_len > 128 ? 128 : type_len), type);
     return NULL;
@@ -350,7 +351,7 @@ static void router__forward_done(void *ud, tp_status_t st, uint8_t kind, const c
 
 static void router__forward(msg_t *m, uint32_t shard, tp_peer_t *peer) {
   const rpc_def_t *r = &m->type->rpcs[m->rpc];
-  uint64_t timeout = host_config()->call_timeout_ms;
+  uint64_t timeout = host_config(router_host)->call_timeout_ms;
   if (m->call && timer_pending(&m->call->deadline)) {
     uint64_t due = m->call->deadline.node.due, now = sched_now(router_sched);
     timeout = due > now ? due - now : 1;
@@ -424,7 +425,7 @@ void router_reroute(msg_t *m) {
 static void router__flush(sched_item_t *it) {
   (void)it;
   if (!cluster_on || !rt.held) return;
-  uint64_t now = sched_now(router_sched), limit = host_config()->call_timeout_ms;
+  uint64_t now = sched_now(router_sched), limit = host_config(router_host)->call_timeout_ms;
   for (uint32_t s = 1; s <= rt.n; s++) {
     msg_t *m = rt.head[s];
     if (!m) continue;
@@ -470,9 +471,10 @@ void router_wake(void) {
   if (rt.held) sched_push(router_sched, &rt.wake, router__flush);
 }
 
-void router_use(sched_t *s, mem_store_t *mem) {
+void router_use(sched_t *s, mem_store_t *mem, host_t *h) {
   router_sched = s;
   router_mem = mem;
+  router_host = h;
 }
 
 size_t router_stored_count(void) { return storage_count(router_mem); }
@@ -566,7 +568,7 @@ static void router__inbound_done(call_t *c, reply_kind_t kind, const char *body,
 
 void router_inbound(tp_inbound_t *in, const frame_request_t *req) {
   if (req->flags & ROUTER_F_WHERE) {
-    where_inbound(in, req);
+    where_inbound(router_host, in, req);
     return;
   }
   if (req->flags & ROUTER_F_HANDOFF) {
@@ -599,7 +601,7 @@ void router_inbound(tp_inbound_t *in, const frame_request_t *req) {
     tp_reply(in, ROUTER_NOT_OWNER, "", 0);
     return;
   }
-  call_t *c = call_new(router_sched, router__inbound_done, in, req->timeout_ms ? req->timeout_ms : host_config()->call_timeout_ms);
+  call_t *c = call_new(router_sched, router__inbound_done, in, req->timeout_ms ? req->timeout_ms : host_config(router_host)->call_timeout_ms);
   tp_inbound_set_ud(in, c);
   msg_t *m = router__new_msg(req->type.p, req->type.n, req->id.p, req->id.n, req->tag.p, req->tag.n, req->payload.p,
                              req->payload.n, req->headers.n ? req->headers.p : NULL, req->headers.n,

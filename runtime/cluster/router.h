@@ -39,10 +39,12 @@ void router_conflict(call_t *c, const msg_t *m, const char *pk);
 void router_shutdown(void);
 
 /* Every mode, before the first message: the scheduler the router's timers,
- * persisted jobs and calls run on, and the embedded store persisted messages
- * go to when no durable store is configured. */
+ * persisted jobs and calls run on, the embedded store persisted messages
+ * go to when no durable store is configured, and the host whose types it
+ * routes to. */
 struct mem_store_s;
-void router_use(sched_t *s, struct mem_store_s *mem);
+struct host_s;
+void router_use(sched_t *s, struct mem_store_s *mem, struct host_s *h);
 /* Records the embedded store holds (GET /metrics). */
 size_t router_stored_count(void);
 /* Cluster mode: per-shard hold queues and the transport's request hooks. */

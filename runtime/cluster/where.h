@@ -15,10 +15,11 @@
  * "mailbox"}, or not_found (unknown type), schema (bad id) or unavailable
  * (no owner now, or the owner could not be asked). `self` and `shards` name
  * this runner and its shard count when it runs alone. */
-void where_ask(const char *type, size_t type_len, const char *id, size_t id_len, const char *self, uint32_t shards,
-               call_t *c);
+struct host_s;
+void where_ask(struct host_s *h, const char *type, size_t type_len, const char *id, size_t id_len, const char *self,
+               uint32_t shards, call_t *c);
 /* A peer's ROUTER_F_WHERE request: answered from this runner's entity
  * manager when it owns the shard, else with ROUTER_NOT_OWNER. */
-void where_inbound(tp_inbound_t *in, const frame_request_t *req);
+void where_inbound(struct host_s *h, tp_inbound_t *in, const frame_request_t *req);
 
 #endif

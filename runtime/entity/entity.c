@@ -29,9 +29,10 @@
 
 static uint32_t em_shards = 300;
 static sched_t *em_sched; /* the owner's scheduler (em_init) */
+static host_t *em_host;   /* the host whose types it runs (em_init) */
 static uint32_t *em_counts; /* instances per shard, [1..em_shards] */
 /* Where shards run (loop/placement.h), as the wiring gave it to the host. */
-static const placement_ops_t *em__placement(void) { return host_config()->placement; }
+static const placement_ops_t *em__placement(void) { return host_config(em_host)->placement; }
 
 /* Snapshots handed over by a shard's previous owner, waiting for the first
  * message that activates their instance here. An entry is the only copy of
@@ -59,8 +60,9 @@ static int em__eq(const htab_node_t *n, const void *key, size_t len) {
 
 static void em__idle_fire(timer_entry_t *te);
 
-void em_init(sched_t *s, uint32_t shards) {
+void em_init(sched_t *s, host_t *h, uint32_t shards) {
   em_sched = s;
+  em_host = h;
   em_shards = shards ? shards : 1;
   free(em_counts);
   em_counts = calloc(em_shards + 1, sizeof *em_counts);
@@ -106,7 +108,7 @@ static inst_t *em__find(etype_t *t, const char *id, size_t len, uint64_t h);
  * snapshot was dealt with. */
 static int em__stash_to_instance(const char *type, size_t type_len, const char *id, size_t id_len, char *snap,
                                  size_t len) {
-  etype_t *t = host_find_type(type, type_len);
+  etype_t *t = host_find_type(em_host, type, type_len);
   inst_t *i = t && t->kind == DEF_ENTITY ? em__find(t, id, id_len, hash_bytes(id, id_len)) : NULL;
   if (!i || i->retiring) return 0; /* a retiring one is going: the snapshot may be its own, stashed to go on */
   if (i->state == INST_NEW && !i->retiring && !i->snapshot) {
@@ -214,7 +216,7 @@ void em_type_init(etype_t *t) {
 
 uint64_t em_active_total(void) {
   uint64_t n = 0;
-  for (etype_t *t = host_types(); t; t = t->next) n += t->active;
+  for (etype_t *t = host_types(em_host); t; t = t->next) n += t->active;
   return n;
 }
 
@@ -471,7 +473,7 @@ static void em__enqueue(inst_t *i, msg_t *m) {
 static int em__retarget(msg_t *m) {
   etype_t *old = m->type;
   const rpc_def_t *r = &old->rpcs[m->rpc];
-  etype_t *t = host_find_type(old->name, old->name_len);
+  etype_t *t = host_find_type(em_host, old->name, old->name_len);
   int rpc = t && t->kind == DEF_ENTITY ? etype_find_rpc(t, r->tag, r->tag_len) : -1;
   if (rpc < 0) return -ENOENT;
   msg_set_type(m, t);
@@ -636,7 +638,7 @@ void em_migrate(etype_t *old, etype_t *repl) {
 }
 
 static void em__each_in(const uint8_t *mask, void (*fn)(inst_t *i)) {
-  for (etype_t *t = host_types(); t; t = t->next) {
+  for (etype_t *t = host_types(em_host); t; t = t->next) {
     size_t it;
     htab_node_t *n = htab_first(&t->instances, &it);
     while (n) {
@@ -667,12 +669,12 @@ static void em__fence_one(inst_t *i) {
 }
 
 void em_fence_shards(const uint8_t *mask) {
-  host_cancel_shard_tasks(mask);
+  host_cancel_shard_tasks(em_host, mask);
   em__each_in(mask, em__fence_one);
 }
 
 void em_stop_all(void) {
-  for (etype_t *t = host_types(); t; t = t->next) {
+  for (etype_t *t = host_types(em_host); t; t = t->next) {
     timer_cancel(&t->idle_timer);
     size_t it;
     htab_node_t *n = htab_first(&t->instances, &it);
@@ -752,7 +754,7 @@ void em_metrics(buf_t *b) {
   };
   for (size_t m = 0; m < sizeof gauges / sizeof gauges[0]; m++) {
     prom_head(b, gauges[m].name, "gauge", gauges[m].help);
-    for (etype_t *t = host_types(); t; t = t->next)
+    for (etype_t *t = host_types(em_host); t; t = t->next)
       if (t->kind == DEF_ENTITY)
         buf_printf(b, "%s{type=\"%s\"} %llu\n", gauges[m].name, t->name,
                    (unsigned long long)*(const uint64_t *)((const char *)t + gauges[m].off));

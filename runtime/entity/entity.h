@@ -41,8 +41,8 @@ typedef struct inst_s {
   char id[]; /* h.id points here; its length is h.id_len */
 } inst_t;
 
-/* Instances run and time out on s. */
-void em_init(sched_t *s, uint32_t shards);
+/* Instances of h's types run and time out on s. */
+void em_init(sched_t *s, host_t *h, uint32_t shards);
 void em_type_init(etype_t *t);
 /* Queues m on its instance, creating it when needed. Returns 0, or
  * -EBUSY when the mailbox is full (m untouched). Persisted messages are
