@@ -49,8 +49,11 @@ static int same(lua_State *L, int a, int b) {
   return na == nb;
 }
 
+static json_t *fz_json; /* the codec's scratch, kept like L across inputs */
+
 static int decode(lua_State *L, const char *s, size_t n) {
-  lua_pushcfunction(L, json_lua_decode);
+  lua_pushlightuserdata(L, fz_json);
+  lua_pushcclosure(L, json_lua_decode, 1);
   lua_pushlstring(L, s, n);
   if (lua_pcall(L, 1, 1, 0) == LUA_OK) return 1;
   const char *err = lua_tostring(L, -1);
@@ -62,12 +65,15 @@ static int decode(lua_State *L, const char *s, size_t n) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static lua_State *L;
-  if (!L) L = luaL_newstate();
+  if (!L) {
+    L = luaL_newstate();
+    fz_json = json_new();
+  }
   lua_settop(L, 0);
   if (decode(L, (const char *)data, size)) {
     size_t len = 0;
     const char *err = NULL;
-    const char *text = json_encode_value(L, 1, &len, &err);
+    const char *text = json_encode_value(fz_json, L, 1, &len, &err);
     if (!text) {
       check(err && strstr(err, "NaN or Inf"), "a decoded value that does not encode");
     } else {

@@ -29,9 +29,11 @@ static void line_hook(lua_State *L, lua_Debug *ar) {
 
 static int open_core(lua_State *L) {
   lua_newtable(L);
-  lua_pushcfunction(L, json_lua_decode);
-  lua_setfield(L, -2, "json_decode");
-  lua_pushcfunction(L, json_lua_encode);
+  json_push_new(L); /* the codec's scratch, their upvalue */
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, json_lua_decode, 1);
+  lua_setfield(L, -3, "json_decode");
+  lua_pushcclosure(L, json_lua_encode, 1);
   lua_setfield(L, -2, "json_encode");
   return 1;
 }

@@ -42,6 +42,8 @@ static router_t *main_router;
 static durable_t *main_durable;
 static cluster_t *main_cluster; /* off unless --storage postgres://... */
 static wiring_t main_wiring;    /* the placement table's context */
+static estate_mem_t *main_estate; /* its durable entity state */
+static host_t *main_host; /* the scripts of `luster run` and `luster check` */
 static void main__fatal(int sig) {
   char head[96];
   int n = snprintf(head, sizeof head, "luster: fatal signal %d (%s); stack:\n", sig, strsignal(sig));
@@ -78,7 +80,7 @@ static int main_stopping;
 
 static void main__stop_check(uv_timer_t *t) {
   uint64_t busy = 0;
-  for (etype_t *ty = host_types(); ty; ty = ty->next) busy += ty->running + ty->queued;
+  for (etype_t *ty = host_types(main_host); ty; ty = ty->next) busy += ty->running + ty->queued;
   busy += (uint64_t)durable_busy(main_durable); /* stores and replies not committed yet */
   int handed_over = !cluster_on(main_cluster) || cluster_left(main_cluster);
   if ((busy == 0 && handed_over && http_stats()->connections_open == 0) || uv_now(t->loop) >= main_stop_deadline) {
@@ -99,7 +101,7 @@ static void main__signal(uv_signal_t *s, int signum) {
   log_info("%s: finishing in-flight messages (at most %llu ms), then exiting",
            signum == SIGINT ? "SIGINT" : "SIGTERM", (unsigned long long)cfg->shutdown_timeout_ms);
   if (main_http) http_server_stop(main_http);
-  watch_stop();
+  watch_stop(main_host);
   if (cluster_on(main_cluster)) cluster_leave(main_cluster);
   main_stop_deadline = uv_now(s->loop) + cfg->shutdown_timeout_ms;
   uv_timer_start(&main_stop_timer, main__stop_check, 0, 20);
@@ -129,10 +131,10 @@ static void main__memory_warning(void) {
   const char *reasons[4];
   int n = 0;
   int persisted = 0;
-  for (etype_t *t = host_types(); t; t = t->next)
+  for (etype_t *t = host_types(main_host); t; t = t->next)
     for (int i = 0; t->kind == DEF_ENTITY && i < t->nrpcs; i++) persisted |= t->rpcs[i].persisted;
   int durable = 0;
-  for (etype_t *t = host_types(); t; t = t->next) durable |= t->kind == DEF_ENTITY && t->durable;
+  for (etype_t *t = host_types(main_host); t; t = t->next) durable |= t->kind == DEF_ENTITY && t->durable;
   if (persisted) reasons[n++] = "persisted RPCs (their stored messages and replies)";
   if (durable) reasons[n++] = "durable entities (their saved state)";
   if (n == 0) return;
@@ -205,6 +207,7 @@ static int main__start_cluster(uv_loop_t *loop, const config_t *cfg, uint32_t sh
       .handoff_timeout_ms = cfg->shutdown_timeout_ms * 6 / 10,
       .em = main_em,
       .max_frame = (cfg->max_body > (16u << 20) ? cfg->max_body : (16u << 20)) + (1u << 20),
+      .host = main_host,
   };
   router_init(main_router, shards, cc.max_frame);
   char err[1024];
@@ -238,9 +241,9 @@ static void main__signals(uv_loop_t *loop, config_t *cfg) {
  * leaving), then the running tasks, then whatever that queued, then the now
  * idle instances, then each module's own resources. */
 static void main__shutdown(uv_loop_t *loop) {
-  watch_stop();
+  watch_stop(main_host);
   em_stop_all(main_em);
-  host_cancel_tasks();
+  host_cancel_tasks(main_host);
   sched_drain(&main_sched);
   em_stop_all(main_em);
   cluster_close(main_cluster); /* transport and PostgreSQL sessions: their waiting callers learn now */
@@ -249,9 +252,11 @@ static void main__shutdown(uv_loop_t *loop) {
   durable_close(main_durable); /* after every message is gone: replies not yet stored leave their messages pending */
   storage_free(main_mem); /* callers still waiting for stored messages: unavailable */
   sched_drain(&main_sched);
-  estate_mem_close();
+  estate_mem_free(main_estate);
+  main_estate = NULL;
   if (main_http) http_server_free(main_http);
-  host_shutdown();
+  host_free(main_host);
+  main_host = NULL;
   em_free(main_em);
   sched_close(&main_sched);
   uv_walk(loop, main__close_walk, NULL);
@@ -281,30 +286,34 @@ static int cmd_run(config_t *cfg) {
   hc.sched = &main_sched;
   main_em = em_new(&main_sched, hc.shards);
   if (!main_em) return 1;
-  em_set_host(main_em, em_host_default());
   hc.em = em_host_ops(main_em);
-  main_mem = storage_new(&main_sched, cfg->retention_ms);
+  main_host = host_new(&hc);
+  if (!main_host) return 1;
+  em_host_t eh = em_host_default(main_host);
+  em_set_host(main_em, &eh);
+  main_estate = estate_mem_new(&main_sched);
+  main_mem = main_estate ? storage_new(&main_sched, main_estate, cfg->retention_ms) : NULL;
   if (!main_mem) return 1;
-  main_router = router_new(&main_sched, main_mem, main_em);
-  main_durable = durable_new(&main_sched, main_router);
+  main_router = router_new(&main_sched, main_mem, main_em, main_host);
+  main_durable = durable_new(&main_sched, main_router, main_host);
   main_cluster = cluster_new(&main_sched, main_router, main_durable);
   main_wiring.cluster = main_cluster;
   main_wiring.router = main_router;
   main_wiring.durable = main_durable;
   sqls_t *sq = NULL;
   if (sqlite && main__open_sqlite(loop, cfg, hc.shards, &sq) != 0) return 1;
-  int failed = host_load_dir(&hc);
+  int failed = host_load_dir(main_host);
   if (failed < 0) {
     fprintf(stderr, "luster run: cannot read script directory '%s': %s\n", cfg->dir, strerror(-failed));
     return 1;
   }
   int ntypes = 0;
-  for (etype_t *t = host_types(); t; t = t->next) ntypes++;
+  for (etype_t *t = host_types(main_host); t; t = t->next) ntypes++;
   /* Lives as long as this function, which runs the loop to its end. */
   estate_ops_t sq_state;
   if (sq) sq_state = sqls_estate_ops(sq);
-  dstate_set_ops(main_em, clustered ? &main_pg_state : sq ? &sq_state : estate_mem_ops(&main_sched));
-  if (!host_scripts()) log_warn("no *.lua scripts in %s: nothing to serve yet", cfg->dir);
+  dstate_set_ops(main_em, clustered ? &main_pg_state : sq ? &sq_state : estate_mem_ops(main_estate));
+  if (!host_scripts(main_host)) log_warn("no *.lua scripts in %s: nothing to serve yet", cfg->dir);
   if (!clustered && !sqlite) main__memory_warning();
 
   char bound[128] = "none";
@@ -323,11 +332,12 @@ static int cmd_run(config_t *cfg) {
       .cluster = main_cluster,
       .router = main_router,
       .durable = main_durable,
+      .host = main_host,
   };
   gateway_init(&gi);
   if (clustered && main__start_cluster(loop, cfg, hc.shards, bound) != 0) return 1;
-  host_start_background();
-  if (!cfg->no_reload) watch_start(loop);
+  host_start_background(main_host);
+  if (!cfg->no_reload) watch_start(main_host, loop);
 
   main__signals(loop, cfg);
   log_info("luster runner serving %d definition%s from %s (%d script%s failed to load; %s); http %s", ntypes,
@@ -355,15 +365,18 @@ static int cmd_check(config_t *cfg) {
   hc.sched = &main_sched;
   main_em = em_new(&main_sched, hc.shards);
   if (!main_em) return 1;
-  em_set_host(main_em, em_host_default());
   hc.em = em_host_ops(main_em);
-  int failed = host_load_dir(&hc);
+  main_host = host_new(&hc);
+  if (!main_host) return 1;
+  em_host_t eh = em_host_default(main_host);
+  em_set_host(main_em, &eh);
+  int failed = host_load_dir(main_host);
   if (failed < 0) {
     fprintf(stderr, "luster check: cannot read script directory '%s': %s\n", cfg->dir, strerror(-failed));
     return 1;
   }
   int n = 0;
-  for (script_t *s = host_scripts(); s; s = s->next) {
+  for (script_t *s = host_scripts(main_host); s; s = s->next) {
     n++;
     if (s->error) {
       printf("FAIL %s\n     %s\n", s->file, s->error);
@@ -379,7 +392,8 @@ static int cmd_check(config_t *cfg) {
     printf("%s\n", s->types ? ")" : "");
   }
   printf("%d script%s, %d failed\n", n, n == 1 ? "" : "s", failed);
-  host_shutdown();
+  host_free(main_host);
+  main_host = NULL;
   em_free(main_em);
   sched_close(&main_sched);
   uv_run(uv_default_loop(), UV_RUN_DEFAULT);

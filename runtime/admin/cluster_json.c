@@ -104,10 +104,10 @@ static void gw__type_json(buf_t *b, const gateway_info_t *gw, const etype_t *t) 
   buf_addc(b, '}');
 }
 
-static void gw__scripts_json(buf_t *b) {
+static void gw__scripts_json(buf_t *b, const gateway_info_t *gw) {
   buf_adds(b, ",\"scripts_loaded\":[");
   int first = 1;
-  for (script_t *s = host_scripts(); s; s = s->next) {
+  for (script_t *s = host_scripts(gw->host); s; s = s->next) {
     if (!first) buf_addc(b, ',');
     first = 0;
     buf_adds(b, "{\"file\":");
@@ -126,7 +126,7 @@ static void gw__scripts_json(buf_t *b) {
   }
   buf_adds(b, "],\"errors\":[");
   first = 1;
-  for (script_t *s = host_scripts(); s; s = s->next) {
+  for (script_t *s = host_scripts(gw->host); s; s = s->next) {
     const char *err = s->error ? s->error : s->reload_error;
     if (!err) continue;
     if (!first) buf_addc(b, ',');
@@ -147,13 +147,13 @@ void gateway_cluster_json(buf_t *b, const gateway_info_t *gw) {
   gw__runners_json(b, gw);
   buf_adds(b, ",\"types\":[");
   int first = 1;
-  for (etype_t *t = host_types(); t; t = t->next) {
+  for (etype_t *t = host_types(gw->host); t; t = t->next) {
     if (!first) buf_addc(b, ',');
     first = 0;
     gw__type_json(b, gw, t);
   }
   buf_addc(b, ']');
-  gw__scripts_json(b);
+  gw__scripts_json(b, gw);
   buf_addc(b, '}');
 }
 

@@ -185,7 +185,7 @@ static void gw__where(http_req_t *r, const slice_t *seg) {
   call_t *c = call_new(gw.sched, gw__where_reply, r, gw.call_timeout_ms);
   r->ud = c;
   r->on_abort = gw__abort;
-  where_ask(gw.cluster, seg[1].ptr, seg[1].len, seg[2].ptr, seg[2].len, gw.runner, gw.shards, c);
+  where_ask(gw.cluster, gw.host, seg[1].ptr, seg[1].len, seg[2].ptr, seg[2].len, gw.runner, gw.shards, c);
 }
 
 /* POST /admin/reload: rescans the script directory now (also without
@@ -204,7 +204,7 @@ static void gw__admin_reload(http_req_t *r) {
   host_reload_report_t rep;
   buf_t b;
   buf_init(&b);
-  host_rescan(&rep, &b);
+  host_rescan(gw.host, &rep, &b);
   gw__json(r, rep.failed ? 422 : 200, NULL, b.data, b.len);
   buf_free(&b);
 }

@@ -21,6 +21,7 @@ typedef struct gateway_info_s {
   struct router_s *router;
   struct durable_s *durable;
   struct em_s *em;   /* the runtime's entity manager */
+  struct host_s *host; /* the runtime's scripts and types */
 } gateway_info_t;
 
 void gateway_init(const gateway_info_t *info);

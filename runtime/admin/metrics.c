@@ -11,7 +11,7 @@
  * persisted messages, HTTP, and the cluster when there is one. */
 void gateway_metrics(buf_t *b, const gateway_info_t *gw) {
   em_metrics(gw->em, b);
-  host_metrics(b);
+  host_metrics(gw->host, b);
   durable_metrics(gw->durable, b);
   http_metrics(b);
   if (cluster_on(gw->cluster)) cluster_metrics(gw->cluster, b);

@@ -130,7 +130,7 @@ static void cluster__fence(cluster_t *cl, const char *why) {
      * here, and they go on to whoever serves their shard next (or are used
      * here again if that is this runner). */
     em_fence_shards(cl->cfg.em, mask);
-    host_background_update();
+    host_background_update(cl->cfg.host);
   }
   free(mask);
   cl->acquiring_busy = cl->unlocking_busy = 0;
@@ -460,17 +460,17 @@ static void cluster__heartbeat_done(void *ud, int ok, const char *err) {
 }
 
 /* "file\tversion\n" for every script this runner serves. */
-static char *cluster__scripts_text(void) {
+static char *cluster__scripts_text(cluster_t *cl) {
   buf_t b;
   buf_init(&b);
-  for (script_t *sc = host_scripts(); sc; sc = sc->next)
+  for (script_t *sc = host_scripts(cl->cfg.host); sc; sc = sc->next)
     buf_printf(&b, "%s\t%s\n", sc->file, sc->error ? "error" : sc->version);
   if (!b.data) buf_adds(&b, "");
   return buf_steal(&b, NULL);
 }
 
 static void cluster__heartbeat(cluster_t *cl) {
-  char *scripts = cluster__scripts_text();
+  char *scripts = cluster__scripts_text(cl);
   coord_heartbeat(cl->co, cl->leaving, cluster__count(cl, SHARD_HELD), scripts, 2000, cluster__heartbeat_done, cl);
   free(scripts);
 }
@@ -555,7 +555,7 @@ static void cluster__acquired(void *ud, int ok, const uint32_t *got, int ngot) {
   if (ngot) {
     log_info("cluster: now serving %d more shard%s (%u in all)", ngot, ngot == 1 ? "" : "s",
              cluster__count(cl, SHARD_HELD));
-    host_background_update();
+    host_background_update(cl->cfg.host);
     durable_acquired(cl->du); /* first: held messages that router_wake sends on wait for its scan */
     router_wake(cl->rt);
   }
@@ -664,7 +664,7 @@ static void cluster__reconcile(cluster_t *cl) {
   if (nrel) {
     log_info("cluster: handing over %u shard%s", nrel, nrel == 1 ? "" : "s");
     em_release_shards(cl->cfg.em, release);
-    host_background_update();
+    host_background_update(cl->cfg.host);
     router_wake(cl->rt);
     free(release);
     /* Shards that had nothing running are empty now. */
@@ -1044,7 +1044,7 @@ void cluster_json_runners(cluster_t *cl, buf_t *b) {
                assigned, self ? "true" : (m->peer && tp_peer_ready(m->peer) ? "true" : "false"));
     if (self) buf_printf(b, ",\"active\":%" PRIu64, em_active_total(cl->cfg.em));
     buf_adds(b, ",\"scripts\":{");
-    char *own = self ? cluster__scripts_text() : NULL;
+    char *own = self ? cluster__scripts_text(cl) : NULL;
     const char *text = self ? own : m->scripts ? m->scripts : "";
     int first = 1;
     for (const char *line = text; *line;) {

@@ -27,6 +27,7 @@ typedef struct {
   uint64_t handoff_timeout_ms; /* in-flight work on a shard being handed over gets this long */
   size_t max_frame;
   struct em_s *em; /* this runner's entity manager (entity/entity.h) */
+  struct host_s *host; /* the scripts it publishes, the singletons and cron jobs it places */
 } cluster_config_t;
 
 /* A shard's state on this runner (see cluster.c). */

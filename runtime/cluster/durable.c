@@ -86,6 +86,7 @@ struct durable_s {
   sched_t *sched; /* the owner's, from durable_new */
   router_t *rt;   /* the owner's, from durable_new */
   cluster_t *cl;  /* set by cluster_new (off until it starts) */
+  host_t *host;   /* the types stored messages go to, from durable_new */
 };
 
 const durable_stats_t *durable_stats(durable_t *du) {
@@ -393,7 +394,7 @@ static void du__scan_end(durable_t *du) {
 static void du__deliver_row(durable_t *du, const ms_row_t *w) {
   if (du__known(du, w->seq) || !cluster_serving(du->cl, w->shard)) return;
   known_t *k = du__known_new(du, w->seq);
-  etype_t *t = host_find_type(w->type, w->type_len);
+  etype_t *t = host_find_type(du->host, w->type, w->type_len);
   int rpc = t && t->kind == DEF_ENTITY ? etype_find_rpc(t, w->rpc, w->rpc_len) : -1;
   if (rpc < 0) { /* its type or RPC went away with a script change: retrying cannot help */
     char text[512];
@@ -743,11 +744,12 @@ void durable_cron(durable_t *du, int op, const char *name, uint64_t at, call_t *
  * Life
  * ------------------------------------------------------------------------- */
 
-durable_t *durable_new(sched_t *s, router_t *rt) {
+durable_t *durable_new(sched_t *s, router_t *rt, host_t *h) {
   durable_t *du = calloc(1, sizeof *du);
   if (!du) abort();
   du->sched = s;
   du->rt = rt;
+  du->host = h;
   router__set_durable(rt, du);
   return du;
 }

@@ -39,6 +39,7 @@ struct router_s {
   durable_t *du;        /* set by durable_new */
   cluster_t *cl;        /* set by cluster_new */
   em_t *em;             /* takes handed-over snapshots */
+  host_t *host;         /* the types routed to */
   uint32_t n;
   size_t max_frame;
   msg_t **head, **tail; /* held messages per shard, [1..n] */
@@ -198,10 +199,10 @@ static void router__unknown_rpc(const etype_t *t, const char *tag, size_t tag_le
 
 /* Checks type, RPC and id and makes the message, or completes `call` with
  * the reason and returns NULL. The call is not attached to the message. */
-static msg_t *router__new_msg(const char *type, size_t type_len, const char *id, size_t id_len, const char *tag,
+static msg_t *router__new_msg(router_t *rt, const char *type, size_t type_len, const char *id, size_t id_len, const char *tag,
                               size_t tag_len, const char *payload, size_t payload_len, const char *headers,
                               size_t headers_len, unsigned flags, call_t *call) {
-  etype_t *t = host_find_type(type, type_len);
+  etype_t *t = host_find_type(rt->host, type, type_len);
   if (!t || t->kind != DEF_ENTITY) {
     call_fail(call, REPLY_NOT_FOUND, "unknown entity type '%.*s'", (int)(type_len > 128 ? 128 : type_len), type);
     return NULL;
@@ -228,7 +229,7 @@ static msg_t *router__new_msg(const char *type, size_t type_len, const char *id,
 void router_send(router_t *rt, const char *type, size_t type_len, const char *id, size_t id_len, const char *tag,
                  size_t tag_len, const char *payload, size_t payload_len, const char *headers, size_t headers_len,
                  unsigned flags, call_t *call) {
-  msg_t *m = router__new_msg(type, type_len, id, id_len, tag, tag_len, payload, payload_len, headers, headers_len,
+  msg_t *m = router__new_msg(rt, type, type_len, id, id_len, tag, tag_len, payload, payload_len, headers, headers_len,
                              flags, call);
   if (!m) return;
   if (!cluster_on(rt->cl) || m->type->rpcs[m->rpc].persisted) {
@@ -358,7 +359,7 @@ static void router__forward_done(void *ud, tp_status_t st, uint8_t kind, const c
 
 static void router__forward(router_t *rt, msg_t *m, uint32_t shard, tp_peer_t *peer) {
   const rpc_def_t *r = &m->type->rpcs[m->rpc];
-  uint64_t timeout = host_config()->call_timeout_ms;
+  uint64_t timeout = host_config(rt->host)->call_timeout_ms;
   if (m->call && timer_pending(&m->call->deadline)) {
     uint64_t due = m->call->deadline.node.due, now = sched_now(rt->sched);
     timeout = due > now ? due - now : 1;
@@ -432,7 +433,7 @@ void router_reroute(router_t *rt, msg_t *m) {
  * waiting on a deadline of their own. */
 static void router__flush_held(router_t *rt) {
   if (!cluster_on(rt->cl) || !rt->held) return;
-  uint64_t now = sched_now(rt->sched), limit = host_config()->call_timeout_ms;
+  uint64_t now = sched_now(rt->sched), limit = host_config(rt->host)->call_timeout_ms;
   for (uint32_t s = 1; s <= rt->n; s++) {
     msg_t *m = rt->head[s];
     if (!m) continue;
@@ -482,12 +483,13 @@ void router_wake(router_t *rt) {
   if (rt->held) sched_push(rt->sched, &rt->wake, router__flush);
 }
 
-router_t *router_new(sched_t *s, mem_store_t *mem, em_t *em) {
+router_t *router_new(sched_t *s, mem_store_t *mem, em_t *em, host_t *h) {
   router_t *rt = calloc(1, sizeof *rt);
   if (!rt) abort();
   rt->sched = s;
   rt->mem = mem;
   rt->em = em;
+  rt->host = h;
   return rt;
 }
 
@@ -596,7 +598,7 @@ static void router__inbound_done(call_t *c, reply_kind_t kind, const char *body,
 
 void router_inbound(router_t *rt, tp_inbound_t *in, const frame_request_t *req) {
   if (req->flags & ROUTER_F_WHERE) {
-    where_inbound(rt->cl, in, req);
+    where_inbound(rt->cl, rt->host, in, req);
     return;
   }
   if (req->flags & ROUTER_F_HANDOFF) {
@@ -630,9 +632,9 @@ void router_inbound(router_t *rt, tp_inbound_t *in, const frame_request_t *req) 
     return;
   }
   call_t *c = call_new(rt->sched, router__inbound_done, in,
-                       req->timeout_ms ? req->timeout_ms : host_config()->call_timeout_ms);
+                       req->timeout_ms ? req->timeout_ms : host_config(rt->host)->call_timeout_ms);
   tp_inbound_set_ud(in, c);
-  msg_t *m = router__new_msg(req->type.p, req->type.n, req->id.p, req->id.n, req->tag.p, req->tag.n, req->payload.p,
+  msg_t *m = router__new_msg(rt, req->type.p, req->type.n, req->id.p, req->id.n, req->tag.p, req->tag.n, req->payload.p,
                              req->payload.n, req->headers.n ? req->headers.p : NULL, req->headers.n,
                              req->flags & MSG_DISCARD, c);
   if (!m) return;

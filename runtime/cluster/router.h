@@ -47,10 +47,11 @@ void router_shutdown(router_t *rt);
 /* Every mode, before the first message: the scheduler the router's timers,
  * persisted jobs and calls run on, the embedded store persisted messages
  * go to when no durable store is configured, and the entity manager that
- * takes handed-over snapshots. */
+ * takes handed-over snapshots, and the host whose types it routes to. */
 struct mem_store_s;
 struct em_s;
-router_t *router_new(sched_t *s, struct mem_store_s *mem, struct em_s *em);
+struct host_s;
+router_t *router_new(sched_t *s, struct mem_store_s *mem, struct em_s *em, struct host_s *h);
 /* Drops what router_shutdown drops, then frees rt (after the loop ended). */
 void router_free(router_t *rt);
 /* For durable_new and cluster_new: the durable store and the cluster this

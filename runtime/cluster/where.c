@@ -65,9 +65,9 @@ static void where__done(void *ud, tp_status_t st, uint8_t kind, const char *body
   else call_fail(c, REPLY_UNAVAILABLE, "could not ask the shard's owner: %.*s", (int)(len > 200 ? 200 : len), body);
 }
 
-void where_ask(cluster_t *cl, const char *type, size_t type_len, const char *id, size_t id_len, const char *self,
+void where_ask(cluster_t *cl, host_t *h, const char *type, size_t type_len, const char *id, size_t id_len, const char *self,
                uint32_t shards, call_t *c) {
-  etype_t *t = host_find_type(type, type_len);
+  etype_t *t = host_find_type(h, type, type_len);
   if (!t || t->kind != DEF_ENTITY) {
     call_fail(c, REPLY_NOT_FOUND, "unknown entity type '%.*s'", (int)(type_len > 128 ? 128 : type_len), type);
     return;
@@ -109,7 +109,7 @@ void where_ask(cluster_t *cl, const char *type, size_t type_len, const char *id,
   tp_send(peer, &req, where__done, w);
 }
 
-void where_inbound(cluster_t *cl, tp_inbound_t *in, const frame_request_t *req) {
+void where_inbound(cluster_t *cl, host_t *h, tp_inbound_t *in, const frame_request_t *req) {
   uint32_t shard = cluster_shard_of(cl, req->id.p, req->id.n);
   tp_peer_t *peer = NULL;
   route_t r = req->id.n > 0 && req->id.n <= ROUTER_MAX_ID ? cluster_route(cl, shard, &peer) : ROUTE_HOLD;
@@ -117,7 +117,7 @@ void where_inbound(cluster_t *cl, tp_inbound_t *in, const frame_request_t *req) 
     tp_reply(in, ROUTER_NOT_OWNER, "", 0);
     return;
   }
-  etype_t *t = host_find_type(req->type.p, req->type.n);
+  etype_t *t = host_find_type(h, req->type.p, req->type.n);
   buf_t b;
   buf_init(&b);
   if (!t || t->kind != DEF_ENTITY) { /* loaded on the asker, not (yet) on the owner */

@@ -16,10 +16,11 @@
  * (no owner now, or the owner could not be asked). `self` and `shards` name
  * this runner and its shard count when it runs alone. */
 struct cluster_s;
-void where_ask(struct cluster_s *cl, const char *type, size_t type_len, const char *id, size_t id_len,
+struct host_s;
+void where_ask(struct cluster_s *cl, struct host_s *h, const char *type, size_t type_len, const char *id, size_t id_len,
                const char *self, uint32_t shards, call_t *c);
 /* A peer's ROUTER_F_WHERE request: answered from this runner's entity
  * manager when it owns the shard, else with ROUTER_NOT_OWNER. */
-void where_inbound(struct cluster_s *cl, tp_inbound_t *in, const frame_request_t *req);
+void where_inbound(struct cluster_s *cl, struct host_s *h, tp_inbound_t *in, const frame_request_t *req);
 
 #endif

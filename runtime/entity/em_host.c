@@ -8,19 +8,19 @@
 #include "entity/entity.h"
 #include "host/host_int.h"
 
-static etype_t *emh__types(void *ud) { return host_types(); }
-static etype_t *emh__find_type(void *ud, const char *name, size_t len) { return host_find_type(name, len); }
+static etype_t *emh__types(void *ud) { return host_types(ud); }
+static etype_t *emh__find_type(void *ud, const char *name, size_t len) { return host_find_type(ud, name, len); }
 /* As the wiring gave it to the host (host_config_t.placement). */
 static int emh__find_rpc(void *ud, const etype_t *t, const char *tag, size_t len) {
   return etype_find_rpc(t, tag, len);
 }
-static const placement_ops_t *emh__placement(void *ud) { return host_config()->placement; }
+static const placement_ops_t *emh__placement(void *ud) { return host_config(ud)->placement; }
 static void emh__activate(void *ud, host_inst_t *i, const char *snap, size_t len) { host_activate(i, snap, len); }
 static void emh__handle(void *ud, host_inst_t *i, msg_t *m) { host_handle(i, m); }
 static void emh__release(void *ud, host_inst_t *i) { host_release_instance(i); }
 static char *emh__snapshot(void *ud, host_inst_t *i, size_t *len) { return host_snapshot(i, len); }
 static void emh__type_released(void *ud, etype_t *t) { host_type_released(t); }
-static void emh__cancel_shard_tasks(void *ud, const uint8_t *mask) { host_cancel_shard_tasks(mask); }
+static void emh__cancel_shard_tasks(void *ud, const uint8_t *mask) { host_cancel_shard_tasks(ud, mask); }
 
 static char *emh__dup(const char *p, size_t n) {
   char *r = malloc(n + 1);
@@ -55,9 +55,9 @@ static char *emh__state_snapshot(void *ud, host_inst_t *i, size_t *len, char **e
   return out;
 }
 
-const em_host_t *em_host_default(void) {
-  static const em_host_t host = {
-      .ud = NULL,
+em_host_t em_host_default(host_t *h) {
+  em_host_t host = {
+      .ud = h,
       .types = emh__types,
       .find_type = emh__find_type,
       .find_rpc = emh__find_rpc,
@@ -70,5 +70,5 @@ const em_host_t *em_host_default(void) {
       .type_released = emh__type_released,
       .cancel_shard_tasks = emh__cancel_shard_tasks,
   };
-  return &host;
+  return host;
 }

@@ -76,8 +76,8 @@ typedef struct em_host_s {
 em_t *em_new(sched_t *s, uint32_t shards);
 /* The host em calls (copied). */
 void em_set_host(em_t *em, const em_host_t *host);
-/* The real host (host/host.h), ud NULL. */
-const em_host_t *em_host_default(void);
+/* The real host h (host/host.h) as the manager calls it (ud is h). */
+em_host_t em_host_default(host_t *h);
 /* Frees the manager's own tables (per-shard counts, handed-over snapshots
  * not yet claimed), after every type it served has been freed. */
 void em_free(em_t *em);

@@ -47,7 +47,7 @@ static int core__call_k(lua_State *L, int status, lua_KContext kctx) {
   size_t len = (size_t)lua_tointeger(L, top);
   if (kind == REPLY_OK) {
     lua_pushnil(L);
-    json_push_decoded(L, body, len);
+    json_push_decoded(host__script(L)->host->json, L, body, len);
     if (lua_islightuserdata(L, -1) && !lua_touserdata(L, -1)) { /* null */
       lua_pop(L, 1);
       lua_pushnil(L);
@@ -85,16 +85,17 @@ static int core_call(lua_State *L) {
     return 2;
   }
   const char *why = NULL;
-  const char *payload = json_encode_value(L, 4, &pl, &why);
+  const char *payload = json_encode_value(t->script->host->json, L, 4, &pl, &why);
   if (!payload) {
     lua_pushliteral(L, "encode");
     lua_pushstring(L, why);
     return 2;
   }
-  uint64_t tmo = timeout > 0 ? (uint64_t)timeout : host__cfg.call_timeout_ms;
-  call_t *c = call_new(host__cfg.sched, host__task_call_cb, t, tmo);
+  host_t *h = t->script->host;
+  uint64_t tmo = timeout > 0 ? (uint64_t)timeout : h->cfg.call_timeout_ms;
+  call_t *c = call_new(h->cfg.sched, host__task_call_cb, t, tmo);
   t->call = c;
-  const placement_ops_t *pl_ops = host__cfg.placement;
+  const placement_ops_t *pl_ops = h->cfg.placement;
   pl_ops->send(pl_ops->ctx, type, tl, id, il, tag, gl, payload, pl, NULL, 0, discard ? MSG_DISCARD : 0, c);
   t->waiting = 1;
   return lua_yieldk(L, 0, 0, core__call_k);
@@ -103,7 +104,7 @@ static int core_call(lua_State *L) {
 static int core_sleep(lua_State *L) {
   lua_Integer ms = luaL_checkinteger(L, 1);
   task_t *t = core__task(L, "luster.sleep");
-  timer_add(&t->sleep, sched_now(host__cfg.sched) + (ms > 0 ? (uint64_t)ms : 0));
+  timer_add(&t->sleep, sched_now(t->script->host->cfg.sched) + (ms > 0 ? (uint64_t)ms : 0));
   t->waiting = 1;
   return lua_yield(L, 0);
 }
@@ -113,8 +114,9 @@ static int core_keep_alive(lua_State *L) {
   const char *type = luaL_checklstring(L, 1, &tl);
   const char *id = luaL_checklstring(L, 2, &il);
   int on = lua_toboolean(L, 3);
-  etype_t *ty = host_find_type(type, tl);
-  if (ty) host__cfg.em->keep_alive(ty, id, il, on);
+  host_t *h = host__script(L)->host;
+  etype_t *ty = host_find_type(h, type, tl);
+  if (ty) h->cfg.em->keep_alive(ty, id, il, on);
   return 0;
 }
 
@@ -122,20 +124,22 @@ static int core_forget(lua_State *L) {
   size_t tl, il;
   const char *type = luaL_checklstring(L, 1, &tl);
   const char *id = luaL_checklstring(L, 2, &il);
-  etype_t *ty = host_find_type(type, tl);
-  if (!ty || host__cfg.em->forget(ty, id, il) == -EINVAL)
+  host_t *h = host__script(L)->host;
+  etype_t *ty = host_find_type(h, type, tl);
+  if (!ty || h->cfg.em->forget(ty, id, il) == -EINVAL)
     return luaL_error(L, "ctx:forget() is for durable entities: %s is not declared with luster.entity(\"%s\", rpcs, "
                          "{ durable = true })", type, type);
   return 0;
 }
 
 static int core_runner(lua_State *L) {
-  lua_pushstring(L, host__cfg.runner_name ? host__cfg.runner_name : "local");
+  const char *name = host__script(L)->host->cfg.runner_name;
+  lua_pushstring(L, name ? name : "local");
   return 1;
 }
 
 static int core_wall(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)sched_wall_ms(host__cfg.sched));
+  lua_pushinteger(L, (lua_Integer)sched_wall_ms(host__script(L)->host->cfg.sched));
   return 1;
 }
 
@@ -160,11 +164,12 @@ static int core_cron(lua_State *L) {
   lua_Integer op = luaL_checkinteger(L, 1);
   const char *name = luaL_checkstring(L, 2);
   lua_Integer at = luaL_checkinteger(L, 3);
-  const placement_ops_t *p = host__cfg.placement;
+  host_t *h = host__script(L)->host;
+  const placement_ops_t *p = h->cfg.placement;
   if (!p || !p->cron_on(p->ctx)) return 0;
   if (op < 0 || op > 2) return luaL_error(L, "bad cron operation");
   task_t *t = core__task(L, "cron bookkeeping");
-  call_t *c = call_new(host__cfg.sched, host__task_call_cb, t, 10000);
+  call_t *c = call_new(h->cfg.sched, host__task_call_cb, t, 10000);
   t->call = c;
   p->cron(p->ctx, (int)op, name, at > 0 ? (uint64_t)at : 0, c);
   t->waiting = 1;
@@ -182,7 +187,7 @@ static int core_cron_progress(lua_State *L) {
 }
 
 static int core_cron_catch_up(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)host__cfg.cron_catch_up_ms);
+  lua_pushinteger(L, (lua_Integer)host__script(L)->host->cfg.cron_catch_up_ms);
   return 1;
 }
 
@@ -190,11 +195,18 @@ int host__open_core(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"call", core_call}, {"sleep", core_sleep}, {"keep_alive", core_keep_alive}, {"forget", core_forget}, {"runner", core_runner},
       {"wall", core_wall}, {"now", core_wall}, {"clock", core_clock}, {"log", core_log},
-      {"json_encode", json_lua_encode}, {"json_decode", json_lua_decode},
       {"cron", core_cron}, {"cron_catch_up", core_cron_catch_up},
       {"cron_progress", core_cron_progress}, {NULL, NULL},
   };
   luaL_newlib(L, fns);
+  /* The codec's scratch is the host's (host_t.json): their upvalue. */
+  json_t *j = host__script(L)->host->json;
+  lua_pushlightuserdata(L, j);
+  lua_pushcclosure(L, json_lua_encode, 1);
+  lua_setfield(L, -2, "json_encode");
+  lua_pushlightuserdata(L, j);
+  lua_pushcclosure(L, json_lua_decode, 1);
+  lua_setfield(L, -2, "json_decode");
   return 1;
 }
 

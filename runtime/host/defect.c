@@ -106,7 +106,7 @@ char *host__error_text(lua_State *L, lua_State *co) {
     } else if (type == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == NULL) {
       buf_adds(&b, "null");
     } else if (type == LUA_TTABLE) {
-      const char *json = json_encode_value(L, lua_gettop(L), &n, &why);
+      const char *json = json_encode_value(host__script(L)->host->json, L, lua_gettop(L), &n, &why);
       if (json) buf_add(&b, json, n);
       else buf_printf(&b, "(error object is a table that is not JSON: %s)", why);
     } else {

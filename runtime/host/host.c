@@ -26,16 +26,15 @@
  * handler which catches the budget error with pcall is stopped again almost
  * at once; large enough that the hook costs well under 1% of run time. */
 #define HOST_HOOK_EVERY 2000
-/* CPU time of the main thread between two looks at the running task. */
+/* CPU time of the thread running the Lua states between two looks at the
+ * running task. */
 #define HOST_WATCH_NS 10000000L
-
-static task_t *host_tasks;
 
 /* The instruction budget and what it costs. While a count hook is set, Lua
  * 5.4 traps every VM instruction (to count it), which makes Lua code run
  * about half as fast, however rarely the hook itself fires. So a task's
  * coroutine runs unhooked until it has shown it may run long: a timer on the
- * main thread's CPU time raises SIGPROF every HOST_WATCH_NS, and the task
+ * running thread's CPU time raises SIGPROF every HOST_WATCH_NS, and the task
  * running then is charged one tick. Once its ticks add up to the budget read
  * as nanoseconds (as if the VM ran one instruction per nanosecond, faster
  * than it goes), the task's coroutine gets the count hook ("armed", for the
@@ -47,9 +46,13 @@ static task_t *host_tasks;
  * hook from a signal handler is what the Lua interpreter itself does to stop
  * a script on Ctrl-C; the VM re-reads its trap at every jump and call.
  * Without the timer (timer_create failed) every run is counted from its
- * start. */
-static task_t *volatile host_sig_task; /* the task being resumed now */
-static int host_lazy_budget;            /* the CPU timer runs */
+ * start.
+ *
+ * This state is per thread, not per host: the timer counts one thread's
+ * CPU time and signals that thread, so each thread that runs Lua states
+ * has one timer, one task being resumed, whatever runtimes it serves. */
+static _Thread_local task_t *volatile host_sig_task; /* the task being resumed now */
+static _Thread_local int host_lazy_budget;            /* this thread's CPU timer runs */
 
 static void host__hook(lua_State *L, lua_Debug *ar);
 
@@ -62,7 +65,7 @@ static void host__sigprof(int sig) {
 }
 
 static void host__watch_start(void) {
-  static int tried;
+  static _Thread_local int tried; /* one timer per thread (see above) */
   if (tried) return;
   tried = 1;
   struct sigaction sa;
@@ -74,7 +77,7 @@ static void host__watch_start(void) {
   memset(&sev, 0, sizeof sev);
   sev.sigev_notify = SIGEV_THREAD_ID;
   sev.sigev_signo = SIGPROF;
-  sev._sigev_un._tid = gettid(); /* the main thread, which runs every Lua state */
+  sev._sigev_un._tid = gettid(); /* this thread, which runs its runtime's Lua states */
   timer_t timer;
   struct itimerspec every = {{0, HOST_WATCH_NS}, {0, HOST_WATCH_NS}};
   if (sigaction(SIGPROF, &sa, NULL) != 0 || timer_create(CLOCK_THREAD_CPUTIME_ID, &sev, &timer) != 0) {
@@ -91,12 +94,7 @@ static void host__watch_start(void) {
   host_lazy_budget = 1;
 }
 
-script_t *host__script(lua_State *L) { return *(script_t **)lua_getextraspace(L); }
-
-/* The cap applies only while scripts run (host_enforce_depth > 0): the runner's own
- * pushes of payloads and results never fail on it, so a state that user code
- * filled to the brim can still be handed its next message or error. */
-static int host_enforce_depth;
+/* The cap applies only while scripts run (host_t.enforce_depth). */
 static void *host__alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   script_t *s = ud;
   size_t old = ptr ? osize : 0;
@@ -105,7 +103,7 @@ static void *host__alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     s->mem -= old;
     return NULL;
   }
-  if (nsize > old && host_enforce_depth && s->mem + (nsize - old) > s->mem_limit) return NULL;
+  if (nsize > old && s->host->enforce_depth && s->mem + (nsize - old) > s->mem_limit) return NULL;
   void *p = realloc(ptr, nsize);
   if (!p) return NULL;
   s->mem = s->mem - old + nsize;
@@ -236,9 +234,9 @@ lua_State *host__state_new(script_t *s) {
 
 int host__pcall(script_t *s, lua_State *L, int nargs, int nres, int msgh) {
   host__budget_reset(s, L);
-  host_enforce_depth++;
+  s->host->enforce_depth++;
   int rc = lua_pcall(L, nargs, nres, msgh);
-  host_enforce_depth--;
+  s->host->enforce_depth--;
   return rc;
 }
 
@@ -253,7 +251,7 @@ static void task__resume_item(sched_item_t *it);
 static void task__sleep_fire(timer_entry_t *te) {
   task_t *t = (task_t *)((char *)te - offsetof(task_t, sleep));
   t->nargs = 0;
-  sched_push(host__cfg.sched, &t->item, task__resume_item);
+  sched_push(t->script->host->cfg.sched, &t->item, task__resume_item);
 }
 
 static task_t *task_new(script_t *s, task_kind_t kind) {
@@ -269,11 +267,12 @@ static task_t *task_new(script_t *s, task_kind_t kind) {
     t->co = lua_newthread(s->L);
     t->co_ref = luaL_ref(s->L, LUA_REGISTRYINDEX);
   }
-  timer_entry_init(&t->sleep, host__cfg.sched, task__sleep_fire);
+  host_t *h = s->host;
+  timer_entry_init(&t->sleep, h->cfg.sched, task__sleep_fire);
   s->tasks++;
-  t->tnext = host_tasks;
-  if (host_tasks) host_tasks->tprev = t;
-  host_tasks = t;
+  t->tnext = h->tasks;
+  if (h->tasks) h->tasks->tprev = t;
+  h->tasks = t;
   return t;
 }
 
@@ -290,7 +289,7 @@ void host__task_free(task_t *t) {
     luaL_unref(s->L, LUA_REGISTRYINDEX, t->co_ref);
   }
   s->tasks--;
-  if (t->tprev) t->tprev->tnext = t->tnext; else host_tasks = t->tnext;
+  if (t->tprev) t->tprev->tnext = t->tnext; else s->host->tasks = t->tnext;
   if (t->tnext) t->tnext->tprev = t->tprev;
   if (t->item.queued) {
     /* Still on the ready queue (its sleep ended, say, as a reload stopped
@@ -305,12 +304,13 @@ static int host__bg_here(const etype_t *ty);
 static void host__task_lost(task_t *t);
 
 static void task_resume(task_t *t, int nargs) {
-  if ((t->inst && !placement_may_run(host__cfg.placement, t->inst->shard)) || (!t->inst && !host__bg_here(t->type))) {
+  script_t *s = t->script;
+  host_t *h = s->host;
+  if ((t->inst && !placement_may_run(h->cfg.placement, t->inst->shard)) || (!t->inst && !host__bg_here(t->type))) {
     /* The lease of its shard ran out while it waited: nothing more runs. */
     host__task_lost(t);
     return;
   }
-  script_t *s = t->script;
   int nres = 0;
   s->current = t;
   /* A handler's budget covers its whole invocation, waits included; a
@@ -325,11 +325,11 @@ static void task_resume(task_t *t, int nargs) {
   if (t->armed || !host_lazy_budget) lua_sethook(t->co, host__hook, LUA_MASKCOUNT, HOST_HOOK_EVERY);
   else lua_sethook(t->co, NULL, 0, 0);
   t->waiting = 0;
-  host_enforce_depth++;
+  h->enforce_depth++;
   host_sig_task = t;
   int st = lua_resume(t->co, NULL, nargs, &nres);
   host_sig_task = NULL;
-  host_enforce_depth--;
+  h->enforce_depth--;
   if (lua_gethook(t->co)) t->armed = 1;
   s->current = NULL;
   if (cumulative) t->used = s->slice;
@@ -416,6 +416,7 @@ static void task__observe(task_t *t) {
 /* Ends a handler task that did not return normally: its message is answered
  * with `kind` and `text`, and the instance goes on with its next one. */
 static void task__end_handle(task_t *t, reply_kind_t kind, const char *text) {
+  const host_em_t *em = t->script->host->cfg.em;
   msg_t *m = t->msg;
   host_inst_t *inst = t->inst;
   task__observe(t);
@@ -426,16 +427,18 @@ static void task__end_handle(task_t *t, reply_kind_t kind, const char *text) {
   free(body);
   host__task_free(t);
   if (kind == REPLY_DEFECT && inst->type->durable) inst->reset = 1; /* a raised run leaves no trace */
-  host__cfg.em->handled(inst);
+  em->handled(inst);
 }
 
 static void task__end_activate(task_t *t, const char *error) {
+  const host_em_t *em = t->script->host->cfg.em;
   host_inst_t *inst = t->inst;
   host__task_free(t);
-  host__cfg.em->activated(inst, error);
+  em->activated(inst, error);
 }
 
 static void task__finish(task_t *t, int nres) {
+  const host_em_t *em = t->script->host->cfg.em;
   lua_State *co = t->co;
   switch (t->kind) {
   case TASK_HANDLE: {
@@ -453,16 +456,16 @@ static void task__finish(task_t *t, int nres) {
       msg_finish(m, REPLY_DEFECT, eb, len);
       free(eb);
     } else if (inst->type->durable) {
-      int now = host__cfg.em->durable_reply(inst, m, kind, body, blen); /* saves the state, then releases the reply */
+      int now = em->durable_reply(inst, m, kind, body, blen); /* saves the state, then releases the reply */
       host__task_free(t);
-      if (now) host__cfg.em->handled(inst);
+      if (now) em->handled(inst);
       return;
     } else {
       t->type->counters->outcomes[kind]++;
       msg_finish(m, kind, body, blen);
     }
     host__task_free(t);
-    host__cfg.em->handled(inst);
+    em->handled(inst);
     return;
   }
   case TASK_ACTIVATE: {
@@ -471,7 +474,7 @@ static void task__finish(task_t *t, int nres) {
       inst->ctx_ref = luaL_ref(co, LUA_REGISTRYINDEX);
       inst->handlers_ref = luaL_ref(co, LUA_REGISTRYINDEX);
       host__task_free(t);
-      host__cfg.em->activated(inst, NULL);
+      em->activated(inst, NULL);
     } else {
       task__end_activate(t, "activate returned no handlers");
     }
@@ -487,6 +490,7 @@ static void task__finish(task_t *t, int nres) {
 }
 
 static void task__error(task_t *t, int status) {
+  const host_em_t *em = t->script->host->cfg.em;
   char *text = task__error_text(t, status);
   switch (t->kind) {
   case TASK_HANDLE:
@@ -503,8 +507,8 @@ static void task__error(task_t *t, int status) {
         host_inst_t *inst = t->inst;
         t->msg = NULL;
         host__task_free(t);
-        host__cfg.em->retry(inst, m, delay);
-        host__cfg.em->handled(inst);
+        em->retry(inst, m, delay);
+        em->handled(inst);
         break;
       }
       char *again = malloc(strlen(text) + 64);
@@ -546,7 +550,7 @@ void host_activate(host_inst_t *inst, const char *snapshot, size_t snapshot_len)
 }
 
 static int host__decode(lua_State *L) {
-  json_push_decoded(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
+  json_push_decoded(host__script(L)->host->json, L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
   return 1;
 }
 
@@ -627,7 +631,7 @@ void host_release_instance(host_inst_t *inst) {
   s->gc_freed++;
   if (!timer_pending(&s->gc_timer)) {
     uint64_t wait = s->gc_cost_ms * HOST_GC_COST_FACTOR;
-    timer_add(&s->gc_timer, sched_now(host__cfg.sched) + (wait > HOST_GC_DELAY_MS ? wait : HOST_GC_DELAY_MS));
+    timer_add(&s->gc_timer, sched_now(s->host->cfg.sched) + (wait > HOST_GC_DELAY_MS ? wait : HOST_GC_DELAY_MS));
   }
 }
 
@@ -718,7 +722,7 @@ static void host__start_runner_task(etype_t *ty) {
   script_t *s = ty->script;
   task_t *t = task_new(s, ty->kind == DEF_CRON ? TASK_CRON : TASK_SINGLETON);
   t->type = ty;
-  t->started_ms = sched_wall_ms(host__cfg.sched);
+  t->started_ms = sched_wall_ms(s->host->cfg.sched);
   ty->runner_task = t;
   lua_State *co = t->co;
   lua_rawgeti(co, LUA_REGISTRYINDEX, ty->kind == DEF_CRON ? s->ref_run_cron : s->ref_run_singleton);
@@ -727,7 +731,7 @@ static void host__start_runner_task(etype_t *ty) {
   lua_pushlstring(co, ty->name, ty->name_len);
   lua_call(co, 1, 1); /* ctx for a singleton has no id */
   t->nargs = 2;
-  sched_push(host__cfg.sched, &t->item, task__resume_item);
+  sched_push(s->host->cfg.sched, &t->item, task__resume_item);
 }
 
 
@@ -742,7 +746,7 @@ static void host__restart_fire(timer_entry_t *te) {
  * shard of its name, so exactly one runner runs it and it moves with the
  * shard. */
 static int host__bg_here(const etype_t *ty) {
-  return placement_may_run_key(host__cfg.placement, ty->name, ty->name_len);
+  return placement_may_run_key(etype_host(ty)->cfg.placement, ty->name, ty->name_len);
 }
 
 static void host__task_lost(task_t *t) {
@@ -757,8 +761,8 @@ static void host__task_lost(task_t *t) {
   }
 }
 
-void host_cancel_shard_tasks(const uint8_t *mask) {
-  task_t *t = host_tasks;
+void host_cancel_shard_tasks(host_t *h, const uint8_t *mask) {
+  task_t *t = h->tasks;
   while (t) {
     task_t *next = t->tnext;
     if ((t->kind == TASK_HANDLE || t->kind == TASK_ACTIVATE) && t->inst && mask[t->inst->shard]) host__task_lost(t);
@@ -766,8 +770,8 @@ void host_cancel_shard_tasks(const uint8_t *mask) {
   }
 }
 
-void host_background_update(void) {
-  for (etype_t *ty = host__type_list; ty; ty = ty->next) {
+void host_background_update(host_t *h) {
+  for (etype_t *ty = h->types; ty; ty = ty->next) {
     if (ty->kind == DEF_ENTITY) continue;
     int here = host__bg_here(ty);
     if (here && !ty->runner_task && !ty->restart) {
@@ -789,20 +793,21 @@ static void task__restart_background(task_t *t) {
   host__task_free(t);
   restart_t *r = calloc(1, sizeof *r);
   if (!r) return;
-  timer_entry_init(&r->timer, host__cfg.sched, host__restart_fire);
+  sched_t *sched = etype_host(ty)->cfg.sched;
+  timer_entry_init(&r->timer, sched, host__restart_fire);
   r->type = ty;
   ty->restart = r;
-  timer_add(&r->timer, sched_now(host__cfg.sched) + 1000);
+  timer_add(&r->timer, sched_now(sched) + 1000);
 }
 
-void host_start_background(void) {
-  for (etype_t *ty = host__type_list; ty; ty = ty->next)
+void host_start_background(host_t *h) {
+  for (etype_t *ty = h->types; ty; ty = ty->next)
     if (ty->kind != DEF_ENTITY && !ty->runner_task && host__bg_here(ty)) host__start_runner_task(ty);
 }
 
-void host_cancel_tasks(void) {
-  while (host_tasks) {
-    task_t *t = host_tasks;
+void host_cancel_tasks(host_t *h) {
+  while (h->tasks) {
+    task_t *t = h->tasks;
     switch (t->kind) {
     case TASK_HANDLE: task__end_handle(t, REPLY_UNAVAILABLE, "the runner is shutting down"); break;
     case TASK_ACTIVATE: task__end_activate(t, "the runner is shutting down"); break;
@@ -811,7 +816,7 @@ void host_cancel_tasks(void) {
       host__task_free(t);
     }
   }
-  for (etype_t *ty = host__type_list; ty; ty = ty->next) {
+  for (etype_t *ty = h->types; ty; ty = ty->next) {
     if (ty->restart) {
       timer_cancel(&ty->restart->timer);
       free(ty->restart);

@@ -20,6 +20,9 @@
 #define HOST_PERSISTED_ATTEMPTS 5
 #define HOST_RETRY_BASE_MS 100
 
+/* One runtime's host: its config, scripts, types, tasks, counters and JSON
+ * scratch (host_int.h); nothing of it is process-wide. */
+typedef struct host_s host_t;
 typedef struct script_s script_t;
 typedef struct etype_s etype_t;
 typedef struct task_s task_t;
@@ -104,6 +107,7 @@ struct etype_s {
 
 struct script_s {
   script_t *next;
+  host_t *host;       /* its owner: every call that has a script, type or task reaches it here */
   char *path;
   char *file; /* name within the script directory, for messages */
   lua_State *L;
@@ -171,18 +175,24 @@ typedef struct host_config_s {
   sched_t *sched;                     /* the owner's scheduler (required) */
 } host_config_t;
 
-/* Loads every top-level *.lua of cfg->dir. Returns the number of scripts that
- * failed to load (each logged and kept in its script_t); <0 when the directory
- * cannot be read. */
-int host_load_dir(const host_config_t *cfg);
+/* A host with no scripts yet, keeping a copy of *cfg; NULL without memory. */
+host_t *host_new(const host_config_t *cfg);
+/* Loads every top-level *.lua of the config's dir. Returns the number of
+ * scripts that failed to load (each logged and kept in its script_t); <0
+ * when the directory cannot be read. */
+int host_load_dir(host_t *h);
 /* Ends every running task: messages get `unavailable`, instances are
- * released. Used once, at shutdown, before host_shutdown. */
-void host_cancel_tasks(void);
-void host_shutdown(void);
-const host_config_t *host_config(void);
-script_t *host_scripts(void);
-etype_t *host_types(void);
-etype_t *host_find_type(const char *name, size_t len);
+ * released. Used once, at shutdown, before host_free. */
+void host_cancel_tasks(host_t *h);
+/* Closes every script (the entity manager's types first freed through
+ * cfg.em), stops the watcher, frees the counters and the host. */
+void host_free(host_t *h);
+const host_config_t *host_config(const host_t *h);
+script_t *host_scripts(const host_t *h);
+etype_t *host_types(const host_t *h);
+etype_t *host_find_type(const host_t *h, const char *name, size_t len);
+/* The host of a type (its script's). */
+static inline host_t *etype_host(const etype_t *t) { return t->script->host; }
 int etype_find_rpc(const etype_t *t, const char *tag, size_t len);
 
 /* What a rescan of the script directory did, as JSON for /admin/reload. */
@@ -195,9 +205,9 @@ typedef struct host_reload_report_s {
  * failing version leaves the old one serving. `json` (optional) receives
  * {"loaded":[...],"reloaded":[...],"removed":[...],"failed":[{file,message}],
  * "unchanged":N}. */
-void host_rescan(host_reload_report_t *rep, buf_t *json);
+void host_rescan(host_t *h, host_reload_report_t *rep, buf_t *json);
 /* The directories a watcher should watch (the script dir and lib/ below it). */
-int host_watch_dirs(char ***dirs);
+int host_watch_dirs(host_t *h, char ***dirs);
 
 /* Entity work, called by the entity manager. */
 void host_activate(host_inst_t *inst, const char *snapshot, size_t snapshot_len);
@@ -214,12 +224,12 @@ void host_type_released(etype_t *t);
 reply_kind_t host_persist_info(etype_t *t, int rpc, const char *payload, size_t len, char **pk,
                                uint64_t *deliver_at, char **err, size_t *err_len);
 /* Starts singletons and cron jobs. */
-void host_start_background(void);
+void host_start_background(host_t *h);
 /* Cluster mode: starts the singletons and cron jobs whose shard this runner
  * now serves, stops those whose shard it lost. */
-void host_background_update(void);
+void host_background_update(host_t *h);
 /* Ends the handlers and activations running on the shards in mask[] with
  * `unavailable` (the shard's lease is gone). */
-void host_cancel_shard_tasks(const uint8_t *mask);
+void host_cancel_shard_tasks(host_t *h, const uint8_t *mask);
 
 #endif

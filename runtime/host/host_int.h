@@ -6,6 +6,7 @@
 #include <lua.h>
 
 #include "host/host.h"
+#include "host/json.h"
 
 /* A pending restart of a singleton or cron job that raised. */
 typedef struct restart_s {
@@ -13,11 +14,31 @@ typedef struct restart_s {
   etype_t *type;
 } restart_t;
 
-extern host_config_t host__cfg;
-extern script_t *host__script_list; /* one per file, in file name order */
-extern etype_t *host__type_list;    /* the definitions being served */
+struct lib_file_s;
+struct watch_s;
 
-script_t *host__script(lua_State *L);
+struct host_s {
+  host_config_t cfg;
+  script_t *scripts; /* one per file, in file name order */
+  etype_t *types;    /* the definitions being served */
+  script_t *retired; /* replaced versions, closed once nothing uses them */
+  int closing;       /* host_free runs: nothing more is closed one by one */
+  struct lib_file_s *libs; /* lib/ files and their hashes (scripts.c) */
+  size_t nlibs;
+  task_t *tasks; /* every live task, for shutdown */
+  /* The memory cap applies only while scripts run (enforce_depth > 0): the
+   * runner's own pushes of payloads and results never fail on it, so a
+   * state that user code filled to the brim can still be handed its next
+   * message or error. */
+  int enforce_depth;
+  host_counters_t *counters, **counters_tail; /* per type name (counters.c) */
+  json_t *json;          /* encoder and decoder scratch of every state here */
+  struct watch_s *watch; /* the directory watcher, while one runs (watch.c) */
+};
+
+/* The script whose state L (or a thread of it) is: in the state's extra
+ * space, copied into every thread. */
+static inline script_t *host__script(lua_State *L) { return *(script_t **)lua_getextraspace(L); }
 /* A new Lua state for s: capped allocator, budget hook, standard libraries,
  * the luster modules preloaded. NULL when it cannot be created. */
 lua_State *host__state_new(script_t *s);

@@ -4,7 +4,11 @@
  * decodes each once, so both directions stay off the general paths of a
  * JSON library: integers are formatted by hand (no printf), strings without
  * escapes are pushed straight from the input, and nothing is allocated but
- * the Lua values themselves and one reusable output buffer. */
+ * the Lua values themselves and one reusable output buffer.
+ *
+ * That buffer and the decoder's scratch belong to a json_t, one per host
+ * (so two runtimes on two threads share none); the Lua functions find it as
+ * their upvalue, the host's C code as a field of its host_t. */
 #include "host/json.h"
 
 #include <lauxlib.h>
@@ -20,29 +24,73 @@
  * Encoding
  * ------------------------------------------------------------------------- */
 
-/* One buffer serves every encode: nothing an encode runs can start another
- * (tables are read raw, so no metamethod runs), and an error leaves it to be
- * reset by the next encode. */
 typedef struct {
   char *p;
   size_t len, cap;
+  json_t *enc; /* the encoder's own buffer: a failure goes to its setjmp (NULL: a Lua error) */
 } out_t;
 
-static out_t json_out;
+typedef struct {
+  lua_State *L;
+  const char *s, *p, *end;
+  out_t scratch; /* unescaped strings */
+} dec_t;
 
-/* Where an encode error goes: json_encode_value's caller, or a Lua error. */
-static jmp_buf *json_enc_jmp;
-static char json_enc_err[160];
+struct json_s {
+  /* One buffer serves every encode of its json_t: nothing an encode runs can
+   * start another (tables are read raw, so no metamethod runs), and an
+   * error leaves it to be reset by the next encode. */
+  out_t out;
+  /* Where an encode error goes: json_encode_value's caller. */
+  jmp_buf *enc_jmp;
+  char enc_err[160];
+  char num[24]; /* a whole number's text, the commonest payload */
+  dec_t dec;    /* its scratch buffer is kept for the next decode */
+};
 
-static void enc_fail(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
-static void enc_fail(lua_State *L, const char *fmt, ...) {
+static void enc_fail(json_t *j, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+static void enc_fail(json_t *j, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(json_enc_err, sizeof json_enc_err, fmt, ap);
+  vsnprintf(j->enc_err, sizeof j->enc_err, fmt, ap);
   va_end(ap);
-  if (json_enc_jmp) longjmp(*json_enc_jmp, 1);
-  luaL_error(L, "%s", json_enc_err);
-  abort(); /* luaL_error does not return */
+  longjmp(*j->enc_jmp, 1); /* every encode runs under json_encode_value's setjmp */
+}
+
+json_t *json_new(void) {
+  json_t *j = calloc(1, sizeof *j);
+  if (j) j->out.enc = j;
+  return j;
+}
+
+static void json__release(json_t *j) {
+  free(j->out.p);
+  free(j->dec.scratch.p);
+  j->out.p = j->dec.scratch.p = NULL;
+  j->out.cap = j->dec.scratch.cap = 0;
+}
+
+void json_free(json_t *j) {
+  if (!j) return;
+  json__release(j);
+  free(j);
+}
+
+static int json__gc(lua_State *L) {
+  json__release(lua_touserdata(L, 1));
+  return 0;
+}
+
+json_t *json_push_new(lua_State *L) {
+  json_t *j = lua_newuserdatauv(L, sizeof *j, 0);
+  memset(j, 0, sizeof *j);
+  j->out.enc = j;
+  if (luaL_newmetatable(L, "luster.json_scratch")) {
+    lua_pushcfunction(L, json__gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return j;
 }
 
 /* A buffer larger than this, grown by one big value, is given back before
@@ -60,7 +108,8 @@ static void out_grow(lua_State *L, out_t *o, size_t more) {
   size_t cap = o->cap ? o->cap : 256;
   while (cap - o->len < more) cap *= 2;
   char *p = realloc(o->p, cap);
-  if (!p) enc_fail(L, "not enough memory to encode JSON");
+  if (!p && o->enc) enc_fail(o->enc, "not enough memory to encode JSON");
+  if (!p) luaL_error(L, "not enough memory to encode JSON");
   o->p = p;
   o->cap = cap;
 }
@@ -115,7 +164,7 @@ static void encode_number(lua_State *L, out_t *o, int idx) {
     n = fmt_int(num, (long long)lua_tointeger(L, idx));
   } else {
     double d = lua_tonumber(L, idx);
-    if (!isfinite(d)) enc_fail(L, "Cannot serialise number: must not be NaN or Inf");
+    if (!isfinite(d)) enc_fail(o->enc, "Cannot serialise number: must not be NaN or Inf");
     n = fmt_double(num, d);
   }
   out_add(L, o, num, n);
@@ -152,7 +201,7 @@ static void encode_string(lua_State *L, out_t *o, const char *s, size_t n) {
 
 /* The array length of the table at idx as cjson sees it: -1 when some key is
  * not a positive whole number (an object), 0 when empty. */
-static lua_Integer array_length(lua_State *L, int idx) {
+static lua_Integer array_length(lua_State *L, out_t *o, int idx) {
   lua_Integer max = 0, items = 0;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
@@ -178,7 +227,7 @@ static lua_Integer array_length(lua_State *L, int idx) {
     if (k > max) max = k;
     items++;
   }
-  if (max > 10 && max > items * 2) enc_fail(L, "Cannot serialise table: excessively sparse array");
+  if (max > 10 && max > items * 2) enc_fail(o->enc, "Cannot serialise table: excessively sparse array");
   return max;
 }
 
@@ -186,8 +235,8 @@ static void encode_value(lua_State *L, out_t *o, int idx, int depth);
 
 static void encode_table(lua_State *L, out_t *o, int idx, int depth) {
   if (depth > JSON_MAX_DEPTH || !lua_checkstack(L, 4))
-    enc_fail(L, "Cannot serialise, excessive nesting (%d)", depth);
-  lua_Integer n = array_length(L, idx);
+    enc_fail(o->enc, "Cannot serialise, excessive nesting (%d)", depth);
+  lua_Integer n = array_length(L, o, idx);
   if (n > 0) {
     out_char(L, o, '[');
     for (lua_Integer i = 1; i <= n; i++) {
@@ -215,7 +264,7 @@ static void encode_table(lua_State *L, out_t *o, int idx, int depth) {
       encode_number(L, o, lua_gettop(L) - 1);
       out_char(L, o, '"');
     } else {
-      enc_fail(L, "Cannot serialise %s: table key must be a number or string", lua_typename(L, kt));
+      enc_fail(o->enc, "Cannot serialise %s: table key must be a number or string", lua_typename(L, kt));
     }
     out_char(L, o, ':');
     encode_value(L, o, lua_gettop(L), depth);
@@ -247,39 +296,41 @@ static void encode_value(lua_State *L, out_t *o, int idx, int depth) {
     break;
   default: break;
   }
-  enc_fail(L, "Cannot serialise %s: type not supported", luaL_typename(L, idx));
+  enc_fail(o->enc, "Cannot serialise %s: type not supported", luaL_typename(L, idx));
 }
 
-const char *json_encode_value(lua_State *L, int idx, size_t *len, const char **error) {
-  out_t *o = &json_out;
+const char *json_encode_value(json_t *j, lua_State *L, int idx, size_t *len, const char **error) {
+  out_t *o = &j->out;
   const int at = lua_absindex(L, idx);
   /* The commonest payloads and replies: a whole number. */
   if (lua_isinteger(L, at)) {
-    static char num[24];
-    *len = fmt_int(num, (long long)lua_tointeger(L, at));
-    return num;
+    *len = fmt_int(j->num, (long long)lua_tointeger(L, at));
+    return j->num;
   }
   out_trim(o);
   /* Nothing an encode runs can raise a Lua error or start another encode. */
   jmp_buf here;
-  json_enc_jmp = &here;
+  j->enc_jmp = &here;
   if (setjmp(here)) {
-    json_enc_jmp = NULL;
-    *error = json_enc_err;
+    j->enc_jmp = NULL;
+    *error = j->enc_err;
     return NULL;
   }
   o->len = 0;
   encode_value(L, o, at, 0);
-  json_enc_jmp = NULL;
+  j->enc_jmp = NULL;
   *len = o->len;
   return o->p;
 }
+
+/* The json_t of json_lua_encode / json_lua_decode: their upvalue. */
+static json_t *json__up(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
 
 int json_lua_encode(lua_State *L) {
   size_t len;
   const char *err = NULL;
   lua_settop(L, 1);
-  const char *text = json_encode_value(L, 1, &len, &err);
+  const char *text = json_encode_value(json__up(L), L, 1, &len, &err);
   if (!text) return luaL_error(L, "%s", err);
   lua_pushlstring(L, text, len);
   return 1;
@@ -288,12 +339,6 @@ int json_lua_encode(lua_State *L) {
 /* ---------------------------------------------------------------------------
  * Decoding
  * ------------------------------------------------------------------------- */
-
-typedef struct {
-  lua_State *L;
-  const char *s, *p, *end;
-  out_t scratch; /* unescaped strings */
-} dec_t;
 
 static int dec_fail(dec_t *d, const char *what) {
   const char *at = d->p;
@@ -559,10 +604,8 @@ static void decode_value(dec_t *d, int depth) {
   }
 }
 
-static dec_t json_dec;
-
-void json_push_decoded(lua_State *L, const char *s, size_t n) {
-  dec_t *d = &json_dec; /* its scratch buffer is kept for the next decode */
+void json_push_decoded(json_t *j, lua_State *L, const char *s, size_t n) {
+  dec_t *d = &j->dec; /* its scratch buffer is kept for the next decode */
   out_trim(&d->scratch);
   d->L = L;
   d->s = d->p = s;
@@ -576,6 +619,6 @@ int json_lua_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   lua_settop(L, 1);
-  json_push_decoded(L, s, n);
+  json_push_decoded(json__up(L), L, s, n);
   return 1;
 }

@@ -15,14 +15,11 @@
 
 #include "loop/log.h"
 #include "core/buf.h"
+#include "host/watch.h"
 
-host_config_t host__cfg;
-script_t *host__script_list;
-etype_t *host__type_list;
-
-const host_config_t *host_config(void) { return &host__cfg; }
-script_t *host_scripts(void) { return host__script_list; }
-etype_t *host_types(void) { return host__type_list; }
+const host_config_t *host_config(const host_t *h) { return &h->cfg; }
+script_t *host_scripts(const host_t *h) { return h->scripts; }
+etype_t *host_types(const host_t *h) { return h->types; }
 
 
 /* A load error as defects read: the error's text, then the traceback
@@ -109,7 +106,7 @@ static etype_t *host__read_def(script_t *s, lua_State *L) {
   ty->name = host__dupfield(L, -1, "name", &ty->name_len);
   ty->cron_expr = host__dupfield(L, -1, "expr", NULL);
   lua_getfield(L, -1, "options");
-  ty->max_idle_ms = host__opt_int(L, -1, "max_idle", host__cfg.max_idle_ms);
+  ty->max_idle_ms = host__opt_int(L, -1, "max_idle", s->host->cfg.max_idle_ms);
   ty->concurrency = (uint32_t)host__opt_int(L, -1, "concurrency", 1);
   ty->mailbox = (uint32_t)host__opt_int(L, -1, "mailbox", 4096);
   lua_getfield(L, -1, "durable");
@@ -134,7 +131,7 @@ static etype_t *host__read_def(script_t *s, lua_State *L) {
   }
   lua_pushvalue(L, -1);
   ty->def_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  host__cfg.em->type_init(host__cfg.em->ud, ty);
+  s->host->cfg.em->type_init(s->host->cfg.em->ud, ty);
   return ty;
 }
 
@@ -147,7 +144,7 @@ static void etype_free(etype_t *ty) {
     timer_cancel(&ty->restart->timer);
     free(ty->restart);
   }
-  host__cfg.em->type_free(ty);
+  etype_host(ty)->cfg.em->type_free(ty);
   free(ty);
 }
 
@@ -184,7 +181,7 @@ static int script_load(script_t *s) {
 
   /* package.path: the script directory's lib/ first. */
   lua_getglobal(L, "package");
-  lua_pushfstring(L, "%s/lib/?.lua;%s/lib/?/init.lua;", host__cfg.dir, host__cfg.dir);
+  lua_pushfstring(L, "%s/lib/?.lua;%s/lib/?/init.lua;", s->host->cfg.dir, s->host->cfg.dir);
   lua_getfield(L, -2, "path");
   lua_concat(L, 2);
   lua_setfield(L, -2, "path");
@@ -247,8 +244,8 @@ static int script_load(script_t *s) {
   return 0;
 }
 
-etype_t *host_find_type(const char *name, size_t len) {
-  for (etype_t *ty = host__type_list; ty; ty = ty->next)
+etype_t *host_find_type(const host_t *h, const char *name, size_t len) {
+  for (etype_t *ty = h->types; ty; ty = ty->next)
     if (ty->name_len == len && memcmp(ty->name, name, len) == 0) return ty;
   return NULL;
 }
@@ -263,8 +260,6 @@ static int host__cmp(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static script_t *host_retired;
-
 static void script__free(script_t *s) {
   script_close(s);
   free(s->path);
@@ -277,37 +272,38 @@ static void script__free(script_t *s) {
 static void host__close_check(sched_item_t *it) {
   script_t *s = (script_t *)((char *)it - offsetof(script_t, close_item));
   if (!s->retired || s->tasks > 0) return;
+  host_t *h = s->host;
   for (etype_t *ty = s->types; ty; ty = ty->snext)
-    if (host__cfg.em->instances(ty) > 0 || ty->ref.refs > 0) return;
-  script_t **pp = &host_retired;
+    if (h->cfg.em->instances(ty) > 0 || ty->ref.refs > 0) return;
+  script_t **pp = &h->retired;
   while (*pp && *pp != s) pp = &(*pp)->next;
   if (*pp) *pp = s->next;
   log_info("closed the replaced version %s of %s", s->version, s->file);
   script__free(s);
 }
 
-static int host_closing;
-
 void host_type_released(etype_t *t) {
-  if (t->retired && !host_closing) sched_push(host__cfg.sched, &t->script->close_item, host__close_check);
+  host_t *h = etype_host(t);
+  if (t->retired && !h->closing) sched_push(h->cfg.sched, &t->script->close_item, host__close_check);
 }
 
-static script_t *script__new(const char *file) {
+static script_t *script__new(host_t *h, const char *file) {
   script_t *s = calloc(1, sizeof *s);
   char path[4096];
-  snprintf(path, sizeof path, "%s/%s", host__cfg.dir, file);
+  snprintf(path, sizeof path, "%s/%s", h->cfg.dir, file);
+  s->host = h;
   s->path = strdup(path);
   s->file = strdup(file);
-  s->mem_limit = host__cfg.memory_limit;
-  s->budget = host__cfg.instruction_budget;
-  timer_entry_init(&s->gc_timer, host__cfg.sched, host__gc_fire);
+  s->mem_limit = h->cfg.memory_limit;
+  s->budget = h->cfg.instruction_budget;
+  timer_entry_init(&s->gc_timer, h->cfg.sched, host__gc_fire);
   return s;
 }
 
 /* Returns the name already taken by another script, or NULL. */
 static const char *host__conflict(script_t *s, script_t *replacing, script_t **other) {
   for (etype_t *ty = s->types; ty; ty = ty->snext) {
-    etype_t *o = host_find_type(ty->name, ty->name_len);
+    etype_t *o = host_find_type(s->host, ty->name, ty->name_len);
     if (o && o->script != replacing) {
       *other = o->script;
       return ty->name;
@@ -317,7 +313,7 @@ static const char *host__conflict(script_t *s, script_t *replacing, script_t **o
 }
 
 static void host__unregister(script_t *s) {
-  etype_t **pp = &host__type_list;
+  etype_t **pp = &s->host->types;
   while (*pp) {
     if ((*pp)->script == s) {
       (*pp)->retired = 1;
@@ -329,10 +325,10 @@ static void host__unregister(script_t *s) {
 }
 
 static void host__register_types(script_t *s) {
-  etype_t **tail = &host__type_list;
+  etype_t **tail = &s->host->types;
   while (*tail) tail = &(*tail)->next;
   for (etype_t *ty = s->types; ty; ty = ty->snext) {
-    ty->counters = host_counters_for(ty->name, ty->name_len, ty->kind == DEF_ENTITY);
+    ty->counters = host_counters_for(s->host, ty->name, ty->name_len, ty->kind == DEF_ENTITY);
     for (int i = 0; i < ty->nrpcs; i++)
       ty->rpcs[i].histo = host_counters_rpc(ty->counters, ty->rpcs[i].tag, ty->rpcs[i].tag_len);
     *tail = ty;
@@ -356,37 +352,39 @@ static void host__stop_runner_task(etype_t *ty) {
 /* Puts `s` in the place of `old` (NULL for a new file): the registry serves
  * the new types at once, and the old instances hand over to them. */
 static void host__install(script_t *s, script_t *old) {
+  host_t *h = s->host;
   if (old) host__unregister(old);
   host__register_types(s);
-  script_t **pp = &host__script_list;
+  script_t **pp = &h->scripts;
   while (*pp && *pp != old) pp = &(*pp)->next;
   if (old && *pp) {
     s->next = old->next;
     *pp = s;
   } else {
     s->next = NULL;
-    pp = &host__script_list;
+    pp = &h->scripts;
     while (*pp) pp = &(*pp)->next;
     *pp = s;
   }
   if (!old) return;
   old->retired = 1;
-  old->next = host_retired;
-  host_retired = old;
+  old->next = h->retired;
+  h->retired = old;
   for (etype_t *ty = old->types; ty; ty = ty->snext) {
     if (ty->kind == DEF_ENTITY) {
-      etype_t *repl = host_find_type(ty->name, ty->name_len);
-      host__cfg.em->migrate(ty, repl && repl->kind == DEF_ENTITY ? repl : NULL);
+      etype_t *repl = host_find_type(h, ty->name, ty->name_len);
+      h->cfg.em->migrate(ty, repl && repl->kind == DEF_ENTITY ? repl : NULL);
     } else {
       host__stop_runner_task(ty);
     }
   }
-  sched_push(host__cfg.sched, &old->close_item, host__close_check);
+  sched_push(h->cfg.sched, &old->close_item, host__close_check);
 }
 
 /* Removes a script whose file is gone. */
 static void host__remove(script_t *s) {
-  script_t **pp = &host__script_list;
+  host_t *h = s->host;
+  script_t **pp = &h->scripts;
   while (*pp && *pp != s) pp = &(*pp)->next;
   if (*pp) *pp = s->next;
   if (s->error || !s->L) {
@@ -395,17 +393,17 @@ static void host__remove(script_t *s) {
   }
   host__unregister(s);
   s->retired = 1;
-  s->next = host_retired;
-  host_retired = s;
+  s->next = h->retired;
+  h->retired = s;
   for (etype_t *ty = s->types; ty; ty = ty->snext) {
-    if (ty->kind == DEF_ENTITY) host__cfg.em->migrate(ty, NULL);
+    if (ty->kind == DEF_ENTITY) h->cfg.em->migrate(ty, NULL);
     else host__stop_runner_task(ty);
   }
-  sched_push(host__cfg.sched, &s->close_item, host__close_check);
+  sched_push(h->cfg.sched, &s->close_item, host__close_check);
 }
 
-static script_t *host__find_script(const char *file) {
-  for (script_t *s = host__script_list; s; s = s->next)
+static script_t *host__find_script(host_t *h, const char *file) {
+  for (script_t *s = h->scripts; s; s = s->next)
     if (strcmp(s->file, file) == 0) return s;
   return NULL;
 }
@@ -416,9 +414,6 @@ typedef struct lib_file_s {
   char version[17];
   int seen;
 } lib_file_t;
-
-static lib_file_t *host_libs;
-static size_t host_nlibs;
 
 
 static void host__walk_lib(const char *dir, char ***paths, size_t *n, size_t *cap, int depth) {
@@ -449,14 +444,14 @@ static void host__walk_lib(const char *dir, char ***paths, size_t *n, size_t *ca
 }
 
 /* Rescans lib/; returns the changed (added, modified, removed) paths. */
-static size_t host__lib_changes(char ***changed) {
+static size_t host__lib_changes(host_t *h, char ***changed) {
   char libdir[4096];
-  snprintf(libdir, sizeof libdir, "%s/lib", host__cfg.dir);
+  snprintf(libdir, sizeof libdir, "%s/lib", h->cfg.dir);
   char **paths = NULL;
   size_t n = 0, cap = 0, nch = 0;
   host__walk_lib(libdir, &paths, &n, &cap, 0);
   *changed = NULL;
-  for (size_t i = 0; i < host_nlibs; i++) host_libs[i].seen = 0;
+  for (size_t i = 0; i < h->nlibs; i++) h->libs[i].seen = 0;
   for (size_t i = 0; i < n; i++) {
     size_t len;
     char *src = host__read_file(paths[i], &len);
@@ -464,11 +459,11 @@ static size_t host__lib_changes(char ***changed) {
     if (src) host__hash_hex(src, len, ver);
     free(src);
     lib_file_t *lf = NULL;
-    for (size_t k = 0; k < host_nlibs; k++)
-      if (strcmp(host_libs[k].path, paths[i]) == 0) lf = &host_libs[k];
+    for (size_t k = 0; k < h->nlibs; k++)
+      if (strcmp(h->libs[k].path, paths[i]) == 0) lf = &h->libs[k];
     if (!lf) {
-      host_libs = realloc(host_libs, (host_nlibs + 1) * sizeof *host_libs);
-      lf = &host_libs[host_nlibs++];
+      h->libs = realloc(h->libs, (h->nlibs + 1) * sizeof *h->libs);
+      lf = &h->libs[h->nlibs++];
       lf->path = strdup(paths[i]);
       lf->version[0] = '\0';
     }
@@ -481,11 +476,11 @@ static size_t host__lib_changes(char ***changed) {
     free(paths[i]);
   }
   free(paths);
-  for (size_t k = 0; k < host_nlibs;) {
-    if (host_libs[k].seen) { k++; continue; }
+  for (size_t k = 0; k < h->nlibs;) {
+    if (h->libs[k].seen) { k++; continue; }
     *changed = realloc(*changed, (nch + 1) * sizeof **changed);
-    (*changed)[nch++] = host_libs[k].path;
-    host_libs[k] = host_libs[--host_nlibs];
+    (*changed)[nch++] = h->libs[k].path;
+    h->libs[k] = h->libs[--h->nlibs];
   }
   return nch;
 }
@@ -501,7 +496,7 @@ static int host__uses_lib(script_t *s, char **changed, size_t nch) {
   lua_getfield(L, -2, "searchpath");
   int searchpath = lua_gettop(L);
   char libpath[8300];
-  snprintf(libpath, sizeof libpath, "%s/lib/?.lua;%s/lib/?/init.lua", host__cfg.dir, host__cfg.dir);
+  snprintf(libpath, sizeof libpath, "%s/lib/?.lua;%s/lib/?/init.lua", s->host->cfg.dir, s->host->cfg.dir);
   lua_pushnil(L);
   while (!found && lua_next(L, -3) != 0) {
     lua_pop(L, 1);
@@ -533,17 +528,17 @@ static void host__json_list(buf_t *json, const char *key, char **files, int n, i
 
 /* The top-level *.lua files of the script directory, sorted; *out is
  * malloc'd (and each name). */
-static size_t host__list_dir(char ***out) {
+static size_t host__list_dir(host_t *h, char ***out) {
   char **names = NULL;
   size_t n = 0, cap = 0;
-  DIR *d = opendir(host__cfg.dir);
+  DIR *d = opendir(h->cfg.dir);
   if (d) {
     struct dirent *e;
     while ((e = readdir(d))) {
       size_t len = strlen(e->d_name);
       if (len < 5 || strcmp(e->d_name + len - 4, ".lua") != 0 || e->d_name[0] == '.') continue;
       char path[4096];
-      snprintf(path, sizeof path, "%s/%s", host__cfg.dir, e->d_name);
+      snprintf(path, sizeof path, "%s/%s", h->cfg.dir, e->d_name);
       struct stat st;
       if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) continue;
       if (n == cap) {
@@ -585,10 +580,10 @@ typedef enum { RESCAN_UNCHANGED, RESCAN_FAILED, RESCAN_LOADED, RESCAN_RELOADED }
 
 /* One file of the directory: loaded when new, reloaded when its source or
  * a lib/ module it uses changed. */
-static rescan_t host__rescan_one(const char *name, char **changed_libs, size_t nlib, buf_t *failed) {
-  script_t *cur = host__find_script(name);
+static rescan_t host__rescan_one(host_t *h, const char *name, char **changed_libs, size_t nlib, buf_t *failed) {
+  script_t *cur = host__find_script(h, name);
   char path[4096];
-  snprintf(path, sizeof path, "%s/%s", host__cfg.dir, name);
+  snprintf(path, sizeof path, "%s/%s", h->cfg.dir, name);
   size_t len = 0;
   char *src = host__read_file(path, &len);
   char ver[17] = "";
@@ -603,7 +598,7 @@ static rescan_t host__rescan_one(const char *name, char **changed_libs, size_t n
     }
     return RESCAN_UNCHANGED;
   }
-  script_t *s = script__new(name);
+  script_t *s = script__new(h, name);
   script_t *other = NULL;
   const char *clash = NULL;
   int ok = script_load(s) == 0;
@@ -634,9 +629,9 @@ static rescan_t host__rescan_one(const char *name, char **changed_libs, size_t n
 }
 
 /* Scripts whose file is gone stop serving; returns their names (malloc'd). */
-static char **host__remove_gone(char **names, size_t n, int *nremoved) {
+static char **host__remove_gone(host_t *h, char **names, size_t n, int *nremoved) {
   char **removed = calloc(1, sizeof(char *));
-  script_t *s = host__script_list;
+  script_t *s = h->scripts;
   while (s) {
     script_t *next = s->next;
     int present = 0;
@@ -653,26 +648,26 @@ static char **host__remove_gone(char **names, size_t n, int *nremoved) {
   return removed;
 }
 
-void host_rescan(host_reload_report_t *rep, buf_t *json) {
+void host_rescan(host_t *h, host_reload_report_t *rep, buf_t *json) {
   memset(rep, 0, sizeof *rep);
   char **names = NULL;
-  size_t n = host__list_dir(&names);
+  size_t n = host__list_dir(h, &names);
   char **changed_libs = NULL;
-  size_t nlib = host__lib_changes(&changed_libs);
+  size_t nlib = host__lib_changes(h, &changed_libs);
   char **done_loaded = calloc(n + 1, sizeof(char *)), **done_reloaded = calloc(n + 1, sizeof(char *));
   buf_t failed;
   buf_init(&failed);
   buf_addc(&failed, '[');
   for (size_t i = 0; i < n; i++) {
-    switch (host__rescan_one(names[i], changed_libs, nlib, &failed)) {
+    switch (host__rescan_one(h, names[i], changed_libs, nlib, &failed)) {
     case RESCAN_UNCHANGED: rep->unchanged++; break;
     case RESCAN_FAILED: rep->failed++; break;
     case RESCAN_LOADED: done_loaded[rep->loaded++] = names[i]; break;
     case RESCAN_RELOADED: done_reloaded[rep->reloaded++] = names[i]; break;
     }
   }
-  char **removed = host__remove_gone(names, n, &rep->removed);
-  host_start_background();
+  char **removed = host__remove_gone(h, names, n, &rep->removed);
+  host_start_background(h);
   if (json) {
     int first = 1;
     buf_addc(json, '{');
@@ -694,12 +689,12 @@ void host_rescan(host_reload_report_t *rep, buf_t *json) {
   free(changed_libs);
 }
 
-int host_watch_dirs(char ***dirs) {
+int host_watch_dirs(host_t *h, char ***dirs) {
   char libdir[4096];
-  snprintf(libdir, sizeof libdir, "%s/lib", host__cfg.dir);
+  snprintf(libdir, sizeof libdir, "%s/lib", h->cfg.dir);
   char **out = malloc(sizeof(char *));
   int n = 0;
-  out[n++] = strdup(host__cfg.dir);
+  out[n++] = strdup(h->cfg.dir);
   /* lib/ and every directory below it: inotify watches one level. */
   char **stack = malloc(sizeof(char *));
   int sn = 0;
@@ -729,31 +724,45 @@ int host_watch_dirs(char ***dirs) {
   return n;
 }
 
-int host_load_dir(const host_config_t *cfg) {
-  host__cfg = *cfg;
-  DIR *d = opendir(cfg->dir);
+host_t *host_new(const host_config_t *cfg) {
+  host_t *h = calloc(1, sizeof *h);
+  if (!h) return NULL;
+  h->cfg = *cfg;
+  h->counters_tail = &h->counters;
+  h->json = json_new();
+  if (!h->json) {
+    free(h);
+    return NULL;
+  }
+  return h;
+}
+
+int host_load_dir(host_t *h) {
+  DIR *d = opendir(h->cfg.dir);
   if (!d) return -errno;
   closedir(d);
   host_reload_report_t rep;
-  host_rescan(&rep, NULL);
+  host_rescan(h, &rep, NULL);
   return rep.failed;
 }
 
-void host_shutdown(void) {
-  host_closing = 1;
-  host__type_list = NULL;
+void host_free(host_t *h) {
+  if (!h) return;
+  watch_stop(h);
+  h->closing = 1;
+  h->types = NULL;
   for (int pass = 0; pass < 2; pass++) {
-    script_t *s = pass ? host_retired : host__script_list;
+    script_t *s = pass ? h->retired : h->scripts;
     while (s) {
       script_t *next = s->next;
       script__free(s);
       s = next;
     }
   }
-  host__script_list = host_retired = NULL;
-  for (size_t i = 0; i < host_nlibs; i++) free(host_libs[i].path);
-  free(host_libs);
-  host_libs = NULL;
-  host_nlibs = 0;
-  host_counters_free();
+  h->scripts = h->retired = NULL;
+  for (size_t i = 0; i < h->nlibs; i++) free(h->libs[i].path);
+  free(h->libs);
+  host_counters_free(h);
+  json_free(h->json);
+  free(h);
 }

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "loop/log.h"
-#include "host/host.h"
+#include "host/host_int.h"
 
 /* Long enough to gather the events of one save, short enough that a new
  * version serves well within 100 ms of the write. */
@@ -18,32 +18,36 @@
 typedef struct watch_dir_s {
   uv_fs_event_t ev;
   char *path;
+  uv_timer_t *timer; /* its watcher's debounce */
   struct watch_dir_s *next;
 } watch_dir_t;
 
-static uv_loop_t *watch_loop;
-static uv_timer_t watch_timer;
-static watch_dir_t *watch_dirs;
-static int watch_on;
+/* One host's watcher (host_t.watch): freed with its timer's close. */
+typedef struct watch_s {
+  host_t *host;
+  uv_loop_t *loop;
+  uv_timer_t timer; /* the debounce; data: this watcher */
+  watch_dir_t *dirs;
+} watch_t;
 
-static void watch__refresh(void);
+static void watch__refresh(watch_t *w);
 
 static void watch__fire(uv_timer_t *t) {
-  (void)t;
+  watch_t *w = t->data;
   host_reload_report_t rep;
-  host_rescan(&rep, NULL);
+  host_rescan(w->host, &rep, NULL);
   if (rep.loaded + rep.reloaded + rep.removed + rep.failed)
     log_info("script directory changed: %d loaded, %d reloaded, %d removed, %d failed", rep.loaded, rep.reloaded,
              rep.removed, rep.failed);
-  watch__refresh(); /* lib/ directories may have come or gone */
+  watch__refresh(w); /* lib/ directories may have come or gone */
 }
 
 static void watch__event(uv_fs_event_t *h, const char *filename, int events, int status) {
-  (void)h;
   (void)filename;
   (void)events;
   if (status < 0) return;
-  uv_timer_start(&watch_timer, watch__fire, WATCH_DEBOUNCE_MS, 0);
+  watch_dir_t *d = h->data;
+  uv_timer_start(d->timer, watch__fire, WATCH_DEBOUNCE_MS, 0);
 }
 
 static void watch__close_cb(uv_handle_t *h) {
@@ -52,11 +56,11 @@ static void watch__close_cb(uv_handle_t *h) {
   free(w);
 }
 
-static void watch__refresh(void) {
+static void watch__refresh(watch_t *wt) {
   char **dirs;
-  int n = host_watch_dirs(&dirs);
+  int n = host_watch_dirs(wt->host, &dirs);
   /* Drop watches on directories that are gone. */
-  watch_dir_t **pp = &watch_dirs;
+  watch_dir_t **pp = &wt->dirs;
   while (*pp) {
     watch_dir_t *w = *pp;
     int keep = 0;
@@ -78,7 +82,8 @@ static void watch__refresh(void) {
     if (!dirs[i]) continue;
     watch_dir_t *w = calloc(1, sizeof *w);
     w->path = dirs[i];
-    uv_fs_event_init(watch_loop, &w->ev);
+    w->timer = &wt->timer;
+    uv_fs_event_init(wt->loop, &w->ev);
     w->ev.data = w;
     int rc = uv_fs_event_start(&w->ev, watch__event, w->path, 0);
     if (rc != 0) {
@@ -86,29 +91,37 @@ static void watch__refresh(void) {
       uv_close((uv_handle_t *)&w->ev, watch__close_cb);
       continue;
     }
-    w->next = watch_dirs;
-    watch_dirs = w;
+    w->next = wt->dirs;
+    wt->dirs = w;
   }
   free(dirs);
 }
 
-int watch_start(uv_loop_t *loop) {
-  watch_loop = loop;
-  uv_timer_init(loop, &watch_timer);
-  watch_on = 1;
-  watch__refresh();
+int watch_start(host_t *h, uv_loop_t *loop) {
+  if (h->watch) return 0;
+  watch_t *w = calloc(1, sizeof *w);
+  if (!w) return -1;
+  w->host = h;
+  w->loop = loop;
+  uv_timer_init(loop, &w->timer);
+  w->timer.data = w;
+  h->watch = w;
+  watch__refresh(w);
   return 0;
 }
 
-void watch_stop(void) {
-  if (!watch_on) return;
-  watch_on = 0;
-  uv_timer_stop(&watch_timer);
-  uv_close((uv_handle_t *)&watch_timer, NULL);
-  while (watch_dirs) {
-    watch_dir_t *w = watch_dirs;
-    watch_dirs = w->next;
-    uv_fs_event_stop(&w->ev);
-    uv_close((uv_handle_t *)&w->ev, watch__close_cb);
+static void watch__timer_closed(uv_handle_t *t) { free(t->data); }
+
+void watch_stop(host_t *h) {
+  watch_t *w = h->watch;
+  if (!w) return;
+  h->watch = NULL;
+  uv_timer_stop(&w->timer);
+  while (w->dirs) {
+    watch_dir_t *d = w->dirs;
+    w->dirs = d->next;
+    uv_fs_event_stop(&d->ev);
+    uv_close((uv_handle_t *)&d->ev, watch__close_cb);
   }
+  uv_close((uv_handle_t *)&w->timer, watch__timer_closed);
 }

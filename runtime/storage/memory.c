@@ -27,6 +27,7 @@ struct mem_store_s {
   mem_queue_t q[2];
   size_t count;
   sched_t *sched;
+  estate_mem_t *es; /* durable state written with replies (storage_new) */
 };
 
 static int mem__eq(const htab_node_t *n, const void *key, size_t len) {
@@ -70,10 +71,11 @@ static void mem__prune(timer_entry_t *t) {
   if (q->head) timer_add(t, n == MEM_PRUNE_BATCH ? now + 10 : q->head->done_at + q->keep_ms);
 }
 
-mem_store_t *storage_new(sched_t *s, uint64_t retention_ms) {
+mem_store_t *storage_new(sched_t *s, estate_mem_t *es, uint64_t retention_ms) {
   mem_store_t *ms = calloc(1, sizeof *ms);
   if (!ms) return NULL;
   ms->sched = s;
+  ms->es = es;
   htab_init(&ms->keys);
   htab_init(&ms->rids);
   ms->q[0].keep_ms = retention_ms < STORAGE_UNKEYED_MS ? retention_ms : STORAGE_UNKEYED_MS;
@@ -216,7 +218,7 @@ static void mem__reply(stored_t *s, reply_kind_t kind, const char *body, size_t 
     sched_push(ms->sched, &d->item, mem__state_done);
   }
   if (p->done) return; /* it has its reply: its state was applied with it */
-  if (w) estate_mem_apply(w);
+  if (w && ms->es) estate_mem_apply(ms->es, w);
   p->done = 1;
   p->kind = kind;
   p->reply = malloc(len + 1);

@@ -17,6 +17,7 @@
 
 #include "core/htab.h"
 #include "loop/msg.h"
+#include "storage/estate_mem.h"
 
 #define STORAGE_UNKEYED_MS 60000
 
@@ -48,8 +49,9 @@ typedef struct pmsg_s {
   call_t *waiters;
 } pmsg_t;
 
-/* A store whose completions and pruning run on s; NULL: out of memory. */
-mem_store_t *storage_new(sched_t *s, uint64_t retention_ms);
+/* A store whose completions and pruning run on s; a reply's state write goes
+ * to es (NULL: replies carry none). NULL: out of memory. */
+mem_store_t *storage_new(sched_t *s, estate_mem_t *es, uint64_t retention_ms);
 /* Answers every caller still waiting with `unavailable` (queued on the ready
  * queue) and frees every record and the store (NULL: nothing). */
 void storage_free(mem_store_t *ms);

@@ -468,6 +468,8 @@ static const luaL_Reg core_funcs[] = {
 int luaopen_luster_core(lua_State *L);
 
 int luaopen_luster_core(lua_State *L) {
-  luaL_newlib(L, core_funcs);
+  luaL_newlibtable(L, core_funcs);
+  json_push_new(L); /* the codec's scratch: every function's upvalue, json_* use it */
+  luaL_setfuncs(L, core_funcs, 1);
   return 1;
 }

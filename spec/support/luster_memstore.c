@@ -29,7 +29,7 @@ static int lm_new(lua_State *L) {
   sched_init(&st->sched, &st->loop);
   clock_virtual_init(&st->clock, 1000000);
   sched_set_clock(&st->sched, &st->clock.clock);
-  st->ms = storage_new(&st->sched, keep);
+  st->ms = storage_new(&st->sched, NULL, keep); /* no durable state here */
   luaL_setmetatable(L, "luster.memstore");
   return 1;
 }
