@@ -64,6 +64,7 @@ static void main__fatal_handlers(void) {
 }
 
 static http_server_t *main_http;
+static gateway_t *main_gw;
 static uv_signal_t main_sigterm, main_sigint;
 static uv_timer_t main_stop_timer;
 static uint64_t main_stop_deadline;
@@ -74,7 +75,7 @@ static void main__stop_check(uv_timer_t *t) {
   for (etype_t *ty = host_types(); ty; ty = ty->next) busy += ty->running + ty->queued;
   busy += (uint64_t)durable_busy(); /* stores and replies not committed yet */
   int handed_over = !cluster_on || cluster_left();
-  if ((busy == 0 && handed_over && http_stats()->connections_open == 0) || uv_now(t->loop) >= main_stop_deadline) {
+  if ((busy == 0 && handed_over && http_stats(main_http)->connections_open == 0) || uv_now(t->loop) >= main_stop_deadline) {
     if (!handed_over) log_warn("shutdown: shards were still being handed over after the shutdown timeout");
     if (busy)
       log_warn("shutdown: %llu messages still running or queued after the shutdown timeout", (unsigned long long)busy);
@@ -157,7 +158,7 @@ static int main__open_sqlite(uv_loop_t *loop, const config_t *cfg, uint32_t shar
 
 /* The HTTP gateway on --http (unless "none"); bound gets the address as
  * bound. Returns 0, or 1 after printing why it cannot listen. */
-static int main__start_http(uv_loop_t *loop, const config_t *cfg, char *bound, size_t bound_cap) {
+static int main__start_http(uv_loop_t *loop, const config_t *cfg, gateway_t *gw, char *bound, size_t bound_cap) {
   if (strcmp(cfg->http, "none") != 0) {
     char host[256];
     int port;
@@ -172,11 +173,12 @@ static int main__start_http(uv_loop_t *loop, const config_t *cfg, char *bound, s
         .max_pipelined = 128,
         .max_connections = 10000,
     };
-    int rc = http_server_start(&main_http, loop, host, port, &lim, gateway_on_request, bound, bound_cap);
+    int rc = http_server_start(&main_http, loop, host, port, &lim, gateway_on_request, gw, bound, bound_cap);
     if (rc != 0) {
       fprintf(stderr, "luster run: cannot listen for HTTP on %s: %s\n", cfg->http, uv_strerror(rc));
       return 1;
     }
+    gateway_set_http(gw, main_http);
   }
   return 0;
 }
@@ -241,6 +243,7 @@ static void main__shutdown(uv_loop_t *loop) {
   sched_drain(&main_sched);
   estate_mem_close();
   if (main_http) http_server_free(main_http);
+  gateway_free(main_gw);
   host_shutdown();
   em_close();
   sched_close(&main_sched);
@@ -287,7 +290,6 @@ static int cmd_run(config_t *cfg) {
   if (!clustered && !sqlite) main__memory_warning();
 
   char bound[128] = "none";
-  if (main__start_http(loop, cfg, bound, sizeof bound) != 0) return 1;
   gateway_info_t gi = {
       .runner = hc.runner_name,
       .http_addr = bound,
@@ -299,7 +301,8 @@ static int cmd_run(config_t *cfg) {
       .admin = cfg->admin,
       .sched = &main_sched,
   };
-  gateway_init(&gi);
+  main_gw = gateway_new(&gi);
+  if (!main_gw || main__start_http(loop, cfg, main_gw, bound, sizeof bound) != 0) return 1;
   if (clustered && main__start_cluster(loop, cfg, hc.shards, bound) != 0) return 1;
   host_start_background();
   if (!cfg->no_reload) watch_start(loop);

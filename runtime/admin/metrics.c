@@ -9,10 +9,10 @@
 
 /* The order is the exposition's: instances, messages and scripts, then
  * persisted messages, HTTP, and the cluster when there is one. */
-void gateway_metrics(buf_t *b) {
+void gateway_metrics(buf_t *b, const gateway_t *gw) {
   em_metrics(b);
   host_metrics(b);
   durable_metrics(b);
-  http_metrics(b);
+  http_metrics(b, gw->http);
   if (cluster_on) cluster_metrics(b);
 }
