@@ -28,6 +28,7 @@ struct http_server_s {
   http_conn_t *conns;
   int nconns;
   int stopping;
+  int port; /* as bound */
   http_stats_t st;
   /* One read buffer for all of this server's connections: a read is parsed
    * (or its rest copied to the connection's `pending`) before the loop
@@ -640,9 +641,12 @@ int http_server_start(http_server_t **out, uv_loop_t *loop, const char *host, in
     bport = ntohs(((struct sockaddr_in *)&name)->sin_port);
     snprintf(bound, boundcap, "%s:%d", ip, bport);
   }
+  s->port = bport;
   *out = s;
   return 0;
 }
+
+int http_server_port(const http_server_t *s) { return s->port; }
 
 void http_server_stop(http_server_t *s) {
   if (s->stopping) return;

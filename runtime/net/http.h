@@ -58,6 +58,8 @@ struct http_req_s {
  * bound ("127.0.0.1:41234"). 0, or a libuv error code. */
 int http_server_start(http_server_t **out, uv_loop_t *loop, const char *host, int port, const http_limits_t *limits,
                       http_request_cb on_request, void *ud, char *bound, size_t boundcap);
+/* The port as bound (the one chosen by the system for port 0). */
+int http_server_port(const http_server_t *s);
 /* Stops accepting; open connections finish their answered requests. */
 void http_server_stop(http_server_t *s);
 void http_server_free(http_server_t *s);
