@@ -14,7 +14,11 @@
 
 typedef struct runtime_s runtime_t;
 
-/* Builds a runtime from cfg, already checked by config_check_run and with
+/* Create and run a runtime on the same thread: the host counts the CPU-time
+ * budget of Lua handlers with a timer on the CPU time of the thread that
+ * creates the first Lua state (host/host.c).
+ *
+ * Builds a runtime from cfg, already checked by config_check_run and with
  * cfg->dir set; cfg's strings must outlive the runtime (it keeps a copy of
  * the struct, not of the strings). Opens the storage, loads the scripts and
  * listens for HTTP (port 0: any free port, see runtime_http_port), without
