@@ -5,6 +5,7 @@
 #   make layers  the layering check alone (tools/layers.lua: includes go downward only)
 #   make run     deps + build + run examples/counter on embedded storage
 #   make asan    AddressSanitizer + UBSan build in build-asan/, then the specs on it
+#   make tsan    ThreadSanitizer build of build-tsan/two_runtimes, then spec/runtimes_spec.lua on it
 #   make soak    three runners under load and churn for SOAK_MINUTES (default 30), CSV + PNG in build/soak
 #   make fuzz    every libFuzzer target of fuzz/ for FUZZ_SECONDS (600) each
 
@@ -34,8 +35,8 @@ DEBIAN_PKGS := build-essential pkg-config liblua5.4-dev lua5.4 lua-cjson lua-cjs
 TEST_PKGS := clang iproute2 gnuplot-nox prometheus chromium
 SOAK_MINUTES ?= 30
 
-.PHONY: all deps test-deps test layers run asan asan-test clean bench soak fuzz fuzz-build
-all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/luster_sqlite.so $(BUILD)/pgconn_check $(BUILD)/luster_otlp.so $(BUILD)/luster_loop.so $(BUILD)/luster_memstore.so $(BUILD)/luster_em.so
+.PHONY: all deps test-deps test layers run asan asan-test tsan clean bench soak fuzz fuzz-build
+all: $(BUILD)/luster $(BUILD)/luster_core.so $(BUILD)/luster_sqlite.so $(BUILD)/pgconn_check $(BUILD)/luster_otlp.so $(BUILD)/luster_loop.so $(BUILD)/luster_memstore.so $(BUILD)/luster_em.so $(BUILD)/two_runtimes
 
 $(BUILD)/luster: $(OBJ)
 	$(CC) $(OPT) $(SANITIZE) -rdynamic -o $@ $(OBJ) $(ALLOC_LIB) $(LIBS)
@@ -68,6 +69,14 @@ $(BUILD)/gen/console_html.c: runtime/admin/console.html tools/embed_file.sh
 $(BUILD)/obj/console_html.o: $(BUILD)/gen/console_html.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -c -o $@ $<
+
+# Two runtimes in one process, one thread each (admin/runtime.h), for
+# spec/runtimes_spec.lua: every object of the runner but main.c's CLI.
+# (After OBJ has its last object, as prerequisites expand when read.)
+RUNTIME_OBJ := $(filter-out $(BUILD)/obj/runtime/main.o,$(OBJ))
+$(BUILD)/two_runtimes: spec/support/two_runtimes.c $(RUNTIME_OBJ) $(wildcard runtime/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -rdynamic -o $@ spec/support/two_runtimes.c $(RUNTIME_OBJ) $(ALLOC_LIB) $(LIBS)
 
 # The pure C core (and the JSON codec of host/json.c) as a Lua module, for the specs.
 $(BUILD)/luster_core.so: spec/support/luster_core.c $(CORE_SRC) runtime/host/json.c $(wildcard runtime/core/*.h) runtime/host/json.h
@@ -154,6 +163,13 @@ asan: deps test-deps
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  LUSTER_BIN=$(abspath build-asan/luster) LUSTER_ASAN=1 BUILD=build-asan sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)
 
+# Data races between two runtimes on two threads: build-tsan/two_runtimes
+# under ThreadSanitizer, then spec/runtimes_spec.lua on it (a race report
+# in its log fails the spec).
+tsan: deps test-deps
+	$(MAKE) BUILD=build-tsan OPT="-O1 -g -fno-omit-frame-pointer" SANITIZE="-fsanitize=thread" build-tsan/two_runtimes
+	TSAN_OPTIONS=halt_on_error=0 LUSTER_TSAN=1 BUILD=build-tsan sh tools/run-specs.sh $(BUSTED_ARGS) spec/runtimes_spec.lua
+
 # libFuzzer targets (fuzz/, see docs/internals.md), always in build/fuzz:
 # each links the real parser it fuzzes, instrumented, with ASan and UBSan.
 FUZZ_CC      ?= clang
@@ -206,4 +222,4 @@ soak: deps test-deps
 	LUSTER_BIN=$(abspath $(BUILD)/luster) lua5.4 tools/soak.lua --minutes $(SOAK_MINUTES) --out $(BUILD)/soak
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-tsan

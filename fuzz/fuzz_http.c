@@ -78,7 +78,7 @@ static void answer(http_req_t *r) {
   buf_free(&b);
 }
 
-static void on_request(http_req_t *r) {
+static void on_request(void *ud, http_req_t *r) {
   check(r->complete && r->url.data && r->body.data, "a request reached the gateway half-built");
   if (defer_answers && nlater < MAX_LATER) {
     r->on_abort = forget;
@@ -116,7 +116,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   };
   http_server_t *srv = NULL;
   char bound[64];
-  if (http_server_start(&srv, &fuv_loop, "127.0.0.1", 0, &lim, on_request, bound, sizeof bound) != 0) abort();
+  if (http_server_start(&srv, &fuv_loop, "127.0.0.1", 0, &lim, on_request, NULL, bound, sizeof bound) != 0) abort();
   fuv_listen_cb(fuv_listener, 0);
   /* Reading paused behind unanswered requests resumes once they are. */
   size_t fed = 0;

@@ -143,7 +143,8 @@ static void gw__scripts_json(buf_t *b, const gateway_info_t *gw) {
   buf_addc(b, ']');
 }
 
-void gateway_cluster_json(buf_t *b, const gateway_info_t *gw) {
+void gateway_cluster_json(buf_t *b, const gateway_t *g) {
+  const gateway_info_t *gw = &g->info;
   gw__runners_json(b, gw);
   buf_adds(b, ",\"types\":[");
   int first = 1;

@@ -23,11 +23,17 @@
 #include "loop/log.h"
 #include "storage/storage.h"
 
-static gateway_info_t gw;
-
 #define GW_MAX_TIMEOUT_MS 86400000ull
 
-void gateway_init(const gateway_info_t *info) { gw = *info; }
+gateway_t *gateway_new(const gateway_info_t *info) {
+  gateway_t *gw = calloc(1, sizeof *gw);
+  if (gw) gw->info = *info;
+  return gw;
+}
+
+void gateway_free(gateway_t *gw) { free(gw); }
+
+void gateway_set_http(gateway_t *gw, http_server_t *http) { gw->http = http; }
 
 static void gw__json(http_req_t *r, int status, const char *extra, const char *body, size_t len) {
   http_respond(r, status, "application/json", extra, body, len);
@@ -102,7 +108,7 @@ static void gw__looked_up(call_t *c, reply_kind_t kind, const char *body, size_t
 }
 
 /* GET /requests/{id}: a persisted message's reply, from any runner. */
-static void gw__request(http_req_t *r, const slice_t *id) {
+static void gw__request(const gateway_t *gw, http_req_t *r, const slice_t *id) {
   if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
     static const char msg[] = "{\"error\":{\"kind\":\"method_not_allowed\",\"message\":\"use GET\"}}";
     http_respond(r, 405, "application/json", "Allow: GET\r\n", msg, sizeof msg - 1);
@@ -118,10 +124,10 @@ static void gw__request(http_req_t *r, const slice_t *id) {
     gw__error(r, 400, "schema", "id", "a request id is the decimal number from X-Request-Id");
     return;
   }
-  call_t *c = call_new(gw.sched, gw__looked_up, r, gw.call_timeout_ms);
+  call_t *c = call_new(gw->info.sched, gw__looked_up, r, gw->info.call_timeout_ms);
   r->ud = c;
   r->on_abort = gw__abort;
-  router_lookup(gw.router, rid, c);
+  router_lookup(gw->info.router, rid, c);
 }
 
 static void gw__abort(http_req_t *r) {
@@ -137,13 +143,13 @@ static int gw__flag(const slice_t *q, const char *key) {
   return n == 0 || strcmp(v, "1") == 0 || strcmp(v, "true") == 0;
 }
 
-static void gw__entity(http_req_t *r, const slice_t *seg, const slice_t *query) {
+static void gw__entity(const gateway_t *gw, http_req_t *r, const slice_t *seg, const slice_t *query) {
   const slice_t *type = &seg[1], *id = &seg[2], *rpc = &seg[3];
   if (r->method != HTTP_POST) {
     gw__error(r, 405, "method_not_allowed", NULL, "entity calls use POST");
     return;
   }
-  uint64_t timeout = gw.call_timeout_ms;
+  uint64_t timeout = gw->info.call_timeout_ms;
   char tv[32];
   if (url_query_get(query->ptr, query->len, "timeout", tv, sizeof tv) >= 0) {
     char *end;
@@ -162,10 +168,10 @@ static void gw__entity(http_req_t *r, const slice_t *seg, const slice_t *query) 
     timeout = ms;
   }
   unsigned flags = gw__flag(query, "discard") ? MSG_DISCARD : 0;
-  call_t *c = call_new(gw.sched, gw__reply, r, timeout);
+  call_t *c = call_new(gw->info.sched, gw__reply, r, timeout);
   r->ud = c;
   r->on_abort = gw__abort;
-  router_send(gw.router, type->ptr, type->len, id->ptr, id->len, rpc->ptr, rpc->len, r->body.data, r->body.len,
+  router_send(gw->info.router, type->ptr, type->len, id->ptr, id->len, rpc->ptr, rpc->len, r->body.data, r->body.len,
               r->headers.data, r->headers.len, flags, c);
 }
 
@@ -175,25 +181,25 @@ static void gw__where_reply(call_t *c, reply_kind_t kind, const char *body, size
   else gw__answer(c, kind, body, len, 0);
 }
 
-static void gw__where(http_req_t *r, const slice_t *seg) {
+static void gw__where(const gateway_t *gw, http_req_t *r, const slice_t *seg) {
   if (r->method != HTTP_GET && r->method != HTTP_HEAD) {
     static const char msg[] = "{\"error\":{\"kind\":\"method_not_allowed\",\"message\":"
                               "\"use GET /entities/{type}/{id}, or POST /entities/{type}/{id}/{rpc} for a call\"}}";
     http_respond(r, 405, "application/json", "Allow: GET\r\n", msg, sizeof msg - 1);
     return;
   }
-  call_t *c = call_new(gw.sched, gw__where_reply, r, gw.call_timeout_ms);
+  call_t *c = call_new(gw->info.sched, gw__where_reply, r, gw->info.call_timeout_ms);
   r->ud = c;
   r->on_abort = gw__abort;
-  where_ask(gw.cluster, gw.host, seg[1].ptr, seg[1].len, seg[2].ptr, seg[2].len, gw.runner, gw.shards, c);
+  where_ask(gw->info.cluster, gw->info.host, seg[1].ptr, seg[1].len, seg[2].ptr, seg[2].len, gw->info.runner, gw->info.shards, c);
 }
 
 /* POST /admin/reload: rescans the script directory now (also without
  * watching, --no-reload) and answers what it did. */
-static void gw__admin_reload(http_req_t *r) {
-  if (strcmp(gw.admin, "none") == 0 || (strcmp(gw.admin, "any") != 0 && !http_req_from_loopback(r))) {
+static void gw__admin_reload(const gateway_t *gw, http_req_t *r) {
+  if (strcmp(gw->info.admin, "none") == 0 || (strcmp(gw->info.admin, "any") != 0 && !http_req_from_loopback(r))) {
     gw__error(r, 403, "forbidden", NULL,
-              strcmp(gw.admin, "none") == 0 ? "admin endpoints are turned off (--admin none)"
+              strcmp(gw->info.admin, "none") == 0 ? "admin endpoints are turned off (--admin none)"
                                             : "admin endpoints answer loopback clients only (--admin any to allow others)");
     return;
   }
@@ -204,7 +210,7 @@ static void gw__admin_reload(http_req_t *r) {
   host_reload_report_t rep;
   buf_t b;
   buf_init(&b);
-  host_rescan(gw.host, &rep, &b);
+  host_rescan(gw->info.host, &rep, &b);
   gw__json(r, rep.failed ? 422 : 200, NULL, b.data, b.len);
   buf_free(&b);
 }
@@ -226,7 +232,8 @@ static void gw__console(http_req_t *r) {
                page, len);
 }
 
-void gateway_on_request(http_req_t *r) {
+void gateway_on_request(void *ud, http_req_t *r) {
+  const gateway_t *gw = ud;
   slice_t path, query;
   url_split(r->url.data, r->url.len, &path, &query);
   char store[8192 + 16];
@@ -238,19 +245,19 @@ void gateway_on_request(http_req_t *r) {
   }
 #define SEG_IS(i, s) (seg[i].len == sizeof(s) - 1 && memcmp(seg[i].ptr, s, sizeof(s) - 1) == 0)
   if (n == 4 && SEG_IS(0, "entities")) {
-    gw__entity(r, seg, &query);
+    gw__entity(gw, r, seg, &query);
     return;
   }
   if (n == 3 && SEG_IS(0, "entities")) {
-    gw__where(r, seg);
+    gw__where(gw, r, seg);
     return;
   }
   if (n == 2 && SEG_IS(0, "requests")) {
-    gw__request(r, &seg[1]);
+    gw__request(gw, r, &seg[1]);
     return;
   }
   if (n == 2 && SEG_IS(0, "admin") && SEG_IS(1, "reload")) {
-    gw__admin_reload(r);
+    gw__admin_reload(gw, r);
     return;
   }
   if (n == 1 && seg[0].len == 0) { /* "/" */
@@ -258,7 +265,7 @@ void gateway_on_request(http_req_t *r) {
     return;
   }
   if (n == 1 && SEG_IS(0, "health")) {
-    if (cluster_on(gw.cluster) && !cluster_healthy(gw.cluster)) {
+    if (cluster_on(gw->info.cluster) && !cluster_healthy(gw->info.cluster)) {
       static const char no[] = "{\"status\":\"not serving: not (or no longer) a live member of the cluster\"}";
       gw__json(r, 503, NULL, no, sizeof no - 1);
       return;
@@ -276,10 +283,10 @@ void gateway_on_request(http_req_t *r) {
     buf_t b;
     buf_init(&b);
     if (SEG_IS(0, "cluster")) {
-      gateway_cluster_json(&b, &gw);
+      gateway_cluster_json(&b, gw);
       gw__json(r, 200, NULL, b.data, b.len);
     } else {
-      gateway_metrics(&b, &gw);
+      gateway_metrics(&b, gw);
       http_respond(r, 200, "text/plain; version=0.0.4", NULL, b.data, b.len);
     }
     buf_free(&b);

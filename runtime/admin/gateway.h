@@ -24,11 +24,23 @@ typedef struct gateway_info_s {
   struct host_s *host; /* the runtime's scripts and types */
 } gateway_info_t;
 
-void gateway_init(const gateway_info_t *info);
-void gateway_on_request(http_req_t *req);
+/* The gateway of one runtime: what its routes answer with. The admin files
+ * (gateway.c, metrics.c, cluster_json.c) share its fields. */
+typedef struct gateway_s {
+  gateway_info_t info; /* its strings belong to the owner and outlive the gateway */
+  http_server_t *http; /* the server it answers on (its stats); NULL with --http none */
+} gateway_t;
+
+/* NULL when out of memory. */
+gateway_t *gateway_new(const gateway_info_t *info);
+void gateway_free(gateway_t *gw);
+/* The server whose counters GET /metrics reports (set once it listens). */
+void gateway_set_http(gateway_t *gw, http_server_t *http);
+/* The http_request_cb of the runtime's server: ud is its gateway_t. */
+void gateway_on_request(void *ud, http_req_t *req);
 /* GET /cluster (admin/cluster_json.c). */
-void gateway_cluster_json(buf_t *b, const gateway_info_t *gw);
+void gateway_cluster_json(buf_t *b, const gateway_t *gw);
 /* GET /metrics (admin/metrics.c). */
-void gateway_metrics(buf_t *b, const gateway_info_t *gw);
+void gateway_metrics(buf_t *b, const gateway_t *gw);
 
 #endif

@@ -9,10 +9,11 @@
 
 /* The order is the exposition's: instances, messages and scripts, then
  * persisted messages, HTTP, and the cluster when there is one. */
-void gateway_metrics(buf_t *b, const gateway_info_t *gw) {
-  em_metrics(gw->em, b);
-  host_metrics(gw->host, b);
-  durable_metrics(gw->durable, b);
-  http_metrics(b);
-  if (cluster_on(gw->cluster)) cluster_metrics(gw->cluster, b);
+void gateway_metrics(buf_t *b, const gateway_t *gw) {
+  const gateway_info_t *gi = &gw->info;
+  em_metrics(gi->em, b);
+  host_metrics(gi->host, b);
+  durable_metrics(gi->durable, b);
+  http_metrics(b, gw->http);
+  if (cluster_on(gi->cluster)) cluster_metrics(gi->cluster, b);
 }

@@ -3,6 +3,7 @@
 #include "loop/log.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -10,12 +11,15 @@
 #include <time.h>
 #include <unistd.h>
 
-static log_level_t log_level = LOG_INFO;
+/* Process-wide by nature: one stderr sink for every runtime of the process,
+ * set by the command line. Atomic (relaxed) so that runtimes on other
+ * threads may read it while it is set. */
+static _Atomic int log_level = LOG_INFO;
 static const char *const log_names[] = {"DEBUG", "INFO ", "WARN ", "ERROR"};
 
-void log_set_level(log_level_t lvl) { log_level = lvl; }
+void log_set_level(log_level_t lvl) { atomic_store_explicit(&log_level, (int)lvl, memory_order_relaxed); }
 
-int log_enabled(log_level_t lvl) { return lvl >= log_level; }
+int log_enabled(log_level_t lvl) { return (int)lvl >= atomic_load_explicit(&log_level, memory_order_relaxed); }
 
 int log_parse_level(const char *s, log_level_t *out) {
   static const char *const names[] = {"debug", "info", "warn", "error"};
@@ -25,7 +29,7 @@ int log_parse_level(const char *s, log_level_t *out) {
 }
 
 void log_msg(log_level_t lvl, const char *fmt, ...) {
-  if (lvl < log_level) return;
+  if (!log_enabled(lvl)) return;
   char line[4096];
   struct timeval tv;
   struct tm tm;

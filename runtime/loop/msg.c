@@ -2,6 +2,7 @@
 #include "loop/msg.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -211,12 +212,21 @@ void msg_free(msg_t *m) {
   free(m);
 }
 
+/* Process-wide by nature: a request id names a stored message to every
+ * runtime of the process (and, from the wall clock start, across restarts),
+ * so the counter is one atomic shared by all runtimes and their threads. */
+static _Atomic uint64_t msg_request_id_next;
+
 uint64_t msg_next_request_id(void) {
   /* Unique within this process run: start from the wall clock in microseconds
-   * so ids do not repeat across restarts of one runner either. */
-  static uint64_t next;
-  if (!next) next = sched_wall_ms(NULL) * 1000u;
-  return ++next;
+   * so ids do not repeat across restarts of one runner either. The first
+   * callers race to set the start; only one wins, the rest add to it. */
+  uint64_t cur = atomic_load_explicit(&msg_request_id_next, memory_order_relaxed);
+  if (cur == 0) {
+    uint64_t start = sched_wall_ms(NULL) * 1000u;
+    atomic_compare_exchange_strong(&msg_request_id_next, &cur, start);
+  }
+  return atomic_fetch_add_explicit(&msg_request_id_next, 1, memory_order_relaxed) + 1;
 }
 
 void msg_set_type(msg_t *m, struct etype_s *t) {

@@ -17,14 +17,23 @@
 #include "loop/log.h"
 #include "net/sock.h"
 
+/* Everything mutable of the HTTP layer lives here, one per server: two
+ * runtimes in one process (one loop and thread each) share nothing. */
 struct http_server_s {
   uv_tcp_t tcp;
   uv_loop_t *loop;
   http_limits_t lim;
   http_request_cb on_request;
+  void *ud; /* on_request's first argument */
   http_conn_t *conns;
   int nconns;
   int stopping;
+  int port; /* as bound */
+  http_stats_t st;
+  /* One read buffer for all of this server's connections: a read is parsed
+   * (or its rest copied to the connection's `pending`) before the loop
+   * reads again, so nothing points into it between callbacks. */
+  char readbuf[65536];
 };
 
 struct http_conn_s {
@@ -56,11 +65,10 @@ typedef struct http_write_s {
   char *bufs[HTTP_WRITE_MAX_BUFS];
 } http_write_t;
 
-static http_stats_t http_st;
-static http_parser_settings http_settings;
-static char http_readbuf[65536];
-
-const http_stats_t *http_stats(void) { return &http_st; }
+const http_stats_t *http_stats(const http_server_t *s) {
+  static const http_stats_t none; /* no server (--http none): all zero */
+  return s ? &s->st : &none;
+}
 
 const char *http_method_name(int method) { return http_method_str((enum http_method)method); }
 
@@ -197,7 +205,7 @@ static void http__shutdown_cb(uv_shutdown_t *sr, int status) {
  * response sent while an earlier pipelined request is unanswered would be
  * read by the client as belonging to that earlier request. */
 static void http__continue(http_conn_t *c) {
-  static char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+  static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
   http_req_t *r = c->head;
   if (c->closing || !r || r != c->cur || r->expect_continue != 1) return;
   r->expect_continue = 2; /* sent */
@@ -205,7 +213,7 @@ static void http__continue(http_conn_t *c) {
   if (!hw) return; /* the client sends its body after its own wait anyway */
   hw->n = 0;
   hw->w.data = c;
-  uv_buf_t b = uv_buf_init(cont, sizeof cont - 1);
+  uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1); /* only read by the write */
   if (uv_write(&hw->w, (uv_stream_t *)&c->tcp, &b, 1, http__write_cb) != 0) free(hw);
 }
 
@@ -272,15 +280,15 @@ static void http__flush(http_conn_t *c) {
 
 /* The time from the request parsed in full to its response queued, per
  * status code; a request refused before it was parsed counts as zero. */
-static void http__time(const http_req_t *r, int status) {
+static void http__time(http_stats_t *st, const http_req_t *r, int status) {
   uint64_t now = uv_hrtime();
   int i = 0;
-  while (i < http_st.ncodes && http_st.codes[i] != status) i++;
-  if (i == http_st.ncodes) {
+  while (i < st->ncodes && st->codes[i] != status) i++;
+  if (i == st->ncodes) {
     if (i == HTTP_TIMED_CODES) return;
-    http_st.codes[http_st.ncodes++] = status;
+    st->codes[st->ncodes++] = status;
   }
-  histo_observe(&http_st.durations[i], r->start_ns ? now - r->start_ns : 0);
+  histo_observe(&st->durations[i], r->start_ns ? now - r->start_ns : 0);
 }
 
 void http_respond(http_req_t *r, int status, const char *content_type, const char *extra, const char *body,
@@ -288,8 +296,9 @@ void http_respond(http_req_t *r, int status, const char *content_type, const cha
   if (r->answered) return;
   r->answered = 1;
   r->on_abort = NULL;
-  http_st.by_status[status / 100 < 6 ? status / 100 : 5]++;
-  http__time(r, status);
+  http_stats_t *st = &r->srv->st;
+  st->by_status[status / 100 < 6 ? status / 100 : 5]++;
+  http__time(st, r, status);
   http_conn_t *c = r->conn;
   if (!c) { /* its connection is gone; the request was only kept for this */
     http__req_free(r);
@@ -312,6 +321,7 @@ static void http__reject(http_conn_t *c, int status, const char *msg) {
   if (!r) {
     r = calloc(1, sizeof *r);
     r->conn = c;
+    r->srv = c->srv;
     if (c->tail) c->tail->next = r; else c->head = r;
     c->tail = r;
     c->cur = r;
@@ -326,7 +336,7 @@ static void http__reject(http_conn_t *c, int status, const char *msg) {
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->reading = 0;
   }
-  http_st.rejected_total++;
+  c->srv->st.rejected_total++;
   buf_t b;
   buf_init(&b);
   buf_adds(&b, "{\"error\":{\"kind\":\"");
@@ -345,6 +355,7 @@ static int http__on_begin(http_parser *p) {
   http_req_t *r = calloc(1, sizeof *r);
   if (!r) return -1;
   r->conn = c;
+  r->srv = c->srv;
   buf_addc(&r->headers, '{');
   if (c->tail) c->tail->next = r; else c->head = r;
   c->tail = r;
@@ -462,9 +473,9 @@ static int http__on_complete(http_parser *p) {
   if (!r->url.data) buf_adds(&r->url, "/");
   if (!r->body.data) buf_reserve(&r->body, 0);
   c->inflight++;
-  http_st.requests_total++;
+  c->srv->st.requests_total++;
   http__timer_update(c);
-  c->srv->on_request(r);
+  c->srv->on_request(c->srv->ud, r);
   /* Limits hold per request, not per read: one 64 KiB read can hold a
    * thousand small requests, each asking for a large answer. Parsing stops
    * here and the rest of the read waits in `pending` (http__reading). */
@@ -472,12 +483,23 @@ static int http__on_complete(http_parser *p) {
   return 0;
 }
 
+/* The same callbacks for every parser of every server (read-only). */
+static const http_parser_settings http__settings = {
+    .on_message_begin = http__on_begin,
+    .on_url = http__on_url,
+    .on_header_field = http__on_hfield,
+    .on_header_value = http__on_hvalue,
+    .on_headers_complete = http__on_headers_complete,
+    .on_body = http__on_body,
+    .on_message_complete = http__on_complete,
+};
+
 /* --- connections -------------------------------------------------------- */
 
 static void http__alloc_cb(uv_handle_t *h, size_t sz, uv_buf_t *b) {
-  (void)h;
   (void)sz;
-  *b = uv_buf_init(http_readbuf, sizeof http_readbuf);
+  http_conn_t *c = h->data;
+  *b = uv_buf_init(c->srv->readbuf, sizeof c->srv->readbuf);
 }
 
 static void http__read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
@@ -495,7 +517,7 @@ static void http__read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
  * in c->pending. The caller then calls http__reading. */
 static void http__parse(http_conn_t *c, const char *data, size_t n) {
   c->parsing = 1;
-  size_t done = http_parser_execute(&c->parser, &http_settings, data, n);
+  size_t done = http_parser_execute(&c->parser, &http__settings, data, n);
   c->parsing = 0;
   if (c->closing) return;
   if (c->parser.http_errno == HPE_PAUSED) {
@@ -551,7 +573,7 @@ static void http__conn_close(http_conn_t *c) {
   if (c->prev) c->prev->next = c->next; else s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   s->nconns--;
-  http_st.connections_open--;
+  s->st.connections_open--;
   uv_close((uv_handle_t *)&c->timer, http__close_cb);
   uv_close((uv_handle_t *)&c->tcp, http__close_cb);
 }
@@ -580,30 +602,24 @@ static void http__accept_cb(uv_stream_t *ls, int status) {
   if (s->conns) s->conns->prev = c;
   s->conns = c;
   s->nconns++;
-  http_st.connections_total++;
-  http_st.connections_open++;
+  s->st.connections_total++;
+  s->st.connections_open++;
   http__reading(c);
   http__timer_update(c);
 }
 
 int http_server_start(http_server_t **out, uv_loop_t *loop, const char *host, int port, const http_limits_t *lim,
-                      http_request_cb on_request, char *bound, size_t boundcap) {
-  http_settings.on_message_begin = http__on_begin;
-  http_settings.on_url = http__on_url;
-  http_settings.on_header_field = http__on_hfield;
-  http_settings.on_header_value = http__on_hvalue;
-  http_settings.on_headers_complete = http__on_headers_complete;
-  http_settings.on_body = http__on_body;
-  http_settings.on_message_complete = http__on_complete;
-
+                      http_request_cb on_request, void *ud, char *bound, size_t boundcap) {
   struct sockaddr_storage ss;
   int rc = strchr(host, ':') ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss)
                              : uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
   if (rc) return rc;
   http_server_t *s = calloc(1, sizeof *s);
+  if (!s) return UV_ENOMEM;
   s->loop = loop;
   s->lim = *lim;
   s->on_request = on_request;
+  s->ud = ud;
   uv_tcp_init(loop, &s->tcp);
   s->tcp.data = s;
   if ((rc = uv_tcp_bind(&s->tcp, (struct sockaddr *)&ss, 0)) != 0 ||
@@ -625,9 +641,12 @@ int http_server_start(http_server_t **out, uv_loop_t *loop, const char *host, in
     bport = ntohs(((struct sockaddr_in *)&name)->sin_port);
     snprintf(bound, boundcap, "%s:%d", ip, bport);
   }
+  s->port = bport;
   *out = s;
   return 0;
 }
+
+int http_server_port(const http_server_t *s) { return s->port; }
 
 void http_server_stop(http_server_t *s) {
   if (s->stopping) return;
@@ -665,8 +684,8 @@ int http_req_from_loopback(const http_req_t *r) {
   return 0;
 }
 /* GET /metrics: requests, responses per status class, refusals, connections. */
-void http_metrics(buf_t *b) {
-  const http_stats_t *hs = http_stats();
+void http_metrics(buf_t *b, const http_server_t *s) {
+  const http_stats_t *hs = http_stats(s);
   prom_head(b, "luster_http_requests_total", "counter", "HTTP requests parsed.");
   buf_printf(b, "luster_http_requests_total %llu\n", (unsigned long long)hs->requests_total);
   prom_head(b, "luster_http_responses_total", "counter", "HTTP responses, per status class.");

@@ -15,7 +15,8 @@ typedef struct http_server_s http_server_t;
 typedef struct http_conn_s http_conn_t;
 typedef struct http_req_s http_req_t;
 
-typedef void (*http_request_cb)(http_req_t *req);
+/* A request parsed in full; ud is the one given to http_server_start. */
+typedef void (*http_request_cb)(void *ud, http_req_t *req);
 /* The connection closed before the request was answered. */
 typedef void (*http_abort_cb)(http_req_t *req);
 
@@ -32,6 +33,7 @@ typedef struct http_limits_s {
 
 struct http_req_s {
   http_conn_t *conn; /* NULL once the connection is gone */
+  http_server_t *srv; /* its server, whose stats count the answer */
   http_req_t *next;
   int method;        /* enum http_method */
   buf_t url;
@@ -52,8 +54,12 @@ struct http_req_s {
   void *ud;
 };
 
+/* Listens on host:port (port 0: any free port); bound gets the address as
+ * bound ("127.0.0.1:41234"). 0, or a libuv error code. */
 int http_server_start(http_server_t **out, uv_loop_t *loop, const char *host, int port, const http_limits_t *limits,
-                      http_request_cb on_request, char *bound, size_t boundcap);
+                      http_request_cb on_request, void *ud, char *bound, size_t boundcap);
+/* The port as bound (the one chosen by the system for port 0). */
+int http_server_port(const http_server_t *s);
 /* Stops accepting; open connections finish their answered requests. */
 void http_server_stop(http_server_t *s);
 void http_server_free(http_server_t *s);
@@ -75,8 +81,9 @@ typedef struct http_stats_s {
   int codes[HTTP_TIMED_CODES]; /* in order of first use */
   histo_t durations[HTTP_TIMED_CODES]; /* request parsed to response queued, per code */
 } http_stats_t;
-const http_stats_t *http_stats(void);
-/* GET /metrics: the numbers of http_stats. */
-void http_metrics(buf_t *b);
+/* A server's counters (all zero for s NULL: no HTTP server). */
+const http_stats_t *http_stats(const http_server_t *s);
+/* GET /metrics: the numbers of http_stats(s). */
+void http_metrics(buf_t *b, const http_server_t *s);
 
 #endif
