@@ -498,7 +498,9 @@ describe("the HTTP gateway", function()
       local conns = {}
       for i = 1, 3 do
         local c = r:connect()
-        c:send(post("/entities/Sleeper/where-q/Sleep", cjson.encode({ ms = i == 1 and 800 or 0, tag = "t" .. i })))
+        -- Long enough that a loaded machine still sees it running (the
+        -- answers below wait for it, so it costs its length once).
+        c:send(post("/entities/Sleeper/where-q/Sleep", cjson.encode({ ms = i == 1 and 3000 or 0, tag = "t" .. i })))
         conns[i] = c
         -- The first one must start first: wait until it runs (or is queued) before sending the next.
         if i == 1 then

@@ -635,25 +635,31 @@ void host_release_instance(host_inst_t *inst) {
   }
 }
 
-char *host_snapshot(host_inst_t *inst, size_t *len) {
+char *host_snapshot(host_inst_t *inst, size_t *len, char **err) {
+  static const char oom[] = "memory limit exceeded";
   etype_t *ty = inst->type;
   script_t *s = ty->script;
   lua_State *L = s->L;
+  *err = NULL;
+  *len = 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_snapshot);
   lua_rawgeti(L, LUA_REGISTRYINDEX, ty->def_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, inst->handlers_ref);
   int st = host__pcall(s, L, 2, 1, 0);
   char *out = NULL;
-  if (st != LUA_OK) {
-    log_warn("%s/%.*s: snapshot failed, the new version starts it fresh: %s", ty->name, (int)inst->id_len, inst->id,
-             st == LUA_ERRMEM ? "memory limit exceeded" : lua_isstring(L, -1) ? lua_tostring(L, -1) : "?");
+  if (st == LUA_ERRMEM) {
+    *err = strdup(oom);
+  } else if (st != LUA_OK) {
+    *err = host__error_text(L, L);
   } else if (lua_type(L, -1) == LUA_TSTRING) {
     size_t n;
     const char *p = lua_tolstring(L, -1, &n);
     out = malloc(n + 1);
-    memcpy(out, p, n);
-    out[n] = '\0';
-    *len = n;
+    if (out) {
+      memcpy(out, p, n);
+      out[n] = '\0';
+      *len = n;
+    }
   }
   lua_pop(L, 1);
   return out;

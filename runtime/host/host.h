@@ -213,9 +213,10 @@ int host_watch_dirs(host_t *h, char ***dirs);
 void host_activate(host_inst_t *inst, const char *snapshot, size_t snapshot_len);
 void host_handle(host_inst_t *inst, msg_t *msg);
 void host_release_instance(host_inst_t *inst);
-/* The instance's snapshot as JSON (malloc'd), or NULL when its handlers
- * define none (or it failed: logged). */
-char *host_snapshot(host_inst_t *inst, size_t *len);
+/* The instance's snapshot() result as bytes (malloc'd), or NULL: its
+ * handlers define none or it returned nil, or it failed (out of memory, or
+ * it raised) and the malloc'd reason is in *err. */
+char *host_snapshot(host_inst_t *inst, size_t *len, char **err);
 /* A retired type lost an instance: its script may be closed. */
 void host_type_released(etype_t *t);
 /* Runs a persisted RPC's payload check, primary key and deliver_at in the
