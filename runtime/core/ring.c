@@ -127,6 +127,50 @@ static uint64_t ring_factor(double load_factor) {
   return f;
 }
 
+/* Every member's virtual nodes (unsorted) and its capacity in shards. */
+static void ring_build(const ring_sorted_t *sorted, int n, uint32_t nshards, uint64_t f, uint64_t total,
+                       ring_vnode_t *ring, uint32_t *cap) {
+  size_t v = 0;
+  for (int i = 0; i < n; i++) {
+    cap[i] = ring_capacity(f, nshards, sorted[i].weight, total);
+    uint64_t h = hash_bytes(sorted[i].id, strlen(sorted[i].id));
+    uint32_t k = ring_vnodes(sorted[i].weight);
+    for (uint32_t j = 0; j < k; j++) {
+      ring[v].point = hash_mix64(h + (uint64_t)(j + 1) * RING_VNODE_STEP);
+      ring[v].member = i;
+      ring[v].vnode = j;
+      v++;
+    }
+  }
+}
+
+/* Shard s goes to the first member under capacity at or after its point on
+ * the sorted ring (nv nodes), wrapping past the top; returns that member's
+ * position in the sorted members and counts the shard in its load. */
+static int32_t ring_place(const ring_vnode_t *ring, size_t nv, uint32_t s, const uint32_t *cap, uint32_t *load) {
+  uint64_t p = hash_mix64((uint64_t)s * RING_SHARD_MUL + RING_SHARD_ADD);
+  size_t lo = 0, hi = nv;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (ring[mid].point < p) lo = mid + 1;
+    else hi = mid;
+  }
+  if (lo == nv) lo = 0;
+  /* Some member is under capacity (capacities sum to >= nshards > shards
+   * placed so far), so this walk always ends inside the loop; the
+   * fallback only keeps the function total should that ever break. */
+  int32_t m = ring[lo].member;
+  for (size_t k = 0; k < nv; k++) {
+    int32_t c = ring[(lo + k) % nv].member;
+    if (load[c] < cap[c]) {
+      m = c;
+      break;
+    }
+  }
+  load[m]++;
+  return m;
+}
+
 int ring_assign(const ring_member_t *members, int n, uint32_t nshards, double load_factor,
                 int32_t *owner) {
   if (nshards == 0 || n < 0 || owner == NULL || (n > 0 && members == NULL)) return -EINVAL;
@@ -176,45 +220,9 @@ int ring_assign(const ring_member_t *members, int n, uint32_t nshards, double lo
     goto out;
   }
 
-  uint64_t f = ring_factor(load_factor);
-  size_t v = 0;
-  for (int i = 0; i < n; i++) {
-    cap[i] = ring_capacity(f, nshards, sorted[i].weight, total);
-    uint64_t h = hash_bytes(sorted[i].id, strlen(sorted[i].id));
-    uint32_t k = ring_vnodes(sorted[i].weight);
-    for (uint32_t j = 0; j < k; j++) {
-      ring[v].point = hash_mix64(h + (uint64_t)(j + 1) * RING_VNODE_STEP);
-      ring[v].member = i;
-      ring[v].vnode = j;
-      v++;
-    }
-  }
+  ring_build(sorted, n, nshards, ring_factor(load_factor), total, ring, cap);
   qsort(ring, (size_t)nv, sizeof *ring, ring_cmp_vnode);
-
-  for (uint32_t s = 1; s <= nshards; s++) {
-    uint64_t p = hash_mix64((uint64_t)s * RING_SHARD_MUL + RING_SHARD_ADD);
-    /* First virtual node at or after p, wrapping past the top. */
-    size_t lo = 0, hi = (size_t)nv;
-    while (lo < hi) {
-      size_t mid = lo + (hi - lo) / 2;
-      if (ring[mid].point < p) lo = mid + 1;
-      else hi = mid;
-    }
-    if (lo == nv) lo = 0;
-    /* Some member is under capacity (capacities sum to >= nshards > shards
-     * placed so far), so this walk always ends inside the loop; the
-     * fallback only keeps the function total should that ever break. */
-    int32_t m = ring[lo].member;
-    for (size_t k = 0; k < (size_t)nv; k++) {
-      int32_t c = ring[(lo + k) % (size_t)nv].member;
-      if (load[c] < cap[c]) {
-        m = c;
-        break;
-      }
-    }
-    load[m]++;
-    owner[s - 1] = sorted[m].index;
-  }
+  for (uint32_t s = 1; s <= nshards; s++) owner[s - 1] = sorted[ring_place(ring, (size_t)nv, s, cap, load)].index;
 
 out:
   free(load);
