@@ -144,6 +144,7 @@ layers:
 test: deps test-deps
 	$(MAKE) layers
 	$(MAKE) all fuzz-build
+	$(if $(SPECS),,$(MAKE) tsan)
 	LUSTER_BIN=$(abspath $(BUILD)/luster) BUILD=$(BUILD) sh tools/run-specs.sh $(BUSTED_ARGS) $(SPECS)
 
 run: deps
