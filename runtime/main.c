@@ -149,6 +149,8 @@ static int cmd_check(config_t *cfg) {
     printf("%s\n", s->types ? ")" : "");
   }
   printf("%d script%s, %d failed\n", n, n == 1 ? "" : "s", failed);
+  host_cancel_tasks(host); /* singletons the load started; none ran */
+  sched_drain(&sched);
   host_free(host);
   em_free(em);
   sched_close(&sched);

@@ -877,6 +877,7 @@ cluster_t *cluster_new(sched_t *s, router_t *rt, durable_t *du) {
 void cluster_free(cluster_t *cl) {
   if (!cl) return;
   cluster_close(cl);
+  free(cl->address); /* set by a start that failed before the cluster was on */
   free(cl);
 }
 
@@ -959,6 +960,9 @@ void cluster_close(cluster_t *cl) {
   free(cl->release_started);
   free(cl->owner);
   free(cl->address);
+  cl->address = NULL;
+  cl->owner = NULL;
+  cl->release_started = NULL;
   cl->shard_state = NULL;
 }
 
