@@ -238,8 +238,8 @@ static int runtime__modules(runtime_t *rt) {
 /* Everything after the loop is set up; 0, or -1 with the reason in err. */
 static int runtime__start(runtime_t *rt, char *err, size_t errlen) {
   const config_t *cfg = &rt->cfg;
-  int clustered = strncmp(cfg->storage, "postgres://", 11) == 0 || strncmp(cfg->storage, "postgresql://", 13) == 0;
-  int sqlite = strncmp(cfg->storage, "sqlite:", 7) == 0;
+  config_storage_t kind = config_storage_kind(cfg->storage);
+  int clustered = kind == CONFIG_POSTGRES, sqlite = kind == CONFIG_SQLITE;
   if (runtime__modules(rt) != 0) {
     snprintf(err, errlen, "out of memory creating the runtime's modules");
     return -1;

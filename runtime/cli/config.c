@@ -198,11 +198,15 @@ static int config__check_cluster(const config_t *cfg) {
   return 0;
 }
 
+config_storage_t config_storage_kind(const char *storage) {
+  if (strncmp(storage, "postgres://", 11) == 0 || strncmp(storage, "postgresql://", 13) == 0) return CONFIG_POSTGRES;
+  return strncmp(storage, "sqlite:", 7) == 0 ? CONFIG_SQLITE : CONFIG_MEMORY;
+}
+
 /* Which storage, and the flags that go with it. */
 static int config__check_storage(config_t *cfg, config_storage_t *storage) {
-  int clustered = strncmp(cfg->storage, "postgres://", 11) == 0 || strncmp(cfg->storage, "postgresql://", 13) == 0;
-  int sqlite = strncmp(cfg->storage, "sqlite:", 7) == 0;
-  *storage = clustered ? CONFIG_POSTGRES : sqlite ? CONFIG_SQLITE : CONFIG_MEMORY;
+  *storage = config_storage_kind(cfg->storage);
+  int clustered = *storage == CONFIG_POSTGRES, sqlite = *storage == CONFIG_SQLITE;
   if (!clustered && !sqlite && strcmp(cfg->storage, "memory") != 0) {
     fprintf(stderr, "luster run: --storage must be 'memory', sqlite:PATH or a postgres:// URL, got '%s'\n",
             cfg->storage);

@@ -43,6 +43,9 @@ int config_parse(config_t *cfg, const char *cmd, int argc, char **argv);
  * which setting is wrong and what it should be (the runner exits 2). */
 typedef enum { CONFIG_MEMORY, CONFIG_SQLITE, CONFIG_POSTGRES } config_storage_t;
 int config_check_run(config_t *cfg, config_storage_t *storage);
+/* The kind a --storage value names (memory for anything else: checked by
+ * config_check_run). */
+config_storage_t config_storage_kind(const char *storage);
 /* The settings every command that loads scripts shares (shards, memory
  * limit, instruction budget); part of config_check_run. */
 int config_check_common(const config_t *cfg);
