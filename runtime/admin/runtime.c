@@ -218,6 +218,7 @@ static int runtime__load(runtime_t *rt, int clustered, char *err, size_t errlen)
 static int runtime__modules(runtime_t *rt) {
   rt->em = em_new(&rt->sched, rt->hc.shards);
   if (!rt->em) return -1;
+  em_set_max_active(rt->em, rt->cfg.max_active, rt->cfg.call_timeout_ms);
   rt->hc.em = em_host_ops(rt->em);
   rt->host = host_new(&rt->hc);
   if (!rt->host) return -1;

@@ -35,6 +35,8 @@ static const opt_t config_opts[] = {
     {"lease", OPT_DURATION, OFF(lease_ms), "10s", "shard lease: a frozen or cut-off runner's shards move after it"},
     {"table-prefix", OPT_STR, OFF(table_prefix), "luster_", "prefix of luster's tables, so clusters can share a database"},
     {"max-idle", OPT_DURATION, OFF(max_idle_ms), "60s", "passivate instances idle this long"},
+    {"max-active", OPT_UINT, OFF(max_active), "1000000",
+     "most entity instances held at once; beyond it the least recently used idle one is passivated"},
     {"memory-limit", OPT_SIZE, OFF(memory_limit), "256M", "memory cap of each script's Lua state"},
     {"instruction-budget", OPT_UINT, OFF(instruction_budget), "100000000",
      "Lua VM instructions one handler invocation may run"},
@@ -165,6 +167,13 @@ int config_check_common(const config_t *cfg) {
   }
   if (cfg->memory_limit < (1u << 20)) {
     fprintf(stderr, "luster: --memory-limit must be at least 1M\n");
+    return -1;
+  }
+  /* An instance is at least a few hundred bytes: beyond a billion, no machine
+   * reaches the limit, and a typo should not pass for one. */
+  if (cfg->max_active < 1 || cfg->max_active > 1000000000) {
+    fprintf(stderr, "luster: --max-active must be a whole number between 1 and 1000000000 (entity instances a "
+                    "runner holds at once), got %llu\n", (unsigned long long)cfg->max_active);
     return -1;
   }
   if (cfg->instruction_budget < 10000) {

@@ -20,6 +20,7 @@ typedef struct config_s {
   uint64_t weight;
   uint64_t lease_ms;
   uint64_t max_idle_ms;
+  uint64_t max_active;    /* entity instances a runner holds at once */
   uint64_t memory_limit;
   uint64_t instruction_budget;
   uint64_t call_timeout_ms;

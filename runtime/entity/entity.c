@@ -231,11 +231,17 @@ size_t em_instances(const etype_t *t) { return t->instances.count; }
 static void em__idle_remove(inst_t *i) {
   if (!i->idle) return;
   etype_t *t = i->h.type;
+  em_t *em = t->em;
   if (i->idle_prev) i->idle_prev->idle_next = i->idle_next; else t->idle_head = i->idle_next;
   if (i->idle_next) i->idle_next->idle_prev = i->idle_prev; else t->idle_tail = i->idle_prev;
   i->idle_prev = i->idle_next = NULL;
+  if (i->lru_prev) i->lru_prev->lru_next = i->lru_next; else em->lru_head = i->lru_next;
+  if (i->lru_next) i->lru_next->lru_prev = i->lru_prev; else em->lru_tail = i->lru_prev;
+  i->lru_prev = i->lru_next = NULL;
   i->idle = 0;
 }
+
+static void em__drain_soon(em_t *em);
 
 static void em__idle_arm(etype_t *t) {
   if (!t->idle_head) { timer_cancel(&t->idle_timer); return; }
@@ -252,7 +258,13 @@ static void em__idle_add(inst_t *i) {
   i->idle_next = NULL;
   if (t->idle_tail) t->idle_tail->idle_next = i; else t->idle_head = i;
   t->idle_tail = i;
+  em_t *em = t->em;
+  i->lru_prev = em->lru_tail;
+  i->lru_next = NULL;
+  if (em->lru_tail) em->lru_tail->lru_next = i; else em->lru_head = i;
+  em->lru_tail = i;
   if (!timer_pending(&t->idle_timer)) em__idle_arm(t);
+  if (em->wait_head) em__drain_soon(em); /* a slot for a waiting message */
 }
 
 struct em_backoff_s {
@@ -282,6 +294,8 @@ static void em__destroy(inst_t *i) {
   dstate_inst_free(i);
   free(i->snapshot);
   free(i);
+  em->ninst--;
+  if (em->wait_head) em__drain_soon(em);
   if (shard <= em->shards && em->counts[shard] && --em->counts[shard] == 0) {
     const placement_ops_t *p = em__placement(em);
     if (p && p->shard_drained) p->shard_drained(p->ctx, shard);
@@ -467,6 +481,7 @@ static inst_t *em__create(etype_t *t, const char *id, size_t len, uint64_t h) {
   i->h.shard = hash_shard(id, len, t->em->shards);
   if (htab_insert(&t->instances, &i->node) != 0) { free(i); return NULL; }
   t->em->counts[i->h.shard]++;
+  t->em->ninst++;
   em__stash_take(i);
   return i;
 }
@@ -505,15 +520,173 @@ static void em__not_found(msg_t *m) {
   free(body);
 }
 
-int em_deliver(msg_t *m) {
-  if (m->type->retired && em__retarget(m) != 0) {
-    em__not_found(m);
-    return 0;
+/* ---------------------------------------------------------------------------
+ * The active-entity limit (em_set_max_active)
+ *
+ * Memory grows with the instances held, not with the traffic: past the
+ * limit the least recently used idle instance goes (the same passivation as
+ * an idle timeout; a durable one's state is its saved row), and when every
+ * instance is busy a message that needs a new one waits, in arrival order,
+ * for one to go idle or end. Every later message that needs a new instance
+ * queues behind the waiting ones, so two messages for one id keep their
+ * order.
+ * ------------------------------------------------------------------------- */
+
+/* A waiting caller hears `unavailable` (503, retry) this long before its
+ * deadline, rather than a `timeout` (504) that says nothing of the cause. */
+#define EM_WAIT_MARGIN_MS 10
+
+typedef struct em_wait_s {
+  timer_entry_t timer; /* its end, unless the message is persisted */
+  em_t *em;
+  msg_t *m;
+  struct em_wait_s *prev, *next;
+} em_wait_t;
+
+void em_set_max_active(em_t *em, uint64_t max, uint64_t wait_ms) {
+  em->max_active = max;
+  em->wait_ms = wait_ms;
+}
+uint64_t em_resident(em_t *em) { return em->ninst; }
+uint64_t em_slot_waiting(em_t *em) { return em->nwaiting; }
+
+/* Passivates the least recently used idle instance for a slot. 0 when none
+ * is idle. */
+static int em__evict_lru(em_t *em) {
+  inst_t *i = em->lru_head;
+  if (!i) return 0;
+  if (i->ready.queued) { /* its pump runs soon: not idle after all */
+    em__idle_remove(i);
+    return 1;
   }
+  etype_t *t = i->h.type;
+  t->counters->passivations++;
+  em->limit_passivations++;
+  log_debug("passivating %s/%.*s: the runner holds %llu instances (--max-active)", t->name, (int)i->h.id_len, i->id,
+            (unsigned long long)em->ninst);
+  em__destroy(i);
+  return 1;
+}
+
+/* Whether a new instance fits now, passivating idle ones to make room. */
+static int em__room(em_t *em) {
+  while (em->max_active && em->ninst >= em->max_active)
+    if (!em__evict_lru(em)) return 0;
+  return 1;
+}
+
+static void em__wait_unlink(em_wait_t *w) {
+  em_t *em = w->em;
+  if (w->prev) w->prev->next = w->next; else em->wait_head = w->next;
+  if (w->next) w->next->prev = w->prev; else em->wait_tail = w->prev;
+  em->nwaiting--;
+  timer_cancel(&w->timer);
+}
+
+static void em__fail(msg_t *m, reply_kind_t kind, const char *text) {
+  size_t len;
+  char *body = reply_error_body(kind, NULL, text, &len);
+  msg_finish(m, kind, body, len);
+  free(body);
+}
+
+static void em__wait_expire(timer_entry_t *te) {
+  em_wait_t *w = (em_wait_t *)((char *)te - offsetof(em_wait_t, timer));
+  em_t *em = w->em;
+  msg_t *m = w->m;
+  em__wait_unlink(w);
+  free(w);
+  em->slot_timeouts++;
+  char text[256];
+  snprintf(text, sizeof text, "all %llu entity instances this runner may hold (--max-active) are busy; retry later",
+           (unsigned long long)em->max_active);
+  em__fail(m, REPLY_UNAVAILABLE, text);
+}
+
+/* When the wait of m ends: shortly before its caller's deadline; 0 for a
+ * persisted message (it waits until it runs) or a call without deadline. */
+static uint64_t em__wait_end(em_t *em, msg_t *m) {
+  uint64_t now = sched_now(em->sched);
+  if (m->flags & MSG_PERSISTED) return 0;
+  if (!m->call) return now + em->wait_ms;
+  if (!timer_pending(&m->call->deadline)) return 0;
+  uint64_t due = m->call->deadline.node.due;
+  if (due <= now) return now;
+  uint64_t margin = (due - now) / 2 < EM_WAIT_MARGIN_MS ? (due - now) / 2 : EM_WAIT_MARGIN_MS;
+  return due - margin;
+}
+
+static int em__wait(em_t *em, msg_t *m) {
+  em_wait_t *w = malloc(sizeof *w);
+  if (!w) return -ENOMEM;
+  w->em = em;
+  w->m = m;
+  w->next = NULL;
+  w->prev = em->wait_tail;
+  if (em->wait_tail) em->wait_tail->next = w; else em->wait_head = w;
+  em->wait_tail = w;
+  em->nwaiting++;
+  em->slot_waits++;
+  m->enqueued_at = sched_now(em->sched);
+  timer_entry_init(&w->timer, em->sched, em__wait_expire);
+  uint64_t end = em__wait_end(em, m);
+  if (end) timer_add(&w->timer, end);
+  return 0;
+}
+
+static int em__deliver(msg_t *m, int waited);
+
+/* Serves waiting messages, oldest first, while slots free up. */
+static void em__drain(sched_item_t *it) {
+  em_t *em = (em_t *)((char *)it - offsetof(em_t, drain));
+  while (em->wait_head) {
+    em_wait_t *w = em->wait_head;
+    msg_t *m = w->m;
+    if (!msg_abandoned(m) && !(m->type->retired && em__retarget(m) != 0) &&
+        !em__find(m->type, m->id, m->id_len, hash_bytes(m->id, m->id_len)) && !em__room(em))
+      return; /* still full: the next idle or ended instance calls again */
+    em__wait_unlink(w);
+    free(w);
+    if (msg_abandoned(m)) { msg_free(m); continue; }
+    if (m->type->retired) { em__not_found(m); continue; }
+    int rc = em__deliver(m, 1);
+    const placement_ops_t *p = em__placement(em);
+    if (rc == -EAGAIN && p && p->reroute) p->reroute(p->ctx, m);
+    else if (rc == -EBUSY) em__fail(m, REPLY_MAILBOX_FULL, "the mailbox is full; retry later");
+    else if (rc != 0) em__fail(m, REPLY_UNAVAILABLE, "cannot deliver: out of memory");
+  }
+}
+
+static void em__drain_soon(em_t *em) {
+  if (!em->drain.queued) sched_push(em->sched, &em->drain, em__drain);
+}
+
+/* Hands the waiting messages of the shards in mask (NULL: all) to fn. */
+static void em__waiters_each(em_t *em, const uint8_t *mask, void (*fn)(em_t *em, msg_t *m)) {
+  for (em_wait_t *w = em->wait_head, *next; w; w = next) {
+    next = w->next;
+    msg_t *m = w->m;
+    uint32_t shard = hash_shard(m->id, m->id_len, em->shards);
+    if (mask && (shard > em->shards || !mask[shard])) continue;
+    em__wait_unlink(w);
+    free(w);
+    fn(em, m);
+  }
+}
+
+static void em__waiter_reroute(em_t *em, msg_t *m) {
+  const placement_ops_t *p = em__placement(em);
+  if (p && p->reroute) p->reroute(p->ctx, m); else msg_free(m);
+}
+static void em__waiter_free(em_t *em, msg_t *m) { msg_free(m); }
+
+/* waited: m comes from the waiting list, whose turn it is. */
+static int em__deliver(msg_t *m, int waited) {
   etype_t *t = m->type;
   uint64_t h = hash_bytes(m->id, m->id_len);
   inst_t *i = em__find(t, m->id, m->id_len, h);
   if (!i) {
+    if ((t->em->wait_head && !waited) || !em__room(t->em)) return em__wait(t->em, m);
     i = em__create(t, m->id, m->id_len, h);
     if (!i) return -ENOMEM;
   } else if (i->handoff) {
@@ -525,6 +698,14 @@ int em_deliver(msg_t *m) {
   em__idle_remove(i);
   em__schedule(i);
   return 0;
+}
+
+int em_deliver(msg_t *m) {
+  if (m->type->retired && em__retarget(m) != 0) {
+    em__not_found(m);
+    return 0;
+  }
+  return em__deliver(m, 0);
 }
 
 void em_activated(inst_t *i, const char *error) {
@@ -674,6 +855,7 @@ static void em__release_one(inst_t *i) {
 }
 
 void em_release_shards(em_t *em, const uint8_t *mask) {
+  em__waiters_each(em, mask, em__waiter_reroute);
   em__each_in(em, mask, em__release_one);
   em_stash_hand_on(em, mask);
 }
@@ -685,10 +867,12 @@ static void em__fence_one(inst_t *i) {
 
 void em_fence_shards(em_t *em, const uint8_t *mask) {
   em->host.cancel_shard_tasks(em->host.ud, mask);
+  em__waiters_each(em, mask, em__waiter_reroute);
   em__each_in(em, mask, em__fence_one);
 }
 
 void em_stop_all(em_t *em) {
+  em__waiters_each(em, NULL, em__waiter_free);
   for (etype_t *t = em->host.types(em->host.ud); t; t = t->next) {
     if (t->em != em) continue;
     timer_cancel(&t->idle_timer);
@@ -725,8 +909,10 @@ void em_type_free(etype_t *t) {
     n = htab_next(&t->instances, n, &it);
     em__drop_mailbox(i);
     em__backoff_end(i);
+    em__idle_remove(i);
     em_t *em = t->em;
     if (i->h.shard <= em->shards && em->counts[i->h.shard]) em->counts[i->h.shard]--;
+    em->ninst--;
     dstate_inst_free(i);
     free(i->snapshot);
     free(i);
@@ -763,6 +949,35 @@ static void em__host_ops_init(em_t *em) {
 }
 
 const host_em_t *em_host_ops(em_t *em) { return &em->host_ops; }
+
+/* The active-entity limit's part of /metrics. */
+static void em__limit_metrics(em_t *em, buf_t *b) {
+  static const struct {
+    const char *name, *type, *help;
+    size_t off;
+  } lines[] = {
+      {"luster_max_active", "gauge", "The most entity instances this runner holds at once (--max-active).",
+       offsetof(em_t, max_active)},
+      {"luster_resident_instances", "gauge", "Entity instances held on this runner now, of every type and state.",
+       offsetof(em_t, ninst)},
+      {"luster_slot_waiting_messages", "gauge", "Messages waiting for an instance slot now (every instance busy).",
+       offsetof(em_t, nwaiting)},
+      {"luster_limit_passivations_total", "counter",
+       "Idle instances passivated to stay within --max-active (least recently used first).",
+       offsetof(em_t, limit_passivations)},
+      {"luster_slot_waits_total", "counter", "Messages that waited for an instance slot because every instance was busy.",
+       offsetof(em_t, slot_waits)},
+      {"luster_slot_wait_timeouts_total", "counter",
+       "Messages that found no free instance slot before their deadline (answered unavailable).",
+       offsetof(em_t, slot_timeouts)},
+  };
+  for (size_t m = 0; m < sizeof lines / sizeof lines[0]; m++) {
+    prom_head(b, lines[m].name, lines[m].type, lines[m].help);
+    buf_printf(b, "%s %llu\n", lines[m].name,
+               (unsigned long long)*(const uint64_t *)((const char *)em + lines[m].off));
+  }
+}
+static void em__limit_metrics(em_t *em, buf_t *b);
 /* GET /metrics: the manager's gauges per entity type served now. */
 void em_metrics(em_t *em, buf_t *b) {
   static const struct {
@@ -780,4 +995,5 @@ void em_metrics(em_t *em, buf_t *b) {
         buf_printf(b, "%s{type=\"%s\"} %llu\n", gauges[m].name, t->name,
                    (unsigned long long)*(const uint64_t *)((const char *)t + gauges[m].off));
   }
+  em__limit_metrics(em, b);
 }

@@ -42,7 +42,8 @@ typedef struct inst_s {
   char *snapshot;   /* state handed over by the predecessor, for activate */
   size_t snapshot_len;
   struct em_backoff_s *backoff; /* while a raised persisted message waits to run again */
-  struct inst_s *idle_prev, *idle_next;
+  struct inst_s *idle_prev, *idle_next; /* its type's idle list */
+  struct inst_s *lru_prev, *lru_next;   /* the manager's idle list, across types (em_set_max_active) */
   uint64_t idle_since;
   char id[]; /* h.id points here; its length is h.id_len */
 } inst_t;
@@ -83,9 +84,19 @@ em_host_t em_host_default(host_t *h);
 void em_free(em_t *em);
 /* t is served by em from now on (t->em = em). */
 void em_type_init(em_t *em, etype_t *t);
-/* Queues m on its instance, creating it when needed. Returns 0, or
- * -EBUSY when the mailbox is full (m untouched). Persisted messages are
- * already stored, so they are never refused for a full mailbox. */
+/* At most max instances at once (0: no limit). Beyond it, the least
+ * recently used idle instance is passivated; when none is idle, a message
+ * that needs a new instance waits (FIFO) for a slot until shortly before its
+ * caller's deadline (wait_ms when it has none), then fails `unavailable`.
+ * Persisted messages wait without a deadline: they are stored, and must run. */
+void em_set_max_active(em_t *em, uint64_t max, uint64_t wait_ms);
+/* Instances of every type now (any state), and messages waiting for a slot. */
+uint64_t em_resident(em_t *em);
+uint64_t em_slot_waiting(em_t *em);
+/* Queues m on its instance, creating it when needed. Returns 0 (also when
+ * m waits for a slot: see em_set_max_active), or -EBUSY when the mailbox is
+ * full (m untouched). Persisted messages are already stored, so they are
+ * never refused for a full mailbox. */
 int em_deliver(msg_t *m);
 void em_keep_alive(etype_t *t, const char *id, size_t len, int on);
 /* The instance of (t, id) here, or NULL. */
