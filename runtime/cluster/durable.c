@@ -16,6 +16,7 @@
 #include "core/hash.h"
 #include "core/htab.h"
 #include "core/prom.h"
+#include "entity/entity.h"
 #include "host/host.h"
 #include "storage/msgstore.h"
 #include "storage/storage.h"
@@ -25,6 +26,13 @@
 #define DUR_POLL_MS 100         /* callers waiting for a reply another runner stores */
 #define DUR_PRUNE_EVERY_MS 5000
 #define DUR_PRUNE_BATCH 1000
+/* A backlog (a takeover, a restart with many pending messages) is read a
+ * page at a time; while this many messages already wait for an instance
+ * slot (the runner holds --max-active instances, all busy), the next page
+ * waits, re-checked this often: the backlog wakes instances no faster than
+ * they free, and its messages wait in storage, not in memory. */
+#define DUR_SCAN_BACKLOG DUR_SCAN_PAGE
+#define DUR_SCAN_PAUSE_MS 20
 
 /* A message this runner delivers now (owner side), from the moment it is
  * checked until its reply is stored or it leaves. Its callers wait here. */
@@ -68,6 +76,9 @@ struct durable_s {
   uint64_t retention_ms;
   htab_t known, waits;
   timer_entry_t scan_timer, due_timer, poll_timer, prune_timer;
+  timer_entry_t page_timer; /* a scan paused for the instance limit (DUR_SCAN_BACKLOG) */
+  uint64_t page_after;      /* ... goes on after this seq */
+  uint64_t scan_pauses;     /* times a scan waited so (metrics) */
   sched_item_t scan_item;
   int scanning, rescan;
   uint64_t due_at; /* wall ms the due timer is set for, 0 = none */
@@ -413,6 +424,27 @@ static void du__deliver_row(durable_t *du, const ms_row_t *w) {
   du__start(k, m);
 }
 
+/* The entity manager's messages waiting for a slot (host_em_t.ud is it). */
+static uint64_t du__slot_waiting(durable_t *du) {
+  return em_slot_waiting((em_t *)host_config(du->host)->em->ud);
+}
+
+/* The next page of a scan, once the instances have caught up. */
+static void du__scan_next(durable_t *du, uint64_t after) {
+  if (du__slot_waiting(du) >= DUR_SCAN_BACKLOG) {
+    du->page_after = after;
+    du->scan_pauses++;
+    timer_add(&du->page_timer, sched_now(du->sched) + DUR_SCAN_PAUSE_MS);
+    return;
+  }
+  du__scan_page(du, after);
+}
+
+static void du__page_fire(timer_entry_t *t) {
+  durable_t *du = (durable_t *)((char *)t - offsetof(durable_t, page_timer));
+  if (du->on) du__scan_next(du, du->page_after);
+}
+
 static void du__scanned(void *ud, int ok, const ms_row_t *rows, int nrows) {
   durable_t *du = ud;
   if (!du->on) return;
@@ -421,7 +453,7 @@ static void du__scanned(void *ud, int ok, const ms_row_t *rows, int nrows) {
     return; /* the next periodic scan tries again */
   }
   for (int i = 0; i < nrows; i++) du__deliver_row(du, &rows[i]);
-  if (nrows == DUR_SCAN_PAGE) du__scan_page(du, rows[nrows - 1].seq);
+  if (nrows == DUR_SCAN_PAGE) du__scan_next(du, rows[nrows - 1].seq);
   else du__scan_end(du);
 }
 
@@ -773,6 +805,7 @@ int durable_init(durable_t *du, const ms_ops_t *ops, uint32_t shards, uint64_t r
   timer_entry_init(&du->due_timer, du->sched, du__due_fire);
   timer_entry_init(&du->poll_timer, du->sched, du__poll_fire);
   timer_entry_init(&du->prune_timer, du->sched, du__prune_fire);
+  timer_entry_init(&du->page_timer, du->sched, du__page_fire);
   timer_add(&du->scan_timer, sched_now(du->sched) + DUR_SCAN_EVERY_MS);
   timer_add(&du->prune_timer, sched_now(du->sched) + DUR_PRUNE_EVERY_MS);
   du->on = 1;
@@ -788,6 +821,7 @@ void durable_close(durable_t *du) {
   timer_cancel(&du->due_timer);
   timer_cancel(&du->poll_timer);
   timer_cancel(&du->prune_timer);
+  timer_cancel(&du->page_timer);
   size_t i;
   htab_node_t *n;
   while ((n = htab_first(&du->waits, &i))) {
@@ -856,5 +890,8 @@ void durable_metrics(durable_t *du, buf_t *b) {
       prom_head(b, rows[i].name, rows[i].type, rows[i].help);
       buf_printf(b, "%s %llu\n", rows[i].name, (unsigned long long)*(const uint64_t *)(base + rows[i].off));
     }
+    prom_head(b, "luster_persisted_scan_pauses_total", "counter",
+              "Times a scan of pending messages waited for instance slots (--max-active) before its next page.");
+    buf_printf(b, "luster_persisted_scan_pauses_total %llu\n", (unsigned long long)du->scan_pauses);
   }
 }
