@@ -19,7 +19,7 @@ local function seen(m, kind, id)
 end
 
 -- "label:kind" for every answer a caller received, in order.
-local REPLY = { ok = true, defect = true, unavailable = true, not_found = true, failure = true }
+local REPLY = { ok = true, defect = true, unavailable = true, not_found = true, failure = true, timeout = true }
 local function answers(m)
   local out = {}
   for _, e in ipairs(m:events()) do
@@ -215,6 +215,83 @@ describe("the entity manager on a fake host and a virtual clock", function()
     assert.equal(0, b:active_total())
     a:close()
     b:close()
+  end)
+
+  -- The active-entity limit (em_set_max_active): one sample of em_metrics.
+  local function metric(m, name)
+    return tonumber(m:metrics():match("\n" .. name .. " (%d+)"))
+  end
+
+  it("passivates the least recently used idle instance past the limit, across types", function()
+    local m = em.new(4)
+    m:max_active(3)
+    m:type("T", {})
+    m:type("U", {})
+    assert.equal("ok", m:send("T", "x", "a"))
+    m:advance(1)
+    assert.equal("ok", m:send("U", "y", "b"))
+    m:advance(1)
+    assert.equal("ok", m:send("T", "z", "c"))
+    m:advance(1)
+    assert.equal("ok", m:send("T", "x", "d")) -- x is the most recent now: y is the least
+    m:advance(1)
+    assert.equal("ok", m:send("T", "w", "e"))
+    assert.same({ "@4" }, seen(m, "release", "y"))
+    assert.is_nil(m:instance("U", "y"))
+    assert.equal("ready", m:instance("T", "x").state)
+    m:advance(1)
+    assert.equal("ok", m:send("U", "v", "f")) -- then z
+    assert.same({ "@5" }, seen(m, "release", "z"))
+    assert.equal(3, metric(m, "luster_resident_instances"))
+    assert.equal(2, metric(m, "luster_limit_passivations_total"))
+    assert.equal(0, metric(m, "luster_slot_waits_total"))
+    assert.equal(2, m:stats("T").passivations + m:stats("U").passivations)
+    m:close()
+  end)
+
+  it("never passivates a busy or keep_alive instance: a new id waits for a slot, then fails before its deadline", function()
+    local m = em.new(4)
+    m:max_active(2)
+    m:type("T", {})
+    assert.equal("ok", m:send("T", "busy", "a", { work = 100 }))
+    assert.equal("ok", m:send("T", "kept", "k"))
+    m:keep_alive("T", "kept", true)
+    m:advance(1)
+    assert.equal("ok", m:send("T", "new", "b", { timeout = 50 }))
+    assert.equal("ok", m:send("T", "new", "c", { timeout = 1000 })) -- same id: behind b, in order
+    assert.equal("ok", m:send("T", "other", "d", { timeout = 1000 }))
+    assert.is_nil(m:instance("T", "new"))
+    assert.equal(3, metric(m, "luster_slot_waiting_messages"))
+    m:advance(39) -- t = 40
+    assert.same({ "k:ok" }, answers(m))
+    m:advance(1) -- t = 41: b's deadline (51) less the margin (10)
+    assert.same({ "k:ok", "b:unavailable" }, answers(m))
+    m:advance(59) -- t = 100: "busy" ends, idle: it goes for "new"
+    assert.same({ "@100" }, seen(m, "release", "busy"))
+    assert.same({ "c@100" }, seen(m, "start", "new"))
+    assert.equal("ready", m:instance("T", "kept").state)
+    -- then d: "new" went idle at once, the least recently used of the two
+    assert.same({ "d@100" }, seen(m, "start", "other"))
+    assert.same({ "@100" }, seen(m, "release", "new"))
+    assert.same({ "k:ok", "b:unavailable", "a:ok", "c:ok", "d:ok" }, answers(m))
+    assert.equal(2, metric(m, "luster_resident_instances"))
+    assert.equal(3, metric(m, "luster_slot_waits_total"))
+    assert.equal(1, metric(m, "luster_slot_wait_timeouts_total"))
+    m:close()
+  end)
+
+  it("keeps a persisted message waiting for a slot past any deadline, and runs it", function()
+    local m = em.new(4)
+    m:max_active(1, 50) -- a message without a deadline of its own would wait 50 ms
+    m:type("T", {})
+    assert.equal("ok", m:send("T", "x", "a", { work = 5000 }))
+    assert.equal("ok", m:send("T", "y", "p", { persisted = true }))
+    m:advance(4999)
+    assert.same({}, answers(m))
+    m:advance(1)
+    assert.same({ "p@5000" }, seen(m, "start", "y"))
+    assert.same({ "a:ok", "p:ok" }, answers(m))
+    m:close()
   end)
 
   it("answers unavailable for work still queued or running when it closes", function()

@@ -36,7 +36,7 @@ return luster.entity("Tally", { Add }, { durable = true }):handlers(function(ctx
   }
 end)]]
 
-local MB = 1024
+local MB = 1024 -- in KiB, as VmRSS counts
 
 local function request_text(path, body)
   return string.format("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s", path, #body, body)

@@ -346,9 +346,10 @@ static void le__replied(call_t *c, reply_kind_t kind, const char *body, size_t l
   free(w);
 }
 
-/* m:send(type, id, label, {work=, raises=, persisted=}) -> "ok", or "busy"
- * (mailbox full: the message is not queued), "again" or an errno. The
- * caller's reply shows up in events() as {kind = reply kind, label}. */
+/* m:send(type, id, label, {work=, raises=, persisted=, timeout=}) -> "ok",
+ * or "busy" (mailbox full: the message is not queued), "again" or an errno.
+ * The caller's reply shows up in events() as {kind = reply kind, label};
+ * timeout is its deadline in ms (0, the default: none). */
 static int le_send(lua_State *L) {
   rt_t *rt = le_rt(L);
   ftype_t *ft = le_type(L, rt, 2);
@@ -358,6 +359,8 @@ static int le_send(lua_State *L) {
   luaL_argcheck(L, ll < LE_NAME, 4, "a label under 32 bytes");
   int opts = lua_istable(L, 5);
   lua_Integer work = opts ? le__opt(L, 5, "work", 0) : 0, raises = opts ? le__opt(L, 5, "raises", 0) : 0;
+  lua_Integer timeout = opts ? le__opt(L, 5, "timeout", 0) : 0;
+  luaL_argcheck(L, timeout >= 0, 5, "timeout not negative");
   int persisted = 0;
   if (opts) {
     lua_getfield(L, 5, "persisted");
@@ -372,7 +375,7 @@ static int le_send(lua_State *L) {
   waiter_t *w = calloc(1, sizeof *w);
   w->rt = rt;
   memcpy(w->label, label, ll);
-  msg_attach_call(m, call_new(&rt->sched, le__replied, w, 0));
+  msg_attach_call(m, call_new(&rt->sched, le__replied, w, (uint64_t)timeout));
   int rc = em_deliver(m);
   if (rc != 0) { /* refused: m is still the caller's, and nobody waits for it */
     call_t *c = msg_detach_call(m);
@@ -474,6 +477,27 @@ static int le_active_total(lua_State *L) {
   return 1;
 }
 
+/* m:max_active(n, wait_ms): em_set_max_active. */
+static int le_max_active(lua_State *L) {
+  rt_t *rt = le_rt(L);
+  lua_Integer n = luaL_checkinteger(L, 2), wait = luaL_optinteger(L, 3, 1000);
+  luaL_argcheck(L, n >= 0, 2, "not negative");
+  luaL_argcheck(L, wait >= 0, 3, "not negative");
+  em_set_max_active(rt->em, (uint64_t)n, (uint64_t)wait);
+  return 0;
+}
+
+/* m:metrics() -> em_metrics' text (the limit's counters are read there). */
+static int le_metrics(lua_State *L) {
+  rt_t *rt = le_rt(L);
+  buf_t b;
+  buf_init(&b);
+  em_metrics(rt->em, &b);
+  lua_pushlstring(L, b.data ? b.data : "", b.len);
+  buf_free(&b);
+  return 1;
+}
+
 static int le_shard_instances(lua_State *L) {
   rt_t *rt = le_rt(L);
   lua_pushinteger(L, (lua_Integer)em_shard_instances(rt->em, (uint32_t)luaL_checkinteger(L, 2)));
@@ -529,6 +553,8 @@ int luaopen_luster_em(lua_State *L) {
                                      {"keep_alive", le_keep_alive},
                                      {"active_total", le_active_total},
                                      {"shard_instances", le_shard_instances},
+                                     {"max_active", le_max_active},
+                                     {"metrics", le_metrics},
                                      {"close", le_close},
                                      {NULL, NULL}};
   luaL_newmetatable(L, "luster.em");
