@@ -36,6 +36,25 @@ return luster.entity("Tally", { Add }, { durable = true }):handlers(function(ctx
   }
 end)]]
 
+-- Mark: a persisted RPC delivered at p.at (epoch ms); each run appends
+-- its id to $MARK_RECORD after a short sleep.
+local MARK = [[
+local luster = require "luster"
+local S = luster.schema
+local Mark = luster.rpc("Mark", {
+  payload = { at = S.integer }, success = S.string, persisted = true,
+  deliver_at = function(p) return p.at end,
+})
+return luster.entity("Note", { Mark }):handlers(function(ctx)
+  return { Mark = function(req)
+    luster.sleep(2)
+    local f = assert(io.open(os.getenv("MARK_RECORD"), "a"))
+    f:write(ctx.id, "\n")
+    f:close()
+    return ctx.id
+  end }
+end)]]
+
 local MB = 1024 -- in KiB, as VmRSS counts
 
 local function request_text(path, body)
@@ -192,6 +211,47 @@ describe("--max-active", function()
     end)
     r:stop()
     H.rmdir(dir)
+    assert(ok, err)
+  end)
+
+  it("wakes a persisted backlog a limit's worth of instances at a time, and runs all of it", function()
+    local N = 2000
+    local dir = H.script_dir { ["note.lua"] = MARK }
+    local db, record = H.tmpname("max-active-db"), H.tmpname("max-active-record")
+    local r = H.start(dir, { args = "--max-active 5 --storage sqlite:" .. db, env = { MARK_RECORD = record } })
+    local ok, err = pcall(function()
+      local at = math.floor(H.now() * 1000) + 3000 * H.slow
+      local c = r:connect()
+      for base = 0, N - 1, 100 do
+        local batch = {}
+        for i = base + 1, base + 100 do
+          batch[#batch + 1] = request_text("/entities/Note/n" .. i .. "/Mark?discard=1", cjson.encode { at = at })
+        end
+        assert(c:send(table.concat(batch)))
+        for _ = 1, 100 do assert.are.equal(202, (H.read_response(c))) end
+      end
+      c:close()
+      assert.is_true(H.now() * 1000 < at, "storing the backlog took longer than its delay")
+      local most = 0
+      H.wait_for("the backlog to run", 60 * H.slow, function()
+        most = math.max(most, r:metric("luster_resident_instances"))
+        local n = 0
+        for _ in (H.read_file(record) or ""):gmatch("[^\n]+") do n = n + 1 end
+        return n == N
+      end, 0.02)
+      assert.is_true(most <= 5, ("sampled %d instances, above the limit of 5"):format(most))
+      assert.is_true(r:metric("luster_persisted_scan_pauses_total") > 0, "the scan never waited for the instances")
+      local seen = {}
+      for id in H.read_file(record):gmatch("[^\n]+") do seen[id] = (seen[id] or 0) + 1 end
+      for i = 1, N do assert.are.equal(1, seen["n" .. i], "n" .. i .. " ran " .. tostring(seen["n" .. i]) .. " times") end
+    end)
+    r:stop()
+    H.rmdir(dir)
+    os.remove(db)
+    os.remove(db .. "-wal")
+    os.remove(db .. "-shm")
+    os.remove(db .. "-lock")
+    os.remove(record)
     assert(ok, err)
   end)
 
