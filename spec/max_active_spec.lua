@@ -146,7 +146,11 @@ describe("--max-active", function()
     for k, v in ipairs(res.hot) do assert.are.equal(k + 2, v) end
     -- Without a limit, 50 000 instances take about 36 MB here (the next
     -- case); with it, memory stays near what the 1 000 held take (2 MB).
-    assert.is_true(res.grew < 8 * MB, ("RSS grew by %d KiB over the sweep"):format(res.grew))
+    -- (Under AddressSanitizer, freed memory waits in its quarantine: RSS
+    -- says nothing of what the runner holds there.)
+    if H.slow == 1 then
+      assert.is_true(res.grew < 8 * MB, ("RSS grew by %d KiB over the sweep"):format(res.grew))
+    end
     assert.is_true(H.now() - t0 < 60 * H.slow, "the sweep took too long")
   end)
 
