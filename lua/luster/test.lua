@@ -154,10 +154,14 @@ function M.write(file, source)
   if type(file) ~= "string" or type(source) ~= "string" then fail(2, "T.write: expected (file, source), two strings") end
   local report, why = core.write(file, source)
   if not report then return nil, why end
+  -- A script that no longer loads fails the write: the file itself, or
+  -- (a lib/ module) a script that requires it.
   local ok, rep = pcall(json.decode, report)
-  for _, f in ipairs(ok and type(rep) == "table" and rep.failed or {}) do
+  local failed = ok and type(rep) == "table" and rep.failed or {}
+  for _, f in ipairs(failed) do
     if f.file == file then return nil, f.message end
   end
+  if failed[1] then return nil, failed[1].message end
   return true
 end
 

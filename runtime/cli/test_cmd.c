@@ -240,11 +240,22 @@ static void test__args(lua_State *L, const char *dir, int argc, char **argv) {
 
 static const char test__boot[] = "require 'busted.runner'({ standalone = false })";
 
+/* Specs may require DIR's lib/ modules, as its scripts do. */
+static void test__lib_path(lua_State *L, const char *dir) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  lua_pushfstring(L, "%s/lib/?.lua;%s/lib/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+  lua_setfield(L, -3, "path");
+  lua_pop(L, 2);
+}
+
 /* Runs busted; its exit status (0 when it did not exit). */
 static int test__run(lua_State *L) {
-  if (luaL_loadbufferx(L, test__boot, sizeof test__boot - 1, "@luster test", "t") != LUA_OK ||
-      lua_pcall(L, 0, 0, 0) == LUA_OK)
-    return lua_gettop(L) ? (fprintf(stderr, "luster test: %s\n", lua_tostring(L, -1)), 1) : 0;
+  if (luaL_loadbufferx(L, test__boot, sizeof test__boot - 1, "@luster test", "t") != LUA_OK) {
+    fprintf(stderr, "luster test: %s\n", lua_tostring(L, -1));
+    return 1;
+  }
+  if (lua_pcall(L, 0, 0, 0) == LUA_OK) return 0;
   if (lua_istable(L, -1)) {
     lua_getfield(L, -1, "luster_test_exit");
     if (lua_isinteger(L, -1)) return (int)lua_tointeger(L, -1);
@@ -286,6 +297,7 @@ int test_main(int argc, char **argv) {
   luaL_openlibs(L);
   test__preload(L, &ctx);
   test__args(L, dir, argc, argv);
+  test__lib_path(L, dir);
   int rc = test__run(L);
   testrt_free(ctx.rt);
   ctx.rt = NULL;
