@@ -276,7 +276,12 @@ static void test__log_level(void) {
 int test_main(int argc, char **argv) {
   const char *dir = ".";
   struct stat st;
-  if (argc > 0 && argv[0][0] != '-' && stat(argv[0], &st) == 0 && S_ISDIR(st.st_mode)) {
+  if (argc > 0 && argv[0][0] != '-' && stat(argv[0], &st) != 0) {
+    fprintf(stderr, "luster test: '%s' does not exist (usage: luster test [DIR] [busted options and spec files])\n",
+            argv[0]);
+    return 2;
+  }
+  if (argc > 0 && argv[0][0] != '-' && S_ISDIR(st.st_mode)) {
     dir = argv[0];
     argc--;
     argv++;
