@@ -165,7 +165,7 @@ function M.write(file, source)
   return true
 end
 
--- The lines logged in this test so far ("LEVEL text"), those containing `text` (a plain substring) if given.
+-- The lines logged in this test so far ("INFO text", "WARN text", "ERROR text"), those containing `text` (a plain substring) if given.
 function M.logs(text)
   need("T.logs")
   if text ~= nil and type(text) ~= "string" then fail(2, "T.logs: the filter must be a string") end

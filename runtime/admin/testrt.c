@@ -141,10 +141,16 @@ uint64_t testrt_now(const testrt_t *t) { return t->clock.clock.wall_ms(t->clock.
 
 /* --- making and ending ----------------------------------------------------- */
 
+/* One captured line, "LEVEL text" (the level's padding dropped). */
 static void testrt__log(void *ud, log_level_t lvl, const char *text, size_t len) {
   (void)lvl;
   testrt_t *t = ud;
-  buf_add(&t->logs, text, len);
+  const char *sp = memchr(text, ' ', len);
+  size_t word = sp ? (size_t)(sp - text) : len, rest = word;
+  while (rest < len && text[rest] == ' ') rest++;
+  buf_add(&t->logs, text, word);
+  buf_addc(&t->logs, ' ');
+  buf_add(&t->logs, text + rest, len - rest);
   buf_addc(&t->logs, '\n');
 }
 

@@ -61,7 +61,7 @@ int testrt_passivate(testrt_t *t, const char *type, const char *id);
  * reason in err when the file cannot be written. */
 int testrt_write(testrt_t *t, const char *file, const char *src, size_t len, buf_t *report, char *err,
                  size_t errlen);
-/* The log lines captured since the runtime started ("LEVEL text\n" each). */
+/* The log lines captured since the runtime started ("LEVEL text\n" each: "INFO", "WARN", "ERROR"). */
 const buf_t *testrt_logs(const testrt_t *t);
 
 #endif
