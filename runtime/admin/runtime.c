@@ -320,7 +320,9 @@ static void runtime__down(runtime_t *rt) {
   rt->router = NULL;
 }
 
-runtime_t *runtime_new(const config_t *cfg, char *err, size_t errlen) {
+runtime_t *runtime_new(const config_t *cfg, char *err, size_t errlen) { return runtime_new_on(cfg, NULL, err, errlen); }
+
+runtime_t *runtime_new_on(const config_t *cfg, const lclock_t *clk, char *err, size_t errlen) {
   runtime_t *rt = calloc(1, sizeof *rt);
   if (!rt || uv_mutex_init(&rt->stop_lock) != 0) {
     snprintf(err, errlen, "out of memory creating a runtime");
@@ -338,6 +340,7 @@ runtime_t *runtime_new(const config_t *cfg, char *err, size_t errlen) {
   snprintf(rt->bound, sizeof rt->bound, "none");
   runtime_host_config(&rt->cfg, &rt->sched, &rt->wiring, &rt->hc);
   sched_init(&rt->sched, &rt->loop);
+  if (clk) sched_set_clock(&rt->sched, clk);
   /* Unreferenced, like the CLI's signals: only the runtime's work keeps
    * the loop running, as it did before there was a stop handle. */
   uv_async_init(&rt->loop, &rt->stop_async, runtime__stop_cb);
@@ -385,3 +388,9 @@ int runtime_http_port(const runtime_t *rt) { return rt->http_port; }
 const char *runtime_http_addr(const runtime_t *rt) { return rt->bound; }
 
 uv_loop_t *runtime_loop(runtime_t *rt) { return &rt->loop; }
+
+sched_t *runtime_sched(runtime_t *rt) { return &rt->sched; }
+host_t *runtime_host(runtime_t *rt) { return rt->host; }
+em_t *runtime_em(runtime_t *rt) { return rt->em; }
+gateway_t *runtime_gateway(runtime_t *rt) { return rt->gw; }
+durable_t *runtime_durable(runtime_t *rt) { return rt->durable; }

@@ -26,6 +26,11 @@ typedef struct runtime_s runtime_t;
  * when it cannot. Process-wide settings are the caller's: SIGPIPE ignored,
  * the log level. */
 runtime_t *runtime_new(const config_t *cfg, char *err, size_t errlen);
+/* As runtime_new, with the scheduler on clock clk from the start (NULL: the
+ * real clock); clk outlives the runtime. luster test builds its runtimes on
+ * a virtual clock, with --http none and --no-reload, and drives their loop
+ * itself (admin/testrt.c) instead of calling runtime_run. */
+runtime_t *runtime_new_on(const config_t *cfg, const lclock_t *clk, char *err, size_t errlen);
 /* Runs the runtime's own loop on the calling thread until runtime_stop has
  * finished in-flight work (or --shutdown-timeout passed), then releases what
  * it runs (instances, tasks, stores, the HTTP server) and logs "stopped".
@@ -46,6 +51,17 @@ const char *runtime_http_addr(const runtime_t *rt);
 /* The runtime's own loop, for handles of its owner (the CLI's signals);
  * they are closed by the runtime when it stops. */
 uv_loop_t *runtime_loop(runtime_t *rt);
+
+/* The runtime's modules, for luster test's harness (admin/testrt.c), which
+ * drives them without HTTP. */
+struct em_s;
+struct gateway_s;
+struct durable_s;
+sched_t *runtime_sched(runtime_t *rt);
+host_t *runtime_host(runtime_t *rt);
+struct em_s *runtime_em(runtime_t *rt);
+struct gateway_s *runtime_gateway(runtime_t *rt);
+struct durable_s *runtime_durable(runtime_t *rt);
 
 /* The host's settings for cfg, on scheduler s, wired to the entity manager
  * and the placement table (also for `luster check`, which runs no runtime). */

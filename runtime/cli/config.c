@@ -68,6 +68,7 @@ void config_usage(FILE *out) {
           "  luster call [--url URL] TYPE ID RPC [JSON]  one call through a runner's HTTP gateway\n"
           "  luster status [--url URL]                  runners, shards and entities, as a table\n"
           "  luster where [--url URL] TYPE ID           the shard, owner runner and state of one id\n"
+          "  luster test [DIR] [busted options]         run DIR/spec's busted specs against DIR's scripts in process\n"
           "\nflags (each also read from the environment variable shown):\n");
   for (size_t i = 0; i < NOPTS; i++) {
     char env[64];

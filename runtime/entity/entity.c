@@ -440,6 +440,15 @@ static inst_t *em__find(etype_t *t, const char *id, size_t len, uint64_t h) {
 
 inst_t *em_find(etype_t *t, const char *id, size_t len) { return em__find(t, id, len, hash_bytes(id, len)); }
 
+int em_passivate(etype_t *t, const char *id, size_t len) {
+  inst_t *i = em_find(t, id, len);
+  if (!i) return 0;
+  if (!i->idle || i->ready.queued) return -1;
+  em__passivate(i);
+  em__idle_arm(t);
+  return 1;
+}
+
 /* A durable instance whose state in memory may differ from its saved row
  * (see durable_state.h) drops it: it activates again before its next
  * message, or goes when it has none. */

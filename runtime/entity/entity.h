@@ -90,6 +90,9 @@ int em_deliver(msg_t *m);
 void em_keep_alive(etype_t *t, const char *id, size_t len, int on);
 /* The instance of (t, id) here, or NULL. */
 inst_t *em_find(etype_t *t, const char *id, size_t len);
+/* Passivates one idle instance now, as its idle timeout would (luster
+ * test's T.passivate): 1 done, 0 not active, -1 busy (running or queued). */
+int em_passivate(etype_t *t, const char *id, size_t len);
 /* Called by the host when work ends. */
 void em_activated(inst_t *inst, const char *error);
 void em_handled(inst_t *inst);

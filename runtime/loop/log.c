@@ -15,6 +15,9 @@
  * set by the command line. Atomic (relaxed) so that runtimes on other
  * threads may read it while it is set. */
 static _Atomic int log_level = LOG_INFO;
+/* Per thread: a test runtime's capture of its own lines (log_set_sink). */
+static _Thread_local log_sink_fn log_sink;
+static _Thread_local void *log_sink_ud;
 static const char *const log_names[] = {"DEBUG", "INFO ", "WARN ", "ERROR"};
 
 void log_set_level(log_level_t lvl) { atomic_store_explicit(&log_level, (int)lvl, memory_order_relaxed); }
@@ -28,15 +31,23 @@ int log_parse_level(const char *s, log_level_t *out) {
   return -1;
 }
 
+void log_set_sink(log_sink_fn fn, void *ud) {
+  log_sink = fn;
+  log_sink_ud = ud;
+}
+
 void log_msg(log_level_t lvl, const char *fmt, ...) {
-  if (!log_enabled(lvl)) return;
+  int out = log_enabled(lvl);
+  if (!out && !(log_sink && lvl >= LOG_INFO && lvl < LOG_OFF)) return;
   char line[4096];
   struct timeval tv;
   struct tm tm;
   gettimeofday(&tv, NULL);
   gmtime_r(&tv.tv_sec, &tm);
   int n = (int)strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-  n += snprintf(line + n, sizeof line - (size_t)n, ".%03dZ %s ", (int)(tv.tv_usec / 1000), log_names[lvl]);
+  n += snprintf(line + n, sizeof line - (size_t)n, ".%03dZ ", (int)(tv.tv_usec / 1000));
+  int text = n;
+  n += snprintf(line + n, sizeof line - (size_t)n, "%s ", log_names[lvl]);
   va_list ap;
   va_start(ap, fmt);
   int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
@@ -44,6 +55,8 @@ void log_msg(log_level_t lvl, const char *fmt, ...) {
   if (m < 0) m = 0;
   n += m;
   if (n > (int)sizeof line - 2) n = (int)sizeof line - 2;
+  if (log_sink) log_sink(log_sink_ud, lvl, line + text, (size_t)(n - text));
+  if (!out) return;
   line[n++] = '\n';
   ssize_t w = write(STDERR_FILENO, line, (size_t)n);
   (void)w;

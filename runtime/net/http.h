@@ -63,7 +63,9 @@ int http_server_port(const http_server_t *s);
 /* Stops accepting; open connections finish their answered requests. */
 void http_server_stop(http_server_t *s);
 void http_server_free(http_server_t *s);
-/* Answers req; `extra_headers` is "" or CRLF-terminated header lines. */
+/* Answers req; `extra_headers` is "" or CRLF-terminated header lines. A
+ * request with no server (srv NULL, made by luster test) keeps its answer in
+ * resp as "STATUS\r\nheader lines\r\n\r\nbody" and sets answered. */
 void http_respond(http_req_t *req, int status, const char *content_type, const char *extra_headers, const char *body,
                   size_t len);
 const char *http_method_name(int method);
