@@ -26,7 +26,7 @@ local function luster_test(example)
 end
 
 -- example -> the number of `it`s in its spec/ folder
-local EXAMPLES = { counter = 5, bank = 8, orders = 7 }
+local EXAMPLES = { counter = 6, bank = 8, orders = 7 }
 
 describe("luster test on the examples", function()
   for _, example in ipairs { "counter", "bank", "orders" } do

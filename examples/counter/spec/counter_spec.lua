@@ -1,6 +1,7 @@
 -- counter_spec.lua - examples/counter under `luster test examples/counter`:
 -- the Counter's calls, its schema, its passivation after 60 s idle (on the
--- virtual clock) and the HTTP gateway's answer to the README's curl.
+-- virtual clock), a failed hot reload and the HTTP gateway's answer to the
+-- README's curl.
 local T = require "luster.test"
 
 describe("Counter", function()
@@ -42,5 +43,14 @@ describe("Counter", function()
     status, body = T.http("POST", "/entities/Counter/counter-123/Increment", '{"amount":"x"}')
     assert.are.equal(400, status)
     assert.are.equal("amount", body.error.path)
+  end)
+
+  it("keeps serving its old version when a new one fails to load (hot reload)", function()
+    local counter = T.client("Counter", "c")
+    counter:Increment { amount = 2 }
+    local ok, err = T.write("counter.lua", "return luster.entity(")   -- as if saved half-written
+    assert.is_nil(ok)
+    assert.matches("counter.lua:1: unexpected symbol near <eof>", err, 1, true)
+    assert.are.equal(3, counter:Increment { amount = 1 })
   end)
 end)
