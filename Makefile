@@ -70,6 +70,19 @@ $(BUILD)/obj/console_html.o: $(BUILD)/gen/console_html.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -c -o $@ $<
 
+# The starter project `luster new` writes (runtime/cli/starter/, every file),
+# compiled in as a table for cli/new.c.
+STARTER_FILES := $(shell find runtime/cli/starter -type f 2>/dev/null)
+OBJ += $(BUILD)/obj/starter_files.o
+$(BUILD)/luster: $(BUILD)/obj/starter_files.o
+$(BUILD)/gen/starter_files.c: $(STARTER_FILES) tools/embed_tree.sh
+	@mkdir -p $(dir $@)
+	sh tools/embed_tree.sh starter_files runtime/cli/starter > $@
+
+$(BUILD)/obj/starter_files.o: $(BUILD)/gen/starter_files.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPT) $(SANITIZE) -c -o $@ $<
+
 # Two runtimes in one process, one thread each (admin/runtime.h), for
 # spec/runtimes_spec.lua: every object of the runner but main.c's CLI.
 # (After OBJ has its last object, as prerequisites expand when read.)

@@ -1,4 +1,4 @@
-/* main.c - the luster command: run, check, call, status, test. */
+/* main.c - the luster command: run, check, call, status, where, test, new. */
 #include <execinfo.h>
 #include <signal.h>
 #include <stdio.h>
@@ -11,6 +11,7 @@
 #include "admin/wiring.h"
 #include "cli/client.h"
 #include "cli/config.h"
+#include "cli/new.h"
 #include "cli/test_cmd.h"
 #include "entity/entity.h"
 #include "host/host.h"
@@ -166,6 +167,7 @@ int main(int argc, char **argv) {
   }
   const char *cmd = argv[1];
   if (strcmp(cmd, "test") == 0) return test_main(argc - 2, argv + 2); /* busted's options, not luster's flags */
+  if (strcmp(cmd, "new") == 0) return new_main(argc - 2, argv + 2); /* no runner flags */
   config_t cfg;
   if (config_parse(&cfg, cmd, argc, argv) != 0) return 2;
   log_level_t lvl;

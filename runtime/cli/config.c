@@ -71,6 +71,7 @@ void config_usage(FILE *out) {
           "  luster status [--url URL]                  runners, shards and entities, as a table\n"
           "  luster where [--url URL] TYPE ID           the shard, owner runner and state of one id\n"
           "  luster test [DIR] [busted options]         run DIR/spec's busted specs against DIR's scripts in process\n"
+          "  luster new DIR                             write a starter project (an entity, its spec, a README)\n"
           "\nflags (each also read from the environment variable shown):\n");
   for (size_t i = 0; i < NOPTS; i++) {
     char env[64];
