@@ -158,6 +158,16 @@ static void ex__free(otlp_exporter_t *ex) {
 
 static void ex__on_tick(uv_timer_t *t);
 
+char *otlp_endpoint_check(const char *url) {
+  otlp_exporter_t *ex = calloc(1, sizeof *ex);
+  if (!ex) return ex__errf("out of memory reading the OTLP endpoint");
+  buf_init(&ex->head_buf);
+  buf_init(&ex->body);
+  char *err = ex__parse_url(ex, url);
+  ex__free(ex);
+  return err;
+}
+
 otlp_exporter_t *otlp_exporter_new(uv_loop_t *loop, const char *url, size_t cap, char **err) {
   *err = NULL;
   otlp_exporter_t *ex = calloc(1, sizeof *ex);

@@ -43,6 +43,10 @@ typedef void (*otlp_exporter_close_cb)(void *ud, const otlp_exporter_stats_t *fi
  * the URL is not one it can send to. */
 otlp_exporter_t *otlp_exporter_new(uv_loop_t *loop, const char *url, size_t cap, char **err);
 
+/* NULL when url is an endpoint otlp_exporter_new takes, else why not
+ * (malloc'd), for checking a setting before anything starts. */
+char *otlp_endpoint_check(const char *url);
+
 /* The service.instance.id of every batch (copied; NULL for none). */
 void otlp_exporter_set_runner(otlp_exporter_t *ex, const char *runner);
 /* Batch size, batch interval and request timeout (0 keeps a value). */
