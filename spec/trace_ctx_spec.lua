@@ -35,9 +35,14 @@ end)
 ]],
   ["box.lua"] = HEAD .. [[
 local Store = luster.rpc("Store", { payload = { n = S.number }, success = S.any, persisted = true })
+local Later = luster.rpc("Later", { payload = { at = S.number }, success = S.any, persisted = true,
+  deliver_at = function(p) return p.at end })
 local tries = {}
-return luster.entity("Box", { Store }):handlers(function(ctx)
-  return { Store = function(req)
+return luster.entity("Box", { Store, Later }):handlers(function(ctx)
+  return { Later = function(req)
+    ctx.log("later ran")
+    return true
+  end, Store = function(req)
     tries[ctx.id] = (tries[ctx.id] or 0) + 1
     ctx.log("store try " .. tries[ctx.id])
     if tries[ctx.id] == 1 then error("first try fails") end
@@ -185,6 +190,29 @@ describe("trace context", function()
     if not ok then error(err, 0) end
   end)
 
+  it("continues the trace of a persisted message delivered after a restart (sqlite)", function()
+    local db = H.tmpname("trace-restart")
+    local r1, r2
+    local ok, err = pcall(function()
+      r1 = H.start(dir, { args = "--no-reload --storage sqlite:" .. db })
+      local at = math.floor(H.now() * 1000) + 3000
+      local status, doc, h = r1:request("POST", "/entities/Box/later1/Later?discard=1", cjson.encode({ at = at }),
+        { traceparent = "00-" .. TRACE .. "-" .. PARENT .. "-01" })
+      assert.equal(202, status, cjson.encode(doc))
+      assert.equal(TRACE, tp_trace(h.traceparent))
+      r1:stop()
+      assert.falsy(r1:log_text():find("later ran", 1, true)) -- not due yet: the next run reads it back
+      r2 = H.start(dir, { args = "--no-reload --storage sqlite:" .. db })
+      H.wait_for("the stored message to run with its trace", 10, function()
+        return r2:log_text():find("later ran trace=" .. TRACE, 1, true)
+      end)
+    end)
+    if r1 then r1:stop() end
+    if r2 then r2:stop() end
+    for _, sfx in ipairs({ "", "-wal", "-shm", "-lock" }) do os.remove(db .. sfx) end
+    if not ok then error(err, 0) end
+  end)
+
   it("keeps answering when the collector is down, and counts the spans it drops", function()
     local port = H.free_port() -- nobody listens
     local r = H.start(dir, { args = "--no-reload --otlp-endpoint http://127.0.0.1:" .. port .. "/v1/traces" })
@@ -261,6 +289,14 @@ describe("trace context", function()
         assert.equal(leaf_id, hb.attr["luster.id"])
         assert.equal(2, gw.kind) -- SERVER
         assert.equal(3, call.kind) -- CLIENT
+        -- a persisted message stored in PostgreSQL runs later with its trace
+        local T2 = "0af7651916cd43dd8448eb211c80319c"
+        local st2 = a:request("POST", "/entities/Box/" .. leaf_id .. "/Later?discard=1",
+          cjson.encode({ at = math.floor(H.now() * 1000) + 1000 }), { traceparent = "00-" .. T2 .. "-" .. PARENT .. "-01" })
+        assert.equal(202, st2)
+        H.wait_for("the stored message to run with its trace", 15, function()
+          return (a:log_text() .. b:log_text()):find("later ran trace=" .. T2, 1, true)
+        end)
         _ = doc
       end)
       stop_all()
