@@ -155,10 +155,12 @@ static int core_log(lua_State *L) {
   log_level_t lvl = LOG_INFO;
   log_parse_level(level, &lvl);
   const task_t *t = host__script(L)->current;
-  if (t && !trace_id_zero(t->trace.trace_id, TRACE_ID_LEN)) { /* the line names its trace, last */
+  if (t && !trace_id_zero(t->trace.trace_id, TRACE_ID_LEN)) {
+    /* The line names its trace before the script's text, so the text still
+     * ends the line (specs and log parsers read it to the end). */
     char hex[2 * TRACE_ID_LEN + 1];
     trace_hex(t->trace.trace_id, TRACE_ID_LEN, hex);
-    log_msg(lvl, "%s: %s trace=%s", host__script(L)->file, msg, hex);
+    log_msg(lvl, "%s: trace=%s %s", host__script(L)->file, hex, msg);
   } else {
     log_msg(lvl, "%s: %s", host__script(L)->file, msg);
   }
