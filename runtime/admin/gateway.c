@@ -124,6 +124,7 @@ static void gw__trace_start(const gateway_t *gw, http_req_t *r, call_t *c, const
 
 static void gw__trace_end(const call_t *c, int status) {
   const gw_span_t *sp = (const gw_span_t *)(const void *)c->span;
+  if (otlp_exporter_refuses(sp->ex)) return;
   otlp_span_t s;
   otlp_span_init(&s);
   memcpy(s.trace_id, c->trace.trace_id, TRACE_ID_LEN);

@@ -67,7 +67,7 @@ void host__span_handle_start(task_t *t, const msg_t *m) {
 
 void host__span_handle_end(task_t *t, reply_kind_t kind, const char *why) {
   host_t *h = t->script->host;
-  if (!h->otlp || !t->span_start_ns || !t->msg) return;
+  if (!h->otlp || !t->span_start_ns || !t->msg || otlp_exporter_refuses(h->otlp)) return;
   const msg_t *m = t->msg;
   otlp_span_t s;
   otlp_span_init(&s);
@@ -111,7 +111,7 @@ void host__span_call_start(task_t *t, call_t *c, const char *type, size_t tl, co
 
 void host__span_call_end(task_t *t, const call_t *c) {
   host_t *h = t->script->host;
-  if (!h->otlp || !c->span) return;
+  if (!h->otlp || !c->span || otlp_exporter_refuses(h->otlp)) return;
   otlp_span_t s;
   otlp_span_init(&s);
   memcpy(s.trace_id, c->trace.trace_id, TRACE_ID_LEN);

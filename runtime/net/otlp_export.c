@@ -232,6 +232,12 @@ int otlp_exporter_add(otlp_exporter_t *ex, const otlp_span_t *span) {
   return 0;
 }
 
+int otlp_exporter_refuses(otlp_exporter_t *ex) {
+  if (!ex->closing && ex->len < ex->cap) return 0;
+  ex->st.dropped++;
+  return 1;
+}
+
 void otlp_exporter_flush(otlp_exporter_t *ex) {
   if (ex->closing || ex->len == 0) return;
   ex->flushing = 1;

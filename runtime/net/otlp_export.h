@@ -57,6 +57,10 @@ void otlp_exporter_on_state(otlp_exporter_t *ex, otlp_exporter_state_cb cb, void
  * queue is full, the exporter closing or memory short (counted dropped). */
 int otlp_exporter_add(otlp_exporter_t *ex, const otlp_span_t *span);
 
+/* 1 (and the span counted dropped) when otlp_exporter_add would refuse a
+ * span now, so a caller skips building it; else 0. */
+int otlp_exporter_refuses(otlp_exporter_t *ex);
+
 /* Sends everything queued now, batch after batch, without waiting for the
  * timer. */
 void otlp_exporter_flush(otlp_exporter_t *ex);
