@@ -80,7 +80,6 @@ static void gw__abort(http_req_t *r);
 typedef struct {
   call_span_t base;
   otlp_exporter_t *ex;
-  const char *runner; /* the gateway's, which outlives its calls */
   char type[64], id[128], rpc[64];
 } gw_span_t;
 
@@ -114,7 +113,6 @@ static void gw__trace_start(const gateway_t *gw, http_req_t *r, call_t *c, const
   if (have) memcpy(sp->base.parent, in.span_id, TRACE_SPAN_LEN);
   sp->base.start_ns = host_wall_ns();
   sp->ex = host_otlp(gw->info.host);
-  sp->runner = gw->info.runner;
   gw__cut(sp->type, sizeof sp->type, &seg[1]);
   gw__cut(sp->id, sizeof sp->id, &seg[2]);
   gw__cut(sp->rpc, sizeof sp->rpc, &seg[3]);
@@ -142,7 +140,6 @@ static void gw__trace_end(const call_t *c, int status) {
   otlp_span_attr_str(&s, OTLP_ATTR_TYPE, sp->type);
   otlp_span_attr_str(&s, OTLP_ATTR_ID, sp->id);
   otlp_span_attr_str(&s, OTLP_ATTR_RPC, sp->rpc);
-  if (sp->runner) otlp_span_attr_str(&s, "luster.runner", sp->runner);
   otlp_exporter_add(sp->ex, &s);
 }
 

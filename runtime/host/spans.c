@@ -75,8 +75,13 @@ void host__span_handle_end(task_t *t, reply_kind_t kind, const char *why) {
   memcpy(s.span_id, t->trace.span_id, TRACE_SPAN_LEN);
   memcpy(s.parent_id, t->span_parent, TRACE_SPAN_LEN);
   s.flags = t->trace.flags;
-  char name[256];
-  snprintf(name, sizeof name, "%s.%s", t->type->name, t->type->rpcs[m->rpc].tag);
+  char name[256]; /* "Type.Rpc", without printf: this runs for every handler */
+  const rpc_def_t *r = &t->type->rpcs[m->rpc];
+  size_t tl = t->type->name_len < 120 ? t->type->name_len : 120, rl = r->tag_len < 120 ? r->tag_len : 120;
+  memcpy(name, t->type->name, tl);
+  name[tl] = '.';
+  memcpy(name + tl + 1, r->tag, rl);
+  name[tl + 1 + rl] = '\0';
   s.name = name;
   s.kind = OTLP_KIND_SERVER;
   s.start_ns = t->span_start_ns;
@@ -85,12 +90,13 @@ void host__span_handle_end(task_t *t, reply_kind_t kind, const char *why) {
   s.status = bad ? OTLP_STATUS_ERROR : OTLP_STATUS_OK;
   s.status_msg = bad ? why : NULL;
   char id[SPANS_ID_SHOWN + 1]; /* a span's size is bounded (otlp.h); an id this long says enough */
-  snprintf(id, sizeof id, "%.*s", (int)(m->id_len > SPANS_ID_SHOWN ? SPANS_ID_SHOWN : m->id_len), m->id);
+  size_t il = m->id_len > SPANS_ID_SHOWN ? SPANS_ID_SHOWN : m->id_len;
+  memcpy(id, m->id, il);
+  id[il] = '\0';
   otlp_span_attr_str(&s, OTLP_ATTR_TYPE, t->type->name);
   otlp_span_attr_str(&s, OTLP_ATTR_ID, id);
-  otlp_span_attr_str(&s, OTLP_ATTR_RPC, t->type->rpcs[m->rpc].tag);
+  otlp_span_attr_str(&s, OTLP_ATTR_RPC, r->tag);
   otlp_span_attr_str(&s, OTLP_ATTR_OUTCOME, reply_kind_name(kind));
-  if (h->cfg.runner_name) otlp_span_attr_str(&s, "luster.runner", h->cfg.runner_name);
   otlp_exporter_add(h->otlp, &s);
 }
 
@@ -126,7 +132,6 @@ void host__span_call_end(task_t *t, const call_t *c) {
   s.status = bad ? OTLP_STATUS_ERROR : OTLP_STATUS_OK;
   otlp_span_attr_str(&s, OTLP_ATTR_OUTCOME, reply_kind_name(c->kind));
   if (c->span->peer[0]) otlp_span_attr_str(&s, OTLP_ATTR_PEER, c->span->peer);
-  if (h->cfg.runner_name) otlp_span_attr_str(&s, "luster.runner", h->cfg.runner_name);
   otlp_exporter_add(h->otlp, &s);
 }
 
