@@ -83,8 +83,13 @@ typedef struct {
   char type[64], id[128], rpc[64];
 } gw_span_t;
 
-static void gw__cut(char *dst, size_t cap, const slice_t *s) {
-  snprintf(dst, cap, "%.*s", (int)(s->len < cap ? s->len : cap - 1), s->ptr);
+/* s into dst, cut to fit (a span's strings are bounded anyway); no printf,
+ * as this runs for every traced request. Returns the bytes copied. */
+static size_t gw__cut(char *dst, size_t cap, const slice_t *s) {
+  size_t n = s->len < cap ? s->len : cap - 1;
+  memcpy(dst, s->ptr, n);
+  dst[n] = '\0';
+  return n;
 }
 
 /* The trace an entity call belongs to: the caller's `traceparent` when it
@@ -113,10 +118,17 @@ static void gw__trace_start(const gateway_t *gw, http_req_t *r, call_t *c, const
   if (have) memcpy(sp->base.parent, in.span_id, TRACE_SPAN_LEN);
   sp->base.start_ns = host_wall_ns();
   sp->ex = host_otlp(gw->info.host);
-  gw__cut(sp->type, sizeof sp->type, &seg[1]);
+  size_t tl = gw__cut(sp->type, sizeof sp->type, &seg[1]);
   gw__cut(sp->id, sizeof sp->id, &seg[2]);
-  gw__cut(sp->rpc, sizeof sp->rpc, &seg[3]);
-  snprintf(sp->base.name, sizeof sp->base.name, "POST /entities/%.48s/{id}/%.48s", sp->type, sp->rpc);
+  size_t rl = gw__cut(sp->rpc, sizeof sp->rpc, &seg[3]);
+  /* "POST /entities/Type/{id}/Rpc": 15 + 63 + 6 + 63 + 1 <= sizeof name (160) */
+  _Static_assert(sizeof sp->base.name >= 15 + sizeof sp->type + 6 + sizeof sp->rpc - 1, "span name too short");
+  char *n = sp->base.name;
+  memcpy(n, "POST /entities/", 15);
+  memcpy(n + 15, sp->type, tl);
+  memcpy(n + 15 + tl, "/{id}/", 6);
+  memcpy(n + 21 + tl, sp->rpc, rl);
+  n[21 + tl + rl] = '\0';
   c->span = &sp->base;
 }
 

@@ -87,7 +87,7 @@ typedef struct call_span_s {
   uint8_t parent[TRACE_SPAN_LEN];
   uint64_t start_ns;
   char peer[CALL_PEER_MAX];
-  char name[144]; /* "call type.rpc" */
+  char name[160]; /* "call Type.Rpc", or the gateway request span's "POST /entities/Type/{id}/Rpc" */
 } call_span_t;
 
 /* timeout_ms 0 = no deadline. */
