@@ -228,6 +228,14 @@ describe("trace context", function()
         return failed + dropped > 0
       end)
       assert.truthy(r:log_text():find("spans to http://127.0.0.1:" .. port .. "/v1/traces fail", 1, true))
+      -- the counters are well-formed Prometheus text
+      local file = H.tmpname("trace-metrics")
+      H.write_file(file, r:metrics())
+      local p = io.popen("promtool check metrics < " .. H.sh_quote(file) .. " 2>&1; echo rc=$?")
+      local out = p:read("a")
+      p:close()
+      os.remove(file)
+      assert.matches("rc=0\n$", out)
     end)
     r:stop()
     if not ok then error(err, 0) end

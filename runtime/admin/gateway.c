@@ -112,7 +112,8 @@ static void gw__trace_start(const gateway_t *gw, http_req_t *r, call_t *c, const
   } else {
     host_trace_new(gw->info.host, &c->trace);
   }
-  if (!host_otlp(gw->info.host) || !(c->trace.flags & TRACE_FLAG_SAMPLED)) return;
+  if (!host_otlp(gw->info.host) || !(c->trace.flags & TRACE_FLAG_SAMPLED) || otlp_exporter_refuses(host_otlp(gw->info.host)))
+    return; /* no spans, or a queue that would drop this one (counted) */
   gw_span_t *sp = calloc(1, sizeof *sp);
   if (!sp) return;
   if (have) memcpy(sp->base.parent, in.span_id, TRACE_SPAN_LEN);
