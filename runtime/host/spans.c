@@ -114,7 +114,8 @@ void host__span_call_start(task_t *t, call_t *c, const char *type, size_t tl, co
     return;
   call_span_t *sp = calloc(1, sizeof *sp);
   if (!sp) return;
-  memcpy(sp->parent, t->trace.span_id, TRACE_SPAN_LEN);
+  /* A singleton or cron run has no span of its own: its calls are roots. */
+  if (t->kind == TASK_HANDLE) memcpy(sp->parent, t->trace.span_id, TRACE_SPAN_LEN);
   sp->start_ns = host_wall_ns();
   snprintf(sp->name, sizeof sp->name, "call %.*s.%.*s", (int)(tl > 64 ? 64 : tl), type, (int)(rl > 64 ? 64 : rl), rpc);
   host_span_id(h, c->trace.span_id);
