@@ -122,19 +122,44 @@ scenarios[#scenarios + 1] = {
   met = function(v) return v.calls_per_s >= 400000 and v.p50_us <= 3 end,
 }
 
+-- CPU seconds (user + system) process pid has used so far: on a shared
+-- machine a runner's CPU time per call varies less than its rate.
+local function cpu_seconds(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return 0 end
+  local stat = f:read("a")
+  f:close()
+  local fields = {}
+  for x in stat:match("%) (.*)$"):gmatch("%S+") do fields[#fields + 1] = x end
+  return (tonumber(fields[12]) + tonumber(fields[13])) / 100 -- utime, stime in clock ticks (USER_HZ 100)
+end
+
+-- Scenario 2's load on runner r (scenario 16 runs it too).
+local function local_throughput(r)
+  -- Activate the 1000 ids first, as the peer does.
+  r:call("Driver", "warm", "Loop", { n = 1000, ids = 1000, prefix = "t", fresh = false }, "?timeout=300000")
+  local bodies = {}
+  for _ = 1, 64 do bodies[#bodies + 1] = cjson.encode { n = 10000, ids = 1000, prefix = "t", fresh = false } end
+  local cpu0 = cpu_seconds(r.pid)
+  local calls, failed, seconds = sum_loops(concurrent_posts(r, "/entities/Driver/d/Loop", bodies))
+  return { calls_per_s = calls / seconds, failed = failed, cpu_us_per_call = (cpu_seconds(r.pid) - cpu0) / calls * 1e6 }
+end
+
+-- Scenario 4's load on runner r.
+local function http_load(r)
+  local script = ROOT .. "/bench/wrk/increment.lua"
+  sh(string.format("wrk -t2 -c64 -d1s -s %s %s", script, r.url))
+  local cpu0 = cpu_seconds(r.pid)
+  local w = parse_wrk(sh(string.format("wrk -t2 -c64 -d8s --latency -s %s %s", script, r.url)))
+  local cpu = cpu_seconds(r.pid) - cpu0
+  return { rps = w.rps, p50_ms = w.p50_ms, p99_ms = w.p99_ms, failed = w.non2xx + w.socket_errors,
+    cpu_us_per_req = w.rps and w.rps > 0 and cpu / (w.rps * 8) * 1e6 or 0 }
+end
+
 scenarios[#scenarios + 1] = {
   id = "local-throughput", num = 2, title = "local throughput",
   target = "≥ 500k/s", peer_key = "throughput",
-  run = function()
-    return with_runner(LOCAL_DIR, nil, function(r)
-      -- Activate the 1000 ids first, as the peer does.
-      r:call("Driver", "warm", "Loop", { n = 1000, ids = 1000, prefix = "t", fresh = false }, "?timeout=300000")
-      local bodies = {}
-      for _ = 1, 64 do bodies[#bodies + 1] = cjson.encode { n = 10000, ids = 1000, prefix = "t", fresh = false } end
-      local calls, failed, seconds = sum_loops(concurrent_posts(r, "/entities/Driver/d/Loop", bodies))
-      return { calls_per_s = calls / seconds, failed = failed }
-    end)
-  end,
+  run = function() return with_runner(LOCAL_DIR, nil, local_throughput) end,
   show = function(v) return string.format("%.0fk/s", v.calls_per_s / 1000) end,
   main = "calls_per_s",
   met = function(v) return v.calls_per_s >= 500000 end,
@@ -173,17 +198,81 @@ scenarios[#scenarios + 1] = {
 scenarios[#scenarios + 1] = {
   id = "http", num = 4, title = "HTTP gateway",
   target = "≥ 80k req/s, p99 ≤ 5 ms",
-  run = function()
-    return with_runner(LOCAL_DIR, nil, function(r)
-      local script = ROOT .. "/bench/wrk/increment.lua"
-      sh(string.format("wrk -t2 -c64 -d1s -s %s %s", script, r.url))
-      local w = parse_wrk(sh(string.format("wrk -t2 -c64 -d8s --latency -s %s %s", script, r.url)))
-      return { rps = w.rps, p50_ms = w.p50_ms, p99_ms = w.p99_ms, failed = w.non2xx + w.socket_errors }
-    end)
-  end,
+  run = function() return with_runner(LOCAL_DIR, nil, http_load) end,
   show = function(v) return string.format("%.0fk req/s, p99 %.2f ms", v.rps / 1000, v.p99_ms) end,
   main = "rps",
   met = function(v) return v.rps >= 80000 and v.p99_ms <= 5 and v.failed == 0 end,
+}
+
+-- Scenario 16: scenarios 2 and 4 with spans exported (--otlp-endpoint to a
+-- local receiver that discards them, bench/otlp_sink.lua) and without, one
+-- after the other in the same minutes; with TRACE_BASE_BIN set (a build from
+-- before tracing), that binary too, first in each round. Ratios are against
+-- the run without an endpoint (and against the base build when given).
+local function otlp_sink()
+  local portfile = os.tmpname()
+  local pid = tonumber(sh(string.format("lua5.4 %s %s >/dev/null 2>&1 & echo $!",
+    H.sh_quote(ROOT .. "/bench/otlp_sink.lua"), H.sh_quote(portfile))):match("%d+"))
+  local port = H.wait_for("the OTLP sink's port", 10, function()
+    return tonumber(((H.read_file(portfile) or ""):match("^(%d+)")))
+  end)
+  os.remove(portfile)
+  return pid, "http://127.0.0.1:" .. port .. "/v1/traces"
+end
+
+scenarios[#scenarios + 1] = {
+  id = "tracing", num = 16, title = "tracing cost",
+  target = "≤ 10% slower on, no change off",
+  run = function()
+    local sink, url = otlp_sink()
+    local own_bin = H.bin
+    local variants = { { "off", own_bin, nil }, { "on", own_bin, "--otlp-endpoint " .. url } }
+    local base = os.getenv("TRACE_BASE_BIN")
+    if base and base ~= "" then table.insert(variants, 1, { "base", base, nil }) end
+    local v = {}
+    local ok, err = pcall(function()
+      for _, x in ipairs(variants) do
+        H.bin = x[2]
+        local l = with_runner(LOCAL_DIR, x[3], local_throughput)
+        v[x[1] .. "_local_calls_per_s"] = l.calls_per_s
+        v[x[1] .. "_local_cpu_us_per_call"] = l.cpu_us_per_call
+        local w = with_runner(LOCAL_DIR, x[3], http_load)
+        v[x[1] .. "_http_cpu_us_per_req"] = w.cpu_us_per_req
+        v[x[1] .. "_http_rps"] = w.rps
+        v[x[1] .. "_http_p99_ms"] = w.p99_ms
+        v[x[1] .. "_http_failed"] = w.failed
+      end
+    end)
+    H.bin = own_bin
+    os.execute("kill " .. sink .. " 2>/dev/null")
+    if not ok then error(err, 0) end
+    -- CPU per call/request: > 1 means the runner spends more per call
+    v.on_local_cpu_ratio = v.on_local_cpu_us_per_call / v.off_local_cpu_us_per_call
+    v.on_http_cpu_ratio = v.on_http_cpu_us_per_req / v.off_http_cpu_us_per_req
+    v.on_local_ratio = v.on_local_calls_per_s / v.off_local_calls_per_s
+    v.on_http_ratio = v.on_http_rps / v.off_http_rps
+    if v.base_http_rps then
+      v.off_local_vs_base = v.off_local_calls_per_s / v.base_local_calls_per_s
+      v.off_http_vs_base = v.off_http_rps / v.base_http_rps
+      v.off_local_cpu_vs_base = v.off_local_cpu_us_per_call / v.base_local_cpu_us_per_call
+      v.off_http_cpu_vs_base = v.off_http_cpu_us_per_req / v.base_http_cpu_us_per_req
+    end
+    return v
+  end,
+  show = function(v)
+    local s = string.format("local %.0fk/s off, %.0fk/s on (%+.0f%%); HTTP %.0fk off, %.0fk on (%+.0f%%)",
+      v.off_local_calls_per_s / 1000, v.on_local_calls_per_s / 1000, (v.on_local_ratio - 1) * 100,
+      v.off_http_rps / 1000, v.on_http_rps / 1000, (v.on_http_ratio - 1) * 100)
+    s = s .. string.format("; CPU per call %.2f/%.2f µs, per request %.1f/%.1f µs (off/on)",
+      v.off_local_cpu_us_per_call, v.on_local_cpu_us_per_call, v.off_http_cpu_us_per_req, v.on_http_cpu_us_per_req)
+    if v.base_http_rps and v.base_http_rps > 0 then
+      s = s .. string.format("; base %.0fk/s, %.0fk req/s, %.2f µs, %.1f µs", v.base_local_calls_per_s / 1000,
+        v.base_http_rps / 1000, v.base_local_cpu_us_per_call, v.base_http_cpu_us_per_req)
+    end
+    return s
+  end,
+  main = "on_http_ratio",
+  met = function(v) return v.on_local_ratio >= 0.9 and v.on_http_ratio >= 0.9 end,
 }
 
 ---------------------------------------------------------------------------

@@ -454,7 +454,7 @@ describe("frame", function()
   local function request(over)
     local r = {
       corr = 42, flags = 3, timeout_ms = 5000, stored = 77, deliver_at = 1700000000000, type = "Counter",
-      id = "counter-123",
+      id = "counter-123", trace_id = ("\75"):rep(16), span_id = ("\7"):rep(8), trace_flags = 1,
       tag = "Increment", payload = '{"amount":1}', headers = '{"x-trace":"t"}',
     }
     for k, v in pairs(over or {}) do r[k] = v end
@@ -560,9 +560,10 @@ describe("frame", function()
     -- Length one long, with the byte present: trailing garbage inside the frame.
     assert.equal("bad", core.frame_decode(set_u32(s, 1, #s - 3) .. "x"))
     -- A string length pointing past the frame (the type string's length at
-    -- byte 38, after corr, flags, timeout, stored and deliver_at).
-    assert.equal("bad", core.frame_decode(set_u32(s, 38, 0xffffffff)))
-    assert.equal("bad", core.frame_decode(set_u32(s, 38, #"Counter" + 1)))
+    -- byte 63, after corr, flags, timeout, stored, deliver_at and the 25
+    -- bytes of trace context).
+    assert.equal("bad", core.frame_decode(set_u32(s, 63, 0xffffffff)))
+    assert.equal("bad", core.frame_decode(set_u32(s, 63, #"Counter" + 1)))
     -- A frame too short for its fixed fields.
     assert.equal("bad", core.frame_decode(u32(2) .. "\5\0"))
     assert.equal("bad", core.frame_decode(u32(1) .. "\3"))

@@ -156,6 +156,10 @@ Req.__index = function(t, k)
     local id = tostring(rawget(t, 2))
     rawset(t, "request_id", id)
     return id
+  elseif k == "trace_id" then -- the handler's trace (32 hex digits), read while it runs
+    local id = core.trace_id()
+    rawset(t, "trace_id", id)
+    return id
   end
 end
 
@@ -275,6 +279,7 @@ end
 function M.run_cron(def, ctx)
   local cron = require "luster.cron"
   local function run(at)
+    core.trace_new() -- each run is a trace of its own
     local ok, err = pcall(def.run, ctx, at)
     if not ok then core.log("error", fmt("[%s] cron run for %d raised: %s", def.name, at, tostring(err))) end
   end

@@ -17,10 +17,13 @@
 #include "cluster/durable.h"
 #include "cluster/router.h"
 #include "cluster/where.h"
+#include "core/otlp.h"
+#include "core/trace.h"
 #include "core/url.h"
 #include "entity/entity.h"
 #include "host/host.h"
 #include "loop/log.h"
+#include "net/otlp_export.h"
 #include "storage/storage.h"
 
 #define GW_MAX_TIMEOUT_MS 86400000ull
@@ -72,6 +75,85 @@ static int gw__status(reply_kind_t k) {
 
 static void gw__abort(http_req_t *r);
 
+/* The request span, while spans are exported: the call's span record with
+ * what the span's attributes name (freed with the call). */
+typedef struct {
+  call_span_t base;
+  otlp_exporter_t *ex;
+  char type[64], rpc[64];
+} gw_span_t;
+
+/* s into dst, cut to fit (a span's strings are bounded anyway); no printf,
+ * as this runs for every traced request. Returns the bytes copied. */
+static size_t gw__cut(char *dst, size_t cap, const slice_t *s) {
+  size_t n = s->len < cap ? s->len : cap - 1;
+  memcpy(dst, s->ptr, n);
+  dst[n] = '\0';
+  return n;
+}
+
+/* The trace an entity call belongs to: the caller's `traceparent` when it
+ * is one (an invalid one is ignored: a new trace, never an error), else a
+ * new one; either way the gateway's request gets a span id of its own,
+ * which the answer's `traceparent` names. */
+static void gw__trace_start(const gateway_t *gw, http_req_t *r, call_t *c, const slice_t *seg) {
+  static const char key[] = "\"traceparent\":\"";
+  const char *h = r->headers.data, *end = h + r->headers.len;
+  const char *at = r->headers.len ? memmem(h, r->headers.len, key, sizeof key - 1) : NULL;
+  trace_ctx_t in;
+  int have = 0;
+  if (at && at > h && (at[-1] == '{' || at[-1] == ',')) {
+    const char *v = at + sizeof key - 1, *q = memchr(v, '"', (size_t)(end - v));
+    have = q && trace_parse(v, (size_t)(q - v), &in) == 0;
+  }
+  if (have) {
+    c->trace = in;
+    host_span_id(gw->info.host, c->trace.span_id);
+  } else {
+    host_trace_new(gw->info.host, &c->trace);
+  }
+  if (!host_otlp(gw->info.host) || !(c->trace.flags & TRACE_FLAG_SAMPLED) || otlp_exporter_refuses(host_otlp(gw->info.host)))
+    return; /* no spans, or a queue that would drop this one (counted) */
+  gw_span_t *sp = calloc(1, sizeof *sp);
+  if (!sp) return;
+  if (have) memcpy(sp->base.parent, in.span_id, TRACE_SPAN_LEN);
+  sp->base.start_ns = host_wall_ns();
+  sp->ex = host_otlp(gw->info.host);
+  size_t tl = gw__cut(sp->type, sizeof sp->type, &seg[1]);
+  size_t rl = gw__cut(sp->rpc, sizeof sp->rpc, &seg[3]);
+  /* "POST /entities/Type/{id}/Rpc": 15 + 63 + 6 + 63 + 1 <= sizeof name (160) */
+  _Static_assert(sizeof sp->base.name >= 15 + sizeof sp->type + 6 + sizeof sp->rpc - 1, "span name too short");
+  char *n = sp->base.name;
+  memcpy(n, "POST /entities/", 15);
+  memcpy(n + 15, sp->type, tl);
+  memcpy(n + 15 + tl, "/{id}/", 6);
+  memcpy(n + 21 + tl, sp->rpc, rl);
+  n[21 + tl + rl] = '\0';
+  c->span = &sp->base;
+}
+
+static void gw__trace_end(const call_t *c, int status) {
+  const gw_span_t *sp = (const gw_span_t *)(const void *)c->span;
+  if (otlp_exporter_refuses(sp->ex)) return;
+  otlp_span_t s;
+  otlp_span_init(&s);
+  memcpy(s.trace_id, c->trace.trace_id, TRACE_ID_LEN);
+  memcpy(s.span_id, c->trace.span_id, TRACE_SPAN_LEN);
+  memcpy(s.parent_id, sp->base.parent, TRACE_SPAN_LEN);
+  s.flags = c->trace.flags;
+  s.name = sp->base.name;
+  s.kind = OTLP_KIND_SERVER;
+  s.start_ns = sp->base.start_ns;
+  s.end_ns = host_wall_ns();
+  s.status = status >= 500 ? OTLP_STATUS_ERROR : OTLP_STATUS_UNSET;
+  otlp_span_attr_str(&s, "http.request.method", "POST");
+  otlp_span_attr_str(&s, "http.route", "/entities/{type}/{id}/{rpc}");
+  otlp_span_attr_int(&s, "http.response.status_code", status);
+  /* The type and RPC are in the name; the id, with them, on the handler's
+   * span: every byte of a span is paid again in its encoding. */
+  otlp_exporter_add(sp->ex, &s);
+}
+
 static void gw__answer(call_t *c, reply_kind_t kind, const char *body, size_t len, int lookup) {
   http_req_t *r = c->ud;
   int status = gw__status(kind);
@@ -90,12 +172,18 @@ static void gw__answer(call_t *c, reply_kind_t kind, const char *body, size_t le
     break;
   default: buf_adds(&b, "{\"error\":"); buf_add(&b, body, len); buf_addc(&b, '}'); break;
   }
-  char extra[96];
+  char extra[192];
   size_t n = 0;
   if (status == 503) n += (size_t)snprintf(extra + n, sizeof extra - n, "Retry-After: 1\r\n");
   if (c->request_id)
-    snprintf(extra + n, sizeof extra - n, "X-Request-Id: %llu\r\n", (unsigned long long)c->request_id);
-  gw__json(r, status, n || c->request_id ? extra : NULL, b.data, b.len);
+    n += (size_t)snprintf(extra + n, sizeof extra - n, "X-Request-Id: %llu\r\n", (unsigned long long)c->request_id);
+  if (!trace_id_zero(c->trace.trace_id, TRACE_ID_LEN)) {
+    char tp[TRACE_HEADER_LEN + 1];
+    trace_format(&c->trace, tp);
+    n += (size_t)snprintf(extra + n, sizeof extra - n, "traceparent: %s\r\n", tp);
+    if (c->span) gw__trace_end(c, status);
+  }
+  gw__json(r, status, n ? extra : NULL, b.data, b.len);
   buf_free(&b);
 }
 
@@ -171,6 +259,7 @@ static void gw__entity(const gateway_t *gw, http_req_t *r, const slice_t *seg, c
   call_t *c = call_new(gw->info.sched, gw__reply, r, timeout);
   r->ud = c;
   r->on_abort = gw__abort;
+  gw__trace_start(gw, r, c, seg);
   router_send(gw->info.router, type->ptr, type->len, id->ptr, id->len, rpc->ptr, rpc->len, r->body.data, r->body.len,
               r->headers.data, r->headers.len, flags, c);
 }

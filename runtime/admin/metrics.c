@@ -15,5 +15,6 @@ void gateway_metrics(buf_t *b, const gateway_t *gw) {
   host_metrics(gi->host, b);
   durable_metrics(gi->durable, b);
   http_metrics(b, gw->http);
+  host_otlp_metrics(gi->host, b);
   if (cluster_on(gi->cluster)) cluster_metrics(gi->cluster, b);
 }

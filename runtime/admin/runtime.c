@@ -20,6 +20,7 @@
 #include "loop/log.h"
 #include "loop/sched.h"
 #include "net/http.h"
+#include "net/otlp_export.h"
 #include "storage/estate_mem.h"
 #include "storage/pgstore.h"
 #include "storage/sqlite.h"
@@ -56,6 +57,8 @@ struct runtime_s {
   uint64_t stop_deadline;
   int stopping;
   int down; /* runtime__down done */
+  otlp_exporter_t *otlp; /* --otlp-endpoint, or NULL */
+  int otlp_closed;
 };
 
 void runtime_host_config(const config_t *cfg, sched_t *s, wiring_t *w, host_config_t *hc) {
@@ -236,6 +239,51 @@ static int runtime__modules(runtime_t *rt) {
   return 0;
 }
 
+/* Told once when span requests start failing and once when they succeed
+ * again, not at every batch. */
+static void runtime__otlp_state(void *ud, int failing, const char *why) {
+  const runtime_t *rt = ud;
+  if (failing) log_warn("spans to %s fail: %s (spans are dropped meanwhile)", rt->cfg.otlp_endpoint, why);
+  else log_info("spans to %s are delivered again", rt->cfg.otlp_endpoint);
+}
+
+/* --otlp-endpoint: the exporter every span goes to; 0, or -1 with the
+ * reason in err. */
+static int runtime__start_otlp(runtime_t *rt, char *err, size_t errlen) {
+  if (!rt->cfg.otlp_endpoint || !*rt->cfg.otlp_endpoint) return 0;
+  char *why = NULL;
+  rt->otlp = otlp_exporter_new(&rt->loop, rt->cfg.otlp_endpoint, 0, &why);
+  if (!rt->otlp) {
+    snprintf(err, errlen, "--otlp-endpoint: %s", why ? why : "cannot create the exporter");
+    free(why);
+    return -1;
+  }
+  otlp_exporter_set_runner(rt->otlp, rt->hc.runner_name);
+  otlp_exporter_on_state(rt->otlp, runtime__otlp_state, rt);
+  host_set_otlp(rt->host, rt->otlp);
+  log_info("trace spans go to %s (OTLP/HTTP JSON)", rt->cfg.otlp_endpoint);
+  return 0;
+}
+
+static void runtime__otlp_closed(void *ud, const otlp_exporter_stats_t *st) {
+  runtime_t *rt = ud;
+  rt->otlp_closed = 1;
+  if (st->dropped || st->failed)
+    log_info("spans: %llu sent, %llu dropped, %llu failed", (unsigned long long)st->sent,
+             (unsigned long long)st->dropped, (unsigned long long)st->failed);
+}
+
+/* Sends the spans still queued (their request limited to a second, so a
+ * collector that hangs does not hold the shutdown), then frees the exporter. */
+static void runtime__stop_otlp(runtime_t *rt) {
+  if (!rt->otlp) return;
+  if (rt->host) host_set_otlp(rt->host, NULL);
+  otlp_exporter_set_timing(rt->otlp, 0, 0, 1000);
+  otlp_exporter_close(rt->otlp, runtime__otlp_closed, rt);
+  rt->otlp = NULL;
+  while (!rt->otlp_closed) uv_run(&rt->loop, UV_RUN_ONCE);
+}
+
 /* Everything after the loop is set up; 0, or -1 with the reason in err. */
 static int runtime__start(runtime_t *rt, char *err, size_t errlen) {
   const config_t *cfg = &rt->cfg;
@@ -247,6 +295,7 @@ static int runtime__start(runtime_t *rt, char *err, size_t errlen) {
   }
   if (sqlite && runtime__open_sqlite(rt, err, errlen) != 0) return -1;
   if (runtime__load(rt, clustered, err, errlen) != 0) return -1;
+  if (runtime__start_otlp(rt, err, errlen) != 0) return -1;
   gateway_info_t gi = {
       .runner = rt->hc.runner_name,
       .http_addr = rt->bound,
@@ -305,6 +354,7 @@ static void runtime__down(runtime_t *rt) {
   rt->estate = NULL;
   if (rt->http) http_server_free(rt->http);
   rt->http = NULL;
+  runtime__stop_otlp(rt);
   if (rt->host) host_free(rt->host);
   rt->host = NULL;
   if (rt->em) em_free(rt->em);

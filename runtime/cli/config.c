@@ -2,6 +2,8 @@
  * one table so the help text, the parser and the docs cannot drift apart. */
 #include "cli/config.h"
 
+#include "net/otlp_export.h"
+
 #include <ctype.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -9,6 +11,7 @@
 #include <string.h>
 
 #include "core/parse.h"
+#include "net/otlp_export.h"
 #include "storage/coord.h"
 
 typedef enum { OPT_STR, OPT_DURATION, OPT_SIZE, OPT_UINT, OPT_FLAG } opt_kind_t;
@@ -51,6 +54,8 @@ static const opt_t config_opts[] = {
     {"log-level", OPT_STR, OFF(log_level), "info", "debug, info, warn or error"},
     {"url", OPT_STR, OFF(url), "http://127.0.0.1:8080", "runner to talk to (call, status, where)"},
     {"admin", OPT_STR, OFF(admin), "loopback", "who may POST /admin/reload: loopback, any or none"},
+    {"otlp-endpoint", OPT_STR, OFF(otlp_endpoint), NULL,
+     "export trace spans to this OTLP/HTTP (JSON) URL, e.g. http://127.0.0.1:4318/v1/traces (off when unset)"},
     {"no-reload", OPT_FLAG, OFF(no_reload), "0", "do not watch the script directory"},
 };
 #define NOPTS (sizeof config_opts / sizeof config_opts[0])
@@ -271,6 +276,14 @@ int config_check_run(config_t *cfg, config_storage_t *storage) {
   if (strcmp(cfg->admin, "loopback") != 0 && strcmp(cfg->admin, "any") != 0 && strcmp(cfg->admin, "none") != 0) {
     fprintf(stderr, "luster run: --admin must be loopback, any or none, got '%s'\n", cfg->admin);
     return -1;
+  }
+  if (cfg->otlp_endpoint && *cfg->otlp_endpoint) { /* empty: off, as unset */
+    char *why = otlp_endpoint_check(cfg->otlp_endpoint);
+    if (why) {
+      fprintf(stderr, "luster run: --otlp-endpoint (LUSTER_OTLP_ENDPOINT): %s\n", why);
+      free(why);
+      return -1;
+    }
   }
   return 0;
 }

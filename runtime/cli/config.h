@@ -16,6 +16,7 @@ typedef struct config_s {
   const char *log_level;
   const char *admin;
   const char *table_prefix;
+  const char *otlp_endpoint; /* spans go to this OTLP/HTTP URL; NULL: not exported */
   uint64_t shards;
   uint64_t weight;
   uint64_t lease_ms;

@@ -419,6 +419,7 @@ static void du__deliver_row(durable_t *du, const ms_row_t *w) {
     return;
   }
   msg_t *m = msg_new(t, rpc, w->id, w->id_len, w->payload, w->payload_len, w->headers, w->headers_len);
+  if (w->trace[0]) trace_parse(w->trace, strlen(w->trace), &m->trace); /* the redelivery continues its trace */
   m->flags = MSG_PERSISTED | MSG_DISCARD;
   m->request_id = w->seq;
   du__start(k, m);
@@ -721,6 +722,7 @@ void durable_send(durable_t *du, msg_t *m, call_t *call, const char *pk, uint64_
       .dedupe = pk ? key : NULL,
       .deliver_at = deliver_at,
   };
+  if (!trace_id_zero(m->trace.trace_id, TRACE_ID_LEN)) trace_format(&m->trace, pm.trace);
   ticket_t *t = du__ticket(du, call);
   t->m = m;
   t->deliver_at = deliver_at;

@@ -223,6 +223,7 @@ static msg_t *router__new_msg(router_t *rt, const char *type, size_t type_len, c
   }
   msg_t *m = msg_new(t, rpc, id, id_len, payload, payload_len, headers, headers_len);
   m->flags = flags;
+  m->trace = call->trace; /* the sender's context travels with the message */
   return m;
 }
 
@@ -375,7 +376,12 @@ static void router__forward(router_t *rt, msg_t *m, uint32_t shard, tp_peer_t *p
       .tag = {r->tag, (uint32_t)r->tag_len},
       .payload = {m->payload, (uint32_t)m->payload_len},
       .headers = {m->headers, (uint32_t)m->headers_len},
+      .trace = m->trace,
   };
+  if (m->call && m->call->span) { /* the caller's call span names the runner it went to */
+    const char *addr = tp_peer_addr(peer);
+    snprintf(m->call->span->peer, sizeof m->call->span->peer, "%s", addr ? addr : "");
+  }
   if (rt->max_frame && frame_request_size(&req) - 4 > rt->max_frame) { /* would never fit: say so now */
     char text[256];
     snprintf(text, sizeof text, "the message (%zu bytes of payload) is larger than runners carry between them "
@@ -634,6 +640,7 @@ void router_inbound(router_t *rt, tp_inbound_t *in, const frame_request_t *req) 
   call_t *c = call_new(rt->sched, router__inbound_done, in,
                        req->timeout_ms ? req->timeout_ms : host_config(rt->host)->call_timeout_ms);
   tp_inbound_set_ud(in, c);
+  c->trace = req->trace;
   msg_t *m = router__new_msg(rt, req->type.p, req->type.n, req->id.p, req->id.n, req->tag.p, req->tag.n, req->payload.p,
                              req->payload.n, req->headers.n ? req->headers.p : NULL, req->headers.n,
                              req->flags & MSG_DISCARD, c);

@@ -15,7 +15,7 @@
 #define FRAME_HELLO_FIXED (1 + 1 + FRAME_NONCE + 4)
 #define FRAME_AUTH_FIXED (FRAME_NONCE + FRAME_PROOF + 4)
 #define FRAME_AUTH_OK_FIXED FRAME_PROOF
-#define FRAME_REQUEST_FIXED (8 + 4 + 4 + 8 + 8 + 5 * 4)
+#define FRAME_REQUEST_FIXED (8 + 4 + 4 + 8 + 8 + TRACE_ID_LEN + TRACE_SPAN_LEN + 1 + 5 * 4)
 #define FRAME_REPLY_FIXED (8 + 1 + 4)
 
 /* --- writing ------------------------------------------------------------- */
@@ -77,6 +77,9 @@ size_t frame_encode_request(uint8_t *out, const frame_request_t *r) {
   p = frame__u32(p, r->timeout_ms);
   p = frame__u64(p, r->stored);
   p = frame__u64(p, r->deliver_at);
+  p = frame__bytes(p, r->trace.trace_id, TRACE_ID_LEN);
+  p = frame__bytes(p, r->trace.span_id, TRACE_SPAN_LEN);
+  p = frame__u8(p, r->trace.flags);
   p = frame__str(p, r->type);
   p = frame__str(p, r->id);
   p = frame__str(p, r->tag);
@@ -204,6 +207,9 @@ static void frame__rd_request(frame_rd_t *r, frame_request_t *q) {
   q->timeout_ms = frame__rd_u32(r);
   q->stored = frame__rd_u64(r);
   q->deliver_at = frame__rd_u64(r);
+  frame__rd_bytes(r, q->trace.trace_id, TRACE_ID_LEN);
+  frame__rd_bytes(r, q->trace.span_id, TRACE_SPAN_LEN);
+  q->trace.flags = frame__rd_u8(r);
   q->type = frame__rd_str(r);
   q->id = frame__rd_str(r);
   q->tag = frame__rd_str(r);

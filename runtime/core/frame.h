@@ -15,8 +15,9 @@
  *            HMAC-SHA256(secret, "luster-server" | client nonce | server nonce)
  *   REQUEST  u64 corr, u32 flags, u32 timeout_ms, u64 stored (the request
  *            id of a persisted message already stored, else 0), u64
- *            deliver_at (epoch ms, 0 = now), str type, str id, str tag,
- *            str payload, str headers
+ *            deliver_at (epoch ms, 0 = now), 16-byte trace id, 8-byte
+ *            parent span id, u8 trace flags (all zero: no trace context),
+ *            str type, str id, str tag, str payload, str headers
  *   REPLY    u64 corr, u8 kind, str body
  *
  * str = u32 length + bytes. */
@@ -26,7 +27,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FRAME_VERSION 2
+#include "core/trace.h"
+
+#define FRAME_VERSION 3 /* 3: requests carry the trace context */
 #define FRAME_NONCE 32
 #define FRAME_PROOF 32
 #define FRAME_HEADER 5 /* u32 length + u8 type */
@@ -67,6 +70,7 @@ typedef struct {
   uint32_t flags;
   uint32_t timeout_ms;
   uint64_t stored, deliver_at;
+  trace_ctx_t trace;
   frame_str_t type, id, tag, payload, headers;
 } frame_request_t;
 

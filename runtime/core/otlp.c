@@ -107,6 +107,15 @@ static void otlp__str(buf_t *b, const char *s) {
   buf_reserve(b, n + 2);
   buf_addc(b, '"');
   for (size_t i = 0; i < n;) {
+    /* A run of printable ASCII needing no escape goes in one copy: names,
+     * ids and keys are nearly always all of it. */
+    size_t run = i;
+    while (run < n && p[run] >= 0x20 && p[run] < 0x7f && p[run] != '"' && p[run] != '\\') run++;
+    if (run > i) {
+      buf_add(b, p + i, run - i);
+      i = run;
+      continue;
+    }
     unsigned char c = p[i];
     size_t len = otlp__utf8(p + i, n - i);
     if (len == 0) {
@@ -133,10 +142,29 @@ static void otlp__str(buf_t *b, const char *s) {
   buf_addc(b, '"');
 }
 
+/* "key":"hex", written without printf: the encoder runs for every span. */
 static void otlp__hex(buf_t *b, const char *key, const uint8_t *bytes, size_t n) {
   char hex[2 * TRACE_ID_LEN + 1];
   trace_hex(bytes, n, hex);
-  buf_printf(b, "\"%s\":\"%s\"", key, hex);
+  buf_addc(b, '"');
+  buf_adds(b, key);
+  buf_add(b, "\":\"", 3);
+  buf_add(b, hex, 2 * n);
+  buf_addc(b, '"');
+}
+
+/* v in decimal, quoted when q (the JSON mapping writes 64-bit integers as
+ * strings). */
+static void otlp__u64(buf_t *b, uint64_t v, int q) {
+  char d[24];
+  int i = (int)sizeof d;
+  do {
+    d[--i] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  if (q) buf_addc(b, '"');
+  buf_add(b, d + i, sizeof d - (size_t)i);
+  if (q) buf_addc(b, '"');
 }
 
 static void otlp__kv_str(buf_t *b, const char *key, const char *value) {
@@ -158,7 +186,15 @@ static void otlp__attrs(buf_t *b, const otlp_span_t *s) {
       /* int64 is a decimal string in the protobuf JSON mapping */
       buf_adds(b, "{\"key\":");
       otlp__str(b, a->key);
-      buf_printf(b, ",\"value\":{\"intValue\":\"%" PRId64 "\"}}", a->num);
+      buf_adds(b, ",\"value\":{\"intValue\":");
+      if (a->num < 0) {
+        buf_add(b, "\"-", 2);
+        otlp__u64(b, 0 - (uint64_t)a->num, 0);
+        buf_addc(b, '"');
+      } else {
+        otlp__u64(b, (uint64_t)a->num, 1);
+      }
+      buf_adds(b, "}}");
     }
   }
   buf_addc(b, ']');
@@ -173,13 +209,21 @@ static void otlp__span(buf_t *b, const otlp_span_t *s) {
     buf_addc(b, ',');
     otlp__hex(b, "parentSpanId", s->parent_id, TRACE_SPAN_LEN);
   }
-  if (s->flags) buf_printf(b, ",\"flags\":%u", (unsigned)s->flags); /* fixed32: a JSON number */
+  if (s->flags) { /* fixed32: a JSON number */
+    buf_adds(b, ",\"flags\":");
+    otlp__u64(b, s->flags, 0);
+  }
   buf_adds(b, ",\"name\":");
   otlp__str(b, s->name);
-  buf_printf(b, ",\"kind\":%d,\"startTimeUnixNano\":\"%" PRIu64 "\",\"endTimeUnixNano\":\"%" PRIu64 "\"", (int)s->kind,
-             s->start_ns, s->end_ns);
+  buf_adds(b, ",\"kind\":");
+  otlp__u64(b, (uint64_t)s->kind, 0);
+  buf_adds(b, ",\"startTimeUnixNano\":");
+  otlp__u64(b, s->start_ns, 1);
+  buf_adds(b, ",\"endTimeUnixNano\":");
+  otlp__u64(b, s->end_ns, 1);
   otlp__attrs(b, s);
-  buf_printf(b, ",\"status\":{\"code\":%d", (int)s->status);
+  buf_adds(b, ",\"status\":{\"code\":");
+  otlp__u64(b, (uint64_t)s->status, 0);
   if (s->status_msg && *s->status_msg) {
     buf_adds(b, ",\"message\":");
     otlp__str(b, s->status_msg);

@@ -95,6 +95,7 @@ static int core_call(lua_State *L) {
   uint64_t tmo = timeout > 0 ? (uint64_t)timeout : h->cfg.call_timeout_ms;
   call_t *c = call_new(h->cfg.sched, host__task_call_cb, t, tmo);
   t->call = c;
+  host__span_call_start(t, c, type, tl, tag, gl);
   const placement_ops_t *pl_ops = h->cfg.placement;
   pl_ops->send(pl_ops->ctx, type, tl, id, il, tag, gl, payload, pl, NULL, 0, discard ? MSG_DISCARD : 0, c);
   t->waiting = 1;
@@ -153,7 +154,35 @@ static int core_log(lua_State *L) {
   const char *msg = luaL_checkstring(L, 2);
   log_level_t lvl = LOG_INFO;
   log_parse_level(level, &lvl);
-  log_msg(lvl, "%s: %s", host__script(L)->file, msg);
+  const task_t *t = host__script(L)->current;
+  if (t && !trace_id_zero(t->trace.trace_id, TRACE_ID_LEN)) {
+    /* The line names its trace before the script's text, so the text still
+     * ends the line (specs and log parsers read it to the end). */
+    char hex[2 * TRACE_ID_LEN + 1];
+    trace_hex(t->trace.trace_id, TRACE_ID_LEN, hex);
+    log_msg(lvl, "%s: trace=%s %s", host__script(L)->file, hex, msg);
+  } else {
+    log_msg(lvl, "%s: %s", host__script(L)->file, msg);
+  }
+  return 0;
+}
+
+/* core.trace_id(): the running task's trace id as 32 hex digits (req.trace_id),
+ * nil when it has none. */
+static int core_trace_id(lua_State *L) {
+  const task_t *t = host__script(L)->current;
+  if (!t || trace_id_zero(t->trace.trace_id, TRACE_ID_LEN)) return 0;
+  char hex[2 * TRACE_ID_LEN + 1];
+  trace_hex(t->trace.trace_id, TRACE_ID_LEN, hex);
+  lua_pushlstring(L, hex, 2 * TRACE_ID_LEN);
+  return 1;
+}
+
+/* core.trace_new(): the running task (a cron job, before each run) starts a
+ * new trace. */
+static int core_trace_new(lua_State *L) {
+  task_t *t = core__task(L, "luster.trace_new");
+  host_trace_new(t->script->host, &t->trace);
   return 0;
 }
 
@@ -195,6 +224,7 @@ int host__open_core(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"call", core_call}, {"sleep", core_sleep}, {"keep_alive", core_keep_alive}, {"forget", core_forget}, {"runner", core_runner},
       {"wall", core_wall}, {"now", core_wall}, {"clock", core_clock}, {"log", core_log},
+      {"trace_id", core_trace_id}, {"trace_new", core_trace_new},
       {"cron", core_cron}, {"cron_catch_up", core_cron_catch_up},
       {"cron_progress", core_cron_progress}, {NULL, NULL},
   };

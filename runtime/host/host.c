@@ -367,6 +367,7 @@ static void task__resume_item(sched_item_t *it) {
 void host__task_call_cb(call_t *c, reply_kind_t kind, const char *body, size_t len) {
   task_t *t = c->ud;
   t->call = NULL;
+  if (c->span) host__span_call_end(t, c);
   /* core.call's continuation reads the body from here, during the resume. */
   lua_pushinteger(t->co, kind);
   lua_pushlightuserdata(t->co, (void *)body);
@@ -423,6 +424,7 @@ static void task__end_handle(task_t *t, reply_kind_t kind, const char *text) {
   size_t len;
   char *body = reply_error_body(kind, NULL, text, &len);
   t->type->counters->outcomes[kind]++;
+  if (t->span_start_ns) host__span_handle_end(t, kind, text);
   msg_finish(m, kind, body, len);
   free(body);
   host__task_free(t);
@@ -453,15 +455,18 @@ static void task__finish(task_t *t, int nres) {
       size_t len;
       char *eb = reply_error_body(REPLY_DEFECT, NULL, "the runtime's dispatch returned no reply", &len);
       t->type->counters->outcomes[REPLY_DEFECT]++;
+      if (t->span_start_ns) host__span_handle_end(t, REPLY_DEFECT, "the runtime's dispatch returned no reply");
       msg_finish(m, REPLY_DEFECT, eb, len);
       free(eb);
     } else if (inst->type->durable) {
+      if (t->span_start_ns) host__span_handle_end(t, kind, body);
       int now = em->durable_reply(inst, m, kind, body, blen); /* saves the state, then releases the reply */
       host__task_free(t);
       if (now) em->handled(inst);
       return;
     } else {
       t->type->counters->outcomes[kind]++;
+      if (t->span_start_ns) host__span_handle_end(t, kind, body);
       msg_finish(m, kind, body, blen);
     }
     host__task_free(t);
@@ -505,6 +510,7 @@ static void task__error(task_t *t, int status) {
                  (int)(m->id_len > 64 ? 64 : m->id_len), m->id, t->type->rpcs[m->rpc].tag, m->attempts,
                  HOST_PERSISTED_ATTEMPTS, (unsigned long long)delay, text);
         host_inst_t *inst = t->inst;
+        if (t->span_start_ns) host__span_handle_end(t, REPLY_DEFECT, text);
         t->msg = NULL;
         host__task_free(t);
         em->retry(inst, m, delay);
@@ -562,6 +568,7 @@ void host_handle(host_inst_t *inst, msg_t *msg) {
   t->inst = inst;
   t->msg = msg;
   t->type = ty;
+  host__span_handle_start(t, msg);
   lua_State *co = t->co;
   const rpc_def_t *r = &ty->rpcs[msg->rpc];
   lua_rawgeti(co, LUA_REGISTRYINDEX, s->ref_handle);
@@ -729,6 +736,7 @@ static void host__start_runner_task(etype_t *ty) {
   task_t *t = task_new(s, ty->kind == DEF_CRON ? TASK_CRON : TASK_SINGLETON);
   t->type = ty;
   t->started_ms = sched_wall_ms(s->host->cfg.sched);
+  host_trace_new(s->host, &t->trace); /* a singleton or cron job starts its own trace */
   ty->runner_task = t;
   lua_State *co = t->co;
   lua_rawgeti(co, LUA_REGISTRYINDEX, ty->kind == DEF_CRON ? s->ref_run_cron : s->ref_run_singleton);

@@ -159,6 +159,12 @@ struct task_s {
   /* Singletons and cron jobs, for GET /cluster: when it started here (wall
    * ms), and a cron job's last instant run and the next one (0: none yet). */
   uint64_t started_ms, cron_last_ms, cron_next_ms;
+  /* Its trace context: a handler's is its message's (with a span of its
+   * own while spans are exported), a singleton's or a cron run's a new
+   * trace. Calls it makes carry it (spans.c). */
+  trace_ctx_t trace;
+  uint8_t span_parent[TRACE_SPAN_LEN];
+  uint64_t span_start_ns; /* 0: no span recorded */
 };
 
 typedef struct host_config_s {
@@ -194,6 +200,18 @@ etype_t *host_find_type(const host_t *h, const char *name, size_t len);
 /* The host of a type (its script's). */
 static inline host_t *etype_host(const etype_t *t) { return t->script->host; }
 int etype_find_rpc(const etype_t *t, const char *tag, size_t len);
+
+/* Tracing (spans.c). A new trace (random trace and span ids, sampled), a
+ * new span id, and the OTLP exporter spans go to (NULL, the default: none
+ * are built). host_wall_ns is the span clock (unix ns). */
+struct otlp_exporter_s;
+void host_trace_new(host_t *h, trace_ctx_t *t);
+void host_span_id(host_t *h, uint8_t out[TRACE_SPAN_LEN]);
+void host_set_otlp(host_t *h, struct otlp_exporter_s *ex);
+struct otlp_exporter_s *host_otlp(const host_t *h);
+uint64_t host_wall_ns(void);
+/* luster_otlp_spans_total{result} and the queue, for /metrics. */
+void host_otlp_metrics(const host_t *h, buf_t *b);
 
 /* What a rescan of the script directory did, as JSON for /admin/reload. */
 typedef struct host_reload_report_s {

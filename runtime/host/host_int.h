@@ -34,6 +34,8 @@ struct host_s {
   host_counters_t *counters, **counters_tail; /* per type name (counters.c) */
   json_t *json;          /* encoder and decoder scratch of every state here */
   struct watch_s *watch; /* the directory watcher, while one runs (watch.c) */
+  struct otlp_exporter_s *otlp; /* spans go here; NULL: tracing only propagates */
+  uint64_t trace_rng;           /* state of the id generator (spans.c) */
 };
 
 /* The script whose state L (or a thread of it) is: in the state's extra
@@ -58,6 +60,11 @@ void host__traceback(lua_State *co, int level, buf_t *b);
  * strings as they are, tables as JSON (or by their __tostring), null as
  * null, each with the user's file:line first. Malloc'd. */
 char *host__error_text(lua_State *L, lua_State *co);
+/* Spans (spans.c): a handler run's context and span, and a call's. */
+void host__span_handle_start(task_t *t, const msg_t *m);
+void host__span_handle_end(task_t *t, reply_kind_t kind, const char *why);
+void host__span_call_start(task_t *t, call_t *c, const char *type, size_t tl, const char *rpc, size_t rl);
+void host__span_call_end(task_t *t, const call_t *c);
 /* luaopen for luster.core (core_api.c). */
 int host__open_core(lua_State *L);
 

@@ -70,6 +70,7 @@ static void call__detach(call_t *c) {
 static void call__run(sched_item_t *it) {
   call_t *c = (call_t *)it;
   if (c->cb) c->cb(c, c->kind, c->body ? c->body : "", c->len);
+  free(c->span);
   free(c->body);
   free(c);
 }

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/trace.h"
 #include "loop/sched.h"
 
 /* A durable entity's new state, as the envelope carries it to storage with
@@ -71,7 +72,23 @@ struct call_s {
   char *body;
   size_t len;
   int done;
+  /* The trace context the message this call sends carries (all zero: none):
+   * the sender's trace id and its span, the parent of the receiver's. */
+  trace_ctx_t trace;
+  /* Only while spans are exported (--otlp-endpoint): the span this call's
+   * owner ends in its callback; freed with the call. NULL otherwise. */
+  struct call_span_s *span;
 };
+
+/* A span under way on a call: its parent, start (unix ns) and, when the
+ * message crossed runners, the runner it went to. */
+#define CALL_PEER_MAX 96
+typedef struct call_span_s {
+  uint8_t parent[TRACE_SPAN_LEN];
+  uint64_t start_ns;
+  char peer[CALL_PEER_MAX];
+  char name[160]; /* "call Type.Rpc", or the gateway request span's "POST /entities/Type/{id}/Rpc" */
+} call_span_t;
 
 /* timeout_ms 0 = no deadline. */
 /* The call's deadline and its callback run on s (the caller's scheduler). */
@@ -132,6 +149,7 @@ struct msg_s {
   size_t payload_len;
   char *headers; /* JSON object, or NULL */
   size_t headers_len;
+  trace_ctx_t trace; /* the sender's trace context (all zero: none) */
   char data[];
 };
 

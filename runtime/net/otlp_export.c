@@ -158,6 +158,16 @@ static void ex__free(otlp_exporter_t *ex) {
 
 static void ex__on_tick(uv_timer_t *t);
 
+char *otlp_endpoint_check(const char *url) {
+  otlp_exporter_t *ex = calloc(1, sizeof *ex);
+  if (!ex) return ex__errf("out of memory reading the OTLP endpoint");
+  buf_init(&ex->head_buf);
+  buf_init(&ex->body);
+  char *err = ex__parse_url(ex, url);
+  ex__free(ex);
+  return err;
+}
+
 otlp_exporter_t *otlp_exporter_new(uv_loop_t *loop, const char *url, size_t cap, char **err) {
   *err = NULL;
   otlp_exporter_t *ex = calloc(1, sizeof *ex);
@@ -220,6 +230,12 @@ int otlp_exporter_add(otlp_exporter_t *ex, const otlp_span_t *span) {
   /* A full batch goes now, but from the loop: the caller only queues. */
   if (ex->len == ex->batch && !ex->busy) ex__kick(ex);
   return 0;
+}
+
+int otlp_exporter_refuses(otlp_exporter_t *ex) {
+  if (!ex->closing && ex->len < ex->cap) return 0;
+  ex->st.dropped++;
+  return 1;
 }
 
 void otlp_exporter_flush(otlp_exporter_t *ex) {

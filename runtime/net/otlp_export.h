@@ -43,6 +43,10 @@ typedef void (*otlp_exporter_close_cb)(void *ud, const otlp_exporter_stats_t *fi
  * the URL is not one it can send to. */
 otlp_exporter_t *otlp_exporter_new(uv_loop_t *loop, const char *url, size_t cap, char **err);
 
+/* NULL when url is an endpoint otlp_exporter_new takes, else why not
+ * (malloc'd), for checking a setting before anything starts. */
+char *otlp_endpoint_check(const char *url);
+
 /* The service.instance.id of every batch (copied; NULL for none). */
 void otlp_exporter_set_runner(otlp_exporter_t *ex, const char *runner);
 /* Batch size, batch interval and request timeout (0 keeps a value). */
@@ -52,6 +56,10 @@ void otlp_exporter_on_state(otlp_exporter_t *ex, otlp_exporter_state_cb cb, void
 /* Queues a copy of span. Never waits: returns 0, or -ENOBUFS when the
  * queue is full, the exporter closing or memory short (counted dropped). */
 int otlp_exporter_add(otlp_exporter_t *ex, const otlp_span_t *span);
+
+/* 1 (and the span counted dropped) when otlp_exporter_add would refuse a
+ * span now, so a caller skips building it; else 0. */
+int otlp_exporter_refuses(otlp_exporter_t *ex);
 
 /* Sends everything queued now, batch after batch, without waiting for the
  * timer. */

@@ -64,6 +64,9 @@ static const char *const coord_migrations[] = {
      * (pgstore.c); updated_at is epoch ms. */
     "CREATE TABLE IF NOT EXISTS %1$sentity_state (type text NOT NULL, entity_id text NOT NULL,"
     " state text NOT NULL, updated_at bigint NOT NULL, PRIMARY KEY (type, entity_id))",
+    /* 11: each persisted message's trace context (a traceparent; NULL for
+     * none), so a redelivery continues its trace. */
+    "ALTER TABLE %1$smessages ADD COLUMN IF NOT EXISTS trace text",
 };
 #define COORD_NMIGRATIONS (int)(sizeof coord_migrations / sizeof coord_migrations[0])
 

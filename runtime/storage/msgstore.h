@@ -15,6 +15,7 @@
 #include "storage/estate.h"
 
 #define MS_DEDUPE_LEN 64 /* hex SHA-256 of (type, id, rpc, primary key) */
+#define MS_TRACE_LEN 55  /* a version 00 traceparent (core/trace.h's TRACE_HEADER_LEN) */
 
 typedef struct {
   uint32_t shard;
@@ -22,6 +23,7 @@ typedef struct {
   size_t type_len, id_len, rpc_len, payload_len, headers_len;
   const char *dedupe; /* NUL-terminated, NULL when the RPC has no primary key */
   uint64_t deliver_at; /* epoch ms, 0 = now */
+  char trace[MS_TRACE_LEN + 1]; /* its trace context as a traceparent, "" for none */
 } ms_msg_t;
 
 typedef enum {
@@ -45,6 +47,7 @@ typedef struct {
   uint32_t shard;
   const char *type, *id, *rpc, *payload, *headers; /* headers NULL = none */
   size_t type_len, id_len, rpc_len, payload_len, headers_len;
+  char trace[MS_TRACE_LEN + 1]; /* as stored with the message, "" for none */
 } ms_row_t;
 
 typedef void (*ms_scan_cb)(void *ud, int ok, const ms_row_t *rows, int nrows);

@@ -103,9 +103,9 @@ pgstore_t *pgs_open(sched_t *s, uv_loop_t *loop, const char *conninfo, const cha
   ps->sched = s;
   ps->sql_put = coord_sql(
       "WITH ins AS (INSERT INTO %1$smessages"
-      " (shard, type, entity_id, rpc, dedupe, ref, payload, headers, deliver_at, created_at)"
+      " (shard, type, entity_id, rpc, dedupe, ref, payload, headers, deliver_at, trace, created_at)"
       " SELECT u.*, $10::bigint FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],"
-      " $7::text[], $8::text[], $9::bigint[]) AS u"
+      " $7::text[], $8::text[], $9::bigint[], $11::text[]) AS u"
       " ON CONFLICT (dedupe) WHERE dedupe IS NOT NULL DO NOTHING RETURNING seq, ref)"
       " SELECT seq, ref, false, NULL::text, NULL::bigint, NULL::smallint, NULL::text FROM ins"
       " UNION ALL SELECT m.seq, u.ref, true, m.payload, m.done_at, m.reply_kind, m.reply"
@@ -145,7 +145,7 @@ pgstore_t *pgs_open(sched_t *s, uv_loop_t *loop, const char *conninfo, const cha
       "SELECT u.ord, e.state FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(st, si, ord)"
       " JOIN %1$sentity_state e ON e.type = u.st AND e.entity_id = u.si", prefix);
   ps->sql_scan = coord_sql(
-      "SELECT seq, shard, type, entity_id, rpc, payload, headers, deliver_at FROM %1$smessages"
+      "SELECT seq, shard, type, entity_id, rpc, payload, headers, deliver_at, trace FROM %1$smessages"
       " WHERE shard = ANY($1::int[]) AND done_at IS NULL AND deliver_at <= $2::bigint AND seq > $3::bigint"
       " ORDER BY seq LIMIT $4::int", prefix);
   ps->sql_due = coord_sql(
@@ -301,8 +301,8 @@ static void pgs__put_done(void *ud, pgc_status_t st, PGresult *res, const char *
 
 static void pgs__send_put(pgstore_t *ps) {
   pgs_batch_t *b = pgs__take(ps, &ps->put);
-  buf_t a[9];
-  for (int i = 0; i < 9; i++) buf_init(&a[i]);
+  buf_t a[10];
+  for (int i = 0; i < 10; i++) buf_init(&a[i]);
   for (int i = 0; i < b->n; i++) {
     ms_msg_t *m = &b->e[i]->m;
     pgs__arr_int(&a[0], m->shard);
@@ -314,15 +314,17 @@ static void pgs__send_put(pgstore_t *ps) {
     pgs__arr_text(&a[6], m->payload, m->payload_len);
     pgs__arr_text(&a[7], m->headers, m->headers_len);
     pgs__arr_int(&a[8], (int64_t)m->deliver_at);
+    pgs__arr_text(&a[9], m->trace[0] ? m->trace : NULL, strlen(m->trace));
   }
   char now[24];
   snprintf(now, sizeof now, "%" PRIu64, sched_wall_ms(ps->sched));
-  const char *v[10];
+  const char *v[11];
   for (int i = 0; i < 9; i++) v[i] = pgs__arr_end(&a[i]);
   v[9] = now;
+  v[10] = pgs__arr_end(&a[9]);
   ps->st.put_batches++;
-  pgc_query(ps->c, ps->sql_put, 10, v, NULL, PGS_TIMEOUT_MS, pgs__put_done, b);
-  for (int i = 0; i < 9; i++) buf_free(&a[i]);
+  pgc_query(ps->c, ps->sql_put, 11, v, NULL, PGS_TIMEOUT_MS, pgs__put_done, b);
+  for (int i = 0; i < 10; i++) buf_free(&a[i]);
 }
 
 static void pgs__put_answer(pgs_entry_t *e, ms_put_status_t st, uint64_t seq, int kind, const char *reply,
@@ -708,6 +710,7 @@ static void pgs__scan_done(void *ud, pgc_status_t st, PGresult *res, const char 
     if (!PQgetisnull(res, i, 6)) PGS_COL(headers, 6);
 #undef PGS_COL
     w->deliver_at = strtoull(PQgetvalue(res, i, 7), NULL, 10);
+    if (!PQgetisnull(res, i, 8)) snprintf(w->trace, sizeof w->trace, "%s", PQgetvalue(res, i, 8));
   }
   ps->st.scanned += (uint64_t)n;
   cb(r->ud, 1, rows, n);

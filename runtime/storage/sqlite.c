@@ -62,10 +62,10 @@ static const char *const sq_sql[Q_COUNT] = {
     [Q_ROLLBACK] = "ROLLBACK",
     [Q_FIND] = "SELECT seq, payload, done_at IS NOT NULL, reply_kind, reply FROM messages WHERE dedupe = ?1",
     [Q_INSERT] = "INSERT INTO messages (shard, type, entity_id, rpc, dedupe, payload, headers, deliver_at,"
-                 " created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 " created_at, trace) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     [Q_STATE] = "SELECT done_at IS NOT NULL, reply_kind, reply FROM messages WHERE seq = ?1",
     [Q_REPLY] = "UPDATE messages SET done_at = ?2, reply_kind = ?3, reply = ?4 WHERE seq = ?1 AND done_at IS NULL",
-    [Q_SCAN] = "SELECT seq, shard, type, entity_id, rpc, payload, headers, deliver_at FROM messages"
+    [Q_SCAN] = "SELECT seq, shard, type, entity_id, rpc, payload, headers, deliver_at, trace FROM messages"
                " WHERE done_at IS NULL AND deliver_at <= ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     [Q_DUE] = "SELECT min(deliver_at) FROM messages WHERE done_at IS NULL AND deliver_at > ?1",
     [Q_PRUNE] = "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE done_at < ?1 LIMIT ?2)",
@@ -109,6 +109,9 @@ static const char *const sq_migrations[] = {
     " state BLOB NOT NULL,"
     " saved_at INTEGER NOT NULL,"
     " PRIMARY KEY (type, entity_id)) WITHOUT ROWID;",
+    /* 2: each message's trace context (a traceparent; NULL for none), so a
+     * redelivery continues its trace. */
+    "ALTER TABLE messages ADD COLUMN trace TEXT;",
 };
 #define SQ_VERSION (int)(sizeof sq_migrations / sizeof sq_migrations[0])
 
@@ -205,6 +208,7 @@ static int sq__put(sqls_t *s, sjob_t *j) {
   sq__text(st, 7, m->headers, m->headers_len);
   sqlite3_bind_int64(st, 8, (sqlite3_int64)m->deliver_at);
   sqlite3_bind_int64(st, 9, (sqlite3_int64)sq__wall_ms());
+  sq__text(st, 10, m->trace[0] ? m->trace : NULL, strlen(m->trace));
   int rc = sq__run(st);
   if (rc != SQLITE_OK) return rc;
   j->rseq = (uint64_t)sqlite3_last_insert_rowid(s->db);
@@ -275,6 +279,8 @@ static int sq__scan(sqls_t *s, sjob_t *j) {
     r->payload = sq__col(st, 5, &r->payload_len);
     r->headers = sq__col(st, 6, &r->headers_len);
     r->deliver_at = (uint64_t)sqlite3_column_int64(st, 7);
+    const unsigned char *tp = sqlite3_column_text(st, 8);
+    if (tp) snprintf(r->trace, sizeof r->trace, "%s", (const char *)tp);
   }
   if (j->nrows == j->limit) rc = SQLITE_DONE;
   sq__end(st);

@@ -214,11 +214,15 @@ static void core_field_fixed(lua_State *L, const char *name, uint8_t *out, size_
   lua_pop(L, 1);
 }
 
-/* frame_encode_request{corr=, flags=, timeout_ms=, stored=, deliver_at=, type=, id=, tag=,
- * payload=, headers=} -> string */
+/* frame_encode_request{corr=, flags=, timeout_ms=, stored=, deliver_at=, trace_id= (16 bytes),
+ * span_id= (8 bytes), trace_flags=, type=, id=, tag=, payload=, headers=} -> string */
 static int core_frame_encode_request(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   frame_request_t r;
+  memset(&r, 0, sizeof r);
+  core_field_fixed(L, "trace_id", r.trace.trace_id, TRACE_ID_LEN);
+  core_field_fixed(L, "span_id", r.trace.span_id, TRACE_SPAN_LEN);
+  r.trace.flags = (uint8_t)core_field_int(L, "trace_flags", UINT8_MAX);
   r.corr = core_field_int(L, "corr", UINT64_MAX);
   r.flags = (uint32_t)core_field_int(L, "flags", UINT32_MAX);
   r.timeout_ms = (uint32_t)core_field_int(L, "timeout_ms", UINT32_MAX);
@@ -339,6 +343,9 @@ static void core_push_frame(lua_State *L, const frame_t *f) {
     core_set_int(L, "timeout_ms", f->u.request.timeout_ms);
     core_set_int(L, "stored", f->u.request.stored);
     core_set_int(L, "deliver_at", f->u.request.deliver_at);
+    core_set_bytes(L, "trace_id", f->u.request.trace.trace_id, TRACE_ID_LEN);
+    core_set_bytes(L, "span_id", f->u.request.trace.span_id, TRACE_SPAN_LEN);
+    core_set_int(L, "trace_flags", f->u.request.trace.flags);
     core_set_str(L, "type", f->u.request.type);
     core_set_str(L, "id", f->u.request.id);
     core_set_str(L, "tag", f->u.request.tag);
