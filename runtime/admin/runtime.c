@@ -231,7 +231,7 @@ static int runtime__modules(runtime_t *rt) {
   rt->mem = rt->estate ? storage_new(&rt->sched, rt->estate, rt->cfg.retention_ms) : NULL;
   if (!rt->mem) return -1;
   rt->router = router_new(&rt->sched, rt->mem, rt->em, rt->host);
-  rt->durable = durable_new(&rt->sched, rt->router, rt->host);
+  rt->durable = durable_new(&rt->sched, rt->router, rt->em, rt->host);
   rt->cluster = cluster_new(&rt->sched, rt->router, rt->durable);
   rt->wiring.cluster = rt->cluster;
   rt->wiring.router = rt->router;

@@ -96,6 +96,7 @@ struct durable_s {
   durable_stats_t st;
   sched_t *sched; /* the owner's, from durable_new */
   router_t *rt;   /* the owner's, from durable_new */
+  em_t *em;       /* the owner's entity manager (its slot waiters), from durable_new */
   cluster_t *cl;  /* set by cluster_new (off until it starts) */
   host_t *host;   /* the types stored messages go to, from durable_new */
 };
@@ -425,10 +426,8 @@ static void du__deliver_row(durable_t *du, const ms_row_t *w) {
   du__start(k, m);
 }
 
-/* The entity manager's messages waiting for a slot (host_em_t.ud is it). */
-static uint64_t du__slot_waiting(durable_t *du) {
-  return em_slot_waiting((em_t *)host_config(du->host)->em->ud);
-}
+/* The entity manager's messages waiting for an instance slot. */
+static uint64_t du__slot_waiting(durable_t *du) { return em_slot_waiting(du->em); }
 
 /* The next page of a scan, once the instances have caught up. */
 static void du__scan_next(durable_t *du, uint64_t after) {
@@ -778,11 +777,12 @@ void durable_cron(durable_t *du, int op, const char *name, uint64_t at, call_t *
  * Life
  * ------------------------------------------------------------------------- */
 
-durable_t *durable_new(sched_t *s, router_t *rt, host_t *h) {
+durable_t *durable_new(sched_t *s, router_t *rt, em_t *em, host_t *h) {
   durable_t *du = calloc(1, sizeof *du);
   if (!du) abort();
   du->sched = s;
   du->rt = rt;
+  du->em = em;
   du->host = h;
   router__set_durable(rt, du);
   return du;

@@ -26,9 +26,11 @@ typedef struct durable_s durable_t;
 struct router_s;
 
 /* Off (durable_on 0: memory storage) until durable_init; hands stored
- * messages to rt. Freed by durable_free (after durable_close). */
+ * messages to rt, and reads a backlog no faster than em has instance slots
+ * for it (--max-active). Freed by durable_free (after durable_close). */
 struct host_s;
-durable_t *durable_new(sched_t *s, struct router_s *rt, struct host_s *h);
+struct em_s;
+durable_t *durable_new(sched_t *s, struct router_s *rt, struct em_s *em, struct host_s *h);
 void durable_free(durable_t *du);
 /* Takes the opened backend ops (closed by durable_close). Without a
  * cluster every shard is served here: call durable_acquired() to deliver
