@@ -98,9 +98,8 @@ static int pgs__op_busy(void *ctx);
 static const ms_stats_t *pgs__op_stats(void *ctx);
 static void pgs__op_close(void *ctx);
 
-pgstore_t *pgs_open(sched_t *s, uv_loop_t *loop, const char *conninfo, const char *prefix) {
-  pgstore_t *ps = calloc(1, sizeof *ps);
-  ps->sched = s;
+/* The statements of the store, on the tables named with prefix. */
+static void pgs__sql_init(pgstore_t *ps, const char *prefix) {
   ps->sql_put = coord_sql(
       "WITH ins AS (INSERT INTO %1$smessages"
       " (shard, type, entity_id, rpc, dedupe, ref, payload, headers, deliver_at, trace, created_at)"
@@ -162,6 +161,13 @@ pgstore_t *pgs_open(sched_t *s, uv_loop_t *loop, const char *conninfo, const cha
   ps->sql_cron[MS_CRON_DONE] = coord_sql(
       "UPDATE %1$scron SET done_ms = $2::bigint, claimed_ms = greatest(claimed_ms, $2::bigint)"
       " WHERE name = $1 AND done_ms < $2::bigint RETURNING 1, 0", prefix);
+}
+
+pgstore_t *pgs_open(sched_t *s, uv_loop_t *loop, const char *conninfo, const char *prefix) {
+  pgstore_t *ps = calloc(1, sizeof *ps);
+  if (!ps) return NULL;
+  ps->sched = s;
+  pgs__sql_init(ps, prefix);
   /* Plans made for each execution: a generic plan fixed while the table was
    * still empty (a fresh database, not analysed yet) reads the whole table
    * for every batch once it has grown; a custom plan sees its real size. */

@@ -51,8 +51,18 @@ function M.available()
   return true
 end
 
+-- Six hex digits from the kernel's random source: a spec that seeds
+-- math.random (to replay a flapping pattern) must not make the next run's
+-- namespaces collide with ones another run still holds.
+local function fresh_tag()
+  local f = assert(io.open("/dev/urandom", "rb"))
+  local b = f:read(3)
+  f:close()
+  return string.format("%02x%02x%02x", b:byte(1, 3))
+end
+
 function M.new()
-  local tag = string.format("%06x", math.random(0, 0xffffff))
+  local tag = fresh_tag()
   local net = setmetatable({ tag = tag, sw = "luster-" .. tag .. "-sw", parties = {} }, M)
   net.namespaces = { net.sw }
   must("ip netns add " .. net.sw)
