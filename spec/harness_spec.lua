@@ -17,10 +17,7 @@ local function project(checks)
   return d
 end
 
--- Output quoted in a failure message, each line indented: tools/run-specs.sh
--- reads the suite's counts from the last line that starts with them, which
--- must not be one of luster test's own.
-local function shown(text) return "\n  | " .. tostring(text):gsub("\n", "\n  | ") end
+local shown = H.shown
 
 -- Runs `luster test` with args (a string) inside dir, TMPDIR in a directory
 -- of its own (checked empty afterwards: every runtime's copy removed).

@@ -6,17 +6,8 @@ local H = require "support.helpers"
 
 local STARTER = { "README.md", "greeter.lua", "spec/greeter_spec.lua" }
 
--- Output quoted in a failure message, each line indented: tools/run-specs.sh
--- reads the suite's counts from the last line that starts with them, which
--- must not be one of luster test's own.
-local function shown(text) return "\n  | " .. tostring(text):gsub("\n", "\n  | ") end
-
--- busted's summary line, colours stripped: successes, failures, errors.
-local function summary(out)
-  out = out:gsub("\27%[[%d;]*m", "")
-  local s, f, e = out:match("(%d+) successes? / (%d+) failures? / (%d+) errors?")
-  return tonumber(s), tonumber(f), tonumber(e)
-end
+local shown = H.shown
+local summary = H.busted_summary
 
 describe("luster new", function()
   local base

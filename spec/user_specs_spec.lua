@@ -3,17 +3,8 @@
 package.path = "spec/?.lua;" .. package.path
 local H = require "support.helpers"
 
--- Output quoted in a failure message, each line indented: tools/run-specs.sh
--- reads the suite's counts from the last line that starts with them, which
--- must not be one of luster test's own.
-local function shown(text) return "\n  | " .. tostring(text):gsub("\n", "\n  | ") end
-
--- busted's summary line, colours stripped: successes, failures, errors.
-local function summary(out)
-  out = out:gsub("\27%[[%d;]*m", "")
-  local s, f, e = out:match("(%d+) successes? / (%d+) failures? / (%d+) errors?")
-  return tonumber(s), tonumber(f), tonumber(e)
-end
+local shown = H.shown
+local summary = H.busted_summary
 
 -- Runs `luster test DIR`, under `timeout` so a hung run fails the spec
 -- instead of the suite. Returns exit status, output, real seconds.

@@ -383,4 +383,16 @@ end
 
 M.counter_dir = M.root .. "/examples/counter"
 
+-- Output of a `luster test` run quoted in a failure message, each line
+-- indented: tools/run-specs.sh reads the suite's counts from the last line
+-- that starts with them, which must not be one of the quoted run's.
+function M.shown(text) return "\n  | " .. tostring(text):gsub("\n", "\n  | ") end
+
+-- busted's summary line in out, colours stripped: successes, failures, errors.
+function M.busted_summary(out)
+  out = out:gsub("\27%[[%d;]*m", "")
+  local s, f, e = out:match("(%d+) successes? / (%d+) failures? / (%d+) errors?")
+  return tonumber(s), tonumber(f), tonumber(e)
+end
+
 return M
