@@ -205,8 +205,9 @@ scenarios[#scenarios + 1] = {
 }
 
 -- Scenario 16: scenarios 2 and 4 with spans exported (--otlp-endpoint to a
--- local receiver that discards them, bench/otlp_sink.lua) and without, one
--- after the other in the same minutes; with TRACE_BASE_BIN set (a build from
+-- local receiver that discards them, bench/otlp_sink.lua) as protobuf (the
+-- default, "on") and as JSON ("json"), and without ("off"), one after the
+-- other in the same minutes; with TRACE_BASE_BIN set (a build from
 -- before tracing), that binary too, first in each round. Ratios are against
 -- the run without an endpoint (and against the base build when given).
 local function otlp_sink()
@@ -226,7 +227,8 @@ scenarios[#scenarios + 1] = {
   run = function()
     local sink, url = otlp_sink()
     local own_bin = H.bin
-    local variants = { { "off", own_bin, nil }, { "on", own_bin, "--otlp-endpoint " .. url } }
+    local variants = { { "off", own_bin, nil }, { "on", own_bin, "--otlp-endpoint " .. url },
+      { "json", own_bin, "--otlp-endpoint " .. url .. " --otlp-protocol http/json" } }
     local base = os.getenv("TRACE_BASE_BIN")
     if base and base ~= "" then table.insert(variants, 1, { "base", base, nil }) end
     local v = {}
@@ -251,6 +253,10 @@ scenarios[#scenarios + 1] = {
     v.on_http_cpu_ratio = v.on_http_cpu_us_per_req / v.off_http_cpu_us_per_req
     v.on_local_ratio = v.on_local_calls_per_s / v.off_local_calls_per_s
     v.on_http_ratio = v.on_http_rps / v.off_http_rps
+    v.json_local_cpu_ratio = v.json_local_cpu_us_per_call / v.off_local_cpu_us_per_call
+    v.json_http_cpu_ratio = v.json_http_cpu_us_per_req / v.off_http_cpu_us_per_req
+    v.json_local_ratio = v.json_local_calls_per_s / v.off_local_calls_per_s
+    v.json_http_ratio = v.json_http_rps / v.off_http_rps
     if v.base_http_rps then
       v.off_local_vs_base = v.off_local_calls_per_s / v.base_local_calls_per_s
       v.off_http_vs_base = v.off_http_rps / v.base_http_rps
@@ -263,8 +269,11 @@ scenarios[#scenarios + 1] = {
     local s = string.format("local %.0fk/s off, %.0fk/s on (%+.0f%%); HTTP %.0fk off, %.0fk on (%+.0f%%)",
       v.off_local_calls_per_s / 1000, v.on_local_calls_per_s / 1000, (v.on_local_ratio - 1) * 100,
       v.off_http_rps / 1000, v.on_http_rps / 1000, (v.on_http_ratio - 1) * 100)
-    s = s .. string.format("; CPU per call %.2f/%.2f µs, per request %.1f/%.1f µs (off/on)",
-      v.off_local_cpu_us_per_call, v.on_local_cpu_us_per_call, v.off_http_cpu_us_per_req, v.on_http_cpu_us_per_req)
+    s = s .. string.format("; json %.0fk/s (%+.0f%%), %.0fk (%+.0f%%)", v.json_local_calls_per_s / 1000,
+      (v.json_local_ratio - 1) * 100, v.json_http_rps / 1000, (v.json_http_ratio - 1) * 100)
+    s = s .. string.format("; CPU per call %.2f/%.2f/%.2f µs, per request %.1f/%.1f/%.1f µs (off/on/json)",
+      v.off_local_cpu_us_per_call, v.on_local_cpu_us_per_call, v.json_local_cpu_us_per_call,
+      v.off_http_cpu_us_per_req, v.on_http_cpu_us_per_req, v.json_http_cpu_us_per_req)
     if v.base_http_rps and v.base_http_rps > 0 then
       s = s .. string.format("; base %.0fk/s, %.0fk req/s, %.2f µs, %.1f µs", v.base_local_calls_per_s / 1000,
         v.base_http_rps / 1000, v.base_local_cpu_us_per_call, v.base_http_cpu_us_per_req)
