@@ -32,6 +32,8 @@ struct otlp_exporter_s {
   uv_loop_t *loop;
   char *host; /* for the lookup: an IPv6 address without its brackets */
   char port[6];
+  struct sockaddr_storage addr; /* the host when it is an IP address: no lookup per batch */
+  int numeric;
   char *authority; /* the Host header: host[:port] as the URL gave it */
   char *path;
   char *runner;
@@ -196,6 +198,10 @@ otlp_exporter_t *otlp_exporter_new(uv_loop_t *loop, const char *url, size_t cap,
     ex__free(ex);
     return NULL;
   }
+  int port = atoi(ex->port);
+  if (uv_ip4_addr(ex->host, port, (struct sockaddr_in *)&ex->addr) == 0 ||
+      uv_ip6_addr(ex->host, port, (struct sockaddr_in6 *)&ex->addr) == 0)
+    ex->numeric = 1;
   ex->ends = calloc(ex->cap, sizeof *ex->ends);
   if (!ex->ends) {
     *err = ex__errf("out of memory for an OTLP queue of %zu spans", ex->cap);
@@ -437,6 +443,15 @@ static const struct addrinfo *ex__pick(const struct addrinfo *res) {
   return res;
 }
 
+static void ex__connect(otlp_exporter_t *ex, const struct sockaddr *addr) {
+  uv_tcp_init(ex->loop, &ex->tcp);
+  ex->tcp.data = ex;
+  ex->tcp_open = 1;
+  ex->conn.data = ex;
+  int r = uv_tcp_connect(&ex->conn, &ex->tcp, addr, ex__on_connect);
+  if (r < 0) ex__fail(ex, "cannot connect to", r);
+}
+
 static void ex__on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res) {
   otlp_exporter_t *ex = g->data;
   ex->gai_pending = 0;
@@ -446,13 +461,8 @@ static void ex__on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *re
     uv_freeaddrinfo(res);
     return;
   }
-  uv_tcp_init(ex->loop, &ex->tcp);
-  ex->tcp.data = ex;
-  ex->tcp_open = 1;
-  ex->conn.data = ex;
-  int r = uv_tcp_connect(&ex->conn, &ex->tcp, ex__pick(res)->ai_addr, ex__on_connect);
+  ex__connect(ex, ex__pick(res)->ai_addr);
   uv_freeaddrinfo(res);
-  if (r < 0) ex__fail(ex, "cannot connect to", r);
 }
 
 /* Moves the first n queued items into body: the whole queue by swapping
@@ -496,6 +506,10 @@ static void ex__send(otlp_exporter_t *ex) {
   ex->gai_cancelled = 0;
   ex->st.in_flight = n;
   uv_timer_start(&ex->deadline, ex__on_deadline, ex->timeout_ms, 0);
+  if (ex->numeric) {
+    ex__connect(ex, (const struct sockaddr *)&ex->addr);
+    return;
+  }
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
   ex->gai.data = ex;
   int r = uv_getaddrinfo(ex->loop, &ex->gai, ex__on_resolved, ex->host, ex->port, &hints);
