@@ -240,9 +240,14 @@ typedef struct {
 static void pb__str(pb_str_t *s, const char *str) {
   s->p = (const unsigned char *)(str ? str : "");
   s->n = otlp__cut((const char *)s->p);
-  size_t out = 0;
+  size_t out = 0, i = 0;
   int clean = 1;
-  for (size_t i = 0; i < s->n;) {
+  /* Names, ids and keys are nearly always ASCII: eight bytes per test. */
+  for (uint64_t w; i + 8 <= s->n; i += 8, out += 8) {
+    memcpy(&w, s->p + i, 8);
+    if (w & 0x8080808080808080ull) break;
+  }
+  while (i < s->n) {
     if (s->p[i] < 0x80) {
       i++;
       out++;
