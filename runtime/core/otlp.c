@@ -2,6 +2,7 @@
  * otlp.h). */
 #include "core/otlp.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -404,6 +405,7 @@ static void pb__item(buf_t *b, const otlp_span_t *s) {
     w = pb__varint(w, PB_TAG(16, PB_I32)); /* field 16: a two-byte tag */
     w = pb__fixed(w, s->flags, 4);
   }
+  assert((size_t)(w - start) == total); /* the sizes computed first are the bytes written */
   b->len += (size_t)(w - start);
   b->data[b->len] = '\0';
 }
@@ -433,6 +435,7 @@ static void pb__wrap(buf_t *head, const char *runner, size_t items_len) {
   w = pb__head(w, PB_TAG(2, PB_LEN), ss);                /* ResourceSpans.scope_spans */
   w = pb__head(w, PB_TAG(1, PB_LEN), pb__field(scope.out)); /* ScopeSpans.scope */
   w = pb__string(w, 1, &scope);
+  assert((size_t)(w - start) == before);
   head->len += (size_t)(w - start);
   head->data[head->len] = '\0';
 }
