@@ -233,12 +233,25 @@ scenarios[#scenarios + 1] = {
     if base and base ~= "" then table.insert(variants, 1, { "base", base, nil }) end
     local v = {}
     local ok, err = pcall(function()
+      -- The spans' fate, read before the runner stops: a queue the receiver
+      -- cannot drain drops spans (and skips building them), so "on" costs
+      -- less than a full export would; the share sent says how much was.
+      local function with_fate(load)
+        return function(r)
+          local res = load(r)
+          res.sent = r:metric('luster_otlp_spans_total{result="sent"}') or 0
+          res.dropped = r:metric('luster_otlp_spans_total{result="dropped"}') or 0
+          return res
+        end
+      end
       for _, x in ipairs(variants) do
         H.bin = x[2]
-        local l = with_runner(LOCAL_DIR, x[3], local_throughput)
+        local l = with_runner(LOCAL_DIR, x[3], with_fate(local_throughput))
         v[x[1] .. "_local_calls_per_s"] = l.calls_per_s
         v[x[1] .. "_local_cpu_us_per_call"] = l.cpu_us_per_call
-        local w = with_runner(LOCAL_DIR, x[3], http_load)
+        if x[3] then v[x[1] .. "_local_sent_share"] = l.sent / math.max(1, l.sent + l.dropped) end
+        local w = with_runner(LOCAL_DIR, x[3], with_fate(http_load))
+        if x[3] then v[x[1] .. "_http_sent_share"] = w.sent / math.max(1, w.sent + w.dropped) end
         v[x[1] .. "_http_cpu_us_per_req"] = w.cpu_us_per_req
         v[x[1] .. "_http_rps"] = w.rps
         v[x[1] .. "_http_p99_ms"] = w.p99_ms
@@ -274,6 +287,8 @@ scenarios[#scenarios + 1] = {
     s = s .. string.format("; CPU per call %.2f/%.2f/%.2f µs, per request %.1f/%.1f/%.1f µs (off/on/json)",
       v.off_local_cpu_us_per_call, v.on_local_cpu_us_per_call, v.json_local_cpu_us_per_call,
       v.off_http_cpu_us_per_req, v.on_http_cpu_us_per_req, v.json_http_cpu_us_per_req)
+    s = s .. string.format("; spans sent (not dropped) local %.0f%%/%.0f%%, HTTP %.0f%%/%.0f%% (on/json)",
+      v.on_local_sent_share * 100, v.json_local_sent_share * 100, v.on_http_sent_share * 100, v.json_http_sent_share * 100)
     if v.base_http_rps and v.base_http_rps > 0 then
       s = s .. string.format("; base %.0fk/s, %.0fk req/s, %.2f µs, %.1f µs", v.base_local_calls_per_s / 1000,
         v.base_http_rps / 1000, v.base_local_cpu_us_per_call, v.base_http_cpu_us_per_req)
