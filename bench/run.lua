@@ -205,8 +205,9 @@ scenarios[#scenarios + 1] = {
 }
 
 -- Scenario 16: scenarios 2 and 4 with spans exported (--otlp-endpoint to a
--- local receiver that discards them, bench/otlp_sink.lua) and without, one
--- after the other in the same minutes; with TRACE_BASE_BIN set (a build from
+-- local receiver that discards them, bench/otlp_sink.lua) as protobuf (the
+-- default, "on") and as JSON ("json"), and without ("off"), one after the
+-- other in the same minutes; with TRACE_BASE_BIN set (a build from
 -- before tracing), that binary too, first in each round. Ratios are against
 -- the run without an endpoint (and against the base build when given).
 local function otlp_sink()
@@ -226,17 +227,31 @@ scenarios[#scenarios + 1] = {
   run = function()
     local sink, url = otlp_sink()
     local own_bin = H.bin
-    local variants = { { "off", own_bin, nil }, { "on", own_bin, "--otlp-endpoint " .. url } }
+    local variants = { { "off", own_bin, nil }, { "on", own_bin, "--otlp-endpoint " .. url },
+      { "json", own_bin, "--otlp-endpoint " .. url .. " --otlp-protocol http/json" } }
     local base = os.getenv("TRACE_BASE_BIN")
     if base and base ~= "" then table.insert(variants, 1, { "base", base, nil }) end
     local v = {}
     local ok, err = pcall(function()
+      -- The spans' fate, read before the runner stops: a queue the receiver
+      -- cannot drain drops spans (and skips building them), so "on" costs
+      -- less than a full export would; the share sent says how much was.
+      local function with_fate(load)
+        return function(r)
+          local res = load(r)
+          res.sent = r:metric('luster_otlp_spans_total{result="sent"}') or 0
+          res.dropped = r:metric('luster_otlp_spans_total{result="dropped"}') or 0
+          return res
+        end
+      end
       for _, x in ipairs(variants) do
         H.bin = x[2]
-        local l = with_runner(LOCAL_DIR, x[3], local_throughput)
+        local l = with_runner(LOCAL_DIR, x[3], with_fate(local_throughput))
         v[x[1] .. "_local_calls_per_s"] = l.calls_per_s
         v[x[1] .. "_local_cpu_us_per_call"] = l.cpu_us_per_call
-        local w = with_runner(LOCAL_DIR, x[3], http_load)
+        if x[3] then v[x[1] .. "_local_sent_share"] = l.sent / math.max(1, l.sent + l.dropped) end
+        local w = with_runner(LOCAL_DIR, x[3], with_fate(http_load))
+        if x[3] then v[x[1] .. "_http_sent_share"] = w.sent / math.max(1, w.sent + w.dropped) end
         v[x[1] .. "_http_cpu_us_per_req"] = w.cpu_us_per_req
         v[x[1] .. "_http_rps"] = w.rps
         v[x[1] .. "_http_p99_ms"] = w.p99_ms
@@ -251,6 +266,10 @@ scenarios[#scenarios + 1] = {
     v.on_http_cpu_ratio = v.on_http_cpu_us_per_req / v.off_http_cpu_us_per_req
     v.on_local_ratio = v.on_local_calls_per_s / v.off_local_calls_per_s
     v.on_http_ratio = v.on_http_rps / v.off_http_rps
+    v.json_local_cpu_ratio = v.json_local_cpu_us_per_call / v.off_local_cpu_us_per_call
+    v.json_http_cpu_ratio = v.json_http_cpu_us_per_req / v.off_http_cpu_us_per_req
+    v.json_local_ratio = v.json_local_calls_per_s / v.off_local_calls_per_s
+    v.json_http_ratio = v.json_http_rps / v.off_http_rps
     if v.base_http_rps then
       v.off_local_vs_base = v.off_local_calls_per_s / v.base_local_calls_per_s
       v.off_http_vs_base = v.off_http_rps / v.base_http_rps
@@ -263,8 +282,13 @@ scenarios[#scenarios + 1] = {
     local s = string.format("local %.0fk/s off, %.0fk/s on (%+.0f%%); HTTP %.0fk off, %.0fk on (%+.0f%%)",
       v.off_local_calls_per_s / 1000, v.on_local_calls_per_s / 1000, (v.on_local_ratio - 1) * 100,
       v.off_http_rps / 1000, v.on_http_rps / 1000, (v.on_http_ratio - 1) * 100)
-    s = s .. string.format("; CPU per call %.2f/%.2f µs, per request %.1f/%.1f µs (off/on)",
-      v.off_local_cpu_us_per_call, v.on_local_cpu_us_per_call, v.off_http_cpu_us_per_req, v.on_http_cpu_us_per_req)
+    s = s .. string.format("; json %.0fk/s (%+.0f%%), %.0fk (%+.0f%%)", v.json_local_calls_per_s / 1000,
+      (v.json_local_ratio - 1) * 100, v.json_http_rps / 1000, (v.json_http_ratio - 1) * 100)
+    s = s .. string.format("; CPU per call %.2f/%.2f/%.2f µs, per request %.1f/%.1f/%.1f µs (off/on/json)",
+      v.off_local_cpu_us_per_call, v.on_local_cpu_us_per_call, v.json_local_cpu_us_per_call,
+      v.off_http_cpu_us_per_req, v.on_http_cpu_us_per_req, v.json_http_cpu_us_per_req)
+    s = s .. string.format("; spans sent (not dropped) local %.0f%%/%.0f%%, HTTP %.0f%%/%.0f%% (on/json)",
+      v.on_local_sent_share * 100, v.json_local_sent_share * 100, v.on_http_sent_share * 100, v.json_http_sent_share * 100)
     if v.base_http_rps and v.base_http_rps > 0 then
       s = s .. string.format("; base %.0fk/s, %.0fk req/s, %.2f µs, %.1f µs", v.base_local_calls_per_s / 1000,
         v.base_http_rps / 1000, v.base_local_cpu_us_per_call, v.base_http_cpu_us_per_req)

@@ -2,7 +2,7 @@
 -- traceparent, req.trace_id, ctx.log lines, the context in the envelope, the
 -- transport and stored messages, and spans at a test OTLP receiver
 -- (spec/support/otlp_receiver.lua: Debian packages no OpenTelemetry
--- Collector).
+-- Collector), which reads protobuf (the default) and JSON into one shape.
 package.path = "spec/?.lua;" .. package.path
 package.cpath = "build/?.so;" .. package.cpath
 local H = require "support.helpers"
@@ -68,6 +68,16 @@ local function receiver(status)
     return first and math.tointeger(cjson.decode(first).port)
   end)
   local rec = { pid = pid, out = out, url = "http://127.0.0.1:" .. port .. "/v1/traces" }
+  -- The Content-Type of every request so far.
+  function rec.types()
+    local types = {}
+    local n = 0
+    for line in (H.read_file(out) or ""):gmatch("[^\n]+") do
+      n = n + 1
+      if n > 1 then types[#types + 1] = cjson.decode(line).headers["content-type"] end
+    end
+    return types
+  end
   function rec.spans()
     local spans = {}
     local n = 0
@@ -75,7 +85,7 @@ local function receiver(status)
       n = n + 1
       if n > 1 then
         local req = cjson.decode(line)
-        local doc = cjson.decode(req.body)
+        local doc = assert(req.doc, req.error)
         for _, rs in ipairs(doc.resourceSpans) do
           local runner
           for _, a in ipairs(rs.resource.attributes) do
@@ -159,12 +169,24 @@ describe("trace context", function()
     assert.truthy(text:find("http://host:port/path", 1, true), text)
   end)
 
-  it("continues the trace of a persisted message across its retry, with spans exported (sqlite)", function()
+  it("refuses a bad --otlp-protocol, naming the flag and the accepted values", function()
+    local out = H.tmpname("bad-otlp-proto")
+    local rc = os.execute(string.format("LUSTER_OTLP_PROTOCOL=grpc %s run %s --http 127.0.0.1:0 >%s 2>&1",
+      H.sh_quote(H.bin), H.sh_quote(dir), H.sh_quote(out)))
+    local text = H.read_file(out) or ""
+    os.remove(out)
+    assert.is_not_true(rc)
+    assert.truthy(text:find("--otlp-protocol (LUSTER_OTLP_PROTOCOL): 'grpc'", 1, true), text)
+    assert.truthy(text:find("http/protobuf or http/json", 1, true), text)
+  end)
+
+  it("continues the trace of a persisted message across its retry, with spans exported as JSON (sqlite)", function()
     local rec = receiver(200)
     local db = H.tmpname("trace-sqlite")
     local r
     local ok, err = pcall(function()
-      r = H.start(dir, { args = "--no-reload --storage sqlite:" .. db .. " --otlp-endpoint " .. rec.url })
+      r = H.start(dir, { args = "--no-reload --storage sqlite:" .. db .. " --otlp-endpoint " .. rec.url ..
+        " --otlp-protocol http/json" })
       local status, doc, h = r:request("POST", "/entities/Box/p1/Store", '{"n":1}',
         { traceparent = "00-" .. TRACE .. "-" .. PARENT .. "-01" })
       assert.equal(200, status, cjson.encode(doc))
@@ -183,6 +205,7 @@ describe("trace context", function()
         return #hs == 2 and hs
       end)
       for _, s in ipairs(runs) do assert.equal(gw_span, s.parentSpanId) end
+      for _, t in ipairs(rec.types()) do assert.equal("application/json", t) end
     end)
     if r then r:stop() end
     rec.stop()
@@ -297,6 +320,7 @@ describe("trace context", function()
         assert.equal(leaf_id, hb.attr["luster.id"])
         assert.equal(2, gw.kind) -- SERVER
         assert.equal(3, call.kind) -- CLIENT
+        for _, t in ipairs(rec.types()) do assert.equal("application/x-protobuf", t) end -- the default
         -- a persisted message stored in PostgreSQL runs later with its trace
         local T2 = "0af7651916cd43dd8448eb211c80319c"
         local st2 = a:request("POST", "/entities/Box/" .. leaf_id .. "/Later?discard=1",

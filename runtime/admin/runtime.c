@@ -258,10 +258,13 @@ static int runtime__start_otlp(runtime_t *rt, char *err, size_t errlen) {
     free(why);
     return -1;
   }
+  otlp_protocol_t proto = OTLP_PROTOBUF; /* checked by config_check_run */
+  otlp_protocol_parse(rt->cfg.otlp_protocol, &proto);
+  otlp_exporter_set_protocol(rt->otlp, proto);
   otlp_exporter_set_runner(rt->otlp, rt->hc.runner_name);
   otlp_exporter_on_state(rt->otlp, runtime__otlp_state, rt);
   host_set_otlp(rt->host, rt->otlp);
-  log_info("trace spans go to %s (OTLP/HTTP JSON)", rt->cfg.otlp_endpoint);
+  log_info("trace spans go to %s (OTLP %s)", rt->cfg.otlp_endpoint, otlp_protocol_name(proto));
   return 0;
 }
 

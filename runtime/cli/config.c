@@ -55,7 +55,9 @@ static const opt_t config_opts[] = {
     {"url", OPT_STR, OFF(url), "http://127.0.0.1:8080", "runner to talk to (call, status, where)"},
     {"admin", OPT_STR, OFF(admin), "loopback", "who may POST /admin/reload: loopback, any or none"},
     {"otlp-endpoint", OPT_STR, OFF(otlp_endpoint), NULL,
-     "export trace spans to this OTLP/HTTP (JSON) URL, e.g. http://127.0.0.1:4318/v1/traces (off when unset)"},
+     "export trace spans to this OTLP/HTTP URL, e.g. http://127.0.0.1:4318/v1/traces (off when unset)"},
+    {"otlp-protocol", OPT_STR, OFF(otlp_protocol), "http/protobuf",
+     "encoding of exported spans: http/protobuf or http/json"},
     {"no-reload", OPT_FLAG, OFF(no_reload), "0", "do not watch the script directory"},
 };
 #define NOPTS (sizeof config_opts / sizeof config_opts[0])
@@ -284,6 +286,12 @@ int config_check_run(config_t *cfg, config_storage_t *storage) {
       free(why);
       return -1;
     }
+  }
+  otlp_protocol_t proto;
+  if (otlp_protocol_parse(cfg->otlp_protocol, &proto) != 0) {
+    fprintf(stderr, "luster run: --otlp-protocol (LUSTER_OTLP_PROTOCOL): '%s' is not a protocol; expected http/protobuf or http/json\n",
+            cfg->otlp_protocol ? cfg->otlp_protocol : "");
+    return -1;
   }
   return 0;
 }

@@ -17,6 +17,7 @@ typedef struct config_s {
   const char *admin;
   const char *table_prefix;
   const char *otlp_endpoint; /* spans go to this OTLP/HTTP URL; NULL: not exported */
+  const char *otlp_protocol; /* "http/protobuf" (default) or "http/json" */
   uint64_t shards;
   uint64_t weight;
   uint64_t lease_ms;

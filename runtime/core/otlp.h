@@ -1,8 +1,10 @@
-/* otlp.h - a finished span and its OTLP/HTTP JSON encoding (an
- * ExportTraceServiceRequest, as the OTLP specification's "JSON Protobuf
- * Encoding" maps it: lowerCamelCase keys, trace and span ids as lowercase
- * hex, 64-bit integers as decimal strings, enums as integers). Pure: no I/O,
- * no clock; the caller fills in the times and the ids. */
+/* otlp.h - a finished span and its two OTLP/HTTP encodings of an
+ * ExportTraceServiceRequest: binary protobuf (the default of OTLP/HTTP,
+ * written by hand: varints and length-delimited fields, ids as raw bytes)
+ * and JSON, as the OTLP specification's "JSON Protobuf Encoding" maps it
+ * (lowerCamelCase keys, ids as lowercase hex, 64-bit integers as decimal
+ * strings, enums as integers). Pure: no I/O, no clock; the caller fills in
+ * the times and the ids. */
 #ifndef LUSTER_OTLP_H
 #define LUSTER_OTLP_H
 
@@ -21,8 +23,9 @@
 
 /* Enough for the five above plus a few (an HTTP method and code, a shard). */
 #define OTLP_MAX_ATTRS 8
-/* A copied string is cut to this many bytes (at a UTF-8 character boundary),
- * so a queued span's size is bounded whatever an id or an error says. */
+/* An encoded string is cut to this many bytes (at a UTF-8 character
+ * boundary), so a queued span's size is bounded whatever an id or an error
+ * says. */
 #define OTLP_MAX_STR 1024
 
 typedef enum {
@@ -43,8 +46,9 @@ typedef struct {
   int64_t num;
 } otlp_attr_t;
 
-/* A finished span. Strings are borrowed (otlp_span_clone makes an owned
- * copy); parent_id all zero marks a root span. */
+/* A finished span. Strings are borrowed (an exporter encodes the span when
+ * it is queued, so nothing outlives the call); parent_id all zero marks a
+ * root span. */
 typedef struct {
   uint8_t trace_id[TRACE_ID_LEN];
   uint8_t span_id[TRACE_SPAN_LEN];
@@ -67,23 +71,36 @@ void otlp_span_init(otlp_span_t *s);
 int otlp_span_attr_str(otlp_span_t *s, const char *key, const char *value);
 int otlp_span_attr_int(otlp_span_t *s, const char *key, int64_t value);
 
-/* An owned copy of s in one allocation (free it with otlp_span_free), its
- * strings cut to OTLP_MAX_STR bytes. NULL when out of memory. */
-otlp_span_t *otlp_span_clone(const otlp_span_t *s);
-void otlp_span_free(otlp_span_t *s);
+typedef enum {
+  OTLP_PROTOBUF = 0, /* "http/protobuf", Content-Type application/x-protobuf */
+  OTLP_JSON = 1,     /* "http/json", Content-Type application/json */
+} otlp_protocol_t;
 
-/* Appends an ExportTraceServiceRequest holding spans[0..n) to b: one
- * resourceSpans whose resource says service.name "luster" and
- * service.instance.id runner (omitted when runner is NULL or empty), one
- * scopeSpans of scope "luster". Bytes that are not UTF-8 are written as
- * U+FFFD, so the output is valid JSON whatever the strings hold. */
-void otlp_encode(buf_t *b, const char *runner, const otlp_span_t *const *spans, size_t n);
+/* "http/protobuf" or "http/json" (as OTEL_EXPORTER_OTLP_PROTOCOL spells
+ * them): 0 and *out set, else -1. */
+int otlp_protocol_parse(const char *s, otlp_protocol_t *out);
+const char *otlp_protocol_name(otlp_protocol_t p);
+const char *otlp_content_type(otlp_protocol_t p);
 
-/* The same request written piece by piece, for a caller whose spans are not
- * in one array: begin, then each span (first 1 for the first one), then
- * end. */
-void otlp_encode_begin(buf_t *b, const char *runner);
-void otlp_encode_span(buf_t *b, const otlp_span_t *s, int first);
-void otlp_encode_end(buf_t *b);
+/* A request is built from items, one per span, so an exporter can encode a
+ * span when it is queued and send a run of them later without copying:
+ *   protobuf: the ScopeSpans field holding the span (tag 2, length, Span);
+ *   JSON: ',' then the span object.
+ * Every string is cut to OTLP_MAX_STR bytes (at a UTF-8 character boundary)
+ * and bytes that are not UTF-8 are written as U+FFFD: a collector refuses a
+ * whole batch over one bad string (protobuf string fields must be UTF-8
+ * too). No allocation beyond b's growth, no printf. */
+void otlp_encode_item(buf_t *b, otlp_protocol_t p, const otlp_span_t *s);
+
+/* What goes around items_len bytes of items to make an
+ * ExportTraceServiceRequest: one resourceSpans whose resource says
+ * service.name "luster" and service.instance.id runner (omitted when runner
+ * is NULL or empty), one scopeSpans of scope "luster". Appends the bytes
+ * before the items to head and those after them to tail, and returns how
+ * many leading bytes of the items to leave out (JSON: the first comma). */
+size_t otlp_encode_wrap(buf_t *head, buf_t *tail, otlp_protocol_t p, const char *runner, size_t items_len);
+
+/* A whole request holding spans[0..n), appended to b. */
+void otlp_encode(buf_t *b, otlp_protocol_t p, const char *runner, const otlp_span_t *const *spans, size_t n);
 
 #endif

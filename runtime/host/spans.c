@@ -117,7 +117,15 @@ void host__span_call_start(task_t *t, call_t *c, const char *type, size_t tl, co
   /* A singleton or cron run has no span of its own: its calls are roots. */
   if (t->kind == TASK_HANDLE) memcpy(sp->parent, t->trace.span_id, TRACE_SPAN_LEN);
   sp->start_ns = host_wall_ns();
-  snprintf(sp->name, sizeof sp->name, "call %.*s.%.*s", (int)(tl > 64 ? 64 : tl), type, (int)(rl > 64 ? 64 : rl), rpc);
+  /* "call Type.Rpc", without printf: this runs for every call */
+  _Static_assert(sizeof sp->name >= 5 + 64 + 1 + 64 + 1, "call span name too short");
+  tl = tl > 64 ? 64 : tl;
+  rl = rl > 64 ? 64 : rl;
+  memcpy(sp->name, "call ", 5);
+  memcpy(sp->name + 5, type, tl);
+  sp->name[5 + tl] = '.';
+  memcpy(sp->name + 6 + tl, rpc, rl);
+  sp->name[6 + tl + rl] = '\0';
   host_span_id(h, c->trace.span_id);
   c->span = sp;
 }

@@ -1,4 +1,10 @@
-/* otlp_export.c - the OTLP/HTTP JSON span exporter (see otlp_export.h).
+/* otlp_export.c - the OTLP/HTTP span exporter (see otlp_export.h).
+ *
+ * A span is encoded when it is queued (core/otlp.c's request items), into
+ * one growing buffer with the end offset of each item beside it: no copy
+ * of the span is kept and nothing is allocated per span once the buffers
+ * have grown. A batch is a run of items at the buffer's start, sent with
+ * the request's head and tail in one writev.
  *
  * One request at a time, each on a connection of its own ("Connection:
  * close"): at one batch a second a kept-alive connection saves nothing that
@@ -26,14 +32,18 @@ struct otlp_exporter_s {
   uv_loop_t *loop;
   char *host; /* for the lookup: an IPv6 address without its brackets */
   char port[6];
+  struct sockaddr_storage addr; /* the host when it is an IP address: no lookup per batch */
+  int numeric;
   char *authority; /* the Host header: host[:port] as the URL gave it */
   char *path;
   char *runner;
+  otlp_protocol_t proto;
   size_t batch;
   uint64_t interval_ms, timeout_ms;
 
-  otlp_span_t **q; /* a ring of cap spans */
-  size_t cap, head, len;
+  buf_t items;  /* the queued spans, encoded (otlp_encode_item) */
+  size_t *ends; /* ends[i]: where item i ends in items; cap of them */
+  size_t cap, len;
 
   uv_timer_t tick;     /* sends a batch every interval; started at 0 to send now */
   uv_timer_t deadline; /* of the request under way */
@@ -46,7 +56,8 @@ struct otlp_exporter_s {
   uv_tcp_t tcp;
   uv_connect_t conn;
   uv_write_t wr;
-  buf_t head_buf, body;
+  buf_t head_buf, body, tail; /* the request: HTTP head and the envelope's start, items, envelope's end */
+  size_t skip;                 /* leading bytes of body not sent */
   http_parser parser;
   int complete;
   size_t got;
@@ -141,18 +152,15 @@ static char *ex__parse_url(otlp_exporter_t *ex, const char *url) {
 }
 
 static void ex__free(otlp_exporter_t *ex) {
-  while (ex->len) {
-    otlp_span_free(ex->q[ex->head]);
-    ex->head = (ex->head + 1) % ex->cap;
-    ex->len--;
-  }
-  free(ex->q);
+  buf_free(&ex->items);
+  free(ex->ends);
   free(ex->host);
   free(ex->authority);
   free(ex->path);
   free(ex->runner);
   buf_free(&ex->head_buf);
   buf_free(&ex->body);
+  buf_free(&ex->tail);
   free(ex);
 }
 
@@ -163,6 +171,8 @@ char *otlp_endpoint_check(const char *url) {
   if (!ex) return ex__errf("out of memory reading the OTLP endpoint");
   buf_init(&ex->head_buf);
   buf_init(&ex->body);
+  buf_init(&ex->tail);
+  buf_init(&ex->items);
   char *err = ex__parse_url(ex, url);
   ex__free(ex);
   return err;
@@ -182,12 +192,18 @@ otlp_exporter_t *otlp_exporter_new(uv_loop_t *loop, const char *url, size_t cap,
   ex->timeout_ms = OTLP_EXPORT_TIMEOUT_MS;
   buf_init(&ex->head_buf);
   buf_init(&ex->body);
+  buf_init(&ex->tail);
+  buf_init(&ex->items);
   if ((*err = ex__parse_url(ex, url)) != NULL) {
     ex__free(ex);
     return NULL;
   }
-  ex->q = calloc(ex->cap, sizeof *ex->q);
-  if (!ex->q) {
+  int port = atoi(ex->port);
+  if (uv_ip4_addr(ex->host, port, (struct sockaddr_in *)&ex->addr) == 0 ||
+      uv_ip6_addr(ex->host, port, (struct sockaddr_in6 *)&ex->addr) == 0)
+    ex->numeric = 1;
+  ex->ends = calloc(ex->cap, sizeof *ex->ends);
+  if (!ex->ends) {
     *err = ex__errf("out of memory for an OTLP queue of %zu spans", ex->cap);
     ex__free(ex);
     return NULL;
@@ -205,6 +221,15 @@ void otlp_exporter_set_runner(otlp_exporter_t *ex, const char *runner) {
   ex->runner = runner ? strdup(runner) : NULL;
 }
 
+void otlp_exporter_set_protocol(otlp_exporter_t *ex, otlp_protocol_t proto) {
+  if (proto == ex->proto) return;
+  ex->proto = proto;
+  /* what is queued was encoded for the other protocol: it cannot go */
+  ex->st.dropped += ex->len;
+  ex->len = 0;
+  buf_reset(&ex->items);
+}
+
 void otlp_exporter_set_timing(otlp_exporter_t *ex, size_t batch, uint64_t interval_ms, uint64_t timeout_ms) {
   if (batch) ex->batch = batch < ex->cap ? batch : ex->cap;
   if (timeout_ms) ex->timeout_ms = timeout_ms;
@@ -220,13 +245,12 @@ void otlp_exporter_on_state(otlp_exporter_t *ex, otlp_exporter_state_cb cb, void
 }
 
 int otlp_exporter_add(otlp_exporter_t *ex, const otlp_span_t *span) {
-  otlp_span_t *c = NULL;
-  if (ex->closing || ex->len >= ex->cap || !(c = otlp_span_clone(span))) {
+  if (ex->closing || ex->len >= ex->cap) {
     ex->st.dropped++;
     return -ENOBUFS;
   }
-  ex->q[(ex->head + ex->len) % ex->cap] = c;
-  ex->len++;
+  otlp_encode_item(&ex->items, ex->proto, span);
+  ex->ends[ex->len++] = ex->items.len;
   /* A full batch goes now, but from the loop: the caller only queues. */
   if (ex->len == ex->batch && !ex->busy) ex__kick(ex);
   return 0;
@@ -285,11 +309,8 @@ static void ex__settle(otlp_exporter_t *ex, int ok, const char *fmt, ...) {
   }
   if (ex->closing) {
     ex->st.failed += ex->len;
-    while (ex->len) {
-      otlp_span_free(ex->q[ex->head]);
-      ex->head = (ex->head + 1) % ex->cap;
-      ex->len--;
-    }
+    ex->len = 0;
+    buf_reset(&ex->items);
   }
 }
 
@@ -405,10 +426,11 @@ static void ex__on_connect(uv_connect_t *c, int status) {
   }
   http_parser_init(&ex->parser, HTTP_RESPONSE);
   ex->parser.data = ex;
-  uv_buf_t bufs[2] = {uv_buf_init(ex->head_buf.data, (unsigned)ex->head_buf.len),
-                      uv_buf_init(ex->body.data, (unsigned)ex->body.len)};
+  uv_buf_t bufs[3] = {uv_buf_init(ex->head_buf.data, (unsigned)ex->head_buf.len),
+                      uv_buf_init(ex->body.data + ex->skip, (unsigned)(ex->body.len - ex->skip)),
+                      uv_buf_init(ex->tail.data, (unsigned)ex->tail.len)};
   ex->wr.data = ex;
-  int r = uv_write(&ex->wr, (uv_stream_t *)&ex->tcp, bufs, 2, ex__on_write);
+  int r = uv_write(&ex->wr, (uv_stream_t *)&ex->tcp, bufs, ex->tail.len ? 3 : 2, ex__on_write);
   if (r == 0) r = uv_read_start((uv_stream_t *)&ex->tcp, ex__alloc, ex__on_read);
   if (r < 0) ex__fail(ex, "sending spans to", r);
 }
@@ -421,6 +443,15 @@ static const struct addrinfo *ex__pick(const struct addrinfo *res) {
   return res;
 }
 
+static void ex__connect(otlp_exporter_t *ex, const struct sockaddr *addr) {
+  uv_tcp_init(ex->loop, &ex->tcp);
+  ex->tcp.data = ex;
+  ex->tcp_open = 1;
+  ex->conn.data = ex;
+  int r = uv_tcp_connect(&ex->conn, &ex->tcp, addr, ex__on_connect);
+  if (r < 0) ex__fail(ex, "cannot connect to", r);
+}
+
 static void ex__on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res) {
   otlp_exporter_t *ex = g->data;
   ex->gai_pending = 0;
@@ -430,41 +461,55 @@ static void ex__on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *re
     uv_freeaddrinfo(res);
     return;
   }
-  uv_tcp_init(ex->loop, &ex->tcp);
-  ex->tcp.data = ex;
-  ex->tcp_open = 1;
-  ex->conn.data = ex;
-  int r = uv_tcp_connect(&ex->conn, &ex->tcp, ex__pick(res)->ai_addr, ex__on_connect);
+  ex__connect(ex, ex__pick(res)->ai_addr);
   uv_freeaddrinfo(res);
-  if (r < 0) ex__fail(ex, "cannot connect to", r);
 }
 
-/* Takes up to a batch of spans off the queue, encodes them and starts the
- * request: lookup, connect, write, read the answer, all under one
- * deadline. */
-static void ex__send(otlp_exporter_t *ex) {
-  size_t n = ex->len < ex->batch ? ex->len : ex->batch;
+/* Moves the first n queued items into body: the whole queue by swapping
+ * the buffers (the usual case: a full batch goes as soon as it fills), a
+ * part of it by a copy and a move of the rest to the front. */
+static void ex__take(otlp_exporter_t *ex, size_t n) {
+  size_t bytes = ex->ends[n - 1];
   buf_reset(&ex->body);
-  buf_reset(&ex->head_buf);
-  otlp_encode_begin(&ex->body, ex->runner);
-  for (size_t i = 0; i < n; i++) {
-    otlp_span_t *s = ex->q[ex->head];
-    otlp_encode_span(&ex->body, s, i == 0);
-    otlp_span_free(s);
-    ex->head = (ex->head + 1) % ex->cap;
+  if (n == ex->len) {
+    buf_t t = ex->body;
+    ex->body = ex->items;
+    ex->items = t;
+  } else {
+    buf_add(&ex->body, ex->items.data, bytes);
+    memmove(ex->items.data, ex->items.data + bytes, ex->items.len - bytes);
+    ex->items.len -= bytes;
+    for (size_t i = n; i < ex->len; i++) ex->ends[i - n] = ex->ends[i] - bytes;
   }
   ex->len -= n;
-  otlp_encode_end(&ex->body);
+}
+
+/* Takes up to a batch of spans off the queue and starts the request:
+ * lookup, connect, write, read the answer, all under one deadline. */
+static void ex__send(otlp_exporter_t *ex) {
+  size_t n = ex->len < ex->batch ? ex->len : ex->batch;
+  ex__take(ex, n);
+  buf_reset(&ex->head_buf);
+  buf_reset(&ex->tail);
+  buf_t env; /* the envelope's start, measured before the HTTP head is written */
+  buf_init(&env);
+  ex->skip = otlp_encode_wrap(&env, &ex->tail, ex->proto, ex->runner, ex->body.len);
   buf_printf(&ex->head_buf,
-             "POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: luster\r\nContent-Type: application/json\r\n"
+             "POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: luster\r\nContent-Type: %s\r\n"
              "Content-Length: %zu\r\nConnection: close\r\n\r\n",
-             ex->path, ex->authority, ex->body.len);
+             ex->path, ex->authority, otlp_content_type(ex->proto), env.len + ex->body.len - ex->skip + ex->tail.len);
+  buf_add(&ex->head_buf, env.data, env.len);
+  buf_free(&env);
   ex->busy = 1;
   ex->settled = ex->complete = 0;
   ex->got = 0;
   ex->gai_cancelled = 0;
   ex->st.in_flight = n;
   uv_timer_start(&ex->deadline, ex__on_deadline, ex->timeout_ms, 0);
+  if (ex->numeric) {
+    ex__connect(ex, (const struct sockaddr *)&ex->addr);
+    return;
+  }
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
   ex->gai.data = ex;
   int r = uv_getaddrinfo(ex->loop, &ex->gai, ex__on_resolved, ex->host, ex->port, &hints);

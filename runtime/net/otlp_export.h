@@ -1,5 +1,6 @@
 /* otlp_export.h - sends finished spans to an OTLP/HTTP receiver (an
- * OpenTelemetry Collector, Jaeger, Tempo...) as JSON, off the caller's path:
+ * OpenTelemetry Collector, Jaeger, Tempo...) as protobuf (the default) or
+ * JSON, off the caller's path:
  * a bounded queue, batches POSTed by a timer, one request in flight. When
  * the receiver is slow or down, spans are dropped and counted, never
  * waited for. */
@@ -49,12 +50,16 @@ char *otlp_endpoint_check(const char *url);
 
 /* The service.instance.id of every batch (copied; NULL for none). */
 void otlp_exporter_set_runner(otlp_exporter_t *ex, const char *runner);
+/* The encoding of the requests (OTLP_PROTOBUF unless set); set it before
+ * adding spans: spans queued already are dropped, encoded the other way. */
+void otlp_exporter_set_protocol(otlp_exporter_t *ex, otlp_protocol_t proto);
 /* Batch size, batch interval and request timeout (0 keeps a value). */
 void otlp_exporter_set_timing(otlp_exporter_t *ex, size_t batch, uint64_t interval_ms, uint64_t timeout_ms);
 void otlp_exporter_on_state(otlp_exporter_t *ex, otlp_exporter_state_cb cb, void *ud);
 
-/* Queues a copy of span. Never waits: returns 0, or -ENOBUFS when the
- * queue is full, the exporter closing or memory short (counted dropped). */
+/* Queues span, encoded at once (its strings are not kept). Never waits:
+ * returns 0, or -ENOBUFS when the queue is full or the exporter closing
+ * (counted dropped). */
 int otlp_exporter_add(otlp_exporter_t *ex, const otlp_span_t *span);
 
 /* 1 (and the span counted dropped) when otlp_exporter_add would refuse a

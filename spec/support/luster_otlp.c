@@ -1,5 +1,5 @@
-/* luster_otlp.c - Lua 5.4 module for spec/otlp_spec.lua: core/otlp.c's JSON
- * encoding of spans, and net/otlp_export.c run on a libuv loop of its own
+/* luster_otlp.c - Lua 5.4 module for spec/otlp_spec.lua: core/otlp.c's
+ * protobuf and JSON encodings of spans, and net/otlp_export.c run on a libuv loop of its own
  * until it has sent (or given up on) what it was handed. */
 #include <lauxlib.h>
 #include <lua.h>
@@ -82,10 +82,20 @@ static void ot__span(lua_State *L, int idx, otlp_span_t *s) {
   lua_pop(L, 1);
 }
 
-/* encode(spans [, runner]) -> the ExportTraceServiceRequest JSON */
+/* The protocol named by the string at idx ("http/protobuf" when absent). */
+static otlp_protocol_t ot__protocol(lua_State *L, int idx) {
+  const char *name = luaL_optstring(L, idx, "http/protobuf");
+  otlp_protocol_t p;
+  if (otlp_protocol_parse(name, &p) != 0) luaL_error(L, "unknown OTLP protocol %s", name);
+  return p;
+}
+
+/* encode(spans [, runner [, protocol]]) -> the ExportTraceServiceRequest,
+ * protobuf unless protocol is "http/json" */
 static int ot_encode(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   const char *runner = luaL_optstring(L, 2, NULL);
+  otlp_protocol_t proto = ot__protocol(L, 3);
   lua_Integer n = luaL_len(L, 1);
   otlp_span_t *spans = lua_newuserdatauv(L, sizeof *spans * (size_t)(n ? n : 1), 0);
   const otlp_span_t **v = lua_newuserdatauv(L, sizeof *v * (size_t)(n ? n : 1), 0);
@@ -97,7 +107,7 @@ static int ot_encode(lua_State *L) {
   }
   buf_t b;
   buf_init(&b);
-  otlp_encode(&b, runner, v, (size_t)n);
+  otlp_encode(&b, proto, runner, v, (size_t)n);
   lua_pushlstring(L, b.data, b.len);
   buf_free(&b);
   return 1;
@@ -178,7 +188,9 @@ static void ot__drive(lua_State *L, uv_loop_t *loop, otlp_exporter_t *ex, run_t 
 
 /* export_to(url, spans, opts) -> counts (sent, dropped, failed, requests,
  * states, before_close), or nil and the exporter's error. opts: cap,
- * batch, interval_ms, timeout_ms, runner, run_ms, flush (default true). */
+ * batch, interval_ms, timeout_ms, runner, run_ms, flush (default true),
+ * protocol ("http/protobuf" or "http/json"; the exporter's default when
+ * absent). */
 static int ot_export_to(lua_State *L) {
   const char *url = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -199,6 +211,9 @@ static int ot_export_to(lua_State *L) {
   run_t *r = lua_newuserdatauv(L, sizeof *r, 0); /* index 4 */
   memset(r, 0, sizeof *r);
   otlp_exporter_on_state(ex, ot__on_state, r);
+  lua_getfield(L, 3, "protocol");
+  if (!lua_isnil(L, -1)) otlp_exporter_set_protocol(ex, ot__protocol(L, -1));
+  lua_pop(L, 1);
   otlp_exporter_set_runner(ex, ot__strfield(L, 3, "runner"));
   otlp_exporter_set_timing(ex, (size_t)ot__intfield(L, 3, "batch"), (uint64_t)ot__intfield(L, 3, "interval_ms"),
                            (uint64_t)ot__intfield(L, 3, "timeout_ms"));
