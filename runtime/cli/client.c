@@ -14,12 +14,8 @@
 #include <unistd.h>
 
 #include "core/buf.h"
+#include "host/host.h"
 
-extern const struct {
-  const char *name;
-  const char *src;
-  size_t len;
-} luster_lua_modules[];
 
 typedef struct client_url_s {
   char host[320];
@@ -177,15 +173,7 @@ static int client__lua_fetch(lua_State *L) {
 static int client__format(const char *fn, int status, const buf_t *body) {
   lua_State *L = luaL_newstate();
   luaL_openlibs(L);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  for (int i = 0; luster_lua_modules[i].name; i++) {
-    if (luaL_loadbufferx(L, luster_lua_modules[i].src, luster_lua_modules[i].len, luster_lua_modules[i].name, "t") ==
-        LUA_OK)
-      lua_setfield(L, -2, luster_lua_modules[i].name);
-    else
-      lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
+  host_preload_library(L);
   int code = 1;
   lua_getglobal(L, "require");
   lua_pushstring(L, "luster.cli");

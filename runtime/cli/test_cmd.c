@@ -13,13 +13,9 @@
 #include <sys/stat.h>
 
 #include "admin/testrt.h"
+#include "host/host.h"
 #include "loop/log.h"
 
-extern const struct {
-  const char *name;
-  const char *src;
-  size_t len;
-} luster_lua_modules[];
 
 /* What the spec's Lua state knows of its runtime: the directory under test,
  * the current runtime (made on first use in a test, dropped at its end), and
@@ -181,16 +177,8 @@ static int test_exit(lua_State *L) {
 }
 
 static void test__preload(lua_State *L, test_ctx_t *c) {
+  host_preload_library(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  for (int i = 0; luster_lua_modules[i].name; i++) {
-    char chunk[96];
-    snprintf(chunk, sizeof chunk, "@luster/%s.lua",
-             strcmp(luster_lua_modules[i].name, "luster") == 0 ? "init" : luster_lua_modules[i].name + 7);
-    if (luaL_loadbufferx(L, luster_lua_modules[i].src, luster_lua_modules[i].len, chunk, "t") == LUA_OK)
-      lua_setfield(L, -2, luster_lua_modules[i].name);
-    else
-      lua_pop(L, 1);
-  }
   lua_pushlightuserdata(L, c);
   lua_pushcclosure(L, test_core_open, 1);
   lua_setfield(L, -2, "luster.test.core");

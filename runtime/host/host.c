@@ -179,7 +179,7 @@ extern const struct {
   size_t len;
 } luster_lua_modules[];
 
-static void host__preload(lua_State *L) {
+void host_preload_library(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (int i = 0; luster_lua_modules[i].name; i++) {
     char chunk[128];
@@ -191,6 +191,12 @@ static void host__preload(lua_State *L) {
     }
     lua_setfield(L, -2, luster_lua_modules[i].name);
   }
+  lua_pop(L, 1);
+}
+
+static void host__preload(lua_State *L) {
+  host_preload_library(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, host__open_core);
   lua_setfield(L, -2, "luster.core");
   lua_pop(L, 1);

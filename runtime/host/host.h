@@ -182,6 +182,13 @@ typedef struct host_config_s {
 } host_config_t;
 
 /* A host with no scripts yet, keeping a copy of *cfg; NULL without memory. */
+/* Puts the luster Lua library compiled into the binary (the files of lua/luster:
+ * "luster", "luster.schema", ...) in L's package.preload, chunk names
+ * "@luster/NAME.lua". Also for the CLI's own Lua states (luster call's
+ * formatter, luster test's busted). A module that does not compile is a
+ * build defect: it aborts. */
+void host_preload_library(lua_State *L);
+
 host_t *host_new(const host_config_t *cfg);
 /* Loads every top-level *.lua of the config's dir. Returns the number of
  * scripts that failed to load (each logged and kept in its script_t); <0
