@@ -303,11 +303,12 @@ static void em__destroy(inst_t *i) {
   em->host.type_released(em->host.ud, t);
 }
 
-static void em__passivate(inst_t *i) {
+/* Every passivation (idle timeout, the active-instance limit, on request)
+ * goes here; why ends the debug line. */
+static void em__passivate(inst_t *i, const char *why) {
   etype_t *t = i->h.type;
   t->counters->passivations++;
-  log_debug("passivating %s/%.*s after %llu ms idle", t->name, (int)i->h.id_len, i->id,
-            (unsigned long long)t->max_idle_ms);
+  log_debug("passivating %s/%.*s: %s", t->name, (int)i->h.id_len, i->id, why);
   em__destroy(i);
 }
 
@@ -317,7 +318,7 @@ static void em__idle_fire(timer_entry_t *te) {
   while (t->idle_head && t->idle_head->idle_since + t->max_idle_ms <= now) {
     inst_t *i = t->idle_head;
     if (i->ready.queued) em__idle_remove(i); /* its pump will run, and re-add it if still idle */
-    else em__passivate(i);
+    else em__passivate(i, "idle past max_idle");
   }
   em__idle_arm(t);
 }
@@ -458,7 +459,7 @@ int em_passivate(etype_t *t, const char *id, size_t len) {
   inst_t *i = em_find(t, id, len);
   if (!i) return 0;
   if (!i->idle || i->ready.queued) return -1;
-  em__passivate(i);
+  em__passivate(i, "asked to");
   em__idle_arm(t);
   return 1;
 }
@@ -568,12 +569,8 @@ static int em__evict_lru(em_t *em) {
     em__idle_remove(i);
     return 1;
   }
-  etype_t *t = i->h.type;
-  t->counters->passivations++;
   em->limit_passivations++;
-  log_debug("passivating %s/%.*s: the runner holds %llu instances (--max-active)", t->name, (int)i->h.id_len, i->id,
-            (unsigned long long)em->ninst);
-  em__destroy(i);
+  em__passivate(i, "least recently used, at the --max-active limit");
   return 1;
 }
 
