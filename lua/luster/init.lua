@@ -172,65 +172,76 @@ function M.is_definition(x) return getmetatable(x) == Definition end
 ---------------------------------------------------------------------------
 -- Calling entities
 ---------------------------------------------------------------------------
-local Client = { __name = "luster.client" }
 local CLIENT_OPTIONS = { timeout = true, discard = true }
 local CLIENT_NEW_OPTIONS = { timeout = true }
 
 local floor = math.floor
-local core_call = core.call -- without a runner: the function that says one is needed
 
--- core.call encodes the payload, and decodes an "ok" reply, in C.
-local function invoke(c, tag, payload, opts)
-  if getmetatable(c) ~= Client then
-    fail(3, "%s: call it with ':' (client:%s{...})", tag, tag)
-  end
-  local timeout, discard = c[4], false
-  if opts ~= nil or not timeout then
-    if opts ~= nil then opts = check_options("client:" .. tag, opts, CLIENT_OPTIONS) else opts = NO_OPTIONS end
-    timeout = opts.timeout or c[3].timeout or 0
-    if type(timeout) ~= "number" or timeout < 0 then fail(3, "client:%s: timeout must be a number of ms", tag) end
-    timeout = floor(timeout)
-    discard = opts.discard == true
-  end
-  local kind, v = core_call(c[1], c[2], tag, payload, timeout, discard)
-  if kind == nil then return v end
-  if kind == "accepted" then return true end
-  if kind == "encode" then fail(3, "client:%s: payload cannot be encoded as JSON: %s", tag, v) end
-  return nil, errors.from_reply(kind, v)
-end
+-- Clients over `call` (core.call in a runner; luster.test's own in a spec),
+-- named `what` in their errors. call(type, id, tag, payload, timeout_ms,
+-- discard) returns nil, value on success; "accepted"; "encode", why when the
+-- payload is not JSON; or kind, reply body. Returns the constructor.
+local function client_factory(what, call)
+  local Client = { __name = what }
 
--- One method closure per RPC tag, shared by every proxy: a proxy holds only
--- its type, id and options, and c:Tag finds the method in this table (made
--- on first use of the tag) without a metamethod call or a field of its own.
-local methods, nmethods = nil, 0
-methods = setmetatable({}, {
-  __index = function(self, tag)
-    if type(tag) ~= "string" then return nil end
-    local f = function(c, payload, opts) return invoke(c, tag, payload, opts) end
-    -- Kept (a script names a bounded set of RPCs); past that, made per use.
-    if nmethods < 4096 then
-      nmethods = nmethods + 1
-      rawset(self, tag, f)
+  local function invoke(c, tag, payload, opts)
+    if getmetatable(c) ~= Client then
+      fail(3, "%s: call it with ':' (client:%s{...})", tag, tag)
     end
-    return f
-  end,
-})
-Client.__index = methods
-Client.__tostring = function(c) return string.format("luster.client(%s, %s)", c[1], c[2]) end
-
-function M.client(type_name, id, opts)
-  if type(type_name) ~= "string" or type_name == "" then fail(2, "luster.client: type must be a non-empty string") end
-  if type(id) ~= "string" then
-    if math.type(id) == "integer" then id = tostring(id) else fail(2, "luster.client: id must be a string, got %s", type(id)) end
+    local timeout, discard = c[4], false
+    if opts ~= nil or not timeout then
+      if opts ~= nil then opts = check_options("client:" .. tag, opts, CLIENT_OPTIONS) else opts = NO_OPTIONS end
+      timeout = opts.timeout or c[3].timeout or 0
+      if type(timeout) ~= "number" or timeout < 0 then fail(3, "client:%s: timeout must be a number of ms", tag) end
+      timeout = floor(timeout)
+      discard = opts.discard == true
+    end
+    local kind, v = call(c[1], c[2], tag, payload, timeout, discard)
+    if kind == nil then return v end
+    if kind == "accepted" then return true end
+    if kind == "encode" then fail(3, "client:%s: payload cannot be encoded as JSON: %s", tag, v) end
+    return nil, errors.from_reply(kind, v)
   end
-  if id == "" then fail(2, "luster.client(%s): id must not be empty", type_name) end
-  if opts == nil then return setmetatable({ type_name, id, NO_OPTIONS, 0 }, Client) end
-  opts = check_options("luster.client", opts, CLIENT_NEW_OPTIONS)
-  -- [4]: the timeout of calls without options, when it is a valid one.
-  local timeout = opts.timeout or 0
-  if type(timeout) == "number" and timeout >= 0 then timeout = floor(timeout) else timeout = nil end
-  return setmetatable({ type_name, id, opts, timeout }, Client)
+
+  -- One method closure per RPC tag, shared by every proxy: a proxy holds only
+  -- its type, id and options, and c:Tag finds the method in this table (made
+  -- on first use of the tag) without a metamethod call or a field of its own.
+  local methods, nmethods = nil, 0
+  methods = setmetatable({}, {
+    __index = function(self, tag)
+      if type(tag) ~= "string" then return nil end
+      local f = function(c, payload, opts) return invoke(c, tag, payload, opts) end
+      -- Kept (a script names a bounded set of RPCs); past that, made per use.
+      if nmethods < 4096 then
+        nmethods = nmethods + 1
+        rawset(self, tag, f)
+      end
+      return f
+    end,
+  })
+  Client.__index = methods
+  Client.__tostring = function(c) return string.format("%s(%s, %s)", what, c[1], c[2]) end
+
+  return function(type_name, id, opts)
+    if type(type_name) ~= "string" or type_name == "" then fail(2, "%s: type must be a non-empty string", what) end
+    if type(id) ~= "string" then
+      if math.type(id) == "integer" then id = tostring(id) else fail(2, "%s: id must be a string, got %s", what, type(id)) end
+    end
+    if id == "" then fail(2, "%s(%s): id must not be empty", what, type_name) end
+    if opts == nil then return setmetatable({ type_name, id, NO_OPTIONS, 0 }, Client) end
+    opts = check_options(what, opts, CLIENT_NEW_OPTIONS)
+    -- [4]: the timeout of calls without options, when it is a valid one.
+    local timeout = opts.timeout or 0
+    if type(timeout) == "number" and timeout >= 0 then timeout = floor(timeout) else timeout = nil end
+    return setmetatable({ type_name, id, opts, timeout }, Client)
+  end
 end
+
+-- core.call encodes the payload, and decodes an "ok" reply, in C; without a
+-- runner it is the function that says one is needed.
+M.client = client_factory("luster.client", core.call)
+-- Not part of the scripts' API: luster.test makes T.client with it.
+M._client_factory = client_factory
 
 function M.sleep(ms)
   if type(ms) ~= "number" or ms < 0 or ms ~= ms then fail(2, "luster.sleep: expected milliseconds >= 0, got %s", tostring(ms)) end

@@ -1,7 +1,6 @@
 -- luster.test: what a spec run by `luster test DIR` drives its in-process runtime with
 -- (T.client, T.http, T.now, T.advance, T.active, T.passivate, T.write, T.logs, T.durable, T.restart).
 local json = require "luster.json"
-local errors = require "luster.errors"
 
 local has_core, core = pcall(require, "luster.test.core")
 
@@ -30,50 +29,26 @@ end
 ---------------------------------------------------------------------------
 -- Clients
 ---------------------------------------------------------------------------
-local Client = { __name = "luster.test.client" }
-local CLIENT_OPTIONS = { timeout = true, discard = true }
-
-local function check_options(what, opts, allowed)
-  if opts == nil then return {} end
-  if type(opts) ~= "table" then fail(4, "%s: options must be a table, got %s", what, type(opts)) end
-  for k in pairs(opts) do
-    if not allowed[k] then fail(4, "%s: unknown option '%s'", what, tostring(k)) end
-  end
-  return opts
-end
-
-local function invoke(c, tag, payload, opts)
-  if getmetatable(c) ~= Client then fail(3, "%s: call it with ':' (client:%s{...})", tag, tag) end
-  opts = check_options("client:" .. tag, opts, CLIENT_OPTIONS)
-  local timeout = opts.timeout or c.opts.timeout or 0
-  if type(timeout) ~= "number" or timeout < 0 then fail(3, "client:%s: timeout must be a number of ms", tag) end
+-- The spec's calls go through the runtime's router as a handler's do; the
+-- payload and an "ok" reply cross as JSON text (the runtime's JSON hop).
+local function call(type_name, id, tag, payload, timeout, discard)
   local ok, body = pcall(json.encode, payload)
-  if not ok then fail(3, "client:%s: payload cannot be encoded as JSON: %s", tag, tostring(body)) end
-  local kind, reply = core.call(c.type, c.id, tag, body, math.floor(timeout), opts.discard == true)
-  if kind == "ok" then
-    local v = json.decode(reply)
-    if v == json.null then return nil end
-    return v
-  end
-  if kind == "accepted" then return true end
-  return nil, errors.from_reply(kind, reply)
+  if not ok then return "encode", tostring(body) end
+  local kind, reply = core.call(type_name, id, tag, body, timeout, discard)
+  if kind ~= "ok" then return kind, reply end
+  local v = json.decode(reply)
+  if v == json.null then return nil, nil end
+  return nil, v
 end
 
-Client.__index = function(_, tag)
-  if type(tag) ~= "string" then return nil end
-  return function(c, payload, opts) return invoke(c, tag, payload, opts) end
-end
-Client.__tostring = function(c) return string.format("luster.test.client(%s, %s)", c.type, c.id) end
+-- The same clients as luster.client's (options, errors, err.kind), over the call above.
+local new_client = has_core and require("luster")._client_factory("T.client", call)
 
 -- T.client(type, id [, {timeout = ms}]): c:Rpc(payload [, {timeout = ms, discard = true}])
 -- returns the value, true (discard), or nil, err (err.kind as luster.client's).
 function M.client(type_name, id, opts)
   need("T.client")
-  if type(type_name) ~= "string" or type_name == "" then fail(2, "T.client: type must be a non-empty string") end
-  if math.type(id) == "integer" then id = tostring(id) end
-  if type(id) ~= "string" or id == "" then fail(2, "T.client(%s): id must be a non-empty string", type_name) end
-  opts = check_options("T.client", opts, { timeout = true })
-  return setmetatable({ type = type_name, id = id, opts = opts }, Client)
+  return new_client(type_name, id, opts) -- a tail call: argument errors name the spec's line
 end
 
 ---------------------------------------------------------------------------
